@@ -1,0 +1,23 @@
+-- advance_zxid.lua — raise the status hash's `zxid` field, never lower it.
+--
+-- Guarantees (atomic): `zxid` in KEYS[1] only grows, even with two mirrors writing it, so a
+-- reader can use it as "everything up to this zxid is in the keys".
+--
+-- KEYS: 1 status (HASH)
+-- ARGV: 1 candidate zxid (decimal)
+-- Returns: the stored zxid after the call
+
+local function cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+
+local current = redis.call('HGET', KEYS[1], 'zxid')
+if current and cmp(current, ARGV[1]) >= 0 then
+  return current
+end
+redis.call('HSET', KEYS[1], 'zxid', ARGV[1])
+return ARGV[1]

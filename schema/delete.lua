@@ -1,0 +1,48 @@
+-- delete.lua — remove one znode's keys, leaving a short-lived tombstone.
+--
+-- Guarantees (atomic):
+--   * data, meta and children disappear together;
+--   * a newer incarnation is never deleted: if the stored czxid is above the tombstone zxid T,
+--     the stored znode was created after the read that saw the path absent, so it is left alone;
+--   * the tombstone (KEYS[4]) records T, the highest zxid at which every incarnation created so
+--     far is known to be dead (see layout.md), and only ever grows; it expires after ARGV[2] ms,
+--     long after any read that could still be in flight;
+--   * an applied delete appends one `del` entry to the change stream in the same step.
+--   * mode `hide` (the mirror lost READ permission) removes the keys without a tombstone: the
+--     znode still exists, and a later readable read must be accepted.
+--
+-- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes
+-- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
+--       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete` or `hide`)
+-- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored)
+
+local function cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+
+local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version')
+local t = ARGV[1]
+if ARGV[5] == 'delete' then
+  if t == '' then t = stored[1] or '' end
+  if stored[1] and t ~= '' and cmp(stored[1], t) > 0 then
+    return 2
+  end
+  if t ~= '' then
+    local old = redis.call('GET', KEYS[4])
+    if old and cmp(old, t) > 0 then t = old end
+    redis.call('SET', KEYS[4], t, 'PX', ARGV[2])
+  end
+end
+
+local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if removed == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
+  'op', 'del', 'path', ARGV[3], 'mzxid', stored[2] or '', 'version', stored[3] or '',
+  'zxid', t, 'reason', ARGV[5])
+return 1

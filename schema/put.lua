@@ -1,0 +1,74 @@
+-- put.lua — write one znode's data, Stat and children, atomically, never backwards.
+--
+-- Guarantees (one script = one atomic step in Redis):
+--   * data, meta and children of the znode change together or not at all, so a reader that
+--     reads them in one MULTI (or one script) never sees a torn pair;
+--   * the stored version never goes backwards: the incoming read is ordered against the stored
+--     one by the tuple (czxid, mzxid, pzxid, aversion). Within one incarnation each of these only
+--     grows; a re-created znode has a higher czxid. An older read is refused;
+--   * a deleted znode is never resurrected by a late write of an older read: a tombstone
+--     (KEYS[4]) holds a zxid T such that every incarnation created at or before T is known dead;
+--     a read whose czxid <= T is refused;
+--   * an identical read writes nothing (reconcile rewrites only what differs);
+--   * every applied write appends one entry to the change stream (KEYS[5]) in the same step, so
+--     a reader that sees the entry finds the change already in the keys.
+--
+-- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM)
+-- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
+--       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
+--       13 path, 14 stream max length (approximate), 15 data bytes, 16.. child names
+-- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned)
+
+-- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
+local function cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+
+local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+
+local tomb = redis.call('GET', KEYS[4])
+if tomb and cmp(czxid, tomb) <= 0 then
+  return 3
+end
+
+local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'pzxid', 'aversion')
+local children_fresh = false
+if stored[1] then
+  local order = cmp(czxid, stored[1])
+  if order == 0 then order = cmp(mzxid, stored[2] or '') end
+  if order == 0 then order = cmp(pzxid, stored[3] or '') end
+  if order == 0 then order = cmp(aversion, stored[4] or '') end
+  if order < 0 then
+    return 2
+  end
+  local has_children = tonumber(ARGV[11]) > 0
+  children_fresh = stored[1] == czxid and stored[3] == pzxid
+    and (redis.call('EXISTS', KEYS[3]) == 1) == has_children
+  if order == 0 and children_fresh and redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+  end
+end
+
+redis.call('SET', KEYS[1], ARGV[15])
+redis.call('HSET', KEYS[2],
+  'czxid', czxid, 'mzxid', mzxid, 'pzxid', pzxid, 'ctime', ARGV[4], 'mtime', ARGV[5],
+  'version', ARGV[6], 'cversion', ARGV[7], 'aversion', aversion,
+  'ephemeral_owner', ARGV[9], 'data_length', ARGV[10], 'num_children', ARGV[11],
+  'mirrored_at', ARGV[12])
+if not children_fresh then
+  redis.call('DEL', KEYS[3])
+  -- SADD in chunks: unpack() of tens of thousands of values overflows Lua's C stack.
+  local i = 16
+  while i <= #ARGV do
+    local last = math.min(i + 4999, #ARGV)
+    redis.call('SADD', KEYS[3], unpack(ARGV, i, last))
+    i = last + 1
+  end
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*',
+  'op', 'put', 'path', ARGV[13], 'mzxid', mzxid, 'version', ARGV[6], 'czxid', czxid)
+return 1

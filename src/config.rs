@@ -1,0 +1,203 @@
+//! What a mirror needs to know: where the servers are, which subtree, which prefix, and the
+//! few timings an operator may want to change. Validated once, before anything connects.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// One mirror: a ZooKeeper subtree copied into Redis under one prefix.
+#[derive(Clone)]
+pub struct MirrorConfig {
+    /// ZooKeeper connect string: `host:port[,host:port...]`.
+    pub zk_servers: String,
+    /// Optional ZooKeeper digest credentials (`user:password`), added to the session.
+    pub zk_auth: Option<ZkDigest>,
+    /// Redis URL, `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    pub redis_url: String,
+    /// The mirrored subtree's absolute path.
+    pub root: String,
+    /// Key prefix, `zk` by default.
+    pub prefix: String,
+    /// Session timeout asked of ZooKeeper (the server clamps it).
+    pub session_timeout: Duration,
+    /// How often the whole subtree is compared again, to catch what no watch reports
+    /// (ACL changes, znodes that become readable).
+    pub anti_entropy_interval: Duration,
+    /// How long a tombstone outlives the delete it records.
+    pub tombstone_ttl: Duration,
+    /// Approximate cap of the change stream (`XADD MAXLEN ~`).
+    pub changes_maxlen: u64,
+    /// How often `P:mirror` `heartbeat` is refreshed and Redis is checked for loss.
+    pub heartbeat_interval: Duration,
+    /// How many ZooKeeper reads may be in flight at once.
+    pub read_window: usize,
+}
+
+/// ZooKeeper digest credentials. `Debug` never prints the password.
+#[derive(Clone)]
+pub struct ZkDigest {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ZkDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:***", self.user)
+    }
+}
+
+impl std::str::FromStr for ZkDigest {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some((user, password)) if !user.is_empty() => {
+                Ok(ZkDigest { user: user.to_owned(), password: password.to_owned() })
+            }
+            _ => Err(ConfigError::BadZkAuth { why: "missing user or ':'".to_owned() }),
+        }
+    }
+}
+
+impl std::fmt::Debug for MirrorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorConfig")
+            .field("zk_servers", &self.zk_servers)
+            .field("zk_auth", &self.zk_auth)
+            .field("redis_url", &mask_url(&self.redis_url))
+            .field("root", &self.root)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorConfig {
+    /// A config with the documented defaults.
+    pub fn new(zk_servers: impl Into<String>, redis_url: impl Into<String>, root: impl Into<String>) -> Self {
+        MirrorConfig {
+            zk_servers: zk_servers.into(),
+            zk_auth: None,
+            redis_url: redis_url.into(),
+            root: root.into(),
+            prefix: "zk".to_owned(),
+            session_timeout: Duration::from_secs(10),
+            anti_entropy_interval: Duration::from_secs(30),
+            tombstone_ttl: Duration::from_secs(60),
+            changes_maxlen: 10_000,
+            heartbeat_interval: Duration::from_secs(1),
+            read_window: 1024,
+        }
+    }
+
+    /// Checks every field; the first problem found is returned, naming the field and value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::path::validate(&self.root)?;
+        validate_prefix(&self.prefix)?;
+        validate_zk_servers(&self.zk_servers)?;
+        validate_redis_url(&self.redis_url)?;
+        if self.read_window == 0 {
+            return Err(ConfigError::BadSetting { name: "read_window", why: "must be at least 1".into() });
+        }
+        if self.heartbeat_interval.is_zero() || self.anti_entropy_interval.is_zero() {
+            return Err(ConfigError::BadSetting {
+                name: "intervals",
+                why: "heartbeat and anti-entropy intervals must be above zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A prefix is one or more of `A-Z a-z 0-9 _ . : -`. Braces would break the hash-tag layout.
+pub fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::BadPrefix { prefix: prefix.to_owned(), why: why.to_owned() };
+    if prefix.is_empty() {
+        return Err(bad("it must not be empty"));
+    }
+    if let Some(c) = prefix.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:-".contains(*c))) {
+        return Err(bad(&format!("{c:?} is not allowed; use letters, digits, '_', '.', ':' or '-'")));
+    }
+    if prefix.ends_with(':') {
+        return Err(bad("it must not end with ':' (the layout adds one)"));
+    }
+    Ok(())
+}
+
+fn validate_zk_servers(servers: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadZkAddress { zk: servers.to_owned(), why };
+    if servers.trim().is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    for server in servers.split(',') {
+        let server = server.trim();
+        let host_port = server.split_once("://").map_or(server, |(_, rest)| rest);
+        let host_port = host_port.split('/').next().unwrap_or(host_port);
+        match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(bad(format!("{server:?} is not host:port"))),
+        }
+    }
+    Ok(())
+}
+
+fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadRedisUrl { url: mask_url(url), why };
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+        return Err(bad(format!("scheme {:?} is not redis:// or rediss://", parsed.scheme())));
+    }
+    redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MirrorConfig {
+        MirrorConfig::new("127.0.0.1:2181", "redis://127.0.0.1:6379/", "/app")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        config().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_them() {
+        let mut c = config();
+        c.root = "app".into();
+        assert!(c.validate().unwrap_err().to_string().contains("\"app\""));
+        let mut c = config();
+        c.prefix = "z{k}".into();
+        assert!(c.validate().unwrap_err().to_string().contains("prefix"));
+        let mut c = config();
+        c.redis_url = "http://x".into();
+        assert!(c.validate().unwrap_err().to_string().contains("Redis URL"));
+        let mut c = config();
+        c.zk_servers = "localhost".into();
+        assert!(c.validate().unwrap_err().to_string().contains("host:port"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(mask_url("redis://u:secret@h:1/"), "redis://u:***@h:1/");
+        let digest: ZkDigest = "alice:pw".parse().expect("valid digest");
+        assert_eq!(format!("{digest:?}"), "alice:***");
+        let mut c = config();
+        c.redis_url = "redis://u:secret@h:1/".into();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

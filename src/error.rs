@@ -1,0 +1,65 @@
+//! Error types. Each names the path, key or server it concerns and, where it helps, what to do.
+
+use thiserror::Error;
+
+/// A configuration value that cannot work; reported before anything connects.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("bad root {root:?}: {why}")]
+    BadRoot { root: String, why: String },
+    #[error("bad prefix {prefix:?}: {why}")]
+    BadPrefix { prefix: String, why: String },
+    #[error("bad Redis URL {url}: {why}")]
+    BadRedisUrl { url: String, why: String },
+    #[error("bad ZooKeeper address {zk:?}: {why}")]
+    BadZkAddress { zk: String, why: String },
+    #[error("bad ZooKeeper auth: {why} (expected user:password)")]
+    BadZkAuth { why: String },
+    #[error("bad setting {name}: {why}")]
+    BadSetting { name: &'static str, why: String },
+}
+
+/// Failures talking to ZooKeeper.
+#[derive(Debug, Error)]
+pub enum ZkError {
+    #[error("cannot connect to ZooKeeper at {servers}: {source}")]
+    Connect { servers: String, source: zookeeper_client::Error },
+    /// The session is gone for good: a new session, a new watch and a reconcile are needed.
+    #[error("ZooKeeper session expired")]
+    SessionExpired,
+    /// ZooKeeper rejected the mirror's credentials: retrying will not help.
+    #[error("ZooKeeper rejected the mirror's credentials (AuthFailed): check --zk-auth")]
+    AuthFailed,
+    #[error("cannot watch {path} on ZooKeeper: {source}")]
+    Watch { path: String, source: zookeeper_client::Error },
+    #[error("cannot read {path} from ZooKeeper: {source}")]
+    Read { path: String, source: zookeeper_client::Error },
+}
+
+/// Failures talking to Redis.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("Redis at {server}: {source}")]
+    Redis { server: String, source: redis::RedisError },
+    #[error("Redis at {server} answered {what} with something unexpected: {detail}")]
+    Unexpected { server: String, what: &'static str, detail: String },
+}
+
+impl StoreError {
+    /// Redis restarted without our scripts (or flushed them): load them and retry.
+    pub fn is_noscript(&self) -> bool {
+        matches!(self, StoreError::Redis { source, .. }
+            if source.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+    }
+}
+
+/// Why a running mirror stopped.
+#[derive(Debug, Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Zk(#[from] ZkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,267 @@
+//! The Redis side: applies batches of znode writes through the schema's Lua scripts, writes the
+//! status hash, and finds keys that no longer belong to the tree.
+//!
+//! Architecture invariant: this module never imports `zookeeper_client`; it only sees the
+//! [`crate::znode`] types. It names no key itself: [`Keys`] does.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Pipeline, Value};
+
+use crate::config::{mask_url, MirrorConfig};
+use crate::error::StoreError;
+use crate::path;
+use crate::schema::{KeyKind, Keys, Scripts};
+use crate::znode::Znode;
+
+/// One change to make in Redis for one znode.
+#[derive(Debug)]
+pub enum Write {
+    /// Write data, meta and children (the script refuses older reads and tombstoned ones).
+    Put(Znode),
+    /// The znode is gone: remove its keys, leave a tombstone at `tomb_zxid`.
+    Delete { path: String, tomb_zxid: Option<i64> },
+    /// The mirror may not read the znode: remove its keys, no tombstone.
+    Hide { path: String },
+}
+
+impl Write {
+    pub fn path(&self) -> &str {
+        match self {
+            Write::Put(znode) => &znode.path,
+            Write::Delete { path, .. } | Write::Hide { path } => path,
+        }
+    }
+
+    /// Bytes this write puts on the wire, roughly; batches are bounded by it.
+    pub fn weight(&self) -> usize {
+        match self {
+            Write::Put(znode) => {
+                256 + znode.path.len() + znode.data.len() + znode.children.iter().map(|c| c.len() + 8).sum::<usize>()
+            }
+            Write::Delete { path, .. } | Write::Hide { path } => 128 + path.len(),
+        }
+    }
+}
+
+/// What one batch did, counted from the scripts' answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Znodes written because Redis differed.
+    pub written: u64,
+    /// Znodes already exact: nothing was written.
+    pub unchanged: u64,
+    /// Writes refused because Redis already held a newer read (or a tombstone).
+    pub refused: u64,
+    /// Znodes whose keys were removed.
+    pub deleted: u64,
+}
+
+/// A handle on the mirror's Redis. Cheap to clone: clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    /// The URL with the password masked: what errors and logs name.
+    server: String,
+    tombstone_ttl_ms: u64,
+    changes_maxlen: u64,
+}
+
+impl Store {
+    /// Builds the handle without connecting: the first command connects, and a Redis that is
+    /// down at start is retried by the caller like any later outage.
+    pub fn new(config: &MirrorConfig) -> Result<Store, StoreError> {
+        let server = mask_url(&config.redis_url);
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        Ok(Store {
+            conn,
+            keys: Keys::new(&config.prefix),
+            scripts: Arc::new(Scripts::load()),
+            server,
+            tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
+            changes_maxlen: config.changes_maxlen,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn error(&self, source: redis::RedisError) -> StoreError {
+        StoreError::Redis { server: self.server.clone(), source }
+    }
+
+    /// Loads the Lua scripts. Needed after every (re)connect: a Redis restarted empty has none,
+    /// and scripts inside a pipeline are not loaded for us.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            script.load_async(&mut conn).await.map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `writes` in order in one pipeline (one round trip), then raises the status
+    /// `zxid` to `applied_zxid`. The pipeline is built now; the returned future only sends it.
+    pub fn apply(
+        &self,
+        writes: &[Write],
+        applied_zxid: i64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
+        let mut pipe = redis::pipe();
+        for write in writes {
+            self.add_write(&mut pipe, write, now_ms);
+        }
+        if applied_zxid > 0 {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.advance_zxid.get_hash())
+                .arg(1)
+                .arg(self.keys.status())
+                .arg(applied_zxid.to_string())
+                .ignore();
+        }
+        let store = self.clone();
+        let kinds: Vec<bool> = writes.iter().map(|w| matches!(w, Write::Put(_))).collect();
+        async move {
+            let mut conn = store.conn.clone();
+            let answers: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
+            let mut outcome = BatchOutcome::default();
+            for (is_put, answer) in kinds.into_iter().zip(answers) {
+                match (is_put, answer) {
+                    (true, 0) => outcome.unchanged += 1,
+                    (true, 1) => outcome.written += 1,
+                    (true, _) => outcome.refused += 1,
+                    (false, 1) => outcome.deleted += 1,
+                    (false, 2) => outcome.refused += 1,
+                    (false, _) => outcome.unchanged += 1,
+                }
+            }
+            Ok(outcome)
+        }
+    }
+
+    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64) {
+        let keys = &self.keys;
+        let path = write.path();
+        let script = match write {
+            Write::Put(_) => &self.scripts.put,
+            Write::Delete { .. } | Write::Hide { .. } => &self.scripts.delete,
+        };
+        // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(5)
+            .arg(keys.data(path))
+            .arg(keys.meta(path))
+            .arg(keys.children(path))
+            .arg(keys.tomb(path))
+            .arg(keys.changes());
+        match write {
+            Write::Put(znode) => {
+                cmd.arg(&znode.stat.fields()[..])
+                    .arg(now_ms)
+                    .arg(path)
+                    .arg(self.changes_maxlen)
+                    .arg(znode.data.as_slice())
+                    .arg(&znode.children);
+            }
+            Write::Delete { tomb_zxid, .. } => {
+                cmd.arg(tomb_zxid.map(|z| z.to_string()).unwrap_or_default())
+                    .arg(self.tombstone_ttl_ms)
+                    .arg(path)
+                    .arg(self.changes_maxlen)
+                    .arg("delete");
+            }
+            Write::Hide { .. } => {
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide");
+            }
+        }
+    }
+
+    /// Sets fields of the status hash `P:mirror`.
+    pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.keys.status())
+            .arg(fields)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Whether Redis still holds the root's meta: false after a flush, a restart without
+    /// persistence, or someone deleting the mirror's keys.
+    pub async fn holds(&self, path: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS").arg(self.keys.meta(path)).query_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+
+    /// Lists stored znodes below `root` (not `root` itself) that their parent's children set no
+    /// longer names: candidates for deletion, to be confirmed against ZooKeeper.
+    ///
+    /// Run after a walk has rewritten every children set, this finds what was deleted while no
+    /// watch could report it, including keys no children set ever pointed at. It pages through
+    /// `SCAN`, so its memory is the candidates, not the tree.
+    pub async fn stray_paths(&self, root: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = self.keys.scan_pattern(root);
+        let mut cursor: u64 = 0;
+        let mut strays = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            let paths: HashSet<&str> = keys
+                .iter()
+                .filter_map(|key| self.keys.parse(key))
+                .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
+                .map(|(_, path)| path)
+                .collect();
+            let paths: Vec<&str> = paths.into_iter().collect();
+            if !paths.is_empty() {
+                let mut pipe = redis::pipe();
+                for p in &paths {
+                    let parent = path::parent(p).unwrap_or("/");
+                    pipe.cmd("SISMEMBER").arg(self.keys.children(parent)).arg(path::name(p));
+                }
+                let member: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
+                strays.extend(paths.iter().zip(member).filter(|(_, m)| !m).map(|(p, _)| (*p).to_owned()));
+            }
+            if next == 0 {
+                return Ok(strays);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Runs one raw command on the mirror's connection (used by `verify` and tests' helpers).
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+}

@@ -1,0 +1,259 @@
+//! An independent check that Redis holds exactly the subtree: data bytes, all eleven `Stat`
+//! fields, children sets, and no key beyond them.
+//!
+//! It shares only the key names ([`Keys`]) with the mirror, none of its logic: it reads
+//! ZooKeeper and Redis itself and compares. The tests use it as their oracle and the benchmark
+//! uses it to decide when a copy is exact.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use redis::aio::ConnectionLike;
+use zookeeper_client::{Client, Error as ZkClientError, MultiReadResult};
+
+use crate::path;
+use crate::schema::{KeyKind, Keys, STAT_FIELDS};
+use crate::zk::convert;
+
+/// One way in which Redis differs from ZooKeeper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    pub key: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.what)
+    }
+}
+
+/// The result of one comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Znodes read from ZooKeeper.
+    pub znodes: u64,
+    /// Znodes ZooKeeper would not show the reader (`NoAuth`): expected absent from Redis.
+    pub unreadable: u64,
+    pub differences: Vec<Difference>,
+}
+
+impl Report {
+    pub fn is_exact(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_exact() {
+            return write!(f, "exact: {} znodes match ({} unreadable, skipped)", self.znodes, self.unreadable);
+        }
+        writeln!(f, "{} differences over {} znodes:", self.differences.len(), self.znodes)?;
+        for d in self.differences.iter().take(20) {
+            writeln!(f, "  {d}")?;
+        }
+        if self.differences.len() > 20 {
+            writeln!(f, "  ... and {} more", self.differences.len() - 20)?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors that stop a comparison (as opposed to differences, which it reports).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path} from ZooKeeper: {source}")]
+    Zk { path: String, source: ZkClientError },
+    #[error("cannot read from Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+struct Expected {
+    path: String,
+    data: Vec<u8>,
+    meta: [String; 11],
+    children: Vec<String>,
+}
+
+/// Compares the subtree at `root` with the keys under `prefix`.
+pub async fn compare<C: ConnectionLike + Send>(
+    zk: &Client,
+    redis: &mut C,
+    prefix: &str,
+    root: &str,
+) -> Result<Report, VerifyError> {
+    let keys = Keys::new(prefix);
+    let mut report = Report::default();
+    let mut expected_keys: HashSet<String> = HashSet::new();
+    let mut stack = vec![root.to_owned()];
+    let mut reads = FuturesOrdered::new();
+    let mut batch: Vec<Expected> = Vec::new();
+    loop {
+        while reads.len() < 256 {
+            let Some(path) = stack.pop() else { break };
+            let client = zk.clone();
+            reads.push_back(async move {
+                let result = read_znode(&client, &path).await;
+                (path, result)
+            });
+        }
+        let Some((path, result)) = reads.next().await else { break };
+        match result {
+            Ok(Some(expected)) => {
+                report.znodes += 1;
+                stack.extend(expected.children.iter().map(|c| path::child(&path, c)));
+                expected_keys.insert(keys.data(&path));
+                expected_keys.insert(keys.meta(&path));
+                if !expected.children.is_empty() {
+                    expected_keys.insert(keys.children(&path));
+                }
+                batch.push(expected);
+                if batch.len() >= 256 {
+                    check_batch(redis, &keys, &mut batch, &mut report).await?;
+                }
+            }
+            Ok(None) => {}
+            Err(ZkClientError::NoAuth) => report.unreadable += 1,
+            Err(source) => return Err(VerifyError::Zk { path, source }),
+        }
+    }
+    check_batch(redis, &keys, &mut batch, &mut report).await?;
+    find_extra_keys(redis, &keys, root, &expected_keys, &mut report).await?;
+    report.differences.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(report)
+}
+
+/// `None` when the znode vanished while we walked.
+async fn read_znode(client: &Client, path: &str) -> Result<Option<Expected>, ZkClientError> {
+    let mut reader = client.new_multi_reader();
+    reader.add_get_data(path)?;
+    reader.add_get_children(path)?;
+    let mut results = reader.commit().await?.into_iter();
+    match (results.next(), results.next()) {
+        (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { mut children })) => {
+            children.sort();
+            Ok(Some(Expected { path: path.to_owned(), data, meta: convert(&stat).fields(), children }))
+        }
+        (Some(MultiReadResult::Error { err: ZkClientError::NoNode }), _) => Ok(None),
+        (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => Err(err),
+        other => Err(ZkClientError::UnexpectedError(format!("multi-read answered {other:?}"))),
+    }
+}
+
+async fn check_batch<C: ConnectionLike + Send>(
+    redis: &mut C,
+    keys: &Keys,
+    batch: &mut Vec<Expected>,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for e in batch.iter() {
+        pipe.cmd("GET").arg(keys.data(&e.path));
+        pipe.cmd("HGETALL").arg(keys.meta(&e.path));
+        pipe.cmd("SMEMBERS").arg(keys.children(&e.path));
+    }
+    let answers: Vec<redis::Value> = pipe.ignore_errors().query_async(redis).await?;
+    for (e, answer) in batch.iter().zip(answers.chunks(3)) {
+        let [data, meta, children] = answer else { continue };
+        compare_znode(keys, e, data, meta, children, &mut report.differences);
+    }
+    batch.clear();
+    Ok(())
+}
+
+fn compare_znode(
+    keys: &Keys,
+    e: &Expected,
+    data: &redis::Value,
+    meta: &redis::Value,
+    children: &redis::Value,
+    out: &mut Vec<Difference>,
+) {
+    let mut differ = |key: String, what: String| out.push(Difference { key, what });
+    match redis::from_redis_value_ref::<Option<Vec<u8>>>(data) {
+        Ok(Some(stored)) if stored == e.data => {}
+        Ok(Some(stored)) => differ(
+            keys.data(&e.path),
+            format!("data differs: Redis has {}, ZooKeeper has {}", show_bytes(&stored), show_bytes(&e.data)),
+        ),
+        Ok(None) => differ(keys.data(&e.path), "missing".into()),
+        Err(err) => differ(keys.data(&e.path), format!("unreadable: {err}")),
+    }
+    match redis::from_redis_value_ref::<HashMap<String, String>>(meta) {
+        Ok(stored) if stored.is_empty() => differ(keys.meta(&e.path), "missing".into()),
+        Ok(stored) => {
+            for (field, want) in STAT_FIELDS.iter().zip(&e.meta) {
+                match stored.get(*field) {
+                    Some(have) if have == want => {}
+                    Some(have) => differ(keys.meta(&e.path), format!("{field} is {have}, ZooKeeper says {want}")),
+                    None => differ(keys.meta(&e.path), format!("{field} missing, ZooKeeper says {want}")),
+                }
+            }
+            if !stored.contains_key("mirrored_at") {
+                differ(keys.meta(&e.path), "mirrored_at missing".into());
+            }
+        }
+        Err(err) => differ(keys.meta(&e.path), format!("unreadable: {err}")),
+    }
+    match redis::from_redis_value_ref::<BTreeSet<String>>(children) {
+        Ok(stored) => {
+            let want: BTreeSet<String> = e.children.iter().cloned().collect();
+            if stored != want {
+                let extra: Vec<_> = stored.difference(&want).take(5).collect();
+                let missing: Vec<_> = want.difference(&stored).take(5).collect();
+                differ(
+                    keys.children(&e.path),
+                    format!("children differ: extra in Redis {extra:?}, missing from Redis {missing:?}"),
+                );
+            }
+        }
+        Err(err) => differ(keys.children(&e.path), format!("unreadable: {err}")),
+    }
+}
+
+async fn find_extra_keys<C: ConnectionLike + Send>(
+    redis: &mut C,
+    keys: &Keys,
+    root: &str,
+    expected: &HashSet<String>,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    let pattern = format!("{}:*", keys.prefix().replace('*', "\\*").replace('?', "\\?").replace('[', "\\["));
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(redis).await?;
+        for key in found {
+            if expected.contains(&key) || key == keys.status() || key == keys.changes() {
+                continue;
+            }
+            match keys.parse(&key) {
+                // Tombstones are part of the layout and expire by themselves.
+                Some((KeyKind::Tomb, _)) => {}
+                // Znodes of other roots sharing the prefix are not ours to judge.
+                Some((_, path)) if !path::is_within(path, root) => {}
+                Some(_) => report.differences.push(Difference { key, what: "extra key: no such znode".into() }),
+                None if key.starts_with(&format!("{}:{{", keys.prefix())) => {
+                    report.differences.push(Difference { key, what: "key outside the layout".into() })
+                }
+                None => {}
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+fn show_bytes(bytes: &[u8]) -> String {
+    const SHOWN: usize = 40;
+    let shown = &bytes[..bytes.len().min(SHOWN)];
+    let text = String::from_utf8_lossy(shown);
+    let ellipsis = if bytes.len() > SHOWN { "…" } else { "" };
+    format!("{} bytes {:?}{}", bytes.len(), text, ellipsis)
+}

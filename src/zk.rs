@@ -1,0 +1,162 @@
+//! The ZooKeeper side: one session, one persistent recursive watch, and reads that return
+//! whole-znode snapshots.
+//!
+//! Architecture invariant: this module never imports `redis` and never writes to ZooKeeper.
+
+use std::future::Future;
+
+use zookeeper_client::{AddWatchMode, Client, Error as ZkClientError, MultiReadResult, PersistentWatcher, Stat};
+
+use crate::config::MirrorConfig;
+use crate::error::ZkError;
+use crate::path;
+use crate::znode::{Fetched, Znode, ZnodeStat};
+
+/// One ZooKeeper session. Cheap to clone (the client is shared).
+#[derive(Clone)]
+pub struct ZkSession {
+    client: Client,
+    servers: String,
+}
+
+impl ZkSession {
+    /// Opens a session (with digest auth when configured). Fails after about one session
+    /// timeout if no server answers; the caller retries with backoff.
+    pub async fn connect(config: &MirrorConfig) -> Result<ZkSession, ZkError> {
+        let mut connector = Client::connector().with_session_timeout(config.session_timeout);
+        if let Some(digest) = &config.zk_auth {
+            connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
+        }
+        let client = connector.connect(&config.zk_servers).await.map_err(|source| match source {
+            ZkClientError::AuthFailed => ZkError::AuthFailed,
+            source => ZkError::Connect { servers: config.zk_servers.clone(), source },
+        })?;
+        Ok(ZkSession { client, servers: config.zk_servers.clone() })
+    }
+
+    pub fn servers(&self) -> &str {
+        &self.servers
+    }
+
+    pub fn session_id(&self) -> String {
+        self.client.session_id().to_string()
+    }
+
+    /// Adds the persistent recursive watch on `root` (which may not exist yet).
+    ///
+    /// zookeeper-client 0.11.2 does not re-register persistent watches when it reconnects
+    /// within a session (its `SetWatches` leaves them out), so the mirror calls this again after
+    /// every reconnect and swaps in the new watcher.
+    pub async fn watch(&self, root: &str) -> Result<PersistentWatcher, ZkError> {
+        self.client
+            .watch(root, AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|source| ZkError::Watch { path: root.to_owned(), source })
+    }
+
+    /// Reads `path` as one consistent snapshot. The first request is sent *now*, so reads
+    /// issued one after another are answered in that order (one session is FIFO).
+    pub fn fetch(&self, path: String) -> impl Future<Output = Result<Fetched, ZkError>> + Send + 'static {
+        let first = self.client.get_data(&path);
+        let client = self.client.clone();
+        async move {
+            match first.await {
+                // A leaf: data and Stat came in one reply, children are known to be none.
+                Ok((data, stat)) if stat.num_children == 0 => {
+                    Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children: Vec::new() }))
+                }
+                // An inner node: read data and children again in one atomic multi-read, so the
+                // children belong to the same Stat.
+                Ok(_) => snapshot(&client, path).await,
+                Err(ZkClientError::NoNode) => absent(&client, path).await,
+                Err(ZkClientError::NoAuth) => Ok(Fetched::Unreadable { path }),
+                Err(source) => Err(read_error(path, source)),
+            }
+        }
+    }
+}
+
+/// Data, Stat and children of one znode from one atomic multi-read.
+async fn snapshot(client: &Client, path: String) -> Result<Fetched, ZkError> {
+    let mut reader = client.new_multi_reader();
+    if let Err(source) = reader.add_get_data(&path).and_then(|()| reader.add_get_children(&path)) {
+        return Err(read_error(path, source));
+    }
+    let results = reader.commit().await.map_err(|source| read_error(path.clone(), source))?;
+    let mut results = results.into_iter();
+    match (results.next(), results.next()) {
+        (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { children })) => {
+            Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
+        }
+        (Some(MultiReadResult::Error { err: ZkClientError::NoNode }), _) => absent(client, path).await,
+        (Some(MultiReadResult::Error { err: ZkClientError::NoAuth }), _)
+        | (_, Some(MultiReadResult::Error { err: ZkClientError::NoAuth })) => Ok(Fetched::Unreadable { path }),
+        (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => {
+            Err(read_error(path, err))
+        }
+        other => Err(read_error(
+            path,
+            ZkClientError::UnexpectedError(format!("multi-read answered {other:?}")),
+        )),
+    }
+}
+
+/// The path was found absent: read it again, after reading its ancestors' `Stat`s.
+///
+/// Why this order: if the path is still absent at the later read, every incarnation of it
+/// created before the ancestors were read is dead, so the largest `pzxid` among them is a safe
+/// tombstone zxid. A delete bumps its parent's `pzxid`, so the tombstone also covers the
+/// incarnation whose delete we are reacting to. The parent alone usually suffices; when it is
+/// gone too, the whole chain up to `/` (which always exists) is read.
+async fn absent(client: &Client, path: String) -> Result<Fetched, ZkError> {
+    let ancestors: Vec<String> = std::iter::successors(path::parent(&path), |p| path::parent(p))
+        .map(str::to_owned)
+        .collect();
+    for depth in [1, ancestors.len()] {
+        let stat_reads: Vec<_> = ancestors.iter().take(depth).map(|a| client.check_stat(a)).collect();
+        let again = client.get_data(&path);
+        let mut tomb_zxid: Option<i64> = None;
+        for read in stat_reads {
+            if let Ok(Some(stat)) = read.await {
+                tomb_zxid = tomb_zxid.max(Some(stat.pzxid));
+            }
+        }
+        match again.await {
+            Ok((_, stat)) if stat.num_children > 0 => return Box::pin(snapshot(client, path)).await,
+            Ok((data, stat)) => {
+                return Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children: Vec::new() }))
+            }
+            Err(ZkClientError::NoNode) if tomb_zxid.is_some() || depth == ancestors.len() => {
+                return Ok(Fetched::Absent { path, tomb_zxid })
+            }
+            Err(ZkClientError::NoNode) => continue,
+            Err(ZkClientError::NoAuth) => return Ok(Fetched::Unreadable { path }),
+            Err(source) => return Err(read_error(path, source)),
+        }
+    }
+    Ok(Fetched::Absent { path, tomb_zxid: None })
+}
+
+fn read_error(path: String, source: ZkClientError) -> ZkError {
+    match source {
+        ZkClientError::SessionExpired => ZkError::SessionExpired,
+        ZkClientError::AuthFailed => ZkError::AuthFailed,
+        source => ZkError::Read { path, source },
+    }
+}
+
+pub fn convert(stat: &Stat) -> ZnodeStat {
+    ZnodeStat {
+        czxid: stat.czxid,
+        mzxid: stat.mzxid,
+        pzxid: stat.pzxid,
+        ctime: stat.ctime,
+        mtime: stat.mtime,
+        version: stat.version,
+        cversion: stat.cversion,
+        aversion: stat.aversion,
+        ephemeral_owner: stat.ephemeral_owner,
+        data_length: stat.data_length,
+        num_children: stat.num_children,
+    }
+}
