@@ -1,0 +1,815 @@
+//! Real ZooKeeper and Redis server processes for integration tests, plus the process plumbing
+//! that guarantees none of them outlives the test binary.
+//!
+//! Lifetime rules, and why:
+//! * A server owned by a test ([`ZkServer::start`], [`RedisServer::start`]) is killed by pid in
+//!   its `Drop`, also when the test panics.
+//! * [`ZkServer::shared`] lives in a `static`, which Rust never drops. Its pid (like every live
+//!   server pid) is recorded in [`LIVE_PIDS`] and an `atexit` handler kills what is left when
+//!   the binary exits (libtest ends through `process::exit` or a return from `main`; both run
+//!   `atexit` handlers).
+//! * If the binary dies without running `atexit` (SIGKILL, abort, Ctrl-C), the kernel kills the
+//!   servers: they are spawned with `PR_SET_PDEATHSIG(SIGKILL)`. PDEATHSIG fires when the
+//!   *thread* that forked the child exits, not the process, so every server is forked by one
+//!   dedicated spawner thread that lives until the process ends. Forking from test threads
+//!   would kill the shared server as soon as the test that happened to start it finished (and
+//!   a test-owned server moved to a task on a runtime worker when that worker shut down).
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a ZooKeeper JVM may take to answer `ruok`. A cold JVM on a busy machine running
+/// many test binaries in parallel can be slow; normally it takes well under a second.
+const ZK_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long redis-server may take to answer `PING`; it normally takes a few milliseconds.
+const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between readiness probes.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Launch attempts on fresh ports before giving up. A port picked by [`free_port`] can still be
+/// taken by someone else before the server binds it (another binary, an outgoing connection's
+/// ephemeral port), so a bind failure is retried on another port.
+const LAUNCH_ATTEMPTS: usize = 3;
+/// Number of log lines shown when a server fails or a test panics.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The ZooKeeper classpath. `zookeeper.jar`'s manifest `Class-Path` already names the Debian
+/// jars it needs at runtime (zookeeper-jute, netty-*, metrics-core, snappy-java, commons-*,
+/// jackson-*, jetty9-*); what it lacks is an slf4j binding, so slf4j-simple is added and logs
+/// go to stderr, which is redirected to a log file in the server's temp dir.
+const ZK_CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:\
+                            /usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar";
+const ZK_MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+// ---------------------------------------------------------------------------------------------
+// Process plumbing
+// ---------------------------------------------------------------------------------------------
+
+/// Capacity of [`LIVE_PIDS`]; far more servers than any test binary runs at once.
+const MAX_LIVE_SERVERS: usize = 256;
+
+/// Pids of servers that are (or may be) still running; 0 marks a free slot. Lock-free on
+/// purpose: the `atexit` handler must not block on a mutex some other thread held while the
+/// process was exiting.
+static LIVE_PIDS: [AtomicI32; MAX_LIVE_SERVERS] = [const { AtomicI32::new(0) }; MAX_LIVE_SERVERS];
+
+/// Data directory of the shared ZooKeeper server, removed by the `atexit` handler because the
+/// `TempDir` owning it lives in a `static` and is never dropped.
+static SHARED_ZK_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+fn register_pid(pid: i32) {
+    let registered = LIVE_PIDS.iter().any(|slot| {
+        slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    });
+    assert!(
+        registered,
+        "more than {MAX_LIVE_SERVERS} live test servers; raise MAX_LIVE_SERVERS"
+    );
+}
+
+fn unregister_pid(pid: i32) {
+    for slot in &LIVE_PIDS {
+        if slot
+            .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// `atexit` handler: kills and reaps every server still registered, then removes the shared
+/// ZooKeeper's directory. Must not panic (it runs inside libc's `exit`).
+extern "C" fn kill_live_servers_at_exit() {
+    for slot in &LIVE_PIDS {
+        let pid = slot.swap(0, Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: plain syscalls on a pid this process spawned and has not reaped yet (a
+            // pid is unregistered before it is reaped), so it cannot belong to anyone else.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    if let Some(dir) = SHARED_ZK_DIR.get() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+struct SpawnRequest {
+    command: Command,
+    reply: mpsc::Sender<io::Result<Child>>,
+}
+
+/// Returns the channel to the spawner thread, starting it (and registering the `atexit`
+/// handler) on first use. The thread never exits: the sender lives in a `static`.
+fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        // SAFETY: registers a plain `extern "C" fn` that takes no arguments.
+        let rc = unsafe { libc::atexit(kill_live_servers_at_exit) };
+        assert_eq!(
+            rc, 0,
+            "registering the atexit handler that kills test servers"
+        );
+        let (sender, receiver) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("test-server-spawner".into())
+            .spawn(move || {
+                for SpawnRequest { mut command, reply } in receiver {
+                    let result = command.spawn();
+                    if let Ok(child) = &result {
+                        register_pid(child.id() as i32);
+                    }
+                    // The requester blocks on the reply; if it vanished anyway, the child stays
+                    // registered and the atexit handler kills it.
+                    let _ = reply.send(result);
+                }
+            })
+            .expect("starting the test-server spawner thread");
+        sender
+    })
+}
+
+/// Spawns `command` from the spawner thread with `PR_SET_PDEATHSIG(SIGKILL)` and registers its
+/// pid for the `atexit` handler. See the module docs for why.
+fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The test binary may have died between fork and prctl; then nobody would kill us.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (reply, result) = mpsc::channel();
+    spawner()
+        .send(SpawnRequest { command, reply })
+        .expect("test-server spawner thread is gone");
+    result
+        .recv()
+        .expect("test-server spawner thread dropped the request")
+}
+
+/// A running server process; killed (SIGKILL) and reaped when dropped.
+struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Returns the exit status if the process has already exited (and reaps it).
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                unregister_pid(self.pid() as i32);
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let pid = self.pid() as i32;
+        // `Child::kill` does not signal a child already reaped, so there is no pid-reuse risk.
+        let _ = self.child.kill();
+        // Unregister before reaping: until `wait` the pid is a zombie and cannot be reused, so
+        // the atexit handler never signals a stranger.
+        unregister_pid(pid);
+        let _ = self.child.wait();
+    }
+}
+
+/// Why a launch failed.
+enum LaunchError {
+    /// The server exited complaining that its port is in use; worth retrying on another port.
+    PortInUse(String),
+    /// Anything else; the message includes the log tail.
+    Failed(String),
+}
+
+impl LaunchError {
+    fn message(&self) -> &str {
+        match self {
+            LaunchError::PortInUse(message) | LaunchError::Failed(message) => message,
+        }
+    }
+}
+
+/// Spawns `command` with stdout/stderr appended to `log`, then polls `probe` until it reports
+/// ready. If the process exits or `timeout` passes first, the process is killed and the error
+/// carries what the probe last saw and the log tail.
+fn launch(
+    name: &str,
+    mut command: Command,
+    log: &Path,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<(), String>,
+) -> Result<ServerProcess, LaunchError> {
+    let log_offset = fs::metadata(log).map(|meta| meta.len()).unwrap_or(0);
+    let stdout = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|err| LaunchError::Failed(format!("opening {}: {err}", log.display())))?;
+    let stderr = stdout.try_clone().map_err(|err| {
+        LaunchError::Failed(format!(
+            "duplicating the handle of {}: {err}",
+            log.display()
+        ))
+    })?;
+    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    let child = spawn_guarded(command)
+        .map_err(|err| LaunchError::Failed(format!("spawning {name}: {err}")))?;
+    let mut process = ServerProcess { child };
+
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.exited() {
+            let output = read_from(log, log_offset);
+            let message = format!(
+                "{name} exited with {status} before becoming ready; log tail:\n{}",
+                tail(&output, LOG_TAIL_LINES)
+            );
+            return Err(if output.contains("Address already in use") {
+                LaunchError::PortInUse(message)
+            } else {
+                LaunchError::Failed(message)
+            });
+        }
+        let last_probe = match probe() {
+            Ok(()) => {
+                eprintln!(
+                    "[harness] {name} (pid {}) ready after {:?}",
+                    process.pid(),
+                    started.elapsed()
+                );
+                return Ok(process);
+            }
+            Err(observed) => observed,
+        };
+        if started.elapsed() > timeout {
+            drop(process);
+            return Err(LaunchError::Failed(format!(
+                "{name} not ready after {timeout:?}; last probe: {last_probe}; log tail:\n{}",
+                tail(&read_from(log, log_offset), LOG_TAIL_LINES)
+            )));
+        }
+        std::thread::sleep(READY_POLL);
+    }
+}
+
+/// Reads `path` from byte `offset` on; errors become a note in the text (diagnostics only).
+fn read_from(path: &Path, offset: u64) -> String {
+    let mut bytes = Vec::new();
+    let result = fs::File::open(path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_to_end(&mut bytes)
+    });
+    match result {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) => format!("(could not read {}: {err})", path.display()),
+    }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Returns a loopback port that was free a moment ago and that this binary has not handed out
+/// before. Remembering handed-out ports matters: a stopped server keeps its port for
+/// `restart`, and meanwhile nothing else in this binary may be given that port.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("binding 127.0.0.1:0 to find a free port")
+            .port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Opens a short-lived TCP connection, writes `request`, and returns what the server sends
+/// until it closes the connection or goes quiet for a second.
+fn exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    read_until: impl Fn(&[u8]) -> bool,
+) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(request)?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if read_until(&response) {
+                    break;
+                }
+            }
+            Err(err) if response.is_empty() => return Err(err),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|err| panic!("creating a temp dir for a test server: {err}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// ZooKeeper
+// ---------------------------------------------------------------------------------------------
+
+/// A standalone ZooKeeper server (the Debian 3.8 package) in its own temp dir, on its own
+/// loopback port.
+///
+/// `tickTime=200` makes the server accept session timeouts from 400 ms to 4 s, so tests about
+/// session expiry run quickly.
+pub struct ZkServer {
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    /// `None` while stopped. Declared before `dir`: the process must die before its directory
+    /// is removed.
+    process: Option<ServerProcess>,
+    dir: TempDir,
+}
+
+impl ZkServer {
+    /// Starts a new server and waits until it serves requests. Panics (with the server log's
+    /// tail) if it cannot be started.
+    pub fn start() -> ZkServer {
+        let dir = temp_dir("zkmirror-test-zk-");
+        let data_dir = dir.path().join("data");
+        fs::create_dir(&data_dir)
+            .unwrap_or_else(|err| panic!("creating {}: {err}", data_dir.display()));
+        let mut server = ZkServer {
+            port: 0,
+            config: dir.path().join("zoo.cfg"),
+            log: dir.path().join("zookeeper.log"),
+            process: None,
+            dir,
+        };
+        let mut last_error = String::new();
+        for _ in 0..LAUNCH_ATTEMPTS {
+            server.port = free_port();
+            server.write_config(&data_dir);
+            match server.launch() {
+                Ok(process) => {
+                    server.process = Some(process);
+                    return server;
+                }
+                Err(LaunchError::PortInUse(message)) => last_error = message,
+                Err(LaunchError::Failed(message)) => panic!("starting ZooKeeper: {message}"),
+            }
+        }
+        panic!(
+            "starting ZooKeeper: no free port after {LAUNCH_ATTEMPTS} attempts; last: {last_error}"
+        )
+    }
+
+    /// The server shared by all tests of this test binary, started on first use.
+    ///
+    /// Tests sharing it must stay below their own [`unique_root`](super::unique_root) and must
+    /// not stop it (they cannot: it is only reachable through `&`). It is killed when the test
+    /// binary exits.
+    pub fn shared() -> &'static ZkServer {
+        static SHARED: OnceLock<ZkServer> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let server = ZkServer::start();
+            // Only this initializer sets it, and it runs once.
+            let _ = SHARED_ZK_DIR.set(server.dir.path().to_owned());
+            server
+        })
+    }
+
+    /// `127.0.0.1:PORT`, usable as a ZooKeeper connect string.
+    pub fn connect_string(&self) -> String {
+        self.addr().to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// Pid of the server process, `None` while stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
+    /// Kills the server (SIGKILL, i.e. a crash; acknowledged writes are already in the
+    /// transaction log) and waits for it to exit. No-op if already stopped.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Stops the server if running, then starts it again on the same port with the same data
+    /// directory, so all persistent data survives. Sessions survive too if the restart is
+    /// shorter than their timeout.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut last_error = String::new();
+        for _ in 0..LAUNCH_ATTEMPTS {
+            match self.launch() {
+                Ok(process) => {
+                    self.process = Some(process);
+                    return;
+                }
+                // Someone took our port in the meantime; it may be a short-lived connection.
+                Err(LaunchError::PortInUse(message)) => {
+                    last_error = message;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(LaunchError::Failed(message)) => panic!("restarting ZooKeeper: {message}"),
+            }
+        }
+        panic!(
+            "restarting ZooKeeper: port {} stayed in use; last: {last_error}",
+            self.port
+        )
+    }
+
+    /// Sends a four-letter word (`ruok`, `srvr`, `cons`, `mntr`, ...) and returns the answer.
+    pub fn four_letter_word(&self, word: &str) -> io::Result<String> {
+        exchange(self.addr(), word.as_bytes(), |_| false)
+    }
+
+    /// The last `lines` lines of the server log (all runs of this server).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&read_from(&self.log, 0), lines)
+    }
+
+    fn write_config(&self, data_dir: &Path) {
+        // forceSync=no: transactions are still written to the log (the OS page cache) before
+        // they are acknowledged, so they survive a SIGKILL of the server, but tests do not pay
+        // for an fsync per write. maxClientCnxns=0: the default (60 per client IP) is too low
+        // when all parallel tests connect from 127.0.0.1 to the shared server.
+        let config = format!(
+            "# Written by the zkmirror integration-test harness.\n\
+             tickTime=200\n\
+             initLimit=10\n\
+             syncLimit=5\n\
+             dataDir={data_dir}\n\
+             clientPort={port}\n\
+             clientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n\
+             4lw.commands.whitelist=*\n\
+             maxClientCnxns=0\n\
+             forceSync=no\n",
+            data_dir = data_dir.display(),
+            port = self.port,
+        );
+        fs::write(&self.config, config)
+            .unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
+    }
+
+    fn launch(&self) -> Result<ServerProcess, LaunchError> {
+        let mut command = Command::new("java");
+        command
+            .current_dir(self.dir.path())
+            // Small and quick to start: tests run several JVMs in parallel.
+            .args([
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-XX:-UsePerfData",
+            ])
+            .arg("-Djava.net.preferIPv4Stack=true")
+            .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
+            .arg("-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS")
+            .args(["-cp", ZK_CLASSPATH, ZK_MAIN_CLASS])
+            .arg(&self.config);
+        let addr = self.addr();
+        let name = format!("ZooKeeper on port {}", self.port);
+        launch(&name, command, &self.log, ZK_READY_TIMEOUT, || {
+            // `ruok` answers as soon as the port is open; `srvr` only reports a mode once the
+            // database is loaded and requests are served.
+            let ruok = exchange(addr, b"ruok", |_| false).map_err(|err| format!("ruok: {err}"))?;
+            if ruok != "imok" {
+                return Err(format!("ruok answered {ruok:?}"));
+            }
+            let srvr = exchange(addr, b"srvr", |_| false).map_err(|err| format!("srvr: {err}"))?;
+            if !srvr.contains("Mode: standalone") {
+                return Err(format!("srvr answered {srvr:?}"));
+            }
+            Ok(())
+        })
+        .map_err(|err| {
+            if !Path::new("/usr/share/java/zookeeper.jar").exists() {
+                LaunchError::Failed(format!(
+                    "/usr/share/java/zookeeper.jar is missing; {}",
+                    err.message()
+                ))
+            } else {
+                err
+            }
+        })
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "[harness] test panicked; ZooKeeper on port {} log tail:\n{}",
+                self.port,
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A redis-server without persistence in its own temp dir, on its own loopback port. Cheap to
+/// start (milliseconds), so every test starts its own.
+pub struct RedisServer {
+    port: u16,
+    /// `(user, password)` for servers started with [`RedisServer::start_with_password`].
+    credentials: Option<(String, String)>,
+    config: PathBuf,
+    log: PathBuf,
+    /// `None` while stopped. Declared before `dir` (see [`ZkServer`]).
+    process: Option<ServerProcess>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server that accepts unauthenticated connections.
+    pub fn start() -> RedisServer {
+        RedisServer::start_inner(None)
+    }
+
+    /// Starts a server that requires `AUTH user password`: the ACL user `user` has that
+    /// password and all permissions, and the `default` user is disabled (unless `user` is
+    /// `default` itself, which then gets the password).
+    pub fn start_with_password(user: &str, password: &str) -> RedisServer {
+        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn start_inner(credentials: Option<(String, String)>) -> RedisServer {
+        let dir = temp_dir("zkmirror-test-redis-");
+        let mut server = RedisServer {
+            port: 0,
+            credentials,
+            config: dir.path().join("redis.conf"),
+            log: dir.path().join("redis.log"),
+            process: None,
+            dir,
+        };
+        let mut last_error = String::new();
+        for _ in 0..LAUNCH_ATTEMPTS {
+            server.port = free_port();
+            server.write_config();
+            match server.launch() {
+                Ok(process) => {
+                    server.process = Some(process);
+                    return server;
+                }
+                Err(LaunchError::PortInUse(message)) => last_error = message,
+                Err(LaunchError::Failed(message)) => panic!("starting redis-server: {message}"),
+            }
+        }
+        panic!("starting redis-server: no free port after {LAUNCH_ATTEMPTS} attempts; last: {last_error}")
+    }
+
+    /// `redis://127.0.0.1:PORT/`, without credentials.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr())
+    }
+
+    /// `redis://USER:PASSWORD@127.0.0.1:PORT/` (percent-encoded) for servers started with
+    /// [`RedisServer::start_with_password`], otherwise the same as [`RedisServer::url`].
+    pub fn url_with_credentials(&self) -> String {
+        match &self.credentials {
+            Some((user, password)) => {
+                format!(
+                    "redis://{}:{}@{}/",
+                    percent_encode(user),
+                    percent_encode(password),
+                    self.addr()
+                )
+            }
+            None => self.url(),
+        }
+    }
+
+    /// `(user, password)` if the server requires authentication.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// Pid of the server process, `None` while stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. No-op if already stopped.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    /// Stops the server if running and starts it again on the same port. Nothing is persisted,
+    /// so it comes back EMPTY: this is how tests simulate "Redis restarted and lost its data".
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut last_error = String::new();
+        for _ in 0..LAUNCH_ATTEMPTS {
+            match self.launch() {
+                Ok(process) => {
+                    self.process = Some(process);
+                    return;
+                }
+                Err(LaunchError::PortInUse(message)) => {
+                    last_error = message;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(LaunchError::Failed(message)) => panic!("restarting redis-server: {message}"),
+            }
+        }
+        panic!(
+            "restarting redis-server: port {} stayed in use; last: {last_error}",
+            self.port
+        )
+    }
+
+    /// The last `lines` lines of the server log (all runs of this server).
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&read_from(&self.log, 0), lines)
+    }
+
+    /// Writes the whole configuration to a file rather than passing `--option`s: ACL user
+    /// lines with arbitrary passwords need redis' config-file quoting.
+    fn write_config(&self) {
+        let mut config = format!(
+            "# Written by the zkmirror integration-test harness.\n\
+             port {port}\n\
+             bind 127.0.0.1\n\
+             save \"\"\n\
+             appendonly no\n\
+             dir {dir}\n\
+             daemonize no\n\
+             logfile \"\"\n",
+            port = self.port,
+            dir = redis_quote(&self.dir.path().display().to_string()),
+        );
+        if let Some((user, password)) = &self.credentials {
+            if user != "default" {
+                config.push_str("user default off\n");
+            }
+            config.push_str(&format!(
+                "user {} reset on {} ~* &* +@all\n",
+                redis_quote(user),
+                redis_quote(&format!(">{password}"))
+            ));
+        }
+        fs::write(&self.config, config)
+            .unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
+    }
+
+    fn launch(&self) -> Result<ServerProcess, LaunchError> {
+        let mut command = Command::new(REDIS_SERVER);
+        command.current_dir(self.dir.path()).arg(&self.config);
+        let addr = self.addr();
+        let mut request = Vec::new();
+        if let Some((user, password)) = &self.credentials {
+            request.extend(resp_command(&["AUTH", user, password]));
+        }
+        request.extend(resp_command(&["PING"]));
+        let name = format!("redis-server on port {}", self.port);
+        launch(&name, command, &self.log, REDIS_READY_TIMEOUT, || {
+            let reply = exchange(addr, &request, |reply| {
+                reply.ends_with(b"+PONG\r\n") || reply.starts_with(b"-")
+            })
+            .map_err(|err| format!("PING: {err}"))?;
+            if reply.ends_with("+PONG\r\n") && !reply.starts_with('-') {
+                Ok(())
+            } else {
+                Err(format!("PING answered {reply:?}"))
+            }
+        })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "[harness] test panicked; redis-server on port {} log tail:\n{}",
+                self.port,
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        self.stop();
+    }
+}
+
+/// Encodes one command in RESP (array of bulk strings).
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend(format!("${}\r\n", arg.len()).into_bytes());
+        out.extend(arg.as_bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+/// Quotes `value` as one argument of a redis config-file line.
+fn redis_quote(value: &str) -> String {
+    let mut quoted = String::from("\"");
+    for byte in value.bytes() {
+        match byte {
+            b'"' | b'\\' => {
+                quoted.push('\\');
+                quoted.push(byte as char);
+            }
+            0x20..=0x7e => quoted.push(byte as char),
+            _ => quoted.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for URL userinfo.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,145 @@
+//! Mirror-specific helpers: run a mirror in-process, build trees, and wait until Redis is the
+//! exact copy (judged by the independent `zkmirror::verify` comparison, key by key).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+use zkmirror::{Mirror, MirrorConfig, MirrorError, MirrorHandle, Phase};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+/// How long a test waits for the mirror to converge. Generous: machines are shared and slow.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Defaults for tests: a short session (expiry tests stay fast), a fast heartbeat, and an
+/// anti-entropy pass so rare that only the watch can explain what a test observes.
+pub fn test_config(zk: &str, redis_url: &str, root: &str) -> MirrorConfig {
+    let mut config = MirrorConfig::new(zk, redis_url, root);
+    config.session_timeout = Duration::from_secs(2);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.anti_entropy_interval = Duration::from_secs(3600);
+    config
+}
+
+/// A mirror running on the test's runtime.
+pub struct RunningMirror {
+    pub handle: MirrorHandle,
+    task: JoinHandle<Result<(), MirrorError>>,
+}
+
+impl RunningMirror {
+    pub fn start(config: MirrorConfig) -> RunningMirror {
+        init_logging();
+        let mirror = Mirror::new(config).expect("test config is valid");
+        let handle = mirror.handle();
+        RunningMirror { handle, task: tokio::spawn(mirror.run()) }
+    }
+
+    /// Stops it cleanly and checks that `run()` returned `Ok`.
+    pub async fn stop(self) {
+        self.handle.stop();
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("mirror did not stop cleanly: {other:?}"),
+        }
+    }
+
+    /// Kills it mid-flight, as a crash would: no clean shutdown runs.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    pub async fn wait_for_phase(&self, phase: Phase) {
+        let handle = self.handle.clone();
+        super::wait_until(CONVERGE, &format!("the mirror is {phase}"), || {
+            let handle = handle.clone();
+            async move {
+                let status = handle.status();
+                if status.phase == phase {
+                    Ok(())
+                } else {
+                    Err(format!("{status:?}"))
+                }
+            }
+        })
+        .await
+    }
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("zkmirror=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn redis_conn(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// Waits until Redis holds exactly the subtree at `root` under `prefix`; on timeout panics
+/// with the comparison's readable diff.
+pub async fn assert_converges(zk: &Client, redis_url: &str, prefix: &str, root: &str) -> zkmirror::verify::Report {
+    let mut conn = redis_conn(redis_url).await;
+    super::wait_until(CONVERGE, &format!("Redis is the exact copy of {root}"), || {
+        let mut conn = conn.clone();
+        async move {
+            let report = zkmirror::verify::compare(zk, &mut conn, prefix, root).await.map_err(|e| e.to_string())?;
+            if report.is_exact() {
+                Ok(report)
+            } else {
+                Err(report.to_string())
+            }
+        }
+    })
+    .await;
+    let report = zkmirror::verify::compare(zk, &mut conn, prefix, root).await.expect("compare");
+    assert!(report.is_exact(), "{report}");
+    report
+}
+
+/// Creates a tree below `root` (which must exist): `fanout` children per inner node, `depth`
+/// levels, each znode holding `data_len` bytes. Creates a level at a time, many requests in
+/// flight. Returns how many znodes it created.
+pub async fn create_tree(client: &Client, root: &str, fanout: usize, depth: usize, data_len: usize) -> usize {
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let data = vec![b'x'; data_len];
+    let mut level = vec![root.to_owned()];
+    let mut created = 0;
+    for _ in 0..depth {
+        let mut next = Vec::with_capacity(level.len() * fanout);
+        for parent in &level {
+            for i in 0..fanout {
+                next.push(format!("{parent}/n{i}"));
+            }
+        }
+        for chunk in next.chunks(2000) {
+            let creates: Vec<_> = chunk.iter().map(|p| client.create(p, &data, &options)).collect();
+            for (path, result) in chunk.iter().zip(futures::future::join_all(creates).await) {
+                result.unwrap_or_else(|e| panic!("creating {path}: {e}"));
+            }
+        }
+        created += next.len();
+        level = next;
+    }
+    created
+}
+
+/// Reads `P:{path}:meta` `mzxid` (as a number) or `None` when absent.
+pub async fn stored_mzxid(conn: &mut MultiplexedConnection, prefix: &str, path: &str) -> Option<i64> {
+    let field: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{{path}}}:meta"))
+        .arg("mzxid")
+        .query_async(conn)
+        .await
+        .expect("HGET meta");
+    field.map(|f| f.parse().expect("mzxid is decimal"))
+}
