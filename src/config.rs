@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 
 /// One mirror: a ZooKeeper subtree copied into Redis under one prefix.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct MirrorConfig {
     /// ZooKeeper connect string: `host:port[,host:port...]`.
     pub zk_servers: String,
@@ -31,10 +31,15 @@ pub struct MirrorConfig {
     pub heartbeat_interval: Duration,
     /// How many ZooKeeper reads may be in flight at once.
     pub read_window: usize,
+    /// Which znodes below the root are copied (default: all).
+    pub filter: crate::filter::Filter,
+    /// Whether other roots share this prefix: then this root's status lives in
+    /// `P:mirror:{ROOT}` and `P:mirror` holds the aggregate (see `schema/layout.md`).
+    pub shared_prefix: bool,
 }
 
 /// ZooKeeper digest credentials. `Debug` never prints the password.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ZkDigest {
     pub user: String,
     pub password: String,
@@ -67,6 +72,7 @@ impl std::fmt::Debug for MirrorConfig {
             .field("redis_url", &mask_url(&self.redis_url))
             .field("root", &self.root)
             .field("prefix", &self.prefix)
+            .field("filter", &self.filter.describe())
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +92,8 @@ impl MirrorConfig {
             changes_maxlen: 10_000,
             heartbeat_interval: Duration::from_secs(1),
             read_window: 1024,
+            filter: crate::filter::Filter::all(),
+            shared_prefix: false,
         }
     }
 
@@ -123,7 +131,7 @@ pub fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_zk_servers(servers: &str) -> Result<(), ConfigError> {
+pub fn validate_zk_servers(servers: &str) -> Result<(), ConfigError> {
     let bad = |why: String| ConfigError::BadZkAddress { zk: servers.to_owned(), why };
     if servers.trim().is_empty() {
         return Err(bad("it is empty".into()));
@@ -140,7 +148,7 @@ fn validate_zk_servers(servers: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let bad = |why: String| ConfigError::BadRedisUrl { url: mask_url(url), why };
     let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
@@ -158,7 +166,11 @@ pub fn mask_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparsable URL>".to_owned(),
+        // Still name what was given, less anything before an '@' (it may hold a password).
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("{:?}", format!("***@{host}")),
+            None => format!("{url:?}"),
+        },
     }
 }
 
@@ -194,6 +206,8 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         assert_eq!(mask_url("redis://u:secret@h:1/"), "redis://u:***@h:1/");
+        assert_eq!(mask_url("redis//h:1"), "\"redis//h:1\"");
+        assert_eq!(mask_url("redis//u:secret@h:1"), "\"***@h:1\"");
         let digest: ZkDigest = "alice:pw".parse().expect("valid digest");
         assert_eq!(format!("{digest:?}"), "alice:***");
         let mut c = config();

@@ -7,13 +7,20 @@
 //! same walk again. The Redis layout is a public contract, documented in `schema/layout.md`.
 //!
 //! # Layout
+//! - [`service`]: the daemon — one mirror per root, reloads, metrics endpoint, progress.
+//! - [`settings`]: TOML file, environment and flags, layered; errors name file, line, key.
 //! - [`mirror`]: the engine — phases, the event loop, the hand-off from walk to live.
 //! - [`zk`]: the ZooKeeper side — session, watch, whole-znode reads. Never writes to ZooKeeper.
 //! - [`store`]: the Redis side — batched writes through the Lua scripts, status, sweep.
 //! - [`schema`]: every key name and script; mirrors `schema/layout.md`.
 //! - [`znode`]: the small types crossing from the ZooKeeper side to the Redis side.
 //! - [`config`]: what a mirror needs to know, validated before anything connects.
+//! - [`filter`]: which znodes below a root are copied (globs, depth).
 //! - [`verify`]: an independent comparison of a subtree with its copy, key by key.
+//! - [`reader`]: reads the copy the way an application does (`get`, `ls`, the status hash).
+//! - [`lag`]: how far the copy is behind ZooKeeper, measured on the subtree itself.
+//! - [`transfer`]: import a tree into ZooKeeper from a directory or a tree file; export one.
+//! - [`observe`]: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`status`], [`shutdown`], [`path`], [`error`]: the small pieces.
 //!
 //! # Embedding
@@ -31,12 +38,19 @@
 
 pub mod config;
 pub mod error;
+pub mod filter;
+pub mod lag;
 pub mod mirror;
+pub mod observe;
 pub mod path;
+pub mod reader;
 pub mod schema;
+pub mod service;
+pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod transfer;
 pub mod verify;
 pub mod zk;
 pub mod znode;

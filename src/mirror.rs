@@ -32,6 +32,7 @@ use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent}
 
 use crate::config::MirrorConfig;
 use crate::error::{MirrorError, StoreError, ZkError};
+use crate::observe::EngineMetrics;
 use crate::path;
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::status::{Counters, MirrorStatus, Phase};
@@ -73,6 +74,7 @@ pub struct Mirror {
 pub struct MirrorHandle {
     counters: Arc<Counters>,
     trigger: ShutdownTrigger,
+    root: Arc<str>,
 }
 
 impl MirrorHandle {
@@ -88,6 +90,11 @@ impl MirrorHandle {
     pub fn phase(&self) -> Phase {
         self.status().phase
     }
+
+    /// The root this mirror copies.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
 }
 
 impl Mirror {
@@ -101,7 +108,11 @@ impl Mirror {
     }
 
     pub fn handle(&self) -> MirrorHandle {
-        MirrorHandle { counters: self.counters.clone(), trigger: self.trigger.clone() }
+        MirrorHandle {
+            counters: self.counters.clone(),
+            trigger: self.trigger.clone(),
+            root: Arc::from(self.config.root.as_str()),
+        }
     }
 
     /// Runs until stopped through a handle. Unreachable servers are retried with backoff;
@@ -126,6 +137,17 @@ enum WalkReason {
 }
 
 impl WalkReason {
+    /// The `reason` label of `zkmirror_walks_total`.
+    fn label(self) -> &'static str {
+        match self {
+            WalkReason::ColdSync => "cold_sync",
+            WalkReason::Reconnect => "reconnect",
+            WalkReason::SessionExpired => "session_expired",
+            WalkReason::RedisLost => "redis_lost",
+            WalkReason::AntiEntropy => "anti_entropy",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             WalkReason::ColdSync => "cold sync",
@@ -178,6 +200,8 @@ struct Batch {
     applied_zxid: i64,
     root_written: Option<bool>,
     retried: bool,
+    /// `mtime` of the live (event-driven) puts, for the propagation-delay histogram.
+    live_mtimes: Vec<i64>,
 }
 
 /// How a session ended.
@@ -217,6 +241,7 @@ struct Engine {
     config: MirrorConfig,
     store: Store,
     counters: Arc<Counters>,
+    metrics: EngineMetrics,
     shutdown: Shutdown,
     started_at_ms: u64,
 
@@ -239,6 +264,9 @@ struct Engine {
     /// Paths already logged as unreadable, so each is logged once.
     unreadable_logged: HashSet<String>,
     last_redis_error_log: Option<Instant>,
+    /// While Redis is down: when to try it next, and how long to wait after that.
+    redis_retry_at: Instant,
+    redis_backoff: Backoff,
 }
 
 fn now_ms() -> u64 {
@@ -248,6 +276,7 @@ fn now_ms() -> u64 {
 impl Engine {
     fn new(config: MirrorConfig, store: Store, counters: Arc<Counters>, shutdown: Shutdown) -> Engine {
         Engine {
+            metrics: EngineMetrics::new(&config.root),
             config,
             store,
             counters,
@@ -269,6 +298,8 @@ impl Engine {
             published_phase: None,
             unreadable_logged: HashSet::new(),
             last_redis_error_log: None,
+            redis_retry_at: Instant::now(),
+            redis_backoff: Backoff::new(),
         }
     }
 
@@ -388,7 +419,7 @@ impl Engine {
     }
 
     fn on_event(&mut self, event: WatchedEvent) -> EventOutcome {
-        let root = self.config.root.as_str();
+        let is_root = event.path == self.config.root;
         match event.event_type {
             EventType::Session => {
                 return match event.session_state {
@@ -410,22 +441,30 @@ impl Engine {
                 // Nothing can be written; the reconcile after Redis returns covers this change.
             }
             EventType::NodeCreated => {
-                self.dirty.push(&event.path);
-                if event.path != root {
-                    self.dirty.push(path::parent(&event.path).unwrap_or("/"));
+                self.mark_dirty(&event.path);
+                if !is_root {
+                    self.mark_dirty(path::parent(&event.path).unwrap_or("/"));
                 }
             }
             EventType::NodeDeleted => {
                 // Parent first: readers stop seeing the name before its keys go.
-                if event.path != root {
-                    self.dirty.push(path::parent(&event.path).unwrap_or("/"));
+                if !is_root {
+                    self.mark_dirty(path::parent(&event.path).unwrap_or("/"));
                 }
-                self.dirty.push(&event.path);
+                self.mark_dirty(&event.path);
             }
-            EventType::NodeDataChanged | EventType::NodeChildrenChanged => self.dirty.push(&event.path),
+            EventType::NodeDataChanged | EventType::NodeChildrenChanged => self.mark_dirty(&event.path),
         }
         Counters::add(&self.counters.events, 1);
+        self.metrics.events.increment(1);
         EventOutcome::Continue
+    }
+
+    /// Queues a read of `path` if the filter copies it.
+    fn mark_dirty(&mut self, path: &str) {
+        if self.config.filter.admits(&self.config.root, path) {
+            self.dirty.push(path);
+        }
     }
 
     /// Starts (or restarts) a walk from the root. Dirty paths stay: the walk does not replace
@@ -478,6 +517,7 @@ impl Engine {
 
     fn on_read(&mut self, read: Read) -> Option<SessionEnd> {
         Counters::add(&self.counters.reads, 1);
+        self.metrics.reads.increment(1);
         let current = self.walk.as_ref().map(|w| w.generation);
         let walk_generation = read.walk.map(|(generation, _)| generation).filter(|g| Some(*g) == current);
         let fetched = match read.result {
@@ -494,13 +534,24 @@ impl Engine {
                 return None;
             }
         };
+        let (root, filter) = (&self.config.root, &self.config.filter);
         let write = match fetched {
             Fetched::Present(znode) => {
                 if let (Some(walk), Some((_, true))) = (self.walk.as_mut(), read.walk) {
                     if Some(walk.generation) == walk_generation {
                         walk.visited += 1;
-                        walk.stack.extend(znode.children.iter().map(|name| (path::child(&znode.path, name), true)));
+                        self.counters.walk_progress.store(walk.visited, std::sync::atomic::Ordering::Relaxed);
+                        if filter.may_descend(root, &znode.path) {
+                            walk.stack.extend(znode.children.iter().map(|name| (path::child(&znode.path, name), true)));
+                        }
                     }
+                }
+                if !filter.admits(root, &znode.path) {
+                    // Walked through (an include below it may match) or left behind by an old
+                    // filter: it must hold no keys.
+                    self.metrics.skipped_filtered.increment(1);
+                    self.ready.push_back((Write::Hide { path: znode.path }, walk_generation));
+                    return None;
                 }
                 if self.unreadable_logged.remove(&znode.path) {
                     info!(path = %znode.path, "znode is readable again: mirroring it");
@@ -515,6 +566,7 @@ impl Engine {
             }
             Fetched::Unreadable { path } => {
                 Counters::add(&self.counters.unreadable, 1);
+                self.metrics.skipped_noauth.increment(1);
                 if self.unreadable_logged.insert(path.clone()) {
                     warn!(%path, "cannot read {path} (NoAuth): skipping it and its subtree; grant READ to the mirror's identity to mirror it");
                 }
@@ -537,11 +589,15 @@ impl Engine {
         let mut bytes = 0;
         let mut applied_zxid = 0;
         let mut root_written = None;
+        let mut live_mtimes = Vec::new();
         while let Some((write, generation)) = self.ready.pop_front() {
             bytes += write.weight();
             match &write {
                 Write::Put(znode) => {
                     applied_zxid = applied_zxid.max(znode.stat.last_zxid());
+                    if generation.is_none() {
+                        live_mtimes.push(znode.stat.mtime);
+                    }
                     if znode.path == self.config.root {
                         root_written = Some(true);
                     }
@@ -569,11 +625,13 @@ impl Engine {
                 break;
             }
         }
-        self.dispatch(Batch { writes, walk_writes, applied_zxid, root_written, retried: false });
+        self.dispatch(Batch { writes, walk_writes, applied_zxid, root_written, retried: false, live_mtimes });
     }
 
     fn dispatch(&mut self, batch: Batch) {
         Counters::add(&self.counters.batches, 1);
+        self.metrics.batches.increment(1);
+        self.metrics.batch_size.record(batch.writes.len() as f64);
         let send = self.store.apply(&batch.writes, batch.applied_zxid, now_ms());
         self.batch = Some(Box::pin(async move {
             let result = send.await;
@@ -590,6 +648,21 @@ impl Engine {
                 Counters::add(&c.refused, outcome.refused);
                 Counters::add(&c.deleted, outcome.deleted);
                 c.raise_zxid(batch.applied_zxid);
+                let m = &self.metrics;
+                m.written.increment(outcome.written);
+                m.unchanged.increment(outcome.unchanged);
+                m.refused.increment(outcome.refused);
+                m.deleted.increment(outcome.deleted);
+                m.applied_zxid.set(c.snapshot().applied_zxid as f64);
+                // ZooKeeper's mtime to the moment Redis acknowledged; only for recent data
+                // changes (a parent re-read for a child change keeps an old mtime).
+                let now = now_ms() as i64;
+                for mtime in &batch.live_mtimes {
+                    let delay_ms = now - mtime;
+                    if (0..60_000).contains(&delay_ms) {
+                        m.propagation.record(delay_ms as f64 / 1000.0);
+                    }
+                }
                 if let Some(present) = batch.root_written {
                     self.root_in_redis = present;
                 }
@@ -648,7 +721,11 @@ impl Engine {
                 walk.stage = WalkStage::Sweeping;
                 let store = self.store.clone();
                 let root = self.config.root.clone();
-                self.sweep = Some(Box::pin(async move { store.stray_paths(&root).await }));
+                let filter = self.config.filter.clone();
+                self.sweep = Some(Box::pin(async move {
+                    let keep = |path: &str| filter.admits(&root, path);
+                    store.stray_paths(&root, keep).await
+                }));
             }
             WalkStage::Sweeping => {}
             WalkStage::Confirming => {
@@ -680,6 +757,10 @@ impl Engine {
         Counters::add(&c.walks, 1);
         c.last_walk_nodes.store(walk.visited, std::sync::atomic::Ordering::Relaxed);
         c.last_walk_ms.store(elapsed.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        c.walk_progress.store(0, std::sync::atomic::Ordering::Relaxed);
+        c.synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.nodes.set(walk.visited as f64);
+        self.metrics.walk_done(walk.reason.label(), elapsed.as_secs_f64());
         let written = after.written - walk.before.written;
         let deleted = after.deleted - walk.before.deleted;
         if walk.reason == WalkReason::AntiEntropy && written == 0 && deleted == 0 {
@@ -704,6 +785,11 @@ impl Engine {
             }
         };
         self.counters.set_phase(phase);
+        let c = &self.counters;
+        c.zk_connected.store(self.zk_connected, std::sync::atomic::Ordering::Relaxed);
+        c.redis_connected.store(!self.redis_down, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.zk_connected.set(if self.zk_connected { 1.0 } else { 0.0 });
+        self.metrics.redis_connected.set(if self.redis_down { 0.0 } else { 1.0 });
         if self.published_phase != Some(phase) && self.status_write.is_none() && !self.redis_down {
             self.published_phase = Some(phase);
             self.write_status(phase);
@@ -753,10 +839,14 @@ impl Engine {
     }
 
     async fn on_heartbeat(&mut self) {
+        if self.redis_down && Instant::now() < self.redis_retry_at {
+            return;
+        }
         if self.redis_down || !self.scripts_loaded {
             match self.store.load_scripts().await {
                 Ok(()) => {
                     self.scripts_loaded = true;
+                    self.redis_backoff.reset();
                     if self.redis_down {
                         info!(redis = %self.store.server(), "Redis is reachable again: reconciling");
                         self.redis_down = false;
@@ -766,8 +856,10 @@ impl Engine {
                 }
                 Err(error) => {
                     let now = Instant::now();
+                    let wait = self.redis_backoff.next().min(Duration::from_secs(5));
+                    self.redis_retry_at = now + wait;
                     if self.last_redis_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
-                        warn!(%error, "Redis unreachable; retrying every heartbeat");
+                        warn!(%error, retry_in = ?wait, "Redis unreachable; retrying with backoff (at most every 5 s)");
                         self.last_redis_error_log = Some(now);
                     }
                     self.redis_down = true;

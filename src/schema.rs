@@ -133,6 +133,11 @@ impl Keys {
         format!("{}:mirror", self.prefix)
     }
 
+    /// `P:mirror:{ROOT}`: one root's status when several roots share the prefix.
+    pub fn root_status(&self, root: &str) -> String {
+        format!("{}:mirror:{{{}}}", self.prefix, root)
+    }
+
     /// `P:changes`, the change stream.
     pub fn changes(&self) -> String {
         format!("{}:changes", self.prefix)
@@ -183,6 +188,8 @@ mod tests {
         assert_eq!(keys.children("/app"), "zk:{/app}:children");
         assert_eq!(keys.tomb("/app"), "zk:{/app}:tomb");
         assert_eq!(keys.status(), "zk:mirror");
+        assert_eq!(keys.root_status("/app"), "zk:mirror:{/app}");
+        assert_eq!(keys.parse("zk:mirror:{/app}"), None);
         assert_eq!(keys.changes(), "zk:changes");
     }
 

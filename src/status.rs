@@ -1,6 +1,6 @@
 //! The mirror's phase and counters, shared between the running mirror and its handles.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 /// Where the mirror is in its life. Written to `P:mirror` `state` from one place
 /// (`Engine::publish_phase` in `mirror.rs`).
@@ -74,6 +74,10 @@ pub struct Counters {
     pub(crate) walks: AtomicU64,
     pub(crate) last_walk_nodes: AtomicU64,
     pub(crate) last_walk_ms: AtomicU64,
+    pub(crate) walk_progress: AtomicU64,
+    pub(crate) zk_connected: AtomicBool,
+    pub(crate) redis_connected: AtomicBool,
+    pub(crate) synced: AtomicBool,
 }
 
 impl Counters {
@@ -104,6 +108,10 @@ impl Counters {
             walks: self.walks.load(Relaxed),
             last_walk_nodes: self.last_walk_nodes.load(Relaxed),
             last_walk_ms: self.last_walk_ms.load(Relaxed),
+            walk_progress: self.walk_progress.load(Relaxed),
+            zk_connected: self.zk_connected.load(Relaxed),
+            redis_connected: self.redis_connected.load(Relaxed),
+            synced: self.synced.load(Relaxed),
         }
     }
 }
@@ -135,4 +143,10 @@ pub struct MirrorStatus {
     /// Znodes visited by the last completed walk, and how long it took.
     pub last_walk_nodes: u64,
     pub last_walk_ms: u64,
+    /// Znodes read so far by the walk in progress (0 when none runs).
+    pub walk_progress: u64,
+    pub zk_connected: bool,
+    pub redis_connected: bool,
+    /// The first walk (cold sync) has completed.
+    pub synced: bool,
 }

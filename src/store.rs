@@ -71,6 +71,8 @@ pub struct Store {
     server: String,
     tombstone_ttl_ms: u64,
     changes_maxlen: u64,
+    /// `P:mirror`, or `P:mirror:{ROOT}` when the prefix is shared by several roots.
+    status_key: String,
 }
 
 impl Store {
@@ -93,6 +95,11 @@ impl Store {
             server,
             tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
             changes_maxlen: config.changes_maxlen,
+            status_key: if config.shared_prefix {
+                Keys::new(&config.prefix).root_status(&config.root)
+            } else {
+                Keys::new(&config.prefix).status()
+            },
         })
     }
 
@@ -134,7 +141,7 @@ impl Store {
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.advance_zxid.get_hash())
                 .arg(1)
-                .arg(self.keys.status())
+                .arg(&self.status_key)
                 .arg(applied_zxid.to_string())
                 .ignore();
         }
@@ -197,11 +204,16 @@ impl Store {
         }
     }
 
-    /// Sets fields of the status hash `P:mirror`.
+    /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`).
     pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
+        self.write_hash(&self.status_key, fields).await
+    }
+
+    /// Sets fields of a hash.
+    pub async fn write_hash(&self, key: &str, fields: &[(&str, String)]) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         redis::cmd("HSET")
-            .arg(self.keys.status())
+            .arg(key)
             .arg(fields)
             .query_async::<()>(&mut conn)
             .await
@@ -216,12 +228,13 @@ impl Store {
     }
 
     /// Lists stored znodes below `root` (not `root` itself) that their parent's children set no
-    /// longer names: candidates for deletion, to be confirmed against ZooKeeper.
+    /// longer names, or that `keep` rejects (a filter changed): candidates for deletion, to be
+    /// confirmed against ZooKeeper.
     ///
     /// Run after a walk has rewritten every children set, this finds what was deleted while no
     /// watch could report it, including keys no children set ever pointed at. It pages through
     /// `SCAN`, so its memory is the candidates, not the tree.
-    pub async fn stray_paths(&self, root: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn stray_paths(&self, root: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = self.keys.scan_pattern(root);
         let mut cursor: u64 = 0;
@@ -242,7 +255,8 @@ impl Store {
                 .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
                 .map(|(_, path)| path)
                 .collect();
-            let paths: Vec<&str> = paths.into_iter().collect();
+            let (paths, unwanted): (Vec<&str>, Vec<&str>) = paths.into_iter().partition(|p| keep(p));
+            strays.extend(unwanted.into_iter().map(str::to_owned));
             if !paths.is_empty() {
                 let mut pipe = redis::pipe();
                 for p in &paths {
@@ -257,6 +271,44 @@ impl Store {
             }
             cursor = next;
         }
+    }
+
+    /// Deletes every key of the znodes at or below `root` (and this root's status): used when a
+    /// root is removed from the configuration. Pages through `SCAN`.
+    pub async fn purge(&self, root: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = self.keys.scan_pattern(root);
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            let ours: Vec<&String> = keys
+                .iter()
+                .filter(|k| self.keys.parse(k).is_some_and(|(_, path)| path::is_within(path, root)))
+                .collect();
+            if !ours.is_empty() {
+                let n: u64 = redis::cmd("DEL").arg(&ours).query_async(&mut conn).await.map_err(|e| self.error(e))?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: u64 = redis::cmd("DEL")
+            .arg(self.keys.root_status(root))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(removed)
     }
 
     /// Runs one raw command on the mirror's connection (used by `verify` and tests' helpers).

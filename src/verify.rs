@@ -6,6 +6,9 @@
 //! uses it to decide when a copy is exact.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionLike;
@@ -36,6 +39,9 @@ pub struct Report {
     /// Znodes ZooKeeper would not show the reader (`NoAuth`): expected absent from Redis.
     pub unreadable: u64,
     pub differences: Vec<Difference>,
+    /// Keys that differed at first but matched within the grace period of
+    /// [`compare_settled`] (changes in flight); always 0 from [`compare`].
+    pub settled: u64,
 }
 
 impl Report {
@@ -122,6 +128,96 @@ pub async fn compare<C: ConnectionLike + Send>(
     find_extra_keys(redis, &keys, root, &expected_keys, &mut report).await?;
     report.differences.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(report)
+}
+
+/// How often [`compare_settled`] looks again at what differed.
+const RECHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Above this many differing znodes a re-check walks the whole subtree again instead.
+const RECHECK_PATHS_MAX: usize = 10_000;
+
+/// Compares like [`compare`], then, while differences remain and `grace` has not passed, looks
+/// again at just the differing keys (ZooKeeper and Redis read anew) and keeps only those that
+/// still differ. A change in flight, applied by a live mirror a moment later, therefore is not
+/// reported; a copy that is really wrong is, after at most `grace`.
+pub async fn compare_settled<C: ConnectionLike + Send>(
+    zk: &Client,
+    redis: &mut C,
+    prefix: &str,
+    root: &str,
+    grace: Duration,
+) -> Result<Report, VerifyError> {
+    let deadline = Instant::now() + grace;
+    let mut report = compare(zk, redis, prefix, root).await?;
+    let first: BTreeSet<String> = report.differences.iter().map(|d| d.key.clone()).collect();
+    while !report.is_exact() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        tokio::time::sleep(RECHECK_INTERVAL.min(deadline - now)).await;
+        report.differences = recheck(zk, redis, prefix, root, &report.differences).await?;
+    }
+    let still: HashSet<&str> = report.differences.iter().map(|d| d.key.as_str()).collect();
+    report.settled = first.iter().filter(|k| !still.contains(k.as_str())).count() as u64;
+    Ok(report)
+}
+
+/// The differences among `differing` keys now, reading their znodes again.
+async fn recheck<C: ConnectionLike + Send>(
+    zk: &Client,
+    redis: &mut C,
+    prefix: &str,
+    root: &str,
+    differing: &[Difference],
+) -> Result<Vec<Difference>, VerifyError> {
+    let keys = Keys::new(prefix);
+    let mut paths: BTreeSet<String> = BTreeSet::new();
+    let mut outside_layout: Vec<&str> = Vec::new();
+    for d in differing {
+        match keys.parse(&d.key) {
+            Some((_, path)) => {
+                paths.insert(path.to_owned());
+            }
+            None => outside_layout.push(&d.key),
+        }
+    }
+    if paths.len() > RECHECK_PATHS_MAX {
+        return Ok(compare(zk, redis, prefix, root).await?.differences);
+    }
+    let mut out = Vec::new();
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for path in paths {
+        match read_znode(zk, &path).await {
+            Ok(Some(expected)) => present.push(expected),
+            // Gone from ZooKeeper, or hidden from us: Redis must hold none of its keys.
+            Ok(None) | Err(ZkClientError::NoAuth) => absent.push(path),
+            Err(source) => return Err(VerifyError::Zk { path, source }),
+        }
+    }
+    let mut report = Report::default();
+    check_batch(redis, &keys, &mut present, &mut report).await?;
+    out.append(&mut report.differences);
+    let mut candidates: Vec<String> = absent
+        .iter()
+        .flat_map(|p| [keys.data(p), keys.meta(p), keys.children(p)])
+        .collect();
+    candidates.extend(outside_layout.iter().map(|k| (*k).to_owned()));
+    if !candidates.is_empty() {
+        let mut pipe = redis::pipe();
+        for key in &candidates {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        let exists: Vec<bool> = pipe.query_async(redis).await?;
+        for (key, exists) in candidates.into_iter().zip(exists) {
+            if exists {
+                let what = if keys.parse(&key).is_some() { "extra key: no such znode" } else { "key outside the layout" };
+                out.push(Difference { key, what: what.into() });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
 /// `None` when the znode vanished while we walked.

@@ -65,9 +65,17 @@ impl ZkSession {
                 Ok((data, stat)) if stat.num_children == 0 => {
                     Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children: Vec::new() }))
                 }
-                // An inner node: read data and children again in one atomic multi-read, so the
-                // children belong to the same Stat.
-                Ok(_) => snapshot(&client, path).await,
+                // An inner node: its children with their own Stat. The two replies describe
+                // one snapshot when the Stats agree; otherwise the znode changed in between and
+                // one atomic multi-read settles it.
+                Ok((data, stat)) => match client.get_children(&path).await {
+                    Ok((children, children_stat)) if children_stat == stat => {
+                        Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
+                    }
+                    Ok(_) | Err(ZkClientError::NoNode) => snapshot(&client, path).await,
+                    Err(ZkClientError::NoAuth) => Ok(Fetched::Unreadable { path }),
+                    Err(source) => Err(read_error(path, source)),
+                },
                 Err(ZkClientError::NoNode) => absent(&client, path).await,
                 Err(ZkClientError::NoAuth) => Ok(Fetched::Unreadable { path }),
                 Err(source) => Err(read_error(path, source)),

@@ -35,8 +35,15 @@ async fn cold_sync_copies_a_few_thousand_znodes_exactly() {
     let children: Vec<String> =
         redis::cmd("SMEMBERS").arg(format!("zk:{{{root}}}:children")).query_async(&mut conn).await.unwrap();
     assert_eq!(children.len(), 15);
-    let state: String = redis::cmd("HGET").arg("zk:mirror").arg("state").query_async(&mut conn).await.unwrap();
-    assert_eq!(state, "live");
+    // The status hash follows the phase within a heartbeat.
+    wait_until(common::world::CONVERGE, "P:mirror says live", || {
+        let mut conn = conn.clone();
+        async move {
+            let state: Option<String> = redis::cmd("HGET").arg("zk:mirror").arg("state").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            if state.as_deref() == Some("live") { Ok(()) } else { Err(format!("state {state:?}")) }
+        }
+    })
+    .await;
     let status = mirror.handle.status();
     assert!(status.applied_zxid > 0, "{status:?}");
     let zxid: String = redis::cmd("HGET").arg("zk:mirror").arg("zxid").query_async(&mut conn).await.unwrap();

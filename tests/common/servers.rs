@@ -385,12 +385,27 @@ pub struct ZkServer {
     /// is removed.
     process: Option<ServerProcess>,
     dir: TempDir,
+    jvm_options: &'static [&'static str],
 }
 
+/// Small and quick to start: tests run several JVMs in parallel.
+const TEST_JVM: &[&str] = &["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData"];
+/// Full JIT and a larger heap: what a benchmark's reference must be measured against.
+const BENCH_JVM: &[&str] = &["-Xmx2g", "-Xms1g", "-XX:-UsePerfData"];
+
 impl ZkServer {
+    /// A server tuned for throughput rather than start-up time, for benchmarks.
+    pub fn start_for_benchmark() -> ZkServer {
+        ZkServer::start_with(BENCH_JVM)
+    }
+
     /// Starts a new server and waits until it serves requests. Panics (with the server log's
     /// tail) if it cannot be started.
     pub fn start() -> ZkServer {
+        ZkServer::start_with(TEST_JVM)
+    }
+
+    fn start_with(jvm_options: &'static [&'static str]) -> ZkServer {
         let dir = temp_dir("zkmirror-test-zk-");
         let data_dir = dir.path().join("data");
         fs::create_dir(&data_dir)
@@ -401,6 +416,7 @@ impl ZkServer {
             log: dir.path().join("zookeeper.log"),
             process: None,
             dir,
+            jvm_options,
         };
         let mut last_error = String::new();
         for _ in 0..LAUNCH_ATTEMPTS {
@@ -524,12 +540,7 @@ impl ZkServer {
         command
             .current_dir(self.dir.path())
             // Small and quick to start: tests run several JVMs in parallel.
-            .args([
-                "-Xmx256m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-                "-XX:-UsePerfData",
-            ])
+            .args(self.jvm_options)
             .arg("-Djava.net.preferIPv4Stack=true")
             .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
             .arg("-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS")

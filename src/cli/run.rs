@@ -1,0 +1,117 @@
+//! `zkmirror run` (the daemon) and `zkmirror check-config`. Settings come from an optional TOML
+//! file, then environment variables, then flags (clap merges the last two, flags first).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tracing::info;
+use zkmirror::settings::{parse_duration_text, Overrides, Settings};
+use zkmirror::ZkDigest;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+#[derive(Args)]
+pub struct CheckConfigArgs {
+    /// The TOML file to check.
+    file: PathBuf,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// Every setting, optional here: a value not given falls back to the file, then the default.
+#[derive(Args)]
+struct SettingsArgs {
+    /// TOML settings file (watched: a valid change applies without a restart; SIGHUP reloads).
+    #[arg(long, env = "ZKMIRROR_CONFIG")]
+    config: Option<PathBuf>,
+    /// ZooKeeper servers, host:port[,host:port...].
+    #[arg(long, env = "ZKMIRROR_ZK")]
+    zk: Option<String>,
+    /// Redis URL, redis://[user:password@]host:port[/db].
+    #[arg(long, env = "ZKMIRROR_REDIS")]
+    redis: Option<String>,
+    /// The subtree to mirror (an absolute ZooKeeper path); replaces the file's [[roots]].
+    #[arg(long, env = "ZKMIRROR_ROOT")]
+    root: Option<String>,
+    /// Key prefix in Redis [default: zk].
+    #[arg(long, env = "ZKMIRROR_PREFIX")]
+    prefix: Option<String>,
+    /// ZooKeeper digest credentials, user:password.
+    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
+    zk_auth: Option<ZkDigest>,
+    /// ZooKeeper session timeout (the server clamps it) [default: 10s].
+    #[arg(long, env = "ZKMIRROR_SESSION_TIMEOUT", value_parser = parse_duration_text)]
+    session_timeout: Option<Duration>,
+    /// How often the whole subtree is compared again, catching ACL changes and znodes that
+    /// became readable (no watch reports those) [default: 30s].
+    #[arg(long, env = "ZKMIRROR_ANTI_ENTROPY_INTERVAL", value_parser = parse_duration_text)]
+    anti_entropy_interval: Option<Duration>,
+    /// How long a tombstone outlives its delete [default: 60s].
+    #[arg(long, env = "ZKMIRROR_TOMBSTONE_TTL", value_parser = parse_duration_text)]
+    tombstone_ttl: Option<Duration>,
+    /// Approximate length cap of the change stream [default: 10000].
+    #[arg(long, env = "ZKMIRROR_CHANGES_MAXLEN")]
+    changes_maxlen: Option<u64>,
+    /// ZooKeeper reads kept in flight at once [default: 1024].
+    #[arg(long, env = "ZKMIRROR_READ_WINDOW")]
+    read_window: Option<usize>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
+    #[arg(long, env = "ZKMIRROR_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl SettingsArgs {
+    fn split(self) -> (Option<PathBuf>, Overrides) {
+        let overrides = Overrides {
+            zk: self.zk,
+            zk_auth: self.zk_auth,
+            redis: self.redis,
+            root: self.root,
+            prefix: self.prefix,
+            session_timeout: self.session_timeout,
+            anti_entropy_interval: self.anti_entropy_interval,
+            tombstone_ttl: self.tombstone_ttl,
+            changes_maxlen: self.changes_maxlen,
+            read_window: self.read_window,
+            metrics_addr: self.metrics_addr,
+        };
+        (self.config, overrides)
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (file, overrides) = args.settings.split();
+    // Fail fast on bad settings, before any signal handler or server is set up.
+    Settings::load(file.as_deref(), &overrides)?;
+    let (trigger, shutdown) = zkmirror::shutdown::channel();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let daemon = tokio::spawn(zkmirror::service::run(file, overrides, shutdown));
+    tokio::pin!(daemon);
+    tokio::select! {
+        result = &mut daemon => { result.context("the daemon task panicked")??; return Ok(ExitCode::SUCCESS) }
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received: stopping"),
+        _ = sigterm.recv() => info!("SIGTERM received: stopping"),
+    }
+    trigger.fire();
+    daemon.await.context("the daemon task panicked")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates a settings file (with any flags or environment on top) and prints the effective
+/// settings with secrets masked.
+pub async fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let (_, overrides) = args.settings.split();
+    let settings = Settings::load(Some(&args.file), &overrides)?;
+    println!("# {}: valid; effective settings (secrets masked):\n", args.file.display());
+    print!("{}", settings.render_masked());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,150 @@
+//! Which znodes below a root get keys: include/exclude globs and a maximum depth.
+//!
+//! Filters decide only which znodes are *copied*. A copied znode's `Stat` and children set stay
+//! exactly what ZooKeeper says (its `num_children` counts excluded children too), so the copy
+//! of every included znode is still bit for bit.
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::error::ConfigError;
+
+/// Patterns are matched against absolute paths; `*` stays within one segment, `**` crosses
+/// segments (`/app/locks/**` is everything below `/app/locks`, not `/app/locks` itself).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    include_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
+    max_depth: Option<usize>,
+}
+
+impl PartialEq for Filter {
+    fn eq(&self, other: &Self) -> bool {
+        self.include_patterns == other.include_patterns
+            && self.exclude_patterns == other.exclude_patterns
+            && self.max_depth == other.max_depth
+    }
+}
+
+impl Filter {
+    /// Everything below the root.
+    pub fn all() -> Filter {
+        Filter::default()
+    }
+
+    pub fn new(include: &[String], exclude: &[String], max_depth: Option<usize>) -> Result<Filter, ConfigError> {
+        Ok(Filter {
+            include: build(include, "include")?,
+            exclude: build(exclude, "exclude")?,
+            include_patterns: include.to_vec(),
+            exclude_patterns: exclude.to_vec(),
+            max_depth,
+        })
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none() && self.max_depth.is_none()
+    }
+
+    /// Whether `path` (at or below `root`) is copied.
+    pub fn admits(&self, root: &str, path: &str) -> bool {
+        if let Some(max) = self.max_depth {
+            if depth(root, path) > max {
+                return false;
+            }
+        }
+        if self.exclude.as_ref().is_some_and(|set| set.is_match(path)) {
+            return false;
+        }
+        self.include.as_ref().is_none_or(|set| set.is_match(path))
+    }
+
+    /// Whether anything below `path` can be copied: the walk stops descending where not.
+    pub fn may_descend(&self, root: &str, path: &str) -> bool {
+        if self.max_depth.is_some_and(|max| depth(root, path) >= max) {
+            return false;
+        }
+        // An excluded `path/**` rules out every descendant; a probe child tells.
+        let probe = format!("{}/\u{0}probe", path.trim_end_matches('/'));
+        !self.exclude.as_ref().is_some_and(|set| set.is_match(&probe) && set.is_match(format!("{probe}/x")))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "include {:?}, exclude {:?}, max depth {}",
+            self.include_patterns,
+            self.exclude_patterns,
+            self.max_depth.map_or("none".to_owned(), |d| d.to_string())
+        )
+    }
+}
+
+/// Depth of `path` below `root`: the root is 0, its children 1.
+fn depth(root: &str, path: &str) -> usize {
+    let rest = if root == "/" { path } else { &path[root.len().min(path.len())..] };
+    rest.split('/').filter(|s| !s.is_empty()).count()
+}
+
+fn build(patterns: &[String], what: &'static str) -> Result<Option<GlobSet>, ConfigError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob: Glob = GlobBuilder::new(pattern).literal_separator(true).build().map_err(|e| {
+            ConfigError::BadSetting { name: what, why: format!("glob {pattern:?}: {e}") }
+        })?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| ConfigError::BadSetting { name: what, why: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(include: &[&str], exclude: &[&str], max_depth: Option<usize>) -> Filter {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Filter::new(&strings(include), &strings(exclude), max_depth).expect("valid filter")
+    }
+
+    #[test]
+    fn exclude_skips_a_subtree_but_keeps_its_top() {
+        let f = filter(&[], &["/app/locks/**"], None);
+        assert!(f.admits("/app", "/app/locks"));
+        assert!(!f.admits("/app", "/app/locks/l1"));
+        assert!(!f.admits("/app", "/app/locks/l1/deep"));
+        assert!(f.admits("/app", "/app/db"));
+        assert!(!f.may_descend("/app", "/app/locks"));
+        assert!(f.may_descend("/app", "/app/db"));
+    }
+
+    #[test]
+    fn star_stays_within_a_segment() {
+        let f = filter(&[], &["/app/*/secret"], None);
+        assert!(!f.admits("/app", "/app/svc/secret"));
+        assert!(f.admits("/app", "/app/svc/x/secret"));
+    }
+
+    #[test]
+    fn include_limits_what_is_copied_and_depth_bounds_it() {
+        let f = filter(&["/app", "/app/svc", "/app/svc/**"], &[], Some(2));
+        assert!(f.admits("/app", "/app"));
+        assert!(f.admits("/app", "/app/svc/a"));
+        assert!(!f.admits("/app", "/app/other"));
+        assert!(!f.admits("/app", "/app/svc/a/b"));
+        assert!(!f.may_descend("/app", "/app/svc/a"));
+        assert!(filter(&[], &[], Some(0)).admits("/", "/"));
+        assert!(!filter(&[], &[], Some(0)).admits("/", "/a"));
+    }
+
+    #[test]
+    fn bad_glob_is_named() {
+        let err = Filter::new(&["/app/[".to_string()], &[], None).unwrap_err().to_string();
+        assert!(err.contains("/app/["), "{err}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Metrics and health: the Prometheus names the mirror records, and the HTTP endpoint that
+//! serves them with `/healthz` and `/readyz`.
+//!
+//! Recording goes through the `metrics` facade, so an embedding application that installs no
+//! recorder pays nothing; `zkmirror run --metrics-addr` installs the Prometheus one.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::info;
+
+use crate::mirror::MirrorHandle;
+use crate::shutdown::Shutdown;
+
+/// The handles one engine records into, registered once with its `root` label.
+pub(crate) struct EngineMetrics {
+    pub events: Counter,
+    pub reads: Counter,
+    pub written: Counter,
+    pub unchanged: Counter,
+    pub refused: Counter,
+    pub deleted: Counter,
+    pub skipped_noauth: Counter,
+    pub skipped_filtered: Counter,
+    pub batches: Counter,
+    pub batch_size: Histogram,
+    pub propagation: Histogram,
+    pub applied_zxid: Gauge,
+    pub nodes: Gauge,
+    pub zk_connected: Gauge,
+    pub redis_connected: Gauge,
+    pub walk_duration: Histogram,
+    root: String,
+}
+
+impl EngineMetrics {
+    pub fn new(root: &str) -> EngineMetrics {
+        let r = root.to_owned();
+        EngineMetrics {
+            events: counter!("zkmirror_events_received_total", "root" => r.clone()),
+            reads: counter!("zkmirror_zookeeper_reads_total", "root" => r.clone()),
+            written: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "written"),
+            unchanged: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "unchanged"),
+            refused: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "refused"),
+            deleted: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "deleted"),
+            skipped_noauth: counter!("zkmirror_skipped_znodes_total", "root" => r.clone(), "reason" => "noauth"),
+            skipped_filtered: counter!("zkmirror_skipped_znodes_total", "root" => r.clone(), "reason" => "filtered"),
+            batches: counter!("zkmirror_redis_batches_total", "root" => r.clone()),
+            batch_size: histogram!("zkmirror_redis_batch_size", "root" => r.clone()),
+            propagation: histogram!("zkmirror_propagation_delay_seconds", "root" => r.clone()),
+            applied_zxid: gauge!("zkmirror_applied_zxid", "root" => r.clone()),
+            nodes: gauge!("zkmirror_znodes_mirrored", "root" => r.clone()),
+            zk_connected: gauge!("zkmirror_zookeeper_connected", "root" => r.clone()),
+            redis_connected: gauge!("zkmirror_redis_connected", "root" => r.clone()),
+            walk_duration: histogram!("zkmirror_walk_duration_seconds", "root" => r.clone()),
+            root: r,
+        }
+    }
+
+    /// Counts a finished walk (cold sync, reconcile, anti-entropy) by its reason.
+    pub fn walk_done(&self, reason: &'static str, seconds: f64) {
+        counter!("zkmirror_walks_total", "root" => self.root.clone(), "reason" => reason).increment(1);
+        self.walk_duration.record(seconds);
+    }
+}
+
+/// Installs the Prometheus recorder for this process.
+pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("zkmirror_redis_batch_size".into()),
+                &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0],
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// What `/readyz` asks: are all mirrors past their first sync with both servers connected?
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness of a set of mirrors.
+pub fn readiness_of(handles: impl Fn() -> Vec<MirrorHandle> + Send + Sync + 'static) -> Readiness {
+    Arc::new(move || {
+        let handles = handles();
+        if handles.is_empty() {
+            return Err("no root configured".into());
+        }
+        for handle in handles {
+            let status = handle.status();
+            if !status.synced {
+                return Err(format!("{}: cold sync not done", handle.root()));
+            }
+            if !status.zk_connected {
+                return Err(format!("{}: ZooKeeper not connected", handle.root()));
+            }
+            if !status.redis_connected {
+                return Err(format!("{}: Redis not connected", handle.root()));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    prometheus: PrometheusHandle,
+    readiness: Readiness,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(prometheus.render())))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let verdict = readiness();
+                async move {
+                    match verdict {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    }
+                }
+            }),
+        );
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.fired().await }).await
+}

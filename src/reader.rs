@@ -1,0 +1,128 @@
+//! Reads the copy the way an application does: a znode's data and meta from one `MULTI`, its
+//! children, and the mirror's status hash `P:mirror`.
+//!
+//! Architecture invariant: this module never writes to Redis and never imports
+//! `zookeeper_client`; it knows the layout only through [`Keys`].
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionLike;
+
+use crate::schema::{Keys, STAT_FIELDS};
+
+/// Failures reading the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("cannot read from Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("{key} field {field} holds {value:?}, not a number")]
+    BadStatusField { key: String, field: &'static str, value: String },
+}
+
+/// One znode as the copy holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredZnode {
+    pub data: Vec<u8>,
+    /// `P:{PATH}:meta`: the `Stat` fields in [`STAT_FIELDS`] order, then any others by name.
+    pub meta: Vec<(String, String)>,
+}
+
+/// Data and meta of `path`, read in one `MULTI` (so they belong together); `None` when the copy
+/// holds neither.
+pub async fn get<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    path: &str,
+) -> Result<Option<StoredZnode>, ReaderError> {
+    let (data, meta): (Option<Vec<u8>>, HashMap<String, String>) = redis::pipe()
+        .atomic()
+        .cmd("GET")
+        .arg(keys.data(path))
+        .cmd("HGETALL")
+        .arg(keys.meta(path))
+        .query_async(conn)
+        .await?;
+    if data.is_none() && meta.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(StoredZnode { data: data.unwrap_or_default(), meta: ordered_meta(meta) }))
+}
+
+/// The children of `path`, sorted; `None` when the copy does not hold `path`.
+pub async fn children<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    path: &str,
+) -> Result<Option<Vec<String>>, ReaderError> {
+    let (exists, mut names): (bool, Vec<String>) = redis::pipe()
+        .atomic()
+        .cmd("EXISTS")
+        .arg(keys.meta(path))
+        .cmd("SMEMBERS")
+        .arg(keys.children(path))
+        .query_async(conn)
+        .await?;
+    if !exists && names.is_empty() {
+        return Ok(None);
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
+fn ordered_meta(mut meta: HashMap<String, String>) -> Vec<(String, String)> {
+    let mut ordered: Vec<(String, String)> = STAT_FIELDS
+        .iter()
+        .filter_map(|field| meta.remove(*field).map(|value| ((*field).to_owned(), value)))
+        .collect();
+    let mut rest: Vec<(String, String)> = meta.into_iter().collect();
+    rest.sort();
+    ordered.extend(rest);
+    ordered
+}
+
+/// The status hash `P:mirror` as a mirror last wrote it (see `schema/layout.md`). Fields a
+/// mirror has not written are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorState {
+    pub state: Option<String>,
+    /// Highest zxid whose effect is in the keys.
+    pub zxid: Option<i64>,
+    /// Unix ms of the last heartbeat.
+    pub heartbeat_ms: Option<i64>,
+    pub root: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub version: Option<String>,
+}
+
+/// Reads `P:mirror`; `None` when no mirror has written it under this prefix.
+pub async fn mirror_state<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+) -> Result<Option<MirrorState>, ReaderError> {
+    let key = keys.status();
+    let mut fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let number = |field: &'static str| -> Result<Option<i64>, ReaderError> {
+        match fields.get(field) {
+            None => Ok(None),
+            Some(value) => value.trim().parse().map(Some).map_err(|_| ReaderError::BadStatusField {
+                key: key.clone(),
+                field,
+                value: value.clone(),
+            }),
+        }
+    };
+    let zxid = number("zxid")?;
+    let heartbeat_ms = number("heartbeat")?;
+    let started_at_ms = number("started_at")?;
+    Ok(Some(MirrorState {
+        state: fields.remove("state"),
+        zxid,
+        heartbeat_ms,
+        root: fields.remove("root"),
+        started_at_ms,
+        version: fields.remove("version"),
+    }))
+}

@@ -1,0 +1,472 @@
+//! The process's settings: a TOML file, then environment variables, then flags, each layer
+//! overriding the one before. The result is one [`MirrorConfig`] per root plus the few
+//! process-wide options. Every error names where the bad value came from: the file, its line
+//! and the key, or the flag.
+//!
+//! The file format is documented in `deploy/zkmirror.example.toml` and the README.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{mask_url, MirrorConfig, ZkDigest};
+use crate::error::ConfigError;
+use crate::filter::Filter;
+use crate::path;
+
+/// Where a bad setting came from and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{line}: {key}: {why}")]
+    InFile { file: PathBuf, line: usize, key: String, why: String },
+    #[error("{origin}: {why}")]
+    Other { origin: String, why: String },
+}
+
+/// Values given on the command line or in the environment (clap merges those two, flags first).
+/// `None` means "not given": the file's value, then the default, applies.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub zk: Option<String>,
+    pub zk_auth: Option<ZkDigest>,
+    pub redis: Option<String>,
+    pub root: Option<String>,
+    pub prefix: Option<String>,
+    pub session_timeout: Option<Duration>,
+    pub anti_entropy_interval: Option<Duration>,
+    pub tombstone_ttl: Option<Duration>,
+    pub changes_maxlen: Option<u64>,
+    pub read_window: Option<usize>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Everything `zkmirror run` needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mirrors: Vec<MirrorConfig>,
+    /// When a root is removed from the file: keep its keys in Redis (true) or delete them.
+    pub keep_keys_on_remove: bool,
+    pub metrics_addr: Option<SocketAddr>,
+    /// The file the settings came from, if any (watched for hot reload).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    #[serde(default)]
+    zookeeper: ZkSection,
+    #[serde(default)]
+    redis: RedisSection,
+    #[serde(default)]
+    mirror: MirrorSection,
+    #[serde(default)]
+    roots: Vec<RootSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ZkSection {
+    servers: Option<Spanned<String>>,
+    auth: Option<Spanned<String>>,
+    session_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MirrorSection {
+    prefix: Option<Spanned<String>>,
+    anti_entropy_interval: Option<Spanned<String>>,
+    tombstone_ttl: Option<Spanned<String>>,
+    changes_maxlen: Option<u64>,
+    read_window: Option<usize>,
+    keep_keys_on_remove: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootSection {
+    path: Spanned<String>,
+    prefix: Option<Spanned<String>>,
+    include: Option<Spanned<Vec<String>>>,
+    exclude: Option<Spanned<Vec<String>>>,
+    max_depth: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    addr: Option<Spanned<String>>,
+}
+
+/// Locates errors in the file's text.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, offset: usize, key: &str, why: impl Into<String>) -> SettingsError {
+        let line = self.text[..offset.min(self.text.len())].matches('\n').count() + 1;
+        SettingsError::InFile { file: self.file.to_owned(), line, key: key.to_owned(), why: why.into() }
+    }
+}
+
+/// Which layer a value came from, for error messages.
+enum Origin<'a> {
+    File(&'a Source<'a>, usize, String),
+    Flag(&'static str),
+    Default,
+}
+
+impl Origin<'_> {
+    fn error(&self, why: impl Into<String>) -> SettingsError {
+        match self {
+            Origin::File(source, offset, key) => source.error(*offset, key, why),
+            Origin::Flag(flag) => SettingsError::Other { origin: (*flag).to_owned(), why: why.into() },
+            Origin::Default => SettingsError::Other { origin: "default".to_owned(), why: why.into() },
+        }
+    }
+}
+
+/// Picks the flag's value over the file's; remembers where the winner came from.
+fn layer<'a, T: Clone>(
+    flag: Option<&T>,
+    flag_name: &'static str,
+    file: Option<&Spanned<T>>,
+    source: Option<&'a Source<'a>>,
+    key: &str,
+) -> Option<(T, Origin<'a>)> {
+    if let Some(value) = flag {
+        return Some((value.clone(), Origin::Flag(flag_name)));
+    }
+    match (file, source) {
+        (Some(spanned), Some(source)) => {
+            Some((spanned.get_ref().clone(), Origin::File(source, spanned.span().start, key.to_owned())))
+        }
+        _ => None,
+    }
+}
+
+fn parse_duration(text: &str, origin: &Origin<'_>) -> Result<Duration, SettingsError> {
+    parse_duration_text(text).map_err(|why| origin.error(why))
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` or a plain number of seconds.
+pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 250ms, 10s or 5m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+impl Settings {
+    /// Builds the settings from an optional file and the overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, SettingsError> {
+        let text = match file {
+            Some(file) => {
+                Some(std::fs::read_to_string(file).map_err(|source| SettingsError::Read { file: file.to_owned(), source })?)
+            }
+            None => None,
+        };
+        let source = match (file, text.as_deref()) {
+            (Some(file), Some(text)) => Some(Source { file, text }),
+            _ => None,
+        };
+        let parsed: FileSettings = match &source {
+            Some(source) => toml::from_str(source.text).map_err(|e| {
+                let offset = e.span().map_or(0, |s| s.start);
+                source.error(offset, &describe_toml_key(source.text, offset), e.message().to_owned())
+            })?,
+            None => FileSettings::default(),
+        };
+        build(parsed, source.as_ref(), overrides, file)
+    }
+
+    /// The effective settings as TOML, with secrets masked: what `check-config` prints.
+    pub fn render_masked(&self) -> String {
+        let mut out = String::new();
+        let first = self.mirrors.first();
+        if let Some(m) = first {
+            out.push_str(&format!(
+                "[zookeeper]\nservers = {:?}\nauth = {}\nsession_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n\n",
+                m.zk_servers,
+                m.zk_auth.as_ref().map_or("\"\" # none".to_owned(), |d| format!("\"{}:***\"", d.user)),
+                m.session_timeout.as_millis(),
+                mask_url(&m.redis_url),
+            ));
+            out.push_str(&format!(
+                "[mirror]\nanti_entropy_interval = \"{}ms\"\ntombstone_ttl = \"{}ms\"\nchanges_maxlen = {}\nread_window = {}\nkeep_keys_on_remove = {}\n\n",
+                m.anti_entropy_interval.as_millis(),
+                m.tombstone_ttl.as_millis(),
+                m.changes_maxlen,
+                m.read_window,
+                self.keep_keys_on_remove,
+            ));
+        }
+        if let Some(addr) = self.metrics_addr {
+            out.push_str(&format!("[metrics]\naddr = \"{addr}\"\n\n"));
+        }
+        for m in &self.mirrors {
+            out.push_str(&format!("[[roots]]\npath = {:?}\nprefix = {:?}\n# {}{}\n\n", m.root, m.prefix, m.filter.describe(),
+                if m.shared_prefix { "; prefix shared with other roots" } else { "" }));
+        }
+        out
+    }
+}
+
+/// The dotted key around `offset`, best effort, for parse errors ("roots[1].path").
+fn describe_toml_key(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.rsplit('\n').next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let table = before
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_owned())
+        })
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn build(
+    file: FileSettings,
+    source: Option<&Source<'_>>,
+    o: &Overrides,
+    path_of_file: Option<&Path>,
+) -> Result<Settings, SettingsError> {
+    let missing = |what: &str, flag: &str, key: &str| SettingsError::Other {
+        origin: "settings".into(),
+        why: format!("no {what}: give {flag} (or ZKMIRROR_{}) or `{key}` in the config file", flag.trim_start_matches("--").to_uppercase().replace('-', "_")),
+    };
+    let (zk, zk_origin) = layer(o.zk.as_ref(), "--zk", file.zookeeper.servers.as_ref(), source, "zookeeper.servers")
+        .ok_or_else(|| missing("ZooKeeper servers", "--zk", "zookeeper.servers"))?;
+    let (redis, redis_origin) = layer(o.redis.as_ref(), "--redis", file.redis.url.as_ref(), source, "redis.url")
+        .ok_or_else(|| missing("Redis URL", "--redis", "redis.url"))?;
+    let zk_auth = match (&o.zk_auth, &file.zookeeper.auth, source) {
+        (Some(digest), _, _) => Some(digest.clone()),
+        (None, Some(auth), Some(source)) => Some(
+            auth.get_ref()
+                .parse::<ZkDigest>()
+                .map_err(|e| source.error(auth.span().start, "zookeeper.auth", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let duration = |flag: Option<&Duration>, name: &'static str, spanned: Option<&Spanned<String>>, key: &str, default: Duration|
+     -> Result<Duration, SettingsError> {
+        if let Some(d) = flag {
+            return Ok(*d);
+        }
+        match (spanned, source) {
+            (Some(s), Some(source)) => parse_duration(s.get_ref(), &Origin::File(source, s.span().start, key.to_owned())),
+            _ => {
+                let _ = name;
+                Ok(default)
+            }
+        }
+    };
+    let defaults = MirrorConfig::new("", "", "/");
+    let session_timeout = duration(o.session_timeout.as_ref(), "--session-timeout", file.zookeeper.session_timeout.as_ref(), "zookeeper.session_timeout", defaults.session_timeout)?;
+    let anti_entropy = duration(o.anti_entropy_interval.as_ref(), "--anti-entropy-interval", file.mirror.anti_entropy_interval.as_ref(), "mirror.anti_entropy_interval", defaults.anti_entropy_interval)?;
+    let tombstone_ttl = duration(o.tombstone_ttl.as_ref(), "--tombstone-ttl", file.mirror.tombstone_ttl.as_ref(), "mirror.tombstone_ttl", defaults.tombstone_ttl)?;
+    let default_prefix = layer(o.prefix.as_ref(), "--prefix", file.mirror.prefix.as_ref(), source, "mirror.prefix");
+
+    // Roots: `--root` replaces the file's list (flags win); otherwise the file's `[[roots]]`.
+    struct RootSpec<'a> {
+        path: (String, Origin<'a>),
+        prefix: Option<(String, Origin<'a>)>,
+        filter: Filter,
+    }
+    let mut specs: Vec<RootSpec<'_>> = Vec::new();
+    if let Some(root) = &o.root {
+        specs.push(RootSpec { path: (root.clone(), Origin::Flag("--root")), prefix: None, filter: Filter::all() });
+    } else if let Some(source) = source {
+        for (i, r) in file.roots.iter().enumerate() {
+            let patterns = |list: &Option<Spanned<Vec<String>>>| list.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
+            let filter = Filter::new(&patterns(&r.include), &patterns(&r.exclude), r.max_depth).map_err(|e| {
+                let (key, list) = if matches!(&e, ConfigError::BadSetting { name: "include", .. }) {
+                    ("include", &r.include)
+                } else {
+                    ("exclude", &r.exclude)
+                };
+                let offset = list.as_ref().map_or(r.path.span().start, |l| l.span().start);
+                source.error(offset, &format!("roots[{i}].{key}"), e.to_string())
+            })?;
+            specs.push(RootSpec {
+                path: (r.path.get_ref().clone(), Origin::File(source, r.path.span().start, format!("roots[{i}].path"))),
+                prefix: r.prefix.as_ref().map(|p| (p.get_ref().clone(), Origin::File(source, p.span().start, format!("roots[{i}].prefix")))),
+                filter,
+            });
+        }
+    }
+    if specs.is_empty() {
+        return Err(missing("root", "--root", "[[roots]] path"));
+    }
+
+    let mut mirrors = Vec::new();
+    let mut prefix_users: HashMap<String, usize> = HashMap::new();
+    for spec in &specs {
+        let mut config = MirrorConfig::new(zk.clone(), redis.clone(), spec.path.0.clone());
+        let (prefix, prefix_origin) = match (&spec.prefix, &default_prefix) {
+            (Some((p, origin)), _) => (p.clone(), origin),
+            (None, Some((p, origin))) => (p.clone(), origin),
+            (None, None) => (config.prefix.clone(), &Origin::Default),
+        };
+        config.prefix = prefix;
+        config.zk_auth = zk_auth.clone();
+        config.session_timeout = session_timeout;
+        config.anti_entropy_interval = anti_entropy;
+        config.tombstone_ttl = tombstone_ttl;
+        config.changes_maxlen = o.changes_maxlen.or(file.mirror.changes_maxlen).unwrap_or(config.changes_maxlen);
+        config.read_window = o.read_window.or(file.mirror.read_window).unwrap_or(config.read_window);
+        config.filter = spec.filter.clone();
+        config.validate().map_err(|e| match e {
+            ConfigError::BadRoot { .. } => spec.path.1.error(e.to_string()),
+            ConfigError::BadPrefix { .. } => prefix_origin.error(e.to_string()),
+            ConfigError::BadRedisUrl { .. } => redis_origin.error(e.to_string()),
+            ConfigError::BadZkAddress { .. } => zk_origin.error(e.to_string()),
+            other => SettingsError::Other { origin: "settings".into(), why: other.to_string() },
+        })?;
+        *prefix_users.entry(config.prefix.clone()).or_default() += 1;
+        mirrors.push(config);
+    }
+    // Roots that share a prefix must not overlap: their keys would collide.
+    for (i, a) in mirrors.iter().enumerate() {
+        for (j, b) in mirrors.iter().enumerate().skip(i + 1) {
+            if a.prefix == b.prefix && (path::is_within(&a.root, &b.root) || path::is_within(&b.root, &a.root)) {
+                return Err(specs[j].path.1.error(format!(
+                    "root {} overlaps root {} and both use prefix {:?}: give one of them its own prefix",
+                    b.root, a.root, a.prefix
+                )));
+            }
+        }
+    }
+    for m in &mut mirrors {
+        m.shared_prefix = prefix_users.get(&m.prefix).copied().unwrap_or(0) > 1;
+    }
+    let metrics_addr = match (&o.metrics_addr, &file.metrics.addr, source) {
+        (Some(addr), _, _) => Some(*addr),
+        (None, Some(addr), Some(source)) => Some(addr.get_ref().parse().map_err(|e| {
+            source.error(addr.span().start, "metrics.addr", format!("{:?} is not host:port: {e}", addr.get_ref()))
+        })?),
+        _ => None,
+    };
+    Ok(Settings {
+        mirrors,
+        keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false),
+        metrics_addr,
+        file: path_of_file.map(Path::to_owned),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, overrides: &Overrides) -> Result<Settings, SettingsError> {
+        let dir = std::env::temp_dir().join(format!("zkmirror-settings-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("zkmirror.toml");
+        std::fs::write(&file, text).expect("write");
+        let result = Settings::load(Some(&file), overrides);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    const GOOD: &str = r#"
+[zookeeper]
+servers = "127.0.0.1:2181"
+auth = "mirror:s3cret"
+
+[redis]
+url = "redis://user:pw@127.0.0.1:6379/"
+
+[mirror]
+prefix = "cfg"
+anti_entropy_interval = "10s"
+
+[[roots]]
+path = "/app"
+exclude = ["/app/locks/**"]
+
+[[roots]]
+path = "/other"
+max_depth = 2
+"#;
+
+    #[test]
+    fn reads_a_file_with_several_roots() {
+        let s = load_text(GOOD, &Overrides::default()).expect("valid");
+        assert_eq!(s.mirrors.len(), 2);
+        assert!(s.mirrors.iter().all(|m| m.prefix == "cfg" && m.shared_prefix));
+        assert_eq!(s.mirrors[0].anti_entropy_interval, Duration::from_secs(10));
+        assert!(!s.mirrors[0].filter.admits("/app", "/app/locks/x"));
+        let shown = s.render_masked();
+        assert!(!shown.contains("s3cret") && !shown.contains(":pw@"), "{shown}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let o = Overrides { root: Some("/flag".into()), prefix: Some("p".into()), ..Overrides::default() };
+        let s = load_text(GOOD, &o).expect("valid");
+        assert_eq!(s.mirrors.len(), 1);
+        assert_eq!((s.mirrors[0].root.as_str(), s.mirrors[0].prefix.as_str()), ("/flag", "p"));
+        assert!(!s.mirrors[0].shared_prefix);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace("path = \"/other\"", "path = \"other\"");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("zkmirror.toml:18: roots[1].path"), "{err}");
+        let bad = GOOD.replace("anti_entropy_interval = \"10s\"", "anti_entropy_interval = \"soon\"");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":11: mirror.anti_entropy_interval"), "{err}");
+        let bad = GOOD.replace("[mirror]", "[mirror]\ncolour = 1");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains(":10:"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_roots_sharing_a_prefix_are_rejected() {
+        let bad = GOOD.replace("path = \"/other\"", "path = \"/app/sub\"");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("overlaps root /app"), "{err}");
+        let ok = bad.replace("path = \"/app/sub\"", "path = \"/app/sub\"\nprefix = \"sub\"");
+        load_text(&ok, &Overrides::default()).expect("different prefixes may overlap");
+    }
+
+    #[test]
+    fn missing_servers_are_explained() {
+        let err = Settings::load(None, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("--zk"), "{err}");
+    }
+}
