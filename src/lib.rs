@@ -41,6 +41,7 @@ pub mod error;
 pub mod filter;
 pub mod lag;
 pub mod mirror;
+pub mod nodelay;
 pub mod observe;
 pub mod path;
 pub mod reader;

@@ -379,6 +379,7 @@ impl Engine {
                     match self.on_event(event) {
                         EventOutcome::Continue => {}
                         EventOutcome::Reconnected => {
+                            session.disable_nagle();
                             // zookeeper-client does not restore persistent watches on reconnect:
                             // add ours again, then reconcile what the gap may have hidden.
                             match session.watch(&self.config.root).await {

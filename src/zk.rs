@@ -17,6 +17,8 @@ use crate::znode::{Fetched, Znode, ZnodeStat};
 pub struct ZkSession {
     client: Client,
     servers: String,
+    /// The servers' addresses, to find the client's sockets (see [`crate::nodelay`]).
+    peers: std::sync::Arc<std::collections::HashSet<std::net::SocketAddr>>,
 }
 
 impl ZkSession {
@@ -31,7 +33,19 @@ impl ZkSession {
             ZkClientError::AuthFailed => ZkError::AuthFailed,
             source => ZkError::Connect { servers: config.zk_servers.clone(), source },
         })?;
-        Ok(ZkSession { client, servers: config.zk_servers.clone() })
+        let session = ZkSession {
+            client,
+            servers: config.zk_servers.clone(),
+            peers: std::sync::Arc::new(crate::nodelay::resolve(&config.zk_servers).await),
+        };
+        session.disable_nagle();
+        Ok(session)
+    }
+
+    /// Sets `TCP_NODELAY` on the session's connection; call again after every reconnect (a
+    /// reconnect opens a new socket).
+    pub fn disable_nagle(&self) {
+        crate::nodelay::set_on_sockets_to(&self.peers);
     }
 
     pub fn servers(&self) -> &str {
