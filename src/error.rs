@@ -20,7 +20,7 @@ pub enum ConfigError {
 }
 
 /// Failures talking to ZooKeeper.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum ZkError {
     #[error("cannot connect to ZooKeeper at {servers}: {source}")]
     Connect { servers: String, source: zookeeper_client::Error },

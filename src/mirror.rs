@@ -46,6 +46,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 const MAX_BATCH_WRITES: usize = 1000;
 /// Most payload bytes in one Redis pipeline (a few 1 MB znodes at most).
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Most paths in one multi-read request.
+const MAX_READ_BATCH: usize = 64;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
 
@@ -248,7 +250,10 @@ struct Engine {
     dirty: DirtyPaths,
     walk: Option<Walk>,
     next_generation: u64,
-    reads: FuturesOrdered<BoxFuture<Read>>,
+    /// Reads in flight, a batch (one multi-read) per entry, answered in the order sent.
+    reads: FuturesOrdered<BoxFuture<Vec<Read>>>,
+    /// Paths in `reads`, which the read window bounds.
+    reads_in_flight: usize,
     ready: VecDeque<(Write, Option<u64>)>,
     batch: Option<BoxFuture<(Batch, Result<BatchOutcome, StoreError>)>>,
     status_write: Option<BoxFuture<Result<bool, StoreError>>>,
@@ -286,6 +291,7 @@ impl Engine {
             walk: None,
             next_generation: 1,
             reads: FuturesOrdered::new(),
+            reads_in_flight: 0,
             ready: VecDeque::new(),
             batch: None,
             status_write: None,
@@ -392,9 +398,12 @@ impl Engine {
                         EventOutcome::AuthFailed => return Err(ZkError::AuthFailed.into()),
                     }
                 }
-                Some(read) = self.reads.next(), if !self.reads.is_empty() => {
-                    if let Some(end) = self.on_read(read) {
-                        return Ok(end);
+                Some(batch) = self.reads.next(), if !self.reads.is_empty() => {
+                    self.reads_in_flight -= batch.len();
+                    for read in batch {
+                        if let Some(end) = self.on_read(read) {
+                            return Ok(end);
+                        }
                     }
                 }
                 Some((batch, result)) = OptionFuture::from(self.batch.as_mut()), if self.batch.is_some() => {
@@ -497,22 +506,40 @@ impl Engine {
         if self.redis_down || !self.zk_connected {
             return;
         }
-        while self.reads.len() < self.config.read_window && self.ready.len() < MAX_READY {
-            let (path, walk) = if let Some(path) = self.dirty.pop() {
-                (path, None)
-            } else if let Some(walk) = self.walk.as_mut().filter(|w| w.stage != WalkStage::Sweeping) {
-                match walk.stack.pop() {
-                    Some((path, descend)) => {
-                        walk.open += 1;
-                        (path, Some((walk.generation, descend)))
+        while self.reads_in_flight < self.config.read_window && self.ready.len() < MAX_READY {
+            let room = (self.config.read_window - self.reads_in_flight).min(MAX_READ_BATCH);
+            let mut batch: Vec<(String, Option<(u64, bool)>)> = Vec::new();
+            while batch.len() < room {
+                if let Some(path) = self.dirty.pop() {
+                    batch.push((path, None));
+                } else if let Some(walk) = self.walk.as_mut().filter(|w| w.stage != WalkStage::Sweeping) {
+                    match walk.stack.pop() {
+                        Some((path, descend)) => {
+                            walk.open += 1;
+                            batch.push((path, Some((walk.generation, descend))));
+                        }
+                        None => break,
                     }
-                    None => break,
+                } else {
+                    break;
                 }
-            } else {
+            }
+            if batch.is_empty() {
                 break;
-            };
-            let fetch = session.fetch(path.clone());
-            self.reads.push_back(Box::pin(async move { Read { path, walk, result: fetch.await } }));
+            }
+            self.reads_in_flight += batch.len();
+            // A lone path goes as a plain read (lowest latency); several share one multi-read.
+            if let [(path, walk)] = &batch[..] {
+                let (path, walk) = (path.clone(), *walk);
+                let fetch = session.fetch(path.clone());
+                self.reads.push_back(Box::pin(async move { vec![Read { path, walk, result: fetch.await }] }));
+            } else {
+                let (paths, walks): (Vec<String>, Vec<Option<(u64, bool)>>) = batch.into_iter().unzip();
+                let fetch = session.fetch_many(paths);
+                self.reads.push_back(Box::pin(async move {
+                    fetch.await.into_iter().zip(walks).map(|((path, result), walk)| Read { path, walk, result }).collect()
+                }));
+            }
         }
     }
 
@@ -878,6 +905,7 @@ impl Engine {
     /// Everything in flight belongs to the old session: drop it. The next walk covers it.
     fn abandon_session_work(&mut self) {
         self.reads = FuturesOrdered::new();
+        self.reads_in_flight = 0;
         self.dirty.clear();
         self.walk = None;
         self.sweep = None;
