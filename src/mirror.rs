@@ -48,6 +48,10 @@ const MAX_BATCH_WRITES: usize = 1000;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Most paths in one multi-read request.
 const MAX_READ_BATCH: usize = 64;
+/// Most read requests in flight. While they are answered, newly dirty paths gather and leave
+/// together in the next multi-read (group commit, as on the Redis side): a lone change is
+/// still read at once, and under load ZooKeeper serves one request per many changes.
+const MAX_READ_REQUESTS: usize = 16;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
 
@@ -506,7 +510,10 @@ impl Engine {
         if self.redis_down || !self.zk_connected {
             return;
         }
-        while self.reads_in_flight < self.config.read_window && self.ready.len() < MAX_READY {
+        while self.reads.len() < MAX_READ_REQUESTS
+            && self.reads_in_flight < self.config.read_window
+            && self.ready.len() < MAX_READY
+        {
             let room = (self.config.read_window - self.reads_in_flight).min(MAX_READ_BATCH);
             let mut batch: Vec<(String, Option<(u64, bool)>)> = Vec::new();
             while batch.len() < room {
