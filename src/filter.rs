@@ -65,9 +65,32 @@ impl Filter {
         if self.max_depth.is_some_and(|max| depth(root, path) >= max) {
             return false;
         }
-        // An excluded `path/**` rules out every descendant; a probe child tells.
+        // An excluded `path/**` rules out every descendant: one pattern matching both a probe
+        // child and a probe grandchild tells. (Two patterns, such as `/a/*` and `/a/*/x`, do not:
+        // together they leave `/a/b/y` copied.)
+        let Some(exclude) = &self.exclude else { return true };
         let probe = format!("{}/\u{0}probe", path.trim_end_matches('/'));
-        !self.exclude.as_ref().is_some_and(|set| set.is_match(&probe) && set.is_match(format!("{probe}/x")))
+        let child = exclude.matches(&probe);
+        if child.is_empty() {
+            return true;
+        }
+        let grandchild = exclude.matches(format!("{probe}/x"));
+        !child.iter().any(|i| grandchild.contains(i))
+    }
+
+    /// Whether a walk from `root` reaches `path` and copies it: `path` is admitted and every
+    /// znode above it, from `root` down, may be descended into.
+    pub fn copies(&self, root: &str, path: &str) -> bool {
+        if self.is_all() {
+            // The common case, on every event: no glob to match.
+            return crate::path::is_within(path, root);
+        }
+        if !crate::path::is_within(path, root) || !self.admits(root, path) {
+            return false;
+        }
+        std::iter::successors(crate::path::parent(path), |p| crate::path::parent(p))
+            .take_while(|p| crate::path::is_within(p, root))
+            .all(|p| self.may_descend(root, p))
     }
 
     pub fn describe(&self) -> String {
@@ -140,6 +163,19 @@ mod tests {
         assert!(!f.may_descend("/app", "/app/svc/a"));
         assert!(filter(&[], &[], Some(0)).admits("/", "/"));
         assert!(!filter(&[], &[], Some(0)).admits("/", "/a"));
+    }
+
+    #[test]
+    fn two_patterns_that_leave_grandchildren_copied_do_not_stop_the_walk() {
+        let f = filter(&[], &["/app/*", "/app/*/x"], None);
+        assert!(f.may_descend("/app", "/app"));
+        assert!(f.copies("/app", "/app/b/y"));
+        assert!(!f.copies("/app", "/app/b"));
+        let f = filter(&[], &["/app/locks/**"], Some(3));
+        assert!(f.copies("/app", "/app/locks"));
+        assert!(!f.copies("/app", "/app/locks/l1"));
+        assert!(!f.copies("/app", "/app/a/b/c/d"));
+        assert!(!f.copies("/app", "/other"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod cli;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::error;
@@ -48,7 +49,11 @@ enum Command {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a journal or a log file would keep the escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The one-shot operator commands answer on stdout; their logs would only be noise.
     let is_run = matches!(cli.command, Command::Run(_));
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     init_logging(cli.log_format, if is_run { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -83,7 +89,10 @@ fn main() -> ExitCode {
             if is_run {
                 error!("{e:#}");
             }
-            eprintln!("zkmirror: {e:#}");
+            // With JSON logs, stderr carries only JSON lines: the log line above says it.
+            if !(is_run && json_logs) {
+                eprintln!("zkmirror: {e:#}");
+            }
             ExitCode::from(2)
         }
     }

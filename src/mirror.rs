@@ -476,7 +476,7 @@ impl Engine {
 
     /// Queues a read of `path` if the filter copies it.
     fn mark_dirty(&mut self, path: &str) {
-        if self.config.filter.admits(&self.config.root, path) {
+        if self.config.filter.copies(&self.config.root, path) {
             self.dirty.push(path);
         }
     }
@@ -581,7 +581,7 @@ impl Engine {
                         }
                     }
                 }
-                if !filter.admits(root, &znode.path) {
+                if !filter.copies(root, &znode.path) {
                     // Walked through (an include below it may match) or left behind by an old
                     // filter: it must hold no keys.
                     self.metrics.skipped_filtered.increment(1);
@@ -758,7 +758,7 @@ impl Engine {
                 let root = self.config.root.clone();
                 let filter = self.config.filter.clone();
                 self.sweep = Some(Box::pin(async move {
-                    let keep = |path: &str| filter.admits(&root, path);
+                    let keep = |path: &str| filter.copies(&root, path);
                     store.stray_paths(&root, keep).await
                 }));
             }

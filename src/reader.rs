@@ -80,18 +80,27 @@ fn ordered_meta(mut meta: HashMap<String, String>) -> Vec<(String, String)> {
     ordered
 }
 
-/// The status hash `P:mirror` as a mirror last wrote it (see `schema/layout.md`). Fields a
-/// mirror has not written are `None`.
+/// A status hash as a mirror last wrote it (see `schema/layout.md`): `P:mirror`, or one root's
+/// `P:mirror:{ROOT}` when several roots share the prefix. Fields not written are `None`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MirrorState {
     pub state: Option<String>,
-    /// Highest zxid whose effect is in the keys.
+    /// Highest zxid whose effect is in the keys (the aggregate: the lowest over its roots).
     pub zxid: Option<i64>,
     /// Unix ms of the last heartbeat.
     pub heartbeat_ms: Option<i64>,
     pub root: Option<String>,
+    /// The aggregate's `roots` field, split; empty when the hash has none (one root).
+    pub roots: Vec<String>,
     pub started_at_ms: Option<i64>,
     pub version: Option<String>,
+}
+
+impl MirrorState {
+    /// Whether this is the aggregate of several roots sharing the prefix.
+    pub fn is_shared(&self) -> bool {
+        self.roots.len() > 1
+    }
 }
 
 /// Reads `P:mirror`; `None` when no mirror has written it under this prefix.
@@ -99,7 +108,20 @@ pub async fn mirror_state<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
 ) -> Result<Option<MirrorState>, ReaderError> {
-    let key = keys.status();
+    read_state(conn, keys.status()).await
+}
+
+/// Reads one root's `P:mirror:{ROOT}` (written when several roots share the prefix); `None`
+/// when absent.
+pub async fn root_state<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    root: &str,
+) -> Result<Option<MirrorState>, ReaderError> {
+    read_state(conn, keys.root_status(root)).await
+}
+
+async fn read_state<C: ConnectionLike + Send>(conn: &mut C, key: String) -> Result<Option<MirrorState>, ReaderError> {
     let mut fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
     if fields.is_empty() {
         return Ok(None);
@@ -122,7 +144,39 @@ pub async fn mirror_state<C: ConnectionLike + Send>(
         zxid,
         heartbeat_ms,
         root: fields.remove("root"),
+        roots: fields.remove("roots").map(|r| split_roots(&r)).unwrap_or_default(),
         started_at_ms,
         version: fields.remove("version"),
     }))
+}
+
+/// Splits the aggregate's comma-joined `roots`. A root may itself contain `,` (ZooKeeper allows
+/// it), but every root starts with `/`: a piece that does not belongs to the root before it.
+/// (Only a root with `,/` inside stays ambiguous.)
+pub fn split_roots(text: &str) -> Vec<String> {
+    let mut roots: Vec<String> = Vec::new();
+    for piece in text.split(',') {
+        match roots.last_mut() {
+            Some(last) if !piece.starts_with('/') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ if piece.is_empty() => {}
+            _ => roots.push(piece.to_owned()),
+        }
+    }
+    roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_split_on_commas_that_start_a_root() {
+        assert_eq!(split_roots("/a,/b"), ["/a", "/b"]);
+        assert_eq!(split_roots("/a,b,/c"), ["/a,b", "/c"]);
+        assert_eq!(split_roots("/app"), ["/app"]);
+        assert!(split_roots("").is_empty());
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::MirrorConfig;
 use crate::error::MirrorError;
@@ -110,6 +110,9 @@ impl Service {
 
     fn start_root(&mut self, config: MirrorConfig) {
         let root = config.root.clone();
+        if !config.shared_prefix {
+            tokio::spawn(forget_shared_status(config.clone()));
+        }
         match Mirror::new(config.clone()) {
             Ok(mirror) => {
                 let handle = mirror.handle();
@@ -180,9 +183,31 @@ async fn purge(config: &MirrorConfig) {
     }
 }
 
+/// A root whose prefix is not shared (any more) writes `P:mirror` itself: the `roots` field an
+/// aggregate left there and the root's own `P:mirror:{ROOT}` would only mislead readers
+/// (`zkmirror status` reports every root an aggregate lists). Best effort: a Redis that is down
+/// now is a problem the mirror itself reports.
+async fn forget_shared_status(config: MirrorConfig) {
+    let Ok(store) = Store::new(&config) else { return };
+    let keys = store.keys().clone();
+    let mut stale_roots = redis::cmd("HDEL");
+    stale_roots.arg(keys.status()).arg("roots");
+    let mut stale_status = redis::cmd("DEL");
+    stale_status.arg(keys.root_status(&config.root));
+    for cmd in [stale_roots, stale_status] {
+        if let Err(e) = store.query(&cmd).await {
+            debug!(root = %config.root, error = %e, "cannot clear the status a shared prefix left behind");
+            return;
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` fires or a mirror fails for good (rejected credentials).
 pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shutdown) -> Result<(), RunError> {
+    // Listen for SIGHUP first: until a handler exists, SIGHUP would terminate the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let settings = Settings::load(file.as_deref(), &overrides)?;
+    let metrics_addr = settings.metrics_addr;
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
     let mut service = Service::new();
     let (observers_stop, observers_shutdown) = shutdown::channel();
@@ -205,12 +230,17 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
         Some(path) => Some(watch_file(path, control_tx.clone())?),
         None => None,
     };
-    tokio::spawn(forward_sighup(control_tx.clone()));
-    tokio::spawn(aggregate_shared_status(service.handles(), settings.mirrors.clone(), observers_shutdown.clone()));
+    tokio::spawn(forward_sighup(hangups, control_tx.clone()));
     tokio::spawn(report_progress(service.handles(), observers_shutdown.clone()));
+    let started_at = now_ms();
+    let handles = service.handles();
+    let aggregate = |mirrors: &[MirrorConfig]| {
+        let (stop, stopped) = shutdown::channel();
+        (stop, tokio::spawn(aggregate_shared_status(handles.clone(), mirrors.to_vec(), started_at, stopped)))
+    };
+    let (mut aggregator_stop, mut aggregator) = aggregate(&settings.mirrors);
 
     service.apply(&settings).await;
-    let mut current = settings;
     let mut reap = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
@@ -219,8 +249,15 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                 info!(trigger = why, "reloading settings");
                 let outcome = match Settings::load(file.as_deref(), &overrides) {
                     Ok(new) => {
+                        if new.metrics_addr != metrics_addr {
+                            warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
+                        }
+                        // One aggregator, for the new set of roots; the old one must not write
+                        // while mirrors stop and start.
+                        aggregator.abort();
+                        let _ = (&mut aggregator).await;
                         let outcome = service.apply(&new).await;
-                        current = new;
+                        (aggregator_stop, aggregator) = aggregate(&new.mirrors);
                         outcome
                     }
                     Err(e) => ReloadOutcome::Rejected(e.to_string()),
@@ -234,7 +271,6 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                         error!("reload rejected, the running configuration stays: {why}")
                     }
                 }
-                tokio::spawn(aggregate_shared_status(service.handles(), current.mirrors.clone(), observers_shutdown.clone()));
             }
             _ = reap.tick() => {
                 if let Some((root, e)) = service.reap_failed().await {
@@ -244,6 +280,11 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
         }
     };
     service.stop().await;
+    // After the mirrors: the aggregate says `stopped` too.
+    aggregator_stop.fire();
+    if tokio::time::timeout(Duration::from_secs(5), &mut aggregator).await.is_err() {
+        aggregator.abort();
+    }
     observers_stop.fire();
     result
 }
@@ -292,8 +333,8 @@ fn watch_file(path: &Path, control: mpsc::Sender<Control>) -> Result<notify::Rec
     Ok(watcher)
 }
 
-async fn forward_sighup(control: mpsc::Sender<Control>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+async fn forward_sighup(hangups: std::io::Result<tokio::signal::unix::Signal>, control: mpsc::Sender<Control>) {
+    let Ok(mut hangups) = hangups else {
         warn!("cannot listen for SIGHUP; reload by editing the config file instead");
         return;
     };
@@ -310,48 +351,67 @@ fn now_ms() -> u64 {
 
 /// For prefixes shared by several roots, `P:mirror` is the aggregate: the worst state, the
 /// lowest applied zxid (everything up to it is in, for every root), the list of roots. Each
-/// root's own status is in `P:mirror:{ROOT}`. Ends when the mirror set is replaced.
-async fn aggregate_shared_status(handles: Arc<Mutex<Vec<MirrorHandle>>>, mirrors: Vec<MirrorConfig>, mut shutdown: Shutdown) {
+/// root's own status is in `P:mirror:{ROOT}`. One runs at a time: a reload aborts it and starts
+/// one for the new set of roots. When `stop` fires (after the mirrors stopped) it writes
+/// `stopped` once more and ends.
+async fn aggregate_shared_status(
+    handles: Arc<Mutex<Vec<MirrorHandle>>>,
+    mirrors: Vec<MirrorConfig>,
+    started_at: u64,
+    mut stop: Shutdown,
+) {
     let mut by_prefix: HashMap<&str, Vec<&MirrorConfig>> = HashMap::new();
     for m in mirrors.iter().filter(|m| m.shared_prefix) {
         by_prefix.entry(m.prefix.as_str()).or_default().push(m);
     }
-    if by_prefix.is_empty() {
-        return;
-    }
-    let stores: Vec<(Store, Vec<String>)> = by_prefix
+    let groups: Vec<(Store, Vec<&str>)> = by_prefix
         .values()
-        .filter_map(|group| Store::new(group[0]).ok().map(|s| (s, group.iter().map(|m| m.root.clone()).collect())))
+        .filter_map(|group| Store::new(group[0]).ok().map(|store| (store, group.iter().map(|m| m.root.as_str()).collect())))
         .collect();
-    let started_at = now_ms().to_string();
+    let started_at = started_at.to_string();
+    let mut failing = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = shutdown.fired() => return,
-            _ = tick.tick() => {}
-        }
+        let stopping = tokio::select! {
+            _ = stop.fired() => true,
+            _ = tick.tick() => false,
+        };
         let snapshot = handles.lock().map(|h| h.clone()).unwrap_or_default();
-        for (store, roots) in &stores {
-            let members: Vec<_> = snapshot.iter().filter(|h| roots.iter().any(|r| r == h.root())).collect();
-            if members.len() != roots.len() {
-                return; // the set of roots changed: a fresh aggregator was started
+        for (store, roots) in &groups {
+            let statuses: Vec<_> = snapshot.iter().filter(|h| roots.contains(&h.root())).map(|h| h.status()).collect();
+            let mut fields = vec![("state", Phase::Stopped.as_str().to_owned()), ("heartbeat", now_ms().to_string())];
+            if !stopping {
+                if statuses.len() != roots.len() {
+                    continue; // a root is (re)starting: no aggregate without it
+                }
+                let worst = statuses.iter().map(|s| s.phase).max_by_key(|p| phase_rank(*p)).unwrap_or(Phase::Syncing);
+                let zxid = statuses.iter().map(|s| s.applied_zxid).min().unwrap_or(0);
+                fields = vec![
+                    ("state", worst.as_str().to_owned()),
+                    ("zxid", zxid.to_string()),
+                    ("heartbeat", now_ms().to_string()),
+                    ("roots", roots.join(",")),
+                    ("root", roots.join(",")),
+                    ("started_at", started_at.clone()),
+                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ];
             }
-            let statuses: Vec<_> = members.iter().map(|h| h.status()).collect();
-            let worst = statuses.iter().map(|s| s.phase).max_by_key(|p| phase_rank(*p)).unwrap_or(Phase::Syncing);
-            let zxid = statuses.iter().map(|s| s.applied_zxid).min().unwrap_or(0);
-            let fields = [
-                ("state", worst.as_str().to_owned()),
-                ("zxid", zxid.to_string()),
-                ("heartbeat", now_ms().to_string()),
-                ("roots", roots.join(",")),
-                ("root", roots.join(",")),
-                ("started_at", started_at.clone()),
-                ("version", env!("CARGO_PKG_VERSION").to_owned()),
-            ];
-            let key = store.keys().status();
-            if let Err(e) = store.write_hash(&key, &fields).await {
-                warn!(error = %e, "cannot write the aggregate status");
+            match store.write_hash(&store.keys().status(), &fields).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    info!(prefix = %store.keys().prefix(), "the aggregate status is written again");
+                }
+                Ok(()) => {}
+                // Once per outage: the mirrors report Redis themselves.
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(prefix = %store.keys().prefix(), error = %e, "cannot write the aggregate status");
+                }
+                Err(_) => {}
             }
+        }
+        if stopping {
+            return;
         }
     }
 }

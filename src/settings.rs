@@ -121,7 +121,7 @@ struct Source<'a> {
 
 impl Source<'_> {
     fn error(&self, offset: usize, key: &str, why: impl Into<String>) -> SettingsError {
-        let line = self.text[..offset.min(self.text.len())].matches('\n').count() + 1;
+        let line = self.text.get(..offset).unwrap_or(self.text).matches('\n').count() + 1;
         SettingsError::InFile { file: self.file.to_owned(), line, key: key.to_owned(), why: why.into() }
     }
 }
@@ -239,17 +239,25 @@ impl Settings {
 
 /// The dotted key around `offset`, best effort, for parse errors ("roots[1].path").
 fn describe_toml_key(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line = before.rsplit('\n').next().unwrap_or("");
+    let before = text.get(..offset).unwrap_or(text);
+    // The table the offset is in: the last header before it, `[[name]]` counted as `name[i]`.
+    let mut table = String::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for line in before.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("[[") {
+            let name = rest.split("]]").next().unwrap_or(rest).trim();
+            let index = seen.entry(name).or_insert(0);
+            table = format!("{name}[{index}]");
+            *index += 1;
+        } else if let Some(rest) = line.strip_prefix('[') {
+            table = rest.split(']').next().unwrap_or(rest).trim().to_owned();
+        }
+    }
+    let line = before.rsplit('\n').next().unwrap_or("").trim();
+    if line.starts_with('[') {
+        return table;
+    }
     let key = line.split('=').next().unwrap_or("").trim();
-    let table = before
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_owned())
-        })
-        .unwrap_or_default();
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key.to_owned(),
         (false, true) => table,
@@ -392,7 +400,10 @@ mod tests {
     use super::*;
 
     fn load_text(text: &str, overrides: &Overrides) -> Result<Settings, SettingsError> {
-        let dir = std::env::temp_dir().join(format!("zkmirror-settings-{}-{}", std::process::id(), text.len()));
+        // Tests run in parallel: each call gets its own folder.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("zkmirror-settings-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("zkmirror.toml");
         std::fs::write(&file, text).expect("write");
@@ -453,6 +464,16 @@ max_depth = 2
         let bad = GOOD.replace("[mirror]", "[mirror]\ncolour = 1");
         let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("colour") && err.contains(":10:"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_table_and_key() {
+        let bad = GOOD.replace("path = \"/other\"", "path = \"/other");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("zkmirror.toml:18: roots[1].path"), "{err}");
+        let bad = GOOD.replace("[redis]", "[redis");
+        let err = load_text(&bad, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("zkmirror.toml:6: redis:"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! An independent check that Redis holds exactly the subtree: data bytes, all eleven `Stat`
 //! fields, children sets, and no key beyond them.
 //!
-//! It shares only the key names ([`Keys`]) with the mirror, none of its logic: it reads
-//! ZooKeeper and Redis itself and compares. The tests use it as their oracle and the benchmark
-//! uses it to decide when a copy is exact.
+//! It shares only the key names ([`Keys`]) and the root's [`Filter`] with the mirror, none of
+//! its logic: it reads ZooKeeper and Redis itself and compares. The tests use it as their oracle
+//! and the benchmark uses it to decide when a copy is exact.
+//!
+//! With a filter, the walk descends only where [`Filter::may_descend`] allows (as the mirror's
+//! does), only admitted znodes are expected to have keys, and a key of any other path below the
+//! root is an extra key. A copied znode's children set still lists all of ZooKeeper's children.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionLike;
 use zookeeper_client::{Client, Error as ZkClientError, MultiReadResult};
 
+use crate::filter::Filter;
 use crate::path;
 use crate::schema::{KeyKind, Keys, STAT_FIELDS};
 use crate::zk::convert;
@@ -82,12 +87,24 @@ struct Expected {
     children: Vec<String>,
 }
 
-/// Compares the subtree at `root` with the keys under `prefix`.
+/// Compares the whole subtree at `root` with the keys under `prefix` (no filter).
 pub async fn compare<C: ConnectionLike + Send>(
     zk: &Client,
     redis: &mut C,
     prefix: &str,
     root: &str,
+) -> Result<Report, VerifyError> {
+    compare_with_filter(zk, redis, prefix, root, &Filter::all()).await
+}
+
+/// Compares the subtree at `root` with the keys under `prefix`, as a mirror with `filter`
+/// copies it: znodes the filter leaves out must have no keys.
+pub async fn compare_with_filter<C: ConnectionLike + Send>(
+    zk: &Client,
+    redis: &mut C,
+    prefix: &str,
+    root: &str,
+    filter: &Filter,
 ) -> Result<Report, VerifyError> {
     let keys = Keys::new(prefix);
     let mut report = Report::default();
@@ -107,8 +124,13 @@ pub async fn compare<C: ConnectionLike + Send>(
         let Some((path, result)) = reads.next().await else { break };
         match result {
             Ok(Some(expected)) => {
+                if filter.may_descend(root, &path) {
+                    stack.extend(expected.children.iter().map(|c| path::child(&path, c)));
+                }
+                if !filter.admits(root, &path) {
+                    continue;
+                }
                 report.znodes += 1;
-                stack.extend(expected.children.iter().map(|c| path::child(&path, c)));
                 expected_keys.insert(keys.data(&path));
                 expected_keys.insert(keys.meta(&path));
                 if !expected.children.is_empty() {
@@ -125,7 +147,7 @@ pub async fn compare<C: ConnectionLike + Send>(
         }
     }
     check_batch(redis, &keys, &mut batch, &mut report).await?;
-    find_extra_keys(redis, &keys, root, &expected_keys, &mut report).await?;
+    find_extra_keys(redis, &keys, root, filter, &expected_keys, &mut report).await?;
     report.differences.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(report)
 }
@@ -135,19 +157,20 @@ const RECHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// Above this many differing znodes a re-check walks the whole subtree again instead.
 const RECHECK_PATHS_MAX: usize = 10_000;
 
-/// Compares like [`compare`], then, while differences remain and `grace` has not passed, looks
-/// again at just the differing keys (ZooKeeper and Redis read anew) and keeps only those that
-/// still differ. A change in flight, applied by a live mirror a moment later, therefore is not
-/// reported; a copy that is really wrong is, after at most `grace`.
+/// Compares like [`compare_with_filter`], then, while differences remain and `grace` has not
+/// passed, looks again at just the differing keys (ZooKeeper and Redis read anew) and keeps
+/// only those that still differ. A change in flight, applied by a live mirror a moment later,
+/// therefore is not reported; a copy that is really wrong is, after at most `grace`.
 pub async fn compare_settled<C: ConnectionLike + Send>(
     zk: &Client,
     redis: &mut C,
     prefix: &str,
     root: &str,
+    filter: &Filter,
     grace: Duration,
 ) -> Result<Report, VerifyError> {
     let deadline = Instant::now() + grace;
-    let mut report = compare(zk, redis, prefix, root).await?;
+    let mut report = compare_with_filter(zk, redis, prefix, root, filter).await?;
     let first: BTreeSet<String> = report.differences.iter().map(|d| d.key.clone()).collect();
     while !report.is_exact() {
         let now = Instant::now();
@@ -155,7 +178,7 @@ pub async fn compare_settled<C: ConnectionLike + Send>(
             break;
         }
         tokio::time::sleep(RECHECK_INTERVAL.min(deadline - now)).await;
-        report.differences = recheck(zk, redis, prefix, root, &report.differences).await?;
+        report.differences = recheck(zk, redis, prefix, root, filter, &report.differences).await?;
     }
     let still: HashSet<&str> = report.differences.iter().map(|d| d.key.as_str()).collect();
     report.settled = first.iter().filter(|k| !still.contains(k.as_str())).count() as u64;
@@ -168,6 +191,7 @@ async fn recheck<C: ConnectionLike + Send>(
     redis: &mut C,
     prefix: &str,
     root: &str,
+    filter: &Filter,
     differing: &[Difference],
 ) -> Result<Vec<Difference>, VerifyError> {
     let keys = Keys::new(prefix);
@@ -182,12 +206,17 @@ async fn recheck<C: ConnectionLike + Send>(
         }
     }
     if paths.len() > RECHECK_PATHS_MAX {
-        return Ok(compare(zk, redis, prefix, root).await?.differences);
+        return Ok(compare_with_filter(zk, redis, prefix, root, filter).await?.differences);
     }
     let mut out = Vec::new();
     let mut present = Vec::new();
     let mut absent = Vec::new();
     for path in paths {
+        if !filter.copies(root, &path) {
+            // Left out by the filter: Redis must hold none of its keys, whatever ZooKeeper has.
+            absent.push(path);
+            continue;
+        }
         match read_znode(zk, &path).await {
             Ok(Some(expected)) => present.push(expected),
             // Gone from ZooKeeper, or hidden from us: Redis must hold none of its keys.
@@ -211,8 +240,11 @@ async fn recheck<C: ConnectionLike + Send>(
         let exists: Vec<bool> = pipe.query_async(redis).await?;
         for (key, exists) in candidates.into_iter().zip(exists) {
             if exists {
-                let what = if keys.parse(&key).is_some() { "extra key: no such znode" } else { "key outside the layout" };
-                out.push(Difference { key, what: what.into() });
+                let what = match keys.parse(&key) {
+                    Some((_, path)) => extra_key(root, filter, path),
+                    None => "key outside the layout".to_owned(),
+                };
+                out.push(Difference { key, what });
             }
         }
     }
@@ -315,6 +347,7 @@ async fn find_extra_keys<C: ConnectionLike + Send>(
     redis: &mut C,
     keys: &Keys,
     root: &str,
+    filter: &Filter,
     expected: &HashSet<String>,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
@@ -332,7 +365,10 @@ async fn find_extra_keys<C: ConnectionLike + Send>(
                 Some((KeyKind::Tomb, _)) => {}
                 // Znodes of other roots sharing the prefix are not ours to judge.
                 Some((_, path)) if !path::is_within(path, root) => {}
-                Some(_) => report.differences.push(Difference { key, what: "extra key: no such znode".into() }),
+                Some((_, path)) => {
+                    let what = extra_key(root, filter, path);
+                    report.differences.push(Difference { key, what })
+                }
                 None if key.starts_with(&format!("{}:{{", keys.prefix())) => {
                     report.differences.push(Difference { key, what: "key outside the layout".into() })
                 }
@@ -343,6 +379,15 @@ async fn find_extra_keys<C: ConnectionLike + Send>(
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+/// Why a key of `path` should not exist.
+fn extra_key(root: &str, filter: &Filter, path: &str) -> String {
+    if filter.copies(root, path) {
+        "extra key: no such znode".to_owned()
+    } else {
+        format!("extra key: the filter leaves {path} out ({})", filter.describe())
     }
 }
 

@@ -130,34 +130,6 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// The servers and subtree a one-shot command works on.
-#[derive(Args)]
-pub struct Servers {
-    /// ZooKeeper servers, host:port[,host:port...].
-    #[arg(long, env = "ZKMIRROR_ZK")]
-    pub zk: String,
-    /// Redis URL, redis://[user:password@]host:port[/db].
-    #[arg(long, env = "ZKMIRROR_REDIS")]
-    pub redis: String,
-    /// The mirrored subtree (an absolute ZooKeeper path).
-    #[arg(long, env = "ZKMIRROR_ROOT")]
-    pub root: String,
-    /// Key prefix in Redis.
-    #[arg(long, env = "ZKMIRROR_PREFIX", default_value = "zk")]
-    pub prefix: String,
-    /// ZooKeeper digest credentials, user:password.
-    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
-    pub zk_auth: Option<ZkDigest>,
-}
-
-/// A mirror config for these servers, with the defaults elsewhere.
-pub fn config_from(servers: Servers) -> zkmirror::MirrorConfig {
-    let mut config = zkmirror::MirrorConfig::new(servers.zk, servers.redis, servers.root);
-    config.prefix = servers.prefix;
-    config.zk_auth = servers.zk_auth;
-    config
-}
-
 /// Parses `250ms`, `10s`, `5m` or a plain number of seconds (for clap).
 pub fn humantime_duration(text: &str) -> Result<Duration, String> {
     zkmirror::settings::parse_duration_text(text)

@@ -2,7 +2,11 @@
 //! heartbeat, or not. With `--zk`, also how far the copy is behind ZooKeeper
 //! ([`zkmirror::lag`]).
 //!
-//! Definitions (also in `docs/operators-commands.md`):
+//! When several roots share the prefix, `P:mirror` is their aggregate and lists them in
+//! `roots`; each root's own status is `P:mirror:{ROOT}`. Then every root is reported and judged
+//! on its own (lag included) after the aggregate, and any root not fine makes the answer "no".
+//!
+//! Definitions (also in the README, "Operating it"):
 //! - heartbeat age = now − `heartbeat`, both by wall clocks (this machine's and the mirror's);
 //! - behind in zxids = the subtree's highest `mzxid`/`pzxid` in ZooKeeper − the mirror's `zxid`;
 //! - behind in ms = now − ZooKeeper's `mtime` of the oldest create or data change under the
@@ -13,9 +17,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use zkmirror::lag::{read_clock, Behind, SubtreeClock};
-use zkmirror::reader::{mirror_state, MirrorState};
+use zkmirror::reader::{mirror_state, root_state, MirrorState};
 use zkmirror::schema::Keys;
 use zkmirror::ZkDigest;
 
@@ -39,7 +44,7 @@ pub struct StatusArgs {
     /// With --zk: a change not yet mirrored after this long makes the mirror stale (exit 1).
     #[arg(long, requires = "zk", value_parser = humantime_duration)]
     max_lag: Option<Duration>,
-    /// Print one JSON object (see the operators' guide) instead of text.
+    /// Print one JSON object (see the README, "Operating it") instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -52,10 +57,23 @@ struct Lag {
     ms: Option<i64>,
 }
 
+/// One status hash, read and judged.
+struct Section {
+    /// `P:mirror` or `P:mirror:{ROOT}`.
+    key: String,
+    /// The root this section is about (`None` for the aggregate of shared roots).
+    root: Option<String>,
+    state: MirrorState,
+    heartbeat_age: Option<i64>,
+    lag: Option<Lag>,
+    /// Why it is not fine; empty when it is.
+    problems: Vec<String>,
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (mut conn, server) = connect_redis(&args.redis).await?;
     let keys = Keys::new(&args.redis.prefix);
-    let Some(mut state) = read_state(&mut conn, &keys, &server).await? else {
+    let Some(state) = read_state(&mut conn, &keys, None, &server).await? else {
         let message = format!(
             "no mirror status in Redis at {server}: {} is absent (no mirror has run with prefix {})",
             keys.status(),
@@ -69,91 +87,157 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(no());
     };
-    let mut lag = None;
-    if let (Some(servers), Some(root)) = (&args.zk, state.root.clone()) {
-        let zk = connect_zk(servers, args.zk_auth.as_ref()).await?;
-        let clock = read_clock(&zk, &root).await?;
-        // Read the mirror's zxid after the walk: what it applied meanwhile is not lag.
-        state = read_state(&mut conn, &keys, &server).await?.unwrap_or(state);
-        let behind = clock.behind(state.zxid.unwrap_or(0));
-        let ms = match (behind.zxids, behind.oldest_pending_mtime_ms) {
-            (_, Some(mtime)) => Some((now_ms() - mtime).max(0)),
-            (0, None) => Some(0),
-            (_, None) => None,
-        };
-        lag = Some(Lag { clock, behind, ms });
-    }
-    let now = now_ms();
-    let heartbeat_age = state.heartbeat_ms.map(|h| (now - h).max(0));
-    let problems = judge(&state, heartbeat_age, lag.as_ref(), &args);
-    let text = if args.json {
-        format!("{}\n", json_status(&state, heartbeat_age, lag.as_ref(), &problems, &keys))
+    let zk = match &args.zk {
+        Some(servers) => Some(connect_zk(servers, args.zk_auth.as_ref()).await?),
+        None => None,
+    };
+    let ctx = Inquiry { args: &args, keys: &keys, server: &server, zk: zk.as_ref() };
+    let shared = state.is_shared();
+    let (top, each) = if shared {
+        let top = ctx.judge(keys.status(), None, state, None);
+        let mut each = Vec::new();
+        for root in top.state.roots.clone() {
+            each.push(ctx.observe(&mut conn, Some(&root)).await?);
+        }
+        (top, each)
     } else {
-        text_status(&state, heartbeat_age, lag.as_ref(), &problems, &args, &server, &keys, now)
+        let root = state.root.clone();
+        (ctx.observe_with(&mut conn, None, state, root.as_deref()).await?, Vec::new())
+    };
+    let ok = top.problems.is_empty() && each.iter().all(|s| s.problems.is_empty());
+    let text = if args.json {
+        let mut value = json_section(&top, &ctx, ok, &each);
+        if shared {
+            value["per_root"] = each.iter().map(|s| json_section(s, &ctx, s.problems.is_empty(), &[])).collect();
+        }
+        format!("{value}\n")
+    } else {
+        let mut out = text_section(&top, &ctx, &each, shared);
+        for section in &each {
+            out.push_str(&text_section(section, &ctx, &[], false));
+        }
+        out
     };
     write_stdout(text.as_bytes())?;
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { no() })
+    Ok(if ok { ExitCode::SUCCESS } else { no() })
 }
 
-async fn read_state(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &Keys,
-    server: &str,
-) -> anyhow::Result<Option<MirrorState>> {
-    mirror_state(conn, keys).await.map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))
+/// What every section is judged and shown with.
+struct Inquiry<'a> {
+    args: &'a StatusArgs,
+    keys: &'a Keys,
+    server: &'a str,
+    zk: Option<&'a zookeeper_client::Client>,
 }
 
-/// Why the mirror is not fine; empty when it is.
-fn judge(state: &MirrorState, heartbeat_age: Option<i64>, lag: Option<&Lag>, args: &StatusArgs) -> Vec<String> {
-    let mut problems = Vec::new();
-    match state.state.as_deref() {
-        Some("live") => {}
-        Some(other) => problems.push(format!("state is {other}, not live")),
-        None => problems.push("no state field".to_owned()),
-    }
-    let limit = args.max_heartbeat_age.as_millis() as i64;
-    match heartbeat_age {
-        Some(age) if age > limit => problems.push(format!(
-            "stale: heartbeat {} ago (limit {})",
-            human_ms(age),
-            human_ms(limit)
-        )),
-        Some(_) => {}
-        None => problems.push("stale: no heartbeat field".to_owned()),
-    }
-    if let (Some(max), Some(Lag { ms: Some(ms), .. })) = (args.max_lag, lag) {
-        let max = max.as_millis() as i64;
-        if *ms > max {
-            problems.push(format!(
-                "stale: a change made {} ago is not mirrored yet (limit {})",
-                human_ms(*ms),
-                human_ms(max)
-            ));
+impl Inquiry<'_> {
+    /// Reads and judges one root's own status hash (`root`), or `P:mirror` (`None`).
+    async fn observe(&self, conn: &mut MultiplexedConnection, root: Option<&str>) -> anyhow::Result<Section> {
+        let key = root.map_or_else(|| self.keys.status(), |r| self.keys.root_status(r));
+        match read_state(conn, self.keys, root, self.server).await? {
+            Some(state) => self.observe_with(conn, root, state, root).await,
+            None => Ok(Section {
+                problems: vec![format!("{key} is absent (this root's mirror has not written its status)")],
+                key,
+                root: root.map(str::to_owned),
+                state: MirrorState::default(),
+                heartbeat_age: None,
+                lag: None,
+            }),
         }
     }
-    problems
+
+    /// Judges `state` (read from the hash of `status_root`), measuring the lag of the subtree
+    /// at `lag_root` when ZooKeeper was given.
+    async fn observe_with(
+        &self,
+        conn: &mut MultiplexedConnection,
+        status_root: Option<&str>,
+        mut state: MirrorState,
+        lag_root: Option<&str>,
+    ) -> anyhow::Result<Section> {
+        let key = status_root.map_or_else(|| self.keys.status(), |r| self.keys.root_status(r));
+        let mut lag = None;
+        if let (Some(zk), Some(root)) = (self.zk, lag_root) {
+            let clock = read_clock(zk, root).await?;
+            // Read the mirror's zxid after the walk: what it applied meanwhile is not lag.
+            state = read_state(conn, self.keys, status_root, self.server).await?.unwrap_or(state);
+            let behind = clock.behind(state.zxid.unwrap_or(0));
+            let ms = match (behind.zxids, behind.oldest_pending_mtime_ms) {
+                (_, Some(mtime)) => Some((now_ms() - mtime).max(0)),
+                (0, None) => Some(0),
+                (_, None) => None,
+            };
+            lag = Some(Lag { clock, behind, ms });
+        }
+        Ok(self.judge(key, status_root.map(str::to_owned), state, lag))
+    }
+
+    /// Why the mirror is not fine; empty when it is.
+    fn judge(&self, key: String, root: Option<String>, state: MirrorState, lag: Option<Lag>) -> Section {
+        let args = self.args;
+        let heartbeat_age = state.heartbeat_ms.map(|h| (now_ms() - h).max(0));
+        let mut problems = Vec::new();
+        match state.state.as_deref() {
+            Some("live") => {}
+            Some(other) => problems.push(format!("state is {other}, not live")),
+            None => problems.push("no state field".to_owned()),
+        }
+        let limit = args.max_heartbeat_age.as_millis() as i64;
+        match heartbeat_age {
+            Some(age) if age > limit => problems.push(format!(
+                "stale: heartbeat {} ago (limit {})",
+                human_ms(age),
+                human_ms(limit)
+            )),
+            Some(_) => {}
+            None => problems.push("stale: no heartbeat field".to_owned()),
+        }
+        if let (Some(max), Some(Lag { ms: Some(ms), .. })) = (args.max_lag, &lag) {
+            let max = max.as_millis() as i64;
+            if *ms > max {
+                problems.push(format!(
+                    "stale: a change made {} ago is not mirrored yet (limit {})",
+                    human_ms(*ms),
+                    human_ms(max)
+                ));
+            }
+        }
+        Section { key, root, state, heartbeat_age, lag, problems }
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn text_status(
-    state: &MirrorState,
-    heartbeat_age: Option<i64>,
-    lag: Option<&Lag>,
-    problems: &[String],
-    args: &StatusArgs,
-    server: &str,
+/// Reads `P:mirror` (`root` is `None`) or `P:mirror:{ROOT}`.
+async fn read_state(
+    conn: &mut MultiplexedConnection,
     keys: &Keys,
-    now: i64,
-) -> String {
+    root: Option<&str>,
+    server: &str,
+) -> anyhow::Result<Option<MirrorState>> {
+    let state = match root {
+        None => mirror_state(conn, keys).await,
+        Some(root) => root_state(conn, keys, root).await,
+    };
+    state.map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))
+}
+
+/// One section as text. The first section's verdict line speaks for the whole answer: with
+/// shared roots (`each`), their problems are listed there too, each naming its root.
+fn text_section(section: &Section, ctx: &Inquiry<'_>, each: &[Section], shared: bool) -> String {
     let unknown = || "unknown".to_owned();
+    let state = &section.state;
     let phase = state.state.clone().unwrap_or_else(unknown);
+    let mut problems = section.problems.clone();
+    for s in each {
+        problems.extend(s.problems.iter().map(|p| format!("{}: {p}", s.root.as_deref().unwrap_or("?"))));
+    }
     let verdict = if problems.is_empty() { format!("OK: {phase}") } else { format!("NOT OK: {}", problems.join("; ")) };
     let zxid = state.zxid.map_or_else(unknown, |z| format!("{z} (0x{z:x})"));
-    let heartbeat = heartbeat_age.map_or_else(unknown, |age| {
-        format!("{} ago (stale after {})", human_ms(age), human_ms(args.max_heartbeat_age.as_millis() as i64))
+    let heartbeat = section.heartbeat_age.map_or_else(unknown, |age| {
+        format!("{} ago (stale after {})", human_ms(age), human_ms(ctx.args.max_heartbeat_age.as_millis() as i64))
     });
-    let behind = match lag {
-        None if args.zk.is_none() => "unknown (pass --zk to ask ZooKeeper)".to_owned(),
+    let behind = match &section.lag {
+        None if ctx.args.zk.is_none() => "unknown (pass --zk to ask ZooKeeper)".to_owned(),
         None => "unknown (the status names no root)".to_owned(),
         Some(lag) => {
             let ms = lag.ms.map_or_else(|| "time unknown (only deletes pending)".to_owned(), human_ms);
@@ -163,32 +247,34 @@ fn text_status(
             )
         }
     };
-    let started = state.started_at_ms.map_or_else(unknown, |s| format!("{} ago", human_ms(now - s)));
-    let rows = [
-        ("state", phase),
-        ("zxid", zxid),
-        ("heartbeat", heartbeat),
-        ("behind", behind),
-        ("roots", state.root.clone().unwrap_or_else(unknown)),
-        ("started", started),
-        ("version", state.version.clone().unwrap_or_else(unknown)),
-        ("status key", format!("{} in Redis at {server}", keys.status())),
-    ];
-    let mut out = format!("{verdict}\n");
+    let started = state.started_at_ms.map_or_else(unknown, |s| format!("{} ago", human_ms(now_ms() - s)));
+    let mut rows = vec![("state", phase), ("zxid", zxid), ("heartbeat", heartbeat)];
+    if !shared {
+        rows.push(("behind", behind));
+    }
+    if section.root.is_none() {
+        let roots = if shared { state.roots.join(", ") } else { state.root.clone().unwrap_or_else(unknown) };
+        rows.push(("roots", roots));
+    }
+    rows.push(("started", started));
+    rows.push(("version", state.version.clone().unwrap_or_else(unknown)));
+    rows.push(("status key", format!("{} in Redis at {}", section.key, ctx.server)));
+    let mut out = match &section.root {
+        Some(root) => format!("root {root}: {verdict}\n"),
+        None if shared => format!("{verdict} (aggregate of {} roots sharing prefix {})\n", state.roots.len(), ctx.keys.prefix()),
+        None => format!("{verdict}\n"),
+    };
     for (name, value) in rows {
         out.push_str(&format!("  {name:<12}{value}\n"));
     }
     out
 }
 
-fn json_status(
-    state: &MirrorState,
-    heartbeat_age: Option<i64>,
-    lag: Option<&Lag>,
-    problems: &[String],
-    keys: &Keys,
-) -> serde_json::Value {
-    let behind = lag.map(|lag| {
+/// One section as JSON; `ok` and the problems of `each` (shared roots) make the aggregate's
+/// answer the whole answer.
+fn json_section(section: &Section, ctx: &Inquiry<'_>, ok: bool, each: &[Section]) -> serde_json::Value {
+    let state = &section.state;
+    let behind = section.lag.as_ref().map(|lag| {
         json!({
             "zookeeper_zxid": lag.clock.head,
             "zxids": lag.behind.zxids,
@@ -198,18 +284,27 @@ fn json_status(
             "unreadable": lag.clock.unreadable,
         })
     });
+    let mut problems = section.problems.clone();
+    for s in each {
+        problems.extend(s.problems.iter().map(|p| format!("{}: {p}", s.root.as_deref().unwrap_or("?"))));
+    }
+    let roots: Vec<String> = match (&section.root, state.is_shared()) {
+        (Some(root), _) => vec![root.clone()],
+        (None, true) => state.roots.clone(),
+        (None, false) => state.root.iter().cloned().collect(),
+    };
     json!({
-        "ok": problems.is_empty(),
+        "ok": ok,
         "problems": problems,
-        "prefix": keys.prefix(),
-        "key": keys.status(),
+        "prefix": ctx.keys.prefix(),
+        "key": section.key,
         "state": state.state,
         "zxid": state.zxid,
         "heartbeat_ms": state.heartbeat_ms,
-        "heartbeat_age_ms": heartbeat_age,
+        "heartbeat_age_ms": section.heartbeat_age,
         "started_at_ms": state.started_at_ms,
         "version": state.version,
-        "roots": state.root.iter().collect::<Vec<_>>(),
+        "roots": roots,
         "behind": behind,
     })
 }

@@ -1,54 +1,121 @@
 //! `zkmirror verify`: compares the subtree in ZooKeeper with its copy in Redis, key by key,
 //! independently of any running mirror ([`zkmirror::verify`]). Differences that settle within
 //! the grace period (changes in flight) are not reported.
+//!
+//! One root from flags (with `--include`/`--exclude`/`--max-depth` as its filter), or with
+//! `--config FILE` every root of a settings file, each with its own prefix and filter: what
+//! `zkmirror run --config FILE` with the same flags and environment mirrors.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use serde_json::json;
+use zkmirror::filter::Filter;
 use zkmirror::schema::{KeyKind, Keys};
+use zkmirror::settings::{Overrides, Settings};
 use zkmirror::verify::{compare_settled, Report};
+use zkmirror::{MirrorConfig, ZkDigest};
 
+use super::humantime_duration;
 use super::{connect_redis, connect_zk, no, write_stdout, RedisArgs};
-use super::{config_from, humantime_duration, Servers};
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    #[command(flatten)]
-    servers: Servers,
+    /// Verify every root of this settings file, each with its own prefix and filter; the
+    /// other flags and the environment override the file as they do for `run`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["include", "exclude", "max_depth"])]
+    config: Option<PathBuf>,
+    /// ZooKeeper servers, host:port[,host:port...].
+    #[arg(long, env = "ZKMIRROR_ZK")]
+    zk: Option<String>,
+    /// Redis URL, redis://[user:password@]host:port[/db].
+    #[arg(long, env = "ZKMIRROR_REDIS")]
+    redis: Option<String>,
+    /// The mirrored subtree (an absolute ZooKeeper path); with --config, replaces the file's
+    /// roots (as for `run`).
+    #[arg(long, env = "ZKMIRROR_ROOT", required_unless_present = "config")]
+    root: Option<String>,
+    /// Key prefix in Redis [default: zk].
+    #[arg(long, env = "ZKMIRROR_PREFIX")]
+    prefix: Option<String>,
+    /// ZooKeeper digest credentials, user:password.
+    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
+    zk_auth: Option<ZkDigest>,
+    /// Only znodes matching this glob are expected in Redis (repeatable; as `include` of a
+    /// `[[roots]]` entry).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Znodes matching this glob are expected to have no keys (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Znodes deeper than this below the root (the root is 0) are expected to have no keys.
+    #[arg(long, value_name = "N")]
+    max_depth: Option<usize>,
     /// How long a difference may take to go away (a change in flight) before it is reported,
     /// e.g. 5s; 0 reports the first comparison as it is.
     #[arg(long, env = "ZKMIRROR_VERIFY_GRACE", default_value = "3s", value_parser = humantime_duration)]
     grace: Duration,
-    /// How many differences the text output lists (--json lists all).
+    /// How many differences the text output lists per root (--json lists all).
     #[arg(long, default_value_t = 20)]
     show: usize,
-    /// Print one JSON object (see the operators' guide) instead of text.
+    /// Print one JSON object (see the README, "Operating it") instead of text.
     #[arg(long)]
     json: bool,
 }
 
-pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let config = config_from(args.servers);
-    config.validate()?;
-    let redis_args = RedisArgs { redis: config.redis_url.clone(), prefix: config.prefix.clone() };
-    let (mut conn, server) = connect_redis(&redis_args).await?;
-    let zk = connect_zk(&config.zk_servers, config.zk_auth.as_ref()).await?;
-    let report = compare_settled(&zk, &mut conn, &config.prefix, &config.root, args.grace).await?;
-    let keys = Keys::new(&config.prefix);
-    let text = if args.json {
-        let mut text = json_report(&report, &keys, &config.root, args.grace).to_string();
-        text.push('\n');
-        text
-    } else {
-        text_report(&report, &config.root, &config.prefix, &server, args.grace, args.show)
+/// The roots to verify, from the file or the flags.
+fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
+    let overrides = Overrides {
+        zk: args.zk.clone(),
+        zk_auth: args.zk_auth.clone(),
+        redis: args.redis.clone(),
+        root: args.root.clone(),
+        prefix: args.prefix.clone(),
+        ..Overrides::default()
     };
-    write_stdout(text.as_bytes())?;
-    Ok(if report.is_exact() { ExitCode::SUCCESS } else { no() })
+    let mut mirrors = Settings::load(args.config.as_deref(), &overrides)?.mirrors;
+    if args.config.is_none() {
+        let filter = Filter::new(&args.include, &args.exclude, args.max_depth)?;
+        for m in &mut mirrors {
+            m.filter = filter.clone();
+        }
+    }
+    Ok(mirrors)
 }
 
-fn text_report(report: &Report, root: &str, prefix: &str, server: &str, grace: Duration, show: usize) -> String {
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mirrors = roots(&args)?;
+    let first = mirrors.first().context("no root to verify")?;
+    // One process's settings name one ZooKeeper and one Redis for all roots.
+    let redis_args = RedisArgs { redis: first.redis_url.clone(), prefix: first.prefix.clone() };
+    let (mut conn, server) = connect_redis(&redis_args).await?;
+    let zk = connect_zk(&first.zk_servers, first.zk_auth.as_ref()).await?;
+    let mut reports = Vec::new();
+    for m in &mirrors {
+        let report = compare_settled(&zk, &mut conn, &m.prefix, &m.root, &m.filter, args.grace)
+            .await
+            .with_context(|| format!("verifying {} (prefix {})", m.root, m.prefix))?;
+        reports.push((m, report));
+    }
+    let exact = reports.iter().all(|(_, r)| r.is_exact());
+    let text = if args.json {
+        let each = reports.iter().map(|(m, r)| json_report(r, m, args.grace));
+        let value = match args.config {
+            None => each.into_iter().next().unwrap_or_default(),
+            Some(_) => json!({ "exact": exact, "roots": each.collect::<Vec<_>>() }),
+        };
+        format!("{value}\n")
+    } else {
+        reports.iter().map(|(m, r)| text_report(r, m, &server, args.grace, args.show)).collect()
+    };
+    write_stdout(text.as_bytes())?;
+    Ok(if exact { ExitCode::SUCCESS } else { no() })
+}
+
+fn text_report(report: &Report, m: &MirrorConfig, server: &str, grace: Duration, show: usize) -> String {
     let settled = match report.settled {
         0 => String::new(),
         n => format!("; {n} keys differed at first and settled within the {grace:?} grace"),
@@ -57,7 +124,8 @@ fn text_report(report: &Report, root: &str, prefix: &str, server: &str, grace: D
         0 => String::new(),
         n => format!("; {n} znodes unreadable to this session, skipped"),
     };
-    let scope = format!("{} znodes under {root} (Redis {server}, prefix {prefix})", report.znodes);
+    let filter = if m.filter.is_all() { String::new() } else { format!("; filter: {}", m.filter.describe()) };
+    let scope = format!("{} znodes under {} (Redis {server}, prefix {}{filter})", report.znodes, m.root, m.prefix);
     if report.is_exact() {
         return format!("exact: {scope} match{unreadable}{settled}\n");
     }
@@ -72,7 +140,8 @@ fn text_report(report: &Report, root: &str, prefix: &str, server: &str, grace: D
     out
 }
 
-fn json_report(report: &Report, keys: &Keys, root: &str, grace: Duration) -> serde_json::Value {
+fn json_report(report: &Report, m: &MirrorConfig, grace: Duration) -> serde_json::Value {
+    let keys = Keys::new(&m.prefix);
     let differences: Vec<serde_json::Value> = report
         .differences
         .iter()
@@ -86,8 +155,9 @@ fn json_report(report: &Report, keys: &Keys, root: &str, grace: Duration) -> ser
         .collect();
     json!({
         "exact": report.is_exact(),
-        "root": root,
-        "prefix": keys.prefix(),
+        "root": m.root,
+        "prefix": m.prefix,
+        "filter": (!m.filter.is_all()).then(|| m.filter.describe()),
         "znodes": report.znodes,
         "unreadable": report.unreadable,
         "settled": report.settled,
