@@ -9,7 +9,9 @@
 --   * a deleted znode is never resurrected by a late write of an older read: a tombstone
 --     (KEYS[4]) holds a zxid T such that every incarnation created at or before T is known dead;
 --     a read whose czxid <= T is refused;
---   * an identical read writes nothing (reconcile rewrites only what differs);
+--   * an identical read writes nothing (reconcile rewrites only what differs); "identical"
+--     includes the stored data bytes, every Stat field and the children set, so keys altered
+--     by another writer are repaired by the next walk;
 --   * every applied write appends one entry to the change stream (KEYS[5]) in the same step, so
 --     a reader that sees the entry finds the change already in the keys.
 --
@@ -35,21 +37,40 @@ if tomb and cmp(czxid, tomb) <= 0 then
   return 3
 end
 
-local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'pzxid', 'aversion')
+local FIELDS = {'czxid', 'mzxid', 'pzxid', 'ctime', 'mtime', 'version', 'cversion', 'aversion',
+  'ephemeral_owner', 'data_length', 'num_children'}
+local stored = redis.call('HMGET', KEYS[2], unpack(FIELDS))
 local children_fresh = false
 if stored[1] then
+  -- stored[i] is field FIELDS[i]: 1 czxid, 2 mzxid, 3 pzxid, 8 aversion
   local order = cmp(czxid, stored[1])
   if order == 0 then order = cmp(mzxid, stored[2] or '') end
   if order == 0 then order = cmp(pzxid, stored[3] or '') end
-  if order == 0 then order = cmp(aversion, stored[4] or '') end
+  if order == 0 then order = cmp(aversion, stored[8] or '') end
   if order < 0 then
     return 2
   end
-  local has_children = tonumber(ARGV[11]) > 0
+  local children = #ARGV - 15
   children_fresh = stored[1] == czxid and stored[3] == pzxid
-    and (redis.call('EXISTS', KEYS[3]) == 1) == has_children
-  if order == 0 and children_fresh and redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
+    and redis.call('SCARD', KEYS[3]) == children
+  if children_fresh and children > 0 then
+    -- Same size; make sure it is the same set (someone else may have written it).
+    for i = 16, #ARGV do
+      if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
+        children_fresh = false
+        break
+      end
+    end
+  end
+  if order == 0 and children_fresh then
+    -- The same version: unchanged unless a key was altered behind the mirror's back.
+    local same = redis.call('GET', KEYS[1]) == ARGV[15]
+    for i = 1, #FIELDS do
+      if stored[i] ~= ARGV[i] then same = false end
+    end
+    if same then
+      return 0
+    end
   end
 end
 

@@ -109,3 +109,31 @@ async fn without_scripts_loaded_the_batch_fails_with_noscript() {
     let error = store.apply(&[Write::Put(znode("/app", "v", 1, 1))], 0, 1).await.expect_err("no scripts loaded");
     assert!(error.is_noscript(), "{error}");
 }
+
+#[tokio::test]
+async fn keys_altered_behind_the_mirrors_back_are_rewritten_by_the_same_read() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let mut parent = znode("/app", "v", 10, 20);
+    parent.children = vec!["a".into(), "b".into()];
+    parent.stat.num_children = 2;
+    apply(&store, vec![Write::Put(parent.clone())]).await;
+    // Another writer changes the value, a Stat field and the children set, keeping the version.
+    store.query(redis::cmd("SET").arg("zk:{/app}").arg("tampered")).await.unwrap();
+    store.query(redis::cmd("HSET").arg("zk:{/app}:meta").arg("mtime").arg("1")).await.unwrap();
+    let out = apply(&store, vec![Write::Put(parent.clone())]).await;
+    assert_eq!(out.written, 1, "altered data and meta were not repaired");
+    assert_eq!(get(&store, "zk:{/app}".into()).await.as_deref(), Some("v"));
+    store.query(redis::cmd("SREM").arg("zk:{/app}:children").arg("b")).await.unwrap();
+    store.query(redis::cmd("SADD").arg("zk:{/app}:children").arg("x")).await.unwrap();
+    let out = apply(&store, vec![Write::Put(parent.clone())]).await;
+    assert_eq!(out.written, 1, "an altered children set of the same size was not repaired");
+    let members: Vec<String> =
+        redis::from_redis_value(store.query(redis::cmd("SMEMBERS").arg("zk:{/app}:children")).await.unwrap()).unwrap();
+    let mut members = members;
+    members.sort();
+    assert_eq!(members, vec!["a", "b"]);
+    let out = apply(&store, vec![Write::Put(parent)]).await;
+    assert_eq!(out.unchanged, 1);
+}
