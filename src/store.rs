@@ -244,15 +244,7 @@ impl Store {
         let mut cursor: u64 = 0;
         let mut strays = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.error(e))?;
+            let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
             let paths: HashSet<&str> = keys
                 .iter()
                 .filter_map(|key| self.keys.parse(key))
@@ -277,6 +269,24 @@ impl Store {
         }
     }
 
+    /// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys.
+    async fn scan_page(
+        &self,
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// Deletes every key of the znodes at or below `root` (and this root's status): used when a
     /// root is removed from the configuration. Pages through `SCAN`.
     pub async fn purge(&self, root: &str) -> Result<u64, StoreError> {
@@ -285,15 +295,7 @@ impl Store {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.error(e))?;
+            let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
             let ours: Vec<&String> = keys
                 .iter()
                 .filter(|k| self.keys.parse(k).is_some_and(|(_, path)| path::is_within(path, root)))
