@@ -1,236 +1,280 @@
-//! zkmirror's benchmark (not a test): on fresh servers of its own, measures in one run
-//! (a) a raw pipelined read of the whole tree with the same ZooKeeper client — the reference —
-//! and (b) zkmirror's cold sync, from process start until Redis is exact, and reports their
-//! ratio with the mirror's CPU seconds and peak RSS.
+//! zkmirror's benchmark (not a test). One command, on fresh ZooKeeper and Redis servers of its
+//! own on loopback, measures in one run and prints a table per section plus a JSON file:
 //!
-//! Run it with `scripts/bench` (see the README). Options: `--nodes N` (repeatable; default
-//! 20000), `--json FILE`.
+//! 1. **Cold sync** ([`cold_sync`]): per tree size, the raw pipelined read of the tree with the
+//!    same ZooKeeper client (the reference) against zkmirror's cold sync until Redis is exact;
+//!    ratio, the mirror's CPU seconds and peak RSS.
+//! 2. **Propagation latency** ([`latency`]): a separate writer process sets values at 200/s, a
+//!    separate reader process polls Redis; ack → first read showing it, and any backwards,
+//!    torn or blank read.
+//! 3. **Write ceiling** ([`ceiling`]): a pipelined writer raises the `setData` rate step by step
+//!    until ZooKeeper saturates; the mirror's lag and the time until Redis is exact again.
+//! 4. **Reconcile** ([`reconcile`]): cut and restore the mirror's ZooKeeper connection on a quiet
+//!    tree; time against the raw read and the Redis writes made.
+//!
+//! Every figure is printed next to the reference it is measured against and the target,
+//! judged from the measurement (never hard-coded). How each figure is measured, and its
+//! resolution: `docs/performance-method.md`.
+//!
+//! Run it with `scripts/bench` (`--quick` for a short variant, `--help` for the options). The
+//! mirror is the real `zkmirror run` binary in a separate process. The writer and the reader
+//! are this binary again, started with the hidden `role NAME` subcommand.
+//!
+//! # Layout
+//! - `mirror/support.rs`: clock, tree, processes, /proc, percentiles, machine, verdicts.
+//! - `mirror/cold_sync.rs`, `mirror/latency.rs`, `mirror/ceiling.rs`, `mirror/reconcile.rs`:
+//!   one section each: its orchestration, its helper roles, its table and its verdicts.
 
+// The harness allows its own dead code (each user needs only part of it).
+#[path = "mirror/ceiling.rs"]
+mod ceiling;
+#[path = "mirror/cold_sync.rs"]
+mod cold_sync;
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
+#[path = "mirror/latency.rs"]
+mod latency;
+#[path = "mirror/reconcile.rs"]
+mod reconcile;
+#[path = "mirror/support.rs"]
+mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use common::{RedisServer, ZkServer};
-use futures::stream::{FuturesOrdered, StreamExt};
-use zookeeper_client::{Acls, Client, CreateMode};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
-const DATA_LEN: usize = 100;
-const FANOUT: usize = 10;
+use support::Verdict;
 
-struct ColdSync {
-    nodes: usize,
-    raw_read: Duration,
-    cold_sync: Duration,
-    cpu: Duration,
-    peak_rss_kib: u64,
+#[derive(Parser)]
+#[command(
+    name = "mirror",
+    about = "zkmirror's benchmark: cold sync, propagation latency, write ceiling, reconcile"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Tree size for the cold sync (repeatable). Default: 20000 and 200000 (--quick: 20000).
+    #[arg(long = "nodes")]
+    nodes: Vec<usize>,
+    /// A short variant for development: 20,000 znodes, one run, 5 s of latency, 3 s steps.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (repeatable). Default: all.
+    #[arg(long = "only", value_enum)]
+    only: Vec<Section>,
+    /// Tree size for the latency, ceiling and reconcile sections.
+    #[arg(long, default_value_t = 20_000)]
+    tree_nodes: usize,
+    /// Interleaved runs of the raw read and the cold sync per size. Default 3 (--quick: 1).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Propagation latency: changes per second.
+    #[arg(long, default_value_t = 200.0)]
+    latency_rate: f64,
+    /// Propagation latency: seconds of writing. Default 20 (--quick: 5).
+    #[arg(long)]
+    latency_seconds: Option<f64>,
+    /// Write ceiling: the target rates, in order; stepping stops once ZooKeeper achieves less
+    /// than 90 % of a target.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,5000,10000,20000,40000,80000,160000"
+    )]
+    rates: Vec<f64>,
+    /// Write ceiling: seconds per step. Default 10 (--quick: 3).
+    #[arg(long)]
+    step_seconds: Option<f64>,
+    /// Write ceiling: most setData requests in flight.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    ColdSync,
+    Latency,
+    Ceiling,
+    Reconcile,
+}
+
+/// The helper processes: this binary started again by the benchmark itself.
+#[derive(Subcommand)]
+enum Role {
+    #[command(hide = true)]
+    Role {
+        #[arg(value_enum)]
+        name: RoleName,
+        #[command(flatten)]
+        args: latency::RoleArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleName {
+    LatencyWriter,
+    LatencyReader,
+    CeilingWriter,
 }
 
 fn main() {
-    let mut sizes = Vec::new();
-    let mut json_path = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--nodes" => sizes.push(args.next().and_then(|n| n.parse().ok()).expect("--nodes takes a number")),
-            "--json" => json_path = args.next(),
-            "--bench" => {}
-            other => panic!("unknown argument {other}"),
+    let cli = Cli::parse();
+    if let Some(Role::Role { name, args }) = &cli.role {
+        match name {
+            RoleName::LatencyWriter => latency::writer_main(args),
+            RoleName::LatencyReader => latency::reader_main(args),
+            RoleName::CeilingWriter => ceiling::writer_main(args),
         }
+        return;
     }
-    if sizes.is_empty() {
-        sizes.push(20_000);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let results: Vec<ColdSync> = sizes.iter().map(|&n| runtime.block_on(cold_sync(n))).collect();
+    let sizes = if !cli.nodes.is_empty() {
+        cli.nodes.clone()
+    } else if cli.quick {
+        vec![20_000]
+    } else {
+        vec![20_000, 200_000]
+    };
+    let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 3 });
+    let latency_seconds = cli
+        .latency_seconds
+        .unwrap_or(if cli.quick { 5.0 } else { 20.0 });
+    let step_seconds = cli
+        .step_seconds
+        .unwrap_or(if cli.quick { 3.0 } else { 10.0 });
+    let runs_section = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
+
+    support::pin_binaries();
+    let machine = support::machine();
+    let date = support::utc_now();
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Each section starts its own servers (and drops them) so that none inherits another's load.
+    let cold: Vec<cold_sync::ColdSync> = if runs_section(Section::ColdSync) {
+        sizes
+            .iter()
+            .map(|&n| runtime.block_on(cold_sync::run(n, runs)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let latency = runs_section(Section::Latency).then(|| {
+        runtime.block_on(latency::run(
+            cli.tree_nodes,
+            cli.latency_rate,
+            latency_seconds,
+        ))
+    });
+    let ceiling = runs_section(Section::Ceiling).then(|| {
+        runtime.block_on(ceiling::run(
+            cli.tree_nodes,
+            &cli.rates,
+            step_seconds,
+            cli.window,
+        ))
+    });
+    let reconcile = runs_section(Section::Reconcile)
+        .then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
+    let versions = support::versions();
+    support::unpin_binaries();
+    let loadavg_at_end = support::loadavg();
 
     println!();
-    println!("zkmirror cold sync ({} cores, {})", num_cpus(), chrono_free_date());
-    println!("{:>8} {:>12} {:>12} {:>7} {:>9} {:>10}", "znodes", "raw read", "cold sync", "ratio", "mirror CPU", "peak RSS");
-    for r in &results {
+    println!(
+        "zkmirror {} (git {}; measured binary: {}) benchmark, {date}; ZooKeeper {}, Redis {}",
+        versions.zkmirror,
+        versions.zkmirror_git,
+        versions.zkmirror_binary,
+        versions.zookeeper,
+        versions.redis
+    );
+    println!(
+        "machine: {} cores ({}), {} MB, Linux {}; load average at start {}, at end {}; took {:.0} s",
+        machine.cores,
+        machine.cpu_model,
+        machine.memory_mb,
+        machine.kernel,
+        machine.loadavg_at_start,
+        loadavg_at_end,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "tree: complete {}-ary, {} bytes per znode; servers: fresh per section, loopback; the mirror: `zkmirror run`, default settings",
+        support::FANOUT,
+        support::DATA_LEN
+    );
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    if !cold.is_empty() {
+        let v = cold_sync::verdicts(&cold);
+        cold_sync::print(&cold, &v);
+        verdicts.extend(v);
+    }
+    if let Some(r) = &latency {
+        let v = latency::verdicts(r);
+        latency::print(r, &v);
+        verdicts.extend(v);
+    }
+    if let Some(r) = &ceiling {
+        let v = ceiling::verdicts(r);
+        ceiling::print(r, &v);
+        verdicts.extend(v);
+    }
+    if let Some(r) = &reconcile {
+        let v = reconcile::verdicts(r);
+        reconcile::print(r, &v);
+        verdicts.extend(v);
+    }
+    println!();
+    let met = verdicts.iter().filter(|v| v.met).count();
+    println!("Targets: {met} of {} met", verdicts.len());
+    for v in &verdicts {
         println!(
-            "{:>8} {:>10.3} s {:>10.3} s {:>7.2} {:>8.2} s {:>7.1} MB",
-            r.nodes,
-            r.raw_read.as_secs_f64(),
-            r.cold_sync.as_secs_f64(),
-            r.cold_sync.as_secs_f64() / r.raw_read.as_secs_f64(),
-            r.cpu.as_secs_f64(),
-            r.peak_rss_kib as f64 / 1024.0
+            "  {:<7} {:<62} {:>28}  (target {})",
+            v.mark(),
+            v.what,
+            v.measured,
+            v.target
         );
     }
-    if let Some(path) = json_path {
-        let rows: Vec<String> = results
-            .iter()
-            .map(|r| {
-                format!(
-                    "{{\"znodes\":{},\"raw_read_s\":{:.6},\"cold_sync_s\":{:.6},\"ratio\":{:.4},\"mirror_cpu_s\":{:.3},\"mirror_peak_rss_mb\":{:.1}}}",
-                    r.nodes,
-                    r.raw_read.as_secs_f64(),
-                    r.cold_sync.as_secs_f64(),
-                    r.cold_sync.as_secs_f64() / r.raw_read.as_secs_f64(),
-                    r.cpu.as_secs_f64(),
-                    r.peak_rss_kib as f64 / 1024.0
-                )
-            })
-            .collect();
-        let json = format!(
-            "{{\"command\":{:?},\"cores\":{},\"cold_sync\":[{}]}}\n",
-            std::env::args().collect::<Vec<_>>().join(" "),
-            num_cpus(),
-            rows.join(",")
-        );
-        std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        println!("figures written to {path}");
+
+    if let Some(path) = &cli.json {
+        let figures = json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "date": date,
+            "duration_s": started.elapsed().as_secs_f64(),
+            "versions": versions,
+            "machine": machine,
+            "loadavg_at_end": loadavg_at_end,
+            "settings": {
+                "data_len": support::DATA_LEN,
+                "fanout": support::FANOUT,
+                "quick": cli.quick,
+                "runs": runs,
+                "tree_nodes": cli.tree_nodes,
+                "latency_rate": cli.latency_rate,
+                "latency_seconds": latency_seconds,
+                "rates": cli.rates,
+                "step_seconds": step_seconds,
+                "window": cli.window,
+            },
+            "cold_sync": cold,
+            "latency": latency,
+            "ceiling": ceiling,
+            "reconcile": reconcile,
+            "targets": verdicts,
+        });
+        let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
+        std::fs::write(path, text + "\n")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        println!("figures written to {}", path.display());
     }
-}
-
-async fn cold_sync(nodes: usize) -> ColdSync {
-    let zk = ZkServer::start();
-    let redis = RedisServer::start();
-    let client = Client::connector()
-        .with_session_timeout(Duration::from_secs(4))
-        .connect(&zk.connect_string())
-        .await
-        .expect("connect to ZooKeeper");
-    let root = "/bench";
-    eprintln!("populating {nodes} znodes × {DATA_LEN} bytes, fanout {FANOUT} ...");
-    populate(&client, root, nodes).await;
-
-    // The reference: the same client reading the whole tree, pipelined. Best of three.
-    let mut raw_read = Duration::MAX;
-    for _ in 0..3 {
-        let started = Instant::now();
-        let read = raw_walk(&client, root).await;
-        raw_read = raw_read.min(started.elapsed());
-        assert_eq!(read, nodes, "raw walk read a different tree");
-    }
-
-    // zkmirror's cold sync, as a separate process, until it reports `live` in Redis.
-    let started = Instant::now();
-    let mut mirror = spawn_mirror(&zk.connect_string(), &redis.url(), root);
-    let mut conn = redis::Client::open(redis.url().as_str())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis");
-    loop {
-        let state: Option<String> =
-            redis::cmd("HGET").arg("zk:mirror").arg("state").query_async(&mut conn).await.expect("HGET");
-        if state.as_deref() == Some("live") {
-            break;
-        }
-        if let Ok(Some(status)) = mirror.try_wait() {
-            panic!("the mirror exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let cold_sync = started.elapsed();
-    let (cpu, peak_rss_kib) = process_usage(mirror.id());
-    let report = zkmirror::verify::compare(&client, &mut conn, "zk", root).await.expect("compare");
-    assert!(report.is_exact(), "the cold sync did not produce an exact copy: {report}");
-    assert_eq!(report.znodes as usize, nodes);
-    stop(&mut mirror);
-    ColdSync { nodes, raw_read, cold_sync, cpu, peak_rss_kib }
-}
-
-/// A complete `FANOUT`-ary tree of `nodes` znodes in breadth-first order: node `i`'s parent is
-/// node `(i - 1) / FANOUT`.
-async fn populate(client: &Client, root: &str, nodes: usize) {
-    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    let data = vec![b'v'; DATA_LEN];
-    let mut paths: Vec<String> = Vec::with_capacity(nodes);
-    paths.push(root.to_owned());
-    for i in 1..nodes {
-        let parent = &paths[(i - 1) / FANOUT];
-        paths.push(format!("{parent}/n{}", (i - 1) % FANOUT));
-    }
-    // Parents come before children in this order; creating in chunks keeps that true.
-    let mut start = 0;
-    while start < nodes {
-        // A chunk must not contain a node and its parent: cut at the first index whose parent
-        // is inside the chunk.
-        let mut end = (start + 5000).min(nodes);
-        if start > 0 {
-            end = end.min(start * FANOUT + 1).max(start + 1);
-        } else {
-            end = 1;
-        }
-        let creates: Vec<_> = paths[start..end].iter().map(|p| client.create(p, &data, &options)).collect();
-        for (path, result) in paths[start..end].iter().zip(futures::future::join_all(creates).await) {
-            result.unwrap_or_else(|e| panic!("creating {path}: {e}"));
-        }
-        start = end;
-    }
-}
-
-/// Reads every znode's data and, for inner nodes, its children: the least a copy must read.
-async fn raw_walk(client: &Client, root: &str) -> usize {
-    let mut stack = vec![root.to_owned()];
-    let mut reads = FuturesOrdered::new();
-    let mut count = 0;
-    loop {
-        while reads.len() < 1024 {
-            let Some(path) = stack.pop() else { break };
-            let data = client.get_data(&path);
-            let client = client.clone();
-            reads.push_back(async move {
-                let (_, stat) = data.await.expect("get_data");
-                let children = if stat.num_children > 0 {
-                    client.get_children(&path).await.expect("get_children").0
-                } else {
-                    Vec::new()
-                };
-                (path, children)
-            });
-        }
-        let Some((path, children)) = reads.next().await else { break };
-        count += 1;
-        stack.extend(children.into_iter().map(|c| format!("{path}/{c}")));
-    }
-    count
-}
-
-fn spawn_mirror(zk: &str, redis: &str, root: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_zkmirror"))
-        .args(["run", "--zk", zk, "--redis", redis, "--root", root])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start zkmirror")
-}
-
-fn stop(child: &mut Child) {
-    // SIGTERM: the mirror shuts down cleanly.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
-}
-
-/// CPU time (user + system) and peak RSS of a running process, from /proc.
-fn process_usage(pid: u32) -> (Duration, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/pid/stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/pid/status");
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (Duration::from_millis(ticks * 1000 / hz.max(1)), hwm)
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn chrono_free_date() -> String {
-    Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map_or_else(
-        || "unknown date".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-    )
 }

@@ -1,0 +1,974 @@
+//! What every section shares: the clock, the tree, the mirror process, /proc readings,
+//! percentiles, the machine and server versions, and how a figure is judged against its target.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use serde::Serialize;
+use zookeeper_client::{Acls, Client, CreateMode, MultiReadResult};
+
+use crate::common::ZkServer;
+
+/// Bytes of data in every znode of the benchmark tree.
+pub const DATA_LEN: usize = 100;
+/// Children per inner znode.
+pub const FANOUT: usize = 10;
+/// The mirrored root.
+pub const ROOT: &str = "/bench";
+/// The mirror's key prefix (its default).
+pub const PREFIX: &str = "zk";
+
+// ---------------------------------------------------------------------------------------------
+// Clock
+// ---------------------------------------------------------------------------------------------
+
+/// CLOCK_MONOTONIC in nanoseconds. Unlike `Instant`, whose origin is private to a process, this
+/// clock is one system-wide clock: a timestamp taken in the writer process and one taken in the
+/// reader process can be subtracted.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_REALTIME in nanoseconds: the clock of the mirror's `mirrored_at` (unix ms).
+pub fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as in `mono_ns`.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A small deterministic PRNG (xorshift64*): runs pick the same znodes for the same seed, and
+/// the benchmark needs no `rand`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n` for picking znodes.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tree
+// ---------------------------------------------------------------------------------------------
+
+/// A complete `FANOUT`-ary tree of `nodes` znodes in breadth-first order: node `i`'s parent is
+/// node `(i - 1) / FANOUT`. Node 0 is [`ROOT`].
+pub fn tree_paths(nodes: usize) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::with_capacity(nodes);
+    paths.push(ROOT.to_owned());
+    for i in 1..nodes {
+        let parent = &paths[(i - 1) / FANOUT];
+        paths.push(format!("{parent}/n{}", (i - 1) % FANOUT));
+    }
+    paths
+}
+
+/// The leaves of [`tree_paths`]: node `i` is a leaf when its first child `i * FANOUT + 1` would
+/// be past the end.
+pub fn leaf_paths(nodes: usize) -> Vec<String> {
+    let first_leaf = (nodes - 1).div_ceil(FANOUT);
+    tree_paths(nodes).split_off(first_leaf.min(nodes - 1))
+}
+
+/// Creates the tree of [`tree_paths`], every znode holding `DATA_LEN` bytes; returns how long
+/// it took (a rough ZooKeeper write rate for the record).
+pub async fn populate(client: &Client, nodes: usize) -> Duration {
+    let started = Instant::now();
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let data = vec![b'v'; DATA_LEN];
+    let paths = tree_paths(nodes);
+    // Parents come before children in this order; creating in chunks keeps that true.
+    let mut start = 0;
+    while start < nodes {
+        // A chunk must not contain a node and its parent: cut at the first index whose parent
+        // is inside the chunk.
+        let end = if start == 0 {
+            1
+        } else {
+            (start + 5000)
+                .min(nodes)
+                .min(start * FANOUT + 1)
+                .max(start + 1)
+        };
+        let creates: Vec<_> = paths[start..end]
+            .iter()
+            .map(|p| client.create(p, &data, &options))
+            .collect();
+        for (path, result) in paths[start..end]
+            .iter()
+            .zip(futures::future::join_all(creates).await)
+        {
+            result.unwrap_or_else(|e| panic!("creating {path}: {e}"));
+        }
+        start = end;
+    }
+    started.elapsed()
+}
+
+/// The reference: reads every znode's data and, for inner nodes, its children, with up to 1024
+/// reads in flight on one session — the least any copy must read. Returns the znodes read.
+pub async fn raw_walk(client: &Client, root: &str) -> usize {
+    let mut stack = vec![root.to_owned()];
+    let mut reads = FuturesOrdered::new();
+    let mut count = 0;
+    loop {
+        while reads.len() < 1024 {
+            let Some(path) = stack.pop() else { break };
+            let data = client.get_data(&path);
+            let client = client.clone();
+            reads.push_back(async move {
+                let (_, stat) = data.await.expect("get_data");
+                let children = if stat.num_children > 0 {
+                    client.get_children(&path).await.expect("get_children").0
+                } else {
+                    Vec::new()
+                };
+                (path, children)
+            });
+        }
+        let Some((path, children)) = reads.next().await else {
+            break;
+        };
+        count += 1;
+        stack.extend(children.into_iter().map(|c| format!("{path}/{c}")));
+    }
+    count
+}
+
+/// Paths per multi-read in [`raw_walk_batched`] (the mirror's own batch size today).
+pub const READ_BATCH: usize = 64;
+
+/// The batched reference: the same reads as [`raw_walk`], but `READ_BATCH` `getData` per
+/// multi-read request (and the `getChildren` of a batch's inner znodes in one more), with as
+/// many reads in flight as [`raw_walk`] (1024). ZooKeeper then handles one request per batch
+/// instead of one per znode, which is the fastest way this client can read a tree.
+pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
+    enum Answer {
+        Data(Vec<String>, Vec<MultiReadResult>),
+        Children(Vec<String>, Vec<MultiReadResult>),
+    }
+    let window = 1024 / READ_BATCH;
+    let mut stack = vec![root.to_owned()];
+    let mut inflight: FuturesUnordered<BoxFuture<'_, Answer>> = FuturesUnordered::new();
+    let mut count = 0;
+    loop {
+        while inflight.len() < window && !stack.is_empty() {
+            let paths = stack.split_off(stack.len().saturating_sub(READ_BATCH));
+            let mut reader = client.new_multi_reader();
+            for path in &paths {
+                reader.add_get_data(path).expect("a valid path");
+            }
+            let commit = reader.commit();
+            inflight.push(
+                async move { Answer::Data(paths, commit.await.expect("multi-read getData")) }
+                    .boxed(),
+            );
+        }
+        let Some(answer) = inflight.next().await else {
+            break;
+        };
+        match answer {
+            Answer::Data(paths, results) => {
+                count += paths.len();
+                let inner: Vec<String> = paths
+                    .into_iter()
+                    .zip(results)
+                    .filter_map(|(path, result)| match result {
+                        MultiReadResult::Data { stat, .. } => {
+                            (stat.num_children > 0).then_some(path)
+                        }
+                        other => panic!("multi-read getData {path}: {other:?}"),
+                    })
+                    .collect();
+                if !inner.is_empty() {
+                    let mut reader = client.new_multi_reader();
+                    for path in &inner {
+                        reader.add_get_children(path).expect("a valid path");
+                    }
+                    let commit = reader.commit();
+                    inflight.push(
+                        async move {
+                            Answer::Children(inner, commit.await.expect("multi-read getChildren"))
+                        }
+                        .boxed(),
+                    );
+                }
+            }
+            Answer::Children(paths, results) => {
+                for (path, result) in paths.into_iter().zip(results) {
+                    match result {
+                        MultiReadResult::Children { children } => {
+                            stack.extend(children.into_iter().map(|c| format!("{path}/{c}")))
+                        }
+                        other => panic!("multi-read getChildren {path}: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+    count
+}
+
+/// Times [`raw_walk`] (or, `batched`, [`raw_walk_batched`]) once and checks it read the whole tree.
+pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Duration {
+    let started = Instant::now();
+    let read = if batched {
+        raw_walk_batched(client, ROOT).await
+    } else {
+        raw_walk(client, ROOT).await
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(read, nodes, "the raw walk read a different tree");
+    elapsed
+}
+
+/// Context for the cold sync (not its reference): the least a copy must *write*. Every znode's
+/// data (`SET`), a meta hash of the mirror's twelve fields (`HSET`) and, for inner znodes, the
+/// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. Leaves the
+/// keys in place; the caller flushes.
+pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize) -> Duration {
+    let keys = zkmirror::schema::Keys::new(PREFIX);
+    let paths = tree_paths(nodes);
+    let data = vec![b'v'; DATA_LEN];
+    let started = Instant::now();
+    for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
+        let mut pipe = redis::pipe();
+        for (j, path) in chunk.iter().enumerate() {
+            let i = chunk_index * 1000 + j;
+            let zxid = (4_294_967_296 + i as u64).to_string();
+            pipe.set(keys.data(path), &data).ignore();
+            pipe.cmd("HSET").arg(keys.meta(path));
+            for field in ["czxid", "mzxid", "pzxid"] {
+                pipe.arg(field).arg(&zxid);
+            }
+            for field in ["ctime", "mtime", "mirrored_at"] {
+                pipe.arg(field).arg("1764000000000");
+            }
+            for field in ["version", "cversion", "aversion", "ephemeral_owner"] {
+                pipe.arg(field).arg("0");
+            }
+            pipe.arg("data_length")
+                .arg(DATA_LEN)
+                .arg("num_children")
+                .arg(0)
+                .ignore();
+            let first_child = i * FANOUT + 1;
+            if first_child < nodes {
+                let names: Vec<String> = (0..FANOUT)
+                    .filter(|c| first_child + c < nodes)
+                    .map(|c| format!("n{c}"))
+                    .collect();
+                pipe.sadd(keys.children(path), names).ignore();
+            }
+        }
+        let _: () = pipe.query_async(conn).await.expect("raw write");
+    }
+    started.elapsed()
+}
+
+pub async fn zk_client(connect: &str) -> Client {
+    Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(connect)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to ZooKeeper at {connect}: {e}"))
+}
+
+/// The benchmark's own Redis connection. redis-rs answers "timed out" after 500 ms by default;
+/// `FLUSHALL` of a 200,000-znode copy or a verify's large pipelines take longer.
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// A blocking Redis connection with TCP_NODELAY, for the tight polling loops (one request at a
+/// time: Nagle's algorithm would only add delay).
+pub fn redis_sync_conn(url: &str) -> redis::Connection {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .expect("redis url")
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+        .expect("redis url")
+        .get_connection()
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: the mirror and the benchmark's own helper roles
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is stopped when dropped (SIGTERM, then SIGKILL after 5 s), and that the
+/// kernel kills if the benchmark dies (PR_SET_PDEATHSIG; children are spawned from the main
+/// thread, which lives as long as the benchmark).
+pub struct Guarded {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Guarded {
+    pub fn spawn(name: &str, mut command: Command) -> Guarded {
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Guarded {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics (naming the process) if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited unexpectedly: {status}", self.name);
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: a plain signal to our own, not yet reaped child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Blocks until the process has exited, without reaping it: its /proc entry (and CPU
+    /// times) stay readable until [`Guarded::wait_success`].
+    pub fn wait_exited_unreaped(&self) {
+        // SAFETY: waitid with WNOWAIT on our own child only observes its state.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            );
+        }
+    }
+
+    /// Waits for a process that ends by itself; panics if it fails.
+    pub fn wait_success(&mut self) {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name));
+        assert!(status.success(), "{} failed: {status}", self.name);
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where the mirror's log of each section goes.
+pub fn log_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// Copies of the mirror binary and of this benchmark binary, taken once at start: other work on
+/// the same checkout may rebuild `target/release/zkmirror` (or this binary) while the benchmark
+/// runs, and every section must run the same code. They live in `target/bench-bin/PID/`,
+/// removed by [`unpin_binaries`] at the end (and, if a run crashed, by the next run).
+struct Binaries {
+    zkmirror: PathBuf,
+    bench: PathBuf,
+    dir: PathBuf,
+}
+
+fn binaries() -> &'static Binaries {
+    static BINARIES: std::sync::OnceLock<Binaries> = std::sync::OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-bin");
+        // Copies left by runs that crashed: their process is gone.
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let copy = |from: &Path, name: &str| {
+            let to = dir.join(name);
+            std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+            to
+        };
+        let zkmirror = copy(Path::new(env!("CARGO_BIN_EXE_zkmirror")), "zkmirror");
+        let bench = copy(
+            &std::env::current_exe().expect("path of the benchmark binary"),
+            "bench",
+        );
+        Binaries {
+            zkmirror,
+            bench,
+            dir,
+        }
+    })
+}
+
+/// Removes the copies made by [`pin_binaries`].
+pub fn unpin_binaries() {
+    let _ = std::fs::remove_dir_all(&binaries().dir);
+}
+
+/// The git revision when the benchmark started (the work tree may change while it runs).
+static GIT_AT_START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Pins the binaries (see [`Binaries`]) and notes the git revision; call before anything is
+/// measured.
+pub fn pin_binaries() {
+    binaries();
+    let _ = GIT_AT_START.set(git_revision());
+}
+
+/// `zkmirror --version` of the pinned binary.
+pub fn zkmirror_binary_version() -> String {
+    command_output(
+        binaries().zkmirror.to_str().unwrap_or("zkmirror"),
+        &["--version"],
+    )
+    .unwrap_or_else(|| "unknown".into())
+}
+
+/// Starts `zkmirror run` (the real binary, a separate process) with its default settings; its
+/// log (level info) goes to `target/bench-logs/{log_name}.log`.
+pub fn spawn_mirror(zk: &str, redis: &str, log_name: &str) -> Guarded {
+    let log_path = log_dir().join(format!("{log_name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
+    let mut command = Command::new(&binaries().zkmirror);
+    command
+        .args([
+            "run", "--zk", zk, "--redis", redis, "--root", ROOT, "--prefix", PREFIX,
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("ZKMIRROR_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    Guarded::spawn("the mirror (zkmirror run)", command)
+}
+
+/// The mirror's log of a section (colour codes removed), for the lines it prints about its walks.
+pub fn mirror_log(log_name: &str) -> String {
+    let log =
+        std::fs::read_to_string(log_dir().join(format!("{log_name}.log"))).unwrap_or_default();
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Runs this benchmark binary again in a helper role (`role NAME ARGS...`).
+pub fn role_command(role: &str, args: &[String]) -> Command {
+    let mut command = Command::new(&binaries().bench);
+    command.arg("role").arg(role).args(args);
+    command
+}
+
+/// Reads `P:mirror` `state`.
+pub async fn mirror_state(conn: &mut redis::aio::MultiplexedConnection) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(format!("{PREFIX}:mirror"))
+        .arg("state")
+        .query_async(conn)
+        .await
+        .expect("HGET state")
+}
+
+/// Polls `P:mirror` `state` every 0.5 ms until it is `want`; returns when it was seen.
+pub async fn wait_state(
+    conn: &mut redis::aio::MultiplexedConnection,
+    mirror: &mut Guarded,
+    want: &str,
+    timeout: Duration,
+) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if mirror_state(conn).await.as_deref() == Some(want) {
+            return Some(Instant::now());
+        }
+        mirror.assert_running();
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    None
+}
+
+/// Compares Redis with ZooKeeper (zkmirror's independent `verify`) and returns the report and
+/// how long the comparison took.
+pub async fn verify(
+    client: &Client,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> (zkmirror::verify::Report, Duration) {
+    let started = Instant::now();
+    let report = zkmirror::verify::compare(client, conn, PREFIX, ROOT)
+        .await
+        .expect("verify::compare");
+    (report, started.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------------------
+
+/// CPU time (user + system) and peak RSS (VmHWM, KiB) of a running process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu: Duration,
+    pub peak_rss_kib: u64,
+}
+
+pub fn process_usage(pid: u32) -> Usage {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Usage::default();
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Usage {
+        cpu: Duration::from_millis(ticks * 1000 / hz),
+        peak_rss_kib,
+    }
+}
+
+/// CPU time of several processes and of the whole machine, to turn into utilisation over an
+/// interval. The machine's share tells whether something outside the benchmark (another build,
+/// another test run) competed for the cores while a figure was measured.
+pub struct CpuSample {
+    at: Instant,
+    cpu: Vec<Duration>,
+    machine_busy: Duration,
+}
+
+/// Utilisation over an interval, in percent of one core (100 = one core busy).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuUse {
+    /// One per pid given to [`CpuSample::take`], in that order.
+    pub processes: Vec<f64>,
+    /// The whole machine (at most 100 × cores).
+    pub machine: f64,
+    /// The machine less the benchmark's own processes: load from outside the benchmark.
+    pub outside: f64,
+}
+
+impl CpuSample {
+    /// `pids` should name every process of the benchmark that uses CPU (this one included), so
+    /// that the rest is what happened outside it.
+    pub fn take(pids: &[u32]) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            cpu: pids.iter().map(|&p| process_usage(p).cpu).collect(),
+            machine_busy: machine_busy(),
+        }
+    }
+
+    pub fn since(&self, pids: &[u32]) -> CpuUse {
+        let secs = self.at.elapsed().as_secs_f64();
+        let processes: Vec<f64> = pids
+            .iter()
+            .zip(&self.cpu)
+            .map(|(&p, before)| {
+                100.0 * process_usage(p).cpu.saturating_sub(*before).as_secs_f64() / secs
+            })
+            .collect();
+        let machine = 100.0
+            * machine_busy()
+                .saturating_sub(self.machine_busy)
+                .as_secs_f64()
+            / secs;
+        let outside = (machine - processes.iter().sum::<f64>()).max(0.0);
+        CpuUse {
+            processes,
+            machine,
+            outside,
+        }
+    }
+}
+
+/// Busy CPU time of the whole machine since boot (all cores), from /proc/stat.
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(busy * 1000 / hz)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+/// Nearest-rank percentiles of a sample, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub min_ms: f64,
+}
+
+impl Percentiles {
+    /// From signed nanoseconds (a latency measured across two processes can come out slightly
+    /// negative when the acknowledging process was descheduled; such values are kept as they are).
+    pub fn of(mut samples_ns: Vec<i64>) -> Percentiles {
+        if samples_ns.is_empty() {
+            return Percentiles::default();
+        }
+        samples_ns.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((q * samples_ns.len() as f64).ceil() as usize).clamp(1, samples_ns.len()) - 1;
+            samples_ns[i] as f64 / 1e6
+        };
+        Percentiles {
+            count: samples_ns.len(),
+            p50_ms: rank(0.50),
+            p90_ms: rank(0.90),
+            p99_ms: rank(0.99),
+            max_ms: *samples_ns.last().unwrap() as f64 / 1e6,
+            min_ms: samples_ns[0] as f64 / 1e6,
+        }
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------------------------
+
+/// One figure judged against one target of the performance issue.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+impl Verdict {
+    pub fn new(
+        what: impl Into<String>,
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        met: bool,
+    ) -> Verdict {
+        Verdict {
+            what: what.into(),
+            target: target.into(),
+            measured: measured.into(),
+            met,
+        }
+    }
+
+    /// `met`/`MISSED`, for the tables.
+    pub fn mark(&self) -> &'static str {
+        mark(self.met)
+    }
+}
+
+pub fn mark(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine and versions
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mb: u64,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub hostname: String,
+    pub loadavg_at_start: String,
+}
+
+pub fn machine() -> Machine {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mb: memory_kib / 1024,
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        cpu_model,
+        hostname: read_trimmed("/proc/sys/kernel/hostname"),
+        loadavg_at_start: loadavg(),
+    }
+}
+
+pub fn loadavg() -> String {
+    read_trimmed("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `2025-01-31T12:00:00Z`, from `date` (the benchmark has no date library).
+pub fn utc_now() -> String {
+    command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into())
+}
+
+/// The commit the benchmark was built from, `+dirty` when the work tree had changes.
+pub fn git_revision() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let Some(rev) = command_output("git", &["-C", dir, "rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty = command_output(
+        "git",
+        &["-C", dir, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{rev}+dirty")
+    } else {
+        rev
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// ZooKeeper's version from the `srvr` four-letter word.
+pub fn zookeeper_version(zk: &ZkServer) -> String {
+    zk.four_letter_word("srvr")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Zookeeper version:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Redis's version from `INFO server`.
+pub async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into())
+}
+
+/// A field of an `INFO` answer.
+pub fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// The versions found while the servers of the first section ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Versions {
+    pub zkmirror: String,
+    /// `zkmirror --version` of the binary that was measured.
+    pub zkmirror_binary: String,
+    pub zkmirror_git: String,
+    pub zookeeper: String,
+    pub redis: String,
+}
+
+/// Versions of the servers, noted once from the first pair started.
+static SERVER_VERSIONS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// A fresh ZooKeeper (tuned for throughput, see `ZkServer::start_for_benchmark`) and a fresh
+/// redis-server, both on loopback, both killed when dropped.
+pub struct Servers {
+    pub zk: ZkServer,
+    pub redis: crate::common::RedisServer,
+}
+
+impl Servers {
+    pub async fn start() -> Servers {
+        let zk = ZkServer::start_for_benchmark();
+        let redis = crate::common::RedisServer::start();
+        if SERVER_VERSIONS.get().is_none() {
+            let mut conn = redis_conn(&redis.url()).await;
+            let _ = SERVER_VERSIONS.set((zookeeper_version(&zk), redis_version(&mut conn).await));
+        }
+        Servers { zk, redis }
+    }
+}
+
+pub fn versions() -> Versions {
+    let (zookeeper, redis) = SERVER_VERSIONS
+        .get()
+        .cloned()
+        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    Versions {
+        zkmirror: env!("CARGO_PKG_VERSION").to_owned(),
+        zkmirror_binary: zkmirror_binary_version(),
+        zkmirror_git: GIT_AT_START.get().cloned().unwrap_or_else(git_revision),
+        zookeeper,
+        redis,
+    }
+}
