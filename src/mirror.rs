@@ -52,6 +52,9 @@ const MAX_READ_BATCH: usize = 64;
 /// together in the next multi-read (group commit, as on the Redis side): a lone change is
 /// still read at once, and under load ZooKeeper serves one request per many changes.
 const MAX_READ_REQUESTS: usize = 16;
+/// Read requests an anti-entropy walk may have in flight: it runs while the mirror is live, so
+/// it yields ZooKeeper and Redis to the changes readers are waiting for.
+const ANTI_ENTROPY_READ_REQUESTS: usize = 2;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
 
@@ -519,7 +522,10 @@ impl Engine {
             while batch.len() < room {
                 if let Some(path) = self.dirty.pop() {
                     batch.push((path, None));
-                } else if let Some(walk) = self.walk.as_mut().filter(|w| w.stage != WalkStage::Sweeping) {
+                } else if let Some(walk) = self.walk.as_mut().filter(|w| {
+                    w.stage != WalkStage::Sweeping
+                        && (w.reason != WalkReason::AntiEntropy || self.reads.len() < ANTI_ENTROPY_READ_REQUESTS)
+                }) {
                     match walk.stack.pop() {
                         Some((path, descend)) => {
                             walk.open += 1;

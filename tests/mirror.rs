@@ -491,3 +491,27 @@ async fn authenticates_to_both_servers() {
     assert_eq!((report.znodes, report.unreadable), (2, 0));
     mirror.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_unreachable_at_start_are_retried_until_they_answer() {
+    let zk = ZkServer::shared();
+    let mut redis = RedisServer::start();
+    let proxy = TcpProxy::start(zk.addr());
+    let client = zk_client(&zk.connect_string()).await;
+    let root = unique_root("unreachable");
+    create_all(&client, &format!("{root}/a"), b"1").await;
+
+    // Neither server answers when the mirror starts.
+    proxy.cut();
+    redis.stop();
+    let mirror = RunningMirror::start(test_config(&proxy.connect_string(), &redis.url(), &root));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(mirror.handle.phase(), Phase::Live, "live without any server");
+    assert!(!mirror.handle.status().synced);
+
+    proxy.restore();
+    redis.restart();
+    mirror.wait_for_phase(Phase::Live).await;
+    assert_converges(&client, &redis.url(), "zk", &root).await;
+    mirror.stop().await;
+}
