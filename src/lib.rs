@@ -21,6 +21,8 @@
 //! - [`lag`]: how far the copy is behind ZooKeeper, measured on the subtree itself.
 //! - [`transfer`]: import a tree into ZooKeeper from a directory or a tree file; export one.
 //! - [`observe`]: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`nodelay`]: turns off Nagle's algorithm on the ZooKeeper client's sockets (the client
+//!   cannot).
 //! - [`status`], [`shutdown`], [`path`], [`error`]: the small pieces.
 //!
 //! # Embedding
