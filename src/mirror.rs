@@ -16,7 +16,7 @@
 //! the Lua scripts refuse any write older than what Redis holds, so the order in which a walk
 //! read and an event read land cannot make a version go backwards.
 //!
-//! Everything runs in one task ([`Engine`]), which owns all mutable state; concurrency comes
+//! Everything runs in one task (`Engine`), which owns all mutable state; concurrency comes
 //! from keeping many ZooKeeper reads and one Redis pipeline in flight at once, not from threads.
 
 use std::collections::{HashSet, VecDeque};
