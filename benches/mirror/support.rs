@@ -1,8 +1,6 @@
 //! What every section shares: the clock, the tree, the mirror process, /proc readings,
 //! percentiles, the machine and server versions, and how a figure is judged against its target.
 
-use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -344,26 +342,7 @@ pub struct Guarded {
 
 impl Guarded {
     pub fn spawn(name: &str, mut command: Command) -> Guarded {
-        let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        crate::common::servers::die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));

@@ -143,30 +143,29 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
     })
 }
 
-/// Spawns `command` from the spawner thread with `PR_SET_PDEATHSIG(SIGKILL)` and registers its
-/// pid for the `atexit` handler. See the module docs for why.
-fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+/// Makes the kernel SIGKILL the process `command` starts when the thread that spawns it dies
+/// (`PR_SET_PDEATHSIG`), the backstop for a test binary that dies abruptly.
+pub fn die_with_parent(command: &mut Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // The test binary may have died between fork and prctl; then nobody would kill us.
+            // The parent may have died between fork and prctl; then nobody would kill us.
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
             }
             Ok(())
         });
     }
+}
+
+/// Spawns `command` from the spawner thread with `PR_SET_PDEATHSIG(SIGKILL)` and registers its
+/// pid for the `atexit` handler. See the module docs for why.
+fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+    die_with_parent(&mut command);
     let (reply, result) = mpsc::channel();
     spawner()
         .send(SpawnRequest { command, reply })
@@ -224,6 +223,28 @@ impl LaunchError {
             LaunchError::PortInUse(message) | LaunchError::Failed(message) => message,
         }
     }
+}
+
+/// Calls `attempt` until a launch succeeds, at most [`LAUNCH_ATTEMPTS`] times. Only a port
+/// taken by someone else is retried (after `pause`); any other failure panics at once. Each
+/// attempt chooses its own port: a fresh one for a first start, the same for a restart.
+fn launch_with_retries(
+    what: &str,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Result<ServerProcess, LaunchError>,
+) -> ServerProcess {
+    let mut last_error = String::new();
+    for _ in 0..LAUNCH_ATTEMPTS {
+        match attempt() {
+            Ok(process) => return process,
+            Err(LaunchError::PortInUse(message)) => {
+                last_error = message;
+                std::thread::sleep(pause);
+            }
+            Err(LaunchError::Failed(message)) => panic!("{what}: {message}"),
+        }
+    }
+    panic!("{what}: port still in use after {LAUNCH_ATTEMPTS} attempts; last: {last_error}")
 }
 
 /// Spawns `command` with stdout/stderr appended to `log`, then polls `probe` until it reports
@@ -418,22 +439,13 @@ impl ZkServer {
             dir,
             jvm_options,
         };
-        let mut last_error = String::new();
-        for _ in 0..LAUNCH_ATTEMPTS {
+        let process = launch_with_retries("starting ZooKeeper", Duration::ZERO, || {
             server.port = free_port();
             server.write_config(&data_dir);
-            match server.launch() {
-                Ok(process) => {
-                    server.process = Some(process);
-                    return server;
-                }
-                Err(LaunchError::PortInUse(message)) => last_error = message,
-                Err(LaunchError::Failed(message)) => panic!("starting ZooKeeper: {message}"),
-            }
-        }
-        panic!(
-            "starting ZooKeeper: no free port after {LAUNCH_ATTEMPTS} attempts; last: {last_error}"
-        )
+            server.launch()
+        });
+        server.process = Some(process);
+        server
     }
 
     /// The server shared by all tests of this test binary, started on first use.
@@ -480,25 +492,9 @@ impl ZkServer {
     /// shorter than their timeout.
     pub fn restart(&mut self) {
         self.stop();
-        let mut last_error = String::new();
-        for _ in 0..LAUNCH_ATTEMPTS {
-            match self.launch() {
-                Ok(process) => {
-                    self.process = Some(process);
-                    return;
-                }
-                // Someone took our port in the meantime; it may be a short-lived connection.
-                Err(LaunchError::PortInUse(message)) => {
-                    last_error = message;
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(LaunchError::Failed(message)) => panic!("restarting ZooKeeper: {message}"),
-            }
-        }
-        panic!(
-            "restarting ZooKeeper: port {} stayed in use; last: {last_error}",
-            self.port
-        )
+        // Someone may have taken our port in the meantime, for a short-lived connection.
+        let process = launch_with_retries("restarting ZooKeeper", Duration::from_millis(500), || self.launch());
+        self.process = Some(process);
     }
 
     /// Sends a four-letter word (`ruok`, `srvr`, `cons`, `mntr`, ...) and returns the answer.
@@ -627,20 +623,13 @@ impl RedisServer {
             process: None,
             dir,
         };
-        let mut last_error = String::new();
-        for _ in 0..LAUNCH_ATTEMPTS {
+        let process = launch_with_retries("starting redis-server", Duration::ZERO, || {
             server.port = free_port();
             server.write_config();
-            match server.launch() {
-                Ok(process) => {
-                    server.process = Some(process);
-                    return server;
-                }
-                Err(LaunchError::PortInUse(message)) => last_error = message,
-                Err(LaunchError::Failed(message)) => panic!("starting redis-server: {message}"),
-            }
-        }
-        panic!("starting redis-server: no free port after {LAUNCH_ATTEMPTS} attempts; last: {last_error}")
+            server.launch()
+        });
+        server.process = Some(process);
+        server
     }
 
     /// `redis://127.0.0.1:PORT/`, without credentials.
@@ -693,24 +682,8 @@ impl RedisServer {
     /// so it comes back EMPTY: this is how tests simulate "Redis restarted and lost its data".
     pub fn restart(&mut self) {
         self.stop();
-        let mut last_error = String::new();
-        for _ in 0..LAUNCH_ATTEMPTS {
-            match self.launch() {
-                Ok(process) => {
-                    self.process = Some(process);
-                    return;
-                }
-                Err(LaunchError::PortInUse(message)) => {
-                    last_error = message;
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(LaunchError::Failed(message)) => panic!("restarting redis-server: {message}"),
-            }
-        }
-        panic!(
-            "restarting redis-server: port {} stayed in use; last: {last_error}",
-            self.port
-        )
+        let process = launch_with_retries("restarting redis-server", Duration::from_millis(500), || self.launch());
+        self.process = Some(process);
     }
 
     /// The last `lines` lines of the server log (all runs of this server).
