@@ -840,7 +840,7 @@ impl Engine {
     /// Writes the status hash and checks whether Redis still holds the root.
     fn write_status(&mut self, phase: Phase) {
         let store = self.store.clone();
-        let fields = vec![
+        let fields = [
             ("state", phase.as_str().to_owned()),
             ("heartbeat", now_ms().to_string()),
             ("root", self.config.root.clone()),
@@ -850,8 +850,7 @@ impl Engine {
         let root = self.config.root.clone();
         let check_root = self.root_in_redis;
         self.status_write = Some(Box::pin(async move {
-            let owned: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.clone())).collect();
-            store.write_status(&owned).await?;
+            store.write_status(&fields).await?;
             if check_root {
                 store.holds(&root).await
             } else {

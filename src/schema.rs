@@ -143,6 +143,11 @@ impl Keys {
         format!("{}:changes", self.prefix)
     }
 
+    /// A `SCAN MATCH` pattern for every key under this prefix, inside the layout or not.
+    pub fn prefix_pattern(&self) -> String {
+        format!("{}:*", glob_escape(&self.prefix))
+    }
+
     /// A `SCAN MATCH` pattern for every znode key at or below `root` (and, since a glob cannot
     /// say "a slash or the end", also of siblings sharing its spelling: callers filter with
     /// [`crate::path::is_within`]).

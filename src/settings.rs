@@ -288,23 +288,20 @@ fn build(
         ),
         _ => None,
     };
-    let duration = |flag: Option<&Duration>, name: &'static str, spanned: Option<&Spanned<String>>, key: &str, default: Duration|
+    let duration = |flag: Option<&Duration>, spanned: Option<&Spanned<String>>, key: &str, default: Duration|
      -> Result<Duration, SettingsError> {
         if let Some(d) = flag {
             return Ok(*d);
         }
         match (spanned, source) {
             (Some(s), Some(source)) => parse_duration(s.get_ref(), &Origin::File(source, s.span().start, key.to_owned())),
-            _ => {
-                let _ = name;
-                Ok(default)
-            }
+            _ => Ok(default),
         }
     };
     let defaults = MirrorConfig::new("", "", "/");
-    let session_timeout = duration(o.session_timeout.as_ref(), "--session-timeout", file.zookeeper.session_timeout.as_ref(), "zookeeper.session_timeout", defaults.session_timeout)?;
-    let anti_entropy = duration(o.anti_entropy_interval.as_ref(), "--anti-entropy-interval", file.mirror.anti_entropy_interval.as_ref(), "mirror.anti_entropy_interval", defaults.anti_entropy_interval)?;
-    let tombstone_ttl = duration(o.tombstone_ttl.as_ref(), "--tombstone-ttl", file.mirror.tombstone_ttl.as_ref(), "mirror.tombstone_ttl", defaults.tombstone_ttl)?;
+    let session_timeout = duration(o.session_timeout.as_ref(), file.zookeeper.session_timeout.as_ref(), "zookeeper.session_timeout", defaults.session_timeout)?;
+    let anti_entropy = duration(o.anti_entropy_interval.as_ref(), file.mirror.anti_entropy_interval.as_ref(), "mirror.anti_entropy_interval", defaults.anti_entropy_interval)?;
+    let tombstone_ttl = duration(o.tombstone_ttl.as_ref(), file.mirror.tombstone_ttl.as_ref(), "mirror.tombstone_ttl", defaults.tombstone_ttl)?;
     let default_prefix = layer(o.prefix.as_ref(), "--prefix", file.mirror.prefix.as_ref(), source, "mirror.prefix");
 
     // Roots: `--root` replaces the file's list (flags win); otherwise the file's `[[roots]]`.

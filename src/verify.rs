@@ -351,7 +351,7 @@ async fn find_extra_keys<C: ConnectionLike + Send>(
     expected: &HashSet<String>,
     report: &mut Report,
 ) -> Result<(), VerifyError> {
-    let pattern = format!("{}:*", keys.prefix().replace('*', "\\*").replace('?', "\\?").replace('[', "\\["));
+    let pattern = keys.prefix_pattern();
     let mut cursor: u64 = 0;
     loop {
         let (next, found): (u64, Vec<String>) =

@@ -130,8 +130,4 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Parses `250ms`, `10s`, `5m` or a plain number of seconds (for clap).
-pub fn humantime_duration(text: &str) -> Result<Duration, String> {
-    zkmirror::settings::parse_duration_text(text)
-}
 

@@ -25,7 +25,7 @@ use zkmirror::schema::Keys;
 use zkmirror::ZkDigest;
 
 use super::{connect_redis, connect_zk, human_ms, no, now_ms, write_stdout, RedisArgs};
-use super::humantime_duration;
+use zkmirror::settings::parse_duration_text;
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -39,10 +39,10 @@ pub struct StatusArgs {
     #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
     zk_auth: Option<ZkDigest>,
     /// A heartbeat older than this makes the mirror stale (exit 1), e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration_text)]
     max_heartbeat_age: Duration,
     /// With --zk: a change not yet mirrored after this long makes the mirror stale (exit 1).
-    #[arg(long, requires = "zk", value_parser = humantime_duration)]
+    #[arg(long, requires = "zk", value_parser = parse_duration_text)]
     max_lag: Option<Duration>,
     /// Print one JSON object (see the README, "Operating it") instead of text.
     #[arg(long)]

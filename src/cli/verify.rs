@@ -19,7 +19,7 @@ use zkmirror::settings::{Overrides, Settings};
 use zkmirror::verify::{compare_settled, Report};
 use zkmirror::{MirrorConfig, ZkDigest};
 
-use super::humantime_duration;
+use zkmirror::settings::parse_duration_text;
 use super::{connect_redis, connect_zk, no, write_stdout, RedisArgs};
 
 #[derive(Args)]
@@ -56,7 +56,7 @@ pub struct VerifyArgs {
     max_depth: Option<usize>,
     /// How long a difference may take to go away (a change in flight) before it is reported,
     /// e.g. 5s; 0 reports the first comparison as it is.
-    #[arg(long, env = "ZKMIRROR_VERIFY_GRACE", default_value = "3s", value_parser = humantime_duration)]
+    #[arg(long, env = "ZKMIRROR_VERIFY_GRACE", default_value = "3s", value_parser = parse_duration_text)]
     grace: Duration,
     /// How many differences the text output lists per root (--json lists all).
     #[arg(long, default_value_t = 20)]
