@@ -77,9 +77,10 @@ impl ZkSession {
     }
 
     /// Reads several paths with one multi-read request: under load (a walk, a burst of
-    /// events) this costs ZooKeeper one request instead of one per path. Paths whose first
-    /// answer is not final (inner nodes need their children, absent ones a tombstone zxid) are
-    /// completed with follow-up reads, all in flight at once. Results come in `paths` order.
+    /// events) this costs ZooKeeper one request instead of two per path. Each path is read as
+    /// a `getData` and a `getChildren` in that one request, which ZooKeeper answers from one
+    /// state of its tree, so data, Stat and children agree without a follow-up read. Only paths
+    /// found absent need more (a tombstone zxid, see [`absent`]). Results come in `paths` order.
     pub fn fetch_many(
         &self,
         paths: Vec<String>,
@@ -89,7 +90,7 @@ impl ZkSession {
             let mut reader = client.new_multi_reader();
             let mut rejected = None;
             for path in &paths {
-                if let Err(source) = reader.add_get_data(path) {
+                if let Err(source) = reader.add_get_data(path).and_then(|()| reader.add_get_children(path)) {
                     rejected = Some(read_error(path.clone(), source));
                     break;
                 }
@@ -99,29 +100,57 @@ impl ZkSession {
                 None => reader.commit().await.map_err(|source| read_error(paths.join(", "), source)),
             };
             let answers = match answers {
-                Ok(answers) if answers.len() == paths.len() => answers,
+                Ok(answers) if answers.len() == 2 * paths.len() => answers,
                 Ok(answers) => {
-                    let why = format!("multi-read answered {} results for {} paths", answers.len(), paths.len());
+                    let why = format!("multi-read answered {} results for {} reads", answers.len(), 2 * paths.len());
                     let error = ZkError::Read { path: paths.join(", "), source: ZkClientError::UnexpectedError(why) };
                     return paths.into_iter().map(|p| (p, Err(error.clone()))).collect();
                 }
                 Err(error) => return paths.into_iter().map(|p| (p, Err(error.clone()))).collect(),
             };
-            let completions = paths.into_iter().zip(answers).map(|(path, answer)| {
+            let mut answers = answers.into_iter();
+            let settled: Vec<(String, Option<Result<Fetched, ZkError>>)> = paths
+                .into_iter()
+                .map(|path| {
+                    let result = match (answers.next(), answers.next()) {
+                        (Some(data), Some(children)) => settle(&path, data, children),
+                        _ => Some(Err(read_error(path.clone(), ZkClientError::UnexpectedError("missing answer".to_owned())))),
+                    };
+                    (path, result)
+                })
+                .collect();
+            // Paths found absent need their ancestors' Stats and one more read; all at once.
+            let completions = settled.into_iter().map(|(path, result)| {
                 let client = &client;
                 async move {
-                    let first = match answer {
-                        MultiReadResult::Data { data, stat } => Ok((data, stat)),
-                        MultiReadResult::Error { err } => Err(err),
-                        other => Err(ZkClientError::UnexpectedError(format!("multi-read answered {other:?}"))),
-                    };
-                    let result = complete(client, path.clone(), first).await;
-                    (path, result)
+                    match result {
+                        Some(result) => (path, result),
+                        None => {
+                            let result = absent(client, path.clone()).await;
+                            (path, result)
+                        }
+                    }
                 }
             });
             futures::future::join_all(completions).await
         }
     }
+}
+
+/// A path's `getData` and `getChildren` answers, from one multi-read, as a snapshot; `None`
+/// when the znode does not exist (the caller then finds its tombstone zxid with [`absent`]).
+fn settle(path: &str, data: MultiReadResult, children: MultiReadResult) -> Option<Result<Fetched, ZkError>> {
+    let path = path.to_owned();
+    Some(match (data, children) {
+        (MultiReadResult::Data { data, stat }, MultiReadResult::Children { children }) => {
+            Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
+        }
+        (MultiReadResult::Error { err: ZkClientError::NoNode }, _) => return None,
+        (MultiReadResult::Error { err: ZkClientError::NoAuth }, _)
+        | (_, MultiReadResult::Error { err: ZkClientError::NoAuth }) => Ok(Fetched::Unreadable { path }),
+        (MultiReadResult::Error { err }, _) | (_, MultiReadResult::Error { err }) => Err(read_error(path, err)),
+        other => Err(read_error(path, ZkClientError::UnexpectedError(format!("multi-read answered {other:?}")))),
+    })
 }
 
 /// Turns the answer to a `getData` into a whole snapshot.
