@@ -46,12 +46,20 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 const MAX_BATCH_WRITES: usize = 1000;
 /// Most payload bytes in one Redis pipeline (a few 1 MB znodes at most).
 const MAX_BATCH_BYTES: usize = 8 << 20;
-/// Most paths in one multi-read request.
+/// Most paths in one multi-read request while the mirror keeps up.
 const MAX_READ_BATCH: usize = 64;
-/// Most read requests in flight. While they are answered, newly dirty paths gather and leave
-/// together in the next multi-read (group commit, as on the Redis side): a lone change is
-/// still read at once, and under load ZooKeeper serves one request per many changes.
-const MAX_READ_REQUESTS: usize = 16;
+/// Most paths in one multi-read request under a backlog of changes. With the requests in
+/// flight bounded, their size sets how many changes per second the mirror can read (paths in
+/// flight / ZooKeeper's latency, which grows with its queue at high write rates).
+const MAX_READ_BATCH_BACKLOG: usize = 512;
+/// Most read requests in flight while a walk reads the tree (cold sync, reconcile): enough to
+/// keep ZooKeeper busy with 64-path multi-reads.
+const WALK_READ_REQUESTS: usize = 16;
+/// Most read requests in flight for changes alone. While they are answered, newly dirty paths
+/// gather and leave together in the next multi-read (group commit, as on the Redis side): a
+/// lone change is still read at once, and under load ZooKeeper serves one request per many
+/// changes instead of one per change, which would take its CPU from the writers.
+const LIVE_READ_REQUESTS: usize = 4;
 /// Read requests an anti-entropy walk may have in flight: it runs while the mirror is live, so
 /// it yields ZooKeeper and Redis to the changes readers are waiting for.
 const ANTI_ENTROPY_READ_REQUESTS: usize = 2;
@@ -231,6 +239,10 @@ impl DirtyPaths {
         if self.members.insert(path.to_owned()) {
             self.order.push_back(path.to_owned());
         }
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
     fn pop(&mut self) -> Option<String> {
@@ -513,11 +525,18 @@ impl Engine {
         if self.redis_down || !self.zk_connected {
             return;
         }
-        while self.reads.len() < MAX_READ_REQUESTS
+        let walk_reading = self
+            .walk
+            .as_ref()
+            .is_some_and(|w| w.stage != WalkStage::Sweeping && w.reason != WalkReason::AntiEntropy);
+        let max_requests = if walk_reading { WALK_READ_REQUESTS } else { LIVE_READ_REQUESTS };
+        while self.reads.len() < max_requests
             && self.reads_in_flight < self.config.read_window
             && self.ready.len() < MAX_READY
         {
-            let room = (self.config.read_window - self.reads_in_flight).min(MAX_READ_BATCH);
+            let free_requests = max_requests - self.reads.len();
+            let per_request = self.dirty.len().div_ceil(free_requests).clamp(MAX_READ_BATCH, MAX_READ_BATCH_BACKLOG);
+            let room = (self.config.read_window - self.reads_in_flight).min(per_request);
             let mut batch: Vec<(String, Option<(u64, bool)>)> = Vec::new();
             while batch.len() < room {
                 if let Some(path) = self.dirty.pop() {
@@ -759,6 +778,7 @@ impl Engine {
         }
         match walk.stage {
             WalkStage::Reading => {
+                debug!(nodes = walk.visited, ms = walk.started.elapsed().as_millis() as u64, "walk read the tree; sweeping Redis for keys of gone znodes");
                 walk.stage = WalkStage::Sweeping;
                 let store = self.store.clone();
                 let root = self.config.root.clone();
