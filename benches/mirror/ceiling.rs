@@ -37,6 +37,9 @@ const LAG_P99_TARGET_MS: f64 = 100.0;
 pub struct CeilingWriterLog {
     /// `(zxid, ack_ns)` per acknowledged `setData`.
     pub acks: Vec<(i64, u64)>,
+    /// Send → acknowledgement per acknowledged `setData`: ZooKeeper's own latency, queueing
+    /// included. The mirror's reads wait in the same queue.
+    pub ack_latency_ns: Vec<i64>,
     pub sent: u64,
     pub errors: u64,
     pub started_ns: u64,
@@ -50,6 +53,11 @@ pub struct Step {
     pub acked: u64,
     pub errors: u64,
     pub achieved_rate: f64,
+    /// The writer's own send → acknowledgement latency during this step.
+    pub zk_ack: Percentiles,
+    /// The longest event Redis's latency monitor saw during the step (ms): a fast command
+    /// taking this long means Redis was waiting for a CPU.
+    pub redis_stall_max_ms: u64,
     pub lag: Percentiles,
     /// Acknowledged changes whose zxid `P:mirror` had not reached when polling stopped.
     pub lag_never_reached: usize,
@@ -71,6 +79,8 @@ pub struct Step {
 pub struct RefStep {
     pub target_rate: f64,
     pub achieved_rate: f64,
+    /// The writer's own send → acknowledgement latency during this step.
+    pub zk_ack: Percentiles,
     pub acked: u64,
     pub errors: u64,
     pub cpu_percent_zookeeper: f64,
@@ -128,6 +138,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
         let step = RefStep {
             target_rate: rate,
             achieved_rate: run.achieved_rate(),
+            zk_ack: Percentiles::of(run.log.ack_latency_ns.clone()),
             acked: run.log.acks.len() as u64,
             errors: run.log.errors,
             cpu_percent_zookeeper: run.cpu.processes[0],
@@ -157,7 +168,9 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
     for (i, &rate) in rates.iter().enumerate() {
         eprintln!("[ceiling] step {}: {rate}/s for {seconds} s ...", i + 1);
         let poller = LagPoller::start(&redis_url);
+        support::redis_stalls_reset(&mut conn).await;
         let run = writer(rate, i, &[mirror.pid(), zk_pid, redis_pid]);
+        let redis_stall_max_ms = support::redis_stall_max_ms(&mut conn).await;
         let highest = run.log.acks.iter().map(|&(z, _)| z).max().unwrap_or(0);
         poller.wait_for(highest, Duration::from_secs(300));
         let trace = poller.stop();
@@ -201,6 +214,8 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
             acked: run.log.acks.len() as u64,
             errors: run.log.errors,
             achieved_rate: run.achieved_rate(),
+            zk_ack: Percentiles::of(run.log.ack_latency_ns.clone()),
+            redis_stall_max_ms,
             lag: Percentiles::of(lags),
             lag_never_reached: never,
             caught_up_after_s: caught.map(|t| t.saturating_sub(run.log.last_ack_ns) as f64 / 1e9),
@@ -346,8 +361,8 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
         c.znodes, c.window
     );
     println!(
-        "{:>9} {:>9} {:>10} {:>6} {:>9} {:>9} {:>9} {:>6} {:>9} {:>8}  CPU % mirror/ZK/Redis/writer/outside",
-        "target/s", "ZK alone", "w/ mirror", "share", "lag p50", "lag p99", "lag max", "<100ms", "caught up", "exact"
+        "{:>9} {:>9} {:>10} {:>6} {:>15} {:>9} {:>9} {:>9} {:>6} {:>9} {:>8} {:>11}  CPU % mirror/ZK/Redis/writer/outside",
+        "target/s", "ZK alone", "w/ mirror", "share", "ZK ack p50/p99", "lag p50", "lag p99", "lag max", "<100ms", "caught up", "exact", "Redis stall"
     );
     for (i, s) in c.steps.iter().enumerate() {
         let alone = c
@@ -356,17 +371,19 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             .find(|r| r.target_rate == s.target_rate)
             .map_or("-".to_owned(), |r| format!("{:.0}", r.achieved_rate));
         println!(
-            "{:>9.0} {:>9} {:>10.0} {:>5.0}% {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>6} {:>9} {:>8}  {:.0}/{:.0}/{:.0}/{:.0}/{:.0}{}",
+            "{:>9.0} {:>9} {:>10.0} {:>5.0}% {:>15} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>6} {:>9} {:>8} {:>8} ms  {:.0}/{:.0}/{:.0}/{:.0}/{:.0}{}",
             s.target_rate,
             alone,
             s.achieved_rate,
             100.0 * s.achieved_rate / s.target_rate,
+            format!("{:.1}/{:.1} ms", s.zk_ack.p50_ms, s.zk_ack.p99_ms),
             s.lag.p50_ms,
             s.lag.p99_ms,
             s.lag.max_ms,
             support::mark(s.lag.count > 0 && s.lag_never_reached == 0 && s.lag.p99_ms < LAG_P99_TARGET_MS),
             s.caught_up_after_s.map_or("never".into(), |t| format!("{t:.3} s")),
             s.exact_after_s.map_or("NO".into(), |t| format!("{t:.2} s")),
+            s.redis_stall_max_ms,
             s.cpu_percent_mirror,
             s.cpu_percent_zookeeper,
             s.cpu_percent_redis,
@@ -389,6 +406,9 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
         );
     }
     if let Some(s) = c.steps.first() {
+        println!(
+            "   ZK ack = the writer's own send → acknowledgement latency in that step (ZooKeeper's queue, which the mirror's reads share); Redis stall = the longest event in Redis's latency monitor (a plain command taking milliseconds: Redis was waiting for a CPU)"
+        );
         println!(
             "   resolution: P:mirror zxid polled every {:.0} µs; \"exact\" = last ack → start of the verify that found Redis exact (a verify takes ~{:.2} s)",
             s.poll_period_us, s.verify_s
@@ -502,14 +522,22 @@ pub fn writer_main(args: &RoleArgs) {
         let period_ns = 1e9 / args.rate;
         let start = tokio::time::Instant::now();
         let end = start + Duration::from_secs_f64(args.seconds);
-        let mut log = CeilingWriterLog { acks: Vec::new(), sent: 0, errors: 0, started_ns: mono_ns(), last_ack_ns: 0 };
+        let mut log = CeilingWriterLog {
+            acks: Vec::new(),
+            ack_latency_ns: Vec::new(),
+            sent: 0,
+            errors: 0,
+            started_ns: mono_ns(),
+            last_ack_ns: 0,
+        };
         let mut inflight = FuturesUnordered::new();
         let mut k: u64 = 0;
-        let handle = |result: Result<i64, zookeeper_client::Error>, log: &mut CeilingWriterLog| {
+        let handle = |(result, sent_ns): (Result<i64, zookeeper_client::Error>, u64), log: &mut CeilingWriterLog| {
             let now = mono_ns();
             match result {
                 Ok(zxid) => {
                     log.acks.push((zxid, now));
+                    log.ack_latency_ns.push(now as i64 - sent_ns as i64);
                     log.last_ack_ns = now;
                 }
                 Err(_) => log.errors += 1,
@@ -530,8 +558,9 @@ pub fn writer_main(args: &RoleArgs) {
             }
             let mut value = format!("{}-{k}", args.tag).into_bytes();
             value.resize(DATA_LEN, b'.');
+            let sent_ns = mono_ns();
             let set = client.set_data(&paths[rng.below(paths.len())], &value, None);
-            inflight.push(set.map(|r| r.map(|stat| stat.mzxid)));
+            inflight.push(set.map(move |r| (r.map(|stat| stat.mzxid), sent_ns)));
             log.sent += 1;
             k += 1;
             while let Some(Some(result)) = inflight.next().now_or_never() {

@@ -60,6 +60,10 @@ pub struct WriterLog {
     pub ack_realtime_ns: Vec<u64>,
     pub started_ns: u64,
     pub ended_ns: u64,
+    /// With `--read-after-ack` (the reference pass): per change, the round trip of a `getData`
+    /// of the same leaf sent the moment the `setData` was acknowledged.
+    #[serde(default)]
+    pub read_after_ack_ns: Vec<i64>,
 }
 
 /// One run of identical reads of one leaf.
@@ -114,6 +118,14 @@ pub struct Latency {
     /// latency before the mirror sent its write to Redis (1 ms resolution: `mirrored_at` is
     /// unix ms, truncated; wall clock, compared with the writer's CLOCK_REALTIME).
     pub ack_to_mirrored_at: Percentiles,
+    /// The writer's own `setData` round trip during the run (send → acknowledgement).
+    pub zk_write: Percentiles,
+    /// Reference pass, before the mirror starts, same writer and pacing: ZooKeeper's `setData`
+    /// round trip, and the round trip of a `getData` sent at each acknowledgement, which is
+    /// when a mirror learns of the change and must read it (3.8 sends no data with events).
+    pub reference_seconds: f64,
+    pub reference_zk_write: Percentiles,
+    pub reference_zk_read_after_ack: Percentiles,
     pub never_observed: usize,
     /// Changes seen by the reader before the writer had its acknowledgement (negative latency).
     pub observed_before_ack: usize,
@@ -150,13 +162,6 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let client = support::zk_client(&zk).await;
     eprintln!("[latency] populating {nodes} znodes ...");
     support::populate(&client, nodes).await;
-    let mut conn = support::redis_conn(&redis_url).await;
-    let mut mirror = support::spawn_mirror(&zk, &redis_url, "latency");
-    support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
-        .await
-        .expect("the mirror did not reach `live`; see target/bench-logs/latency.log");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
     // The watched leaves and the mzxid each was created with (the value `INITIAL` stands for).
     let leaves = support::leaf_paths(nodes);
     let mut rng = Rng::new(0x5eed_0001);
@@ -176,10 +181,8 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     std::fs::write(&paths_file, watched.join("\n")).expect("writing the watched leaves");
     let writer_out = dir.path().join("writer.json");
     let reader_out = dir.path().join("reader.json");
-
-    let mut writer = support::role_command(
-        "latency-writer",
-        &[
+    let writer_args = |seconds: f64, out: &Path| {
+        vec![
             "--zk".into(),
             zk.clone(),
             "--paths-file".into(),
@@ -189,9 +192,37 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
             "--seconds".into(),
             seconds.to_string(),
             "--out".into(),
-            path_arg(&writer_out),
-        ],
-    );
+            path_arg(out),
+        ]
+    };
+
+    // The reference: ZooKeeper alone at the same pacing, no mirror and no reader.
+    let reference_seconds = seconds.min(5.0);
+    let reference_out = dir.path().join("reference.json");
+    let mut args = writer_args(reference_seconds, &reference_out);
+    args.push("--read-after-ack".into());
+    let mut reference = support::role_command("latency-writer", &args);
+    reference.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut reference = Guarded::spawn("the latency writer (reference pass)", reference);
+    eprintln!("[latency] reference pass: {rate}/s for {reference_seconds} s, ZooKeeper alone ...");
+    reference
+        .child
+        .stdin
+        .take()
+        .expect("writer stdin")
+        .write_all(b"go\n")
+        .expect("starting the writer");
+    reference.wait_success();
+    let reference_log: WriterLog = read_json(&reference_out);
+
+    let mut conn = support::redis_conn(&redis_url).await;
+    let mut mirror = support::spawn_mirror(&zk, &redis_url, "latency");
+    support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
+        .await
+        .expect("the mirror did not reach `live`; see target/bench-logs/latency.log");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut writer = support::role_command("latency-writer", &writer_args(seconds, &writer_out));
     writer.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut writer = Guarded::spawn("the latency writer", writer);
     let to_reader = writer.child.stdout.take().expect("writer stdout");
@@ -244,7 +275,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let (report, _) = support::verify(&client, &mut conn).await;
     mirror.assert_running();
     mirror.stop();
-    analyse(
+    let mut latency = analyse(
         nodes,
         rate,
         seconds,
@@ -253,7 +284,15 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
         &reader_log,
         cpu,
         report.is_exact(),
-    )
+    );
+    latency.reference_seconds = reference_seconds;
+    latency.reference_zk_write = Percentiles::of(write_round_trips(&reference_log));
+    latency.reference_zk_read_after_ack = Percentiles::of(reference_log.read_after_ack_ns.clone());
+    latency
+}
+
+fn write_round_trips(log: &WriterLog) -> Vec<i64> {
+    log.changes.iter().map(|&(_, _, _, send_ns, ack_ns)| ack_ns as i64 - send_ns as i64).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -354,6 +393,10 @@ fn analyse(
         achieved_rate: writer.changes.len() as f64 / span_s.max(1e-9),
         latency: Percentiles::of(latencies),
         ack_to_mirrored_at: Percentiles::of(to_mirror),
+        zk_write: Percentiles::of(write_round_trips(writer)),
+        reference_seconds: 0.0,
+        reference_zk_write: Percentiles::default(),
+        reference_zk_read_after_ack: Percentiles::default(),
         never_observed,
         observed_before_ack,
         backwards_reads: reader.backwards_mzxid_reads,
@@ -435,6 +478,11 @@ pub fn print(r: &Latency, verdicts: &[Verdict]) {
         r.ack_to_mirrored_at.p50_ms, r.ack_to_mirrored_at.p90_ms, r.ack_to_mirrored_at.p99_ms, r.ack_to_mirrored_at.max_ms
     );
     println!(
+        "   ZooKeeper itself: setData round trip p50 {:.3} ms p99 {:.3} ms during the run; reference pass without the mirror ({:.0} s, same pacing): setData p50 {:.3} ms p99 {:.3} ms, and a getData sent at each ack p50 {:.3} ms p99 {:.3} ms (the read a mirror must make; 3.8 sends no data with events)",
+        r.zk_write.p50_ms, r.zk_write.p99_ms, r.reference_seconds, r.reference_zk_write.p50_ms, r.reference_zk_write.p99_ms,
+        r.reference_zk_read_after_ack.p50_ms, r.reference_zk_read_after_ack.p99_ms
+    );
+    println!(
         "   resolution: one poll round of the pending leaves, mean {:.1} µs (p99 {:.1} µs, max {:.1} µs); all {} leaves also swept every {:.2} ms; {} reads in all",
         r.poll_round_mean_us, r.poll_round_p99_us, r.poll_round_max_us, r.watched_leaves, r.sweep_period_ms, r.reader_reads
     );
@@ -495,6 +543,7 @@ pub fn writer_main(args: &RoleArgs) {
             ack_realtime_ns: Vec::with_capacity(total as usize),
             started_ns: mono_ns(),
             ended_ns: 0,
+            read_after_ack_ns: Vec::new(),
         };
         for seq in 0..total {
             tokio::time::sleep_until(start + period * seq as u32).await;
@@ -512,6 +561,10 @@ pub fn writer_main(args: &RoleArgs) {
             log.ack_realtime_ns.push(support::realtime_ns());
             log.changes
                 .push((seq, leaf as u32, stat.mzxid, send_ns, ack_ns));
+            if args.read_after_ack {
+                client.get_data(&paths[leaf]).await.expect("getData");
+                log.read_after_ack_ns.push(mono_ns() as i64 - ack_ns as i64);
+            }
         }
         log.ended_ns = mono_ns();
         write_json(&args.out, &log);
@@ -807,6 +860,10 @@ pub struct RoleArgs {
     /// Distinguishes the values of one ceiling step from another's.
     #[arg(long, default_value_t = 0)]
     pub tag: u64,
+    /// Latency writer: after each acknowledgement, read the same leaf and record the round
+    /// trip (the reference pass, without a mirror).
+    #[arg(long)]
+    pub read_after_ack: bool,
 }
 
 pub fn read_paths(file: &Path) -> Vec<String> {

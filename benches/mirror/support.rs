@@ -302,6 +302,29 @@ pub async fn zk_client(connect: &str) -> Client {
         .unwrap_or_else(|e| panic!("connecting to ZooKeeper at {connect}: {e}"))
 }
 
+/// Starts Redis's latency monitor afresh: every event (a command, a fork, an expiry cycle)
+/// that takes at least 1 ms is recorded from now on.
+pub async fn redis_stalls_reset(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("latency-monitor-threshold")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .expect("CONFIG SET latency-monitor-threshold");
+    let _: i64 = redis::cmd("LATENCY").arg("RESET").query_async(conn).await.expect("LATENCY RESET");
+}
+
+/// The longest single event Redis's latency monitor saw since [`redis_stalls_reset`], in ms. A
+/// plain `HGET` or `SET` ("fast-command") taking milliseconds means Redis's thread was not
+/// running: the CPU went to other processes.
+pub async fn redis_stall_max_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    // Each entry: [event name, unix time of the latest, latest ms, all-time max ms].
+    let latest: Vec<(String, u64, u64, u64)> =
+        redis::cmd("LATENCY").arg("LATEST").query_async(conn).await.expect("LATENCY LATEST");
+    latest.into_iter().map(|(_, _, _, max_ms)| max_ms).max().unwrap_or(0)
+}
+
 /// The benchmark's own Redis connection. redis-rs answers "timed out" after 500 ms by default;
 /// `FLUSHALL` of a 200,000-znode copy or a verify's large pipelines take longer.
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
