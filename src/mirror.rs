@@ -561,15 +561,22 @@ impl Engine {
             }
             self.reads_in_flight += batch.len();
             // A lone path goes as a plain read (lowest latency); several share one multi-read.
+            let (sent, round_trip) = (Instant::now(), self.metrics.zk_read.clone());
             if let [(path, walk)] = &batch[..] {
                 let (path, walk) = (path.clone(), *walk);
                 let fetch = session.fetch(path.clone());
-                self.reads.push_back(Box::pin(async move { vec![Read { path, walk, result: fetch.await }] }));
+                self.reads.push_back(Box::pin(async move {
+                    let result = fetch.await;
+                    round_trip.record(sent.elapsed().as_secs_f64());
+                    vec![Read { path, walk, result }]
+                }));
             } else {
                 let (paths, walks): (Vec<String>, Vec<Option<(u64, bool)>>) = batch.into_iter().unzip();
                 let fetch = session.fetch_many(paths);
                 self.reads.push_back(Box::pin(async move {
-                    fetch.await.into_iter().zip(walks).map(|((path, result), walk)| Read { path, walk, result }).collect()
+                    let results = fetch.await;
+                    round_trip.record(sent.elapsed().as_secs_f64());
+                    results.into_iter().zip(walks).map(|((path, result), walk)| Read { path, walk, result }).collect()
                 }));
             }
         }
@@ -693,8 +700,10 @@ impl Engine {
         self.metrics.batches.increment(1);
         self.metrics.batch_size.record(batch.writes.len() as f64);
         let send = self.store.apply(&batch.writes, batch.applied_zxid, now_ms());
+        let (sent, round_trip) = (Instant::now(), self.metrics.redis_write.clone());
         self.batch = Some(Box::pin(async move {
             let result = send.await;
+            round_trip.record(sent.elapsed().as_secs_f64());
             (batch, result)
         }));
     }

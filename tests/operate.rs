@@ -599,6 +599,8 @@ async fn metrics_health_and_readiness_follow_the_mirror() {
         "zkmirror_events_received_total",
         "zkmirror_znode_writes_total",
         "zkmirror_propagation_delay_seconds",
+        "zkmirror_zookeeper_read_seconds",
+        "zkmirror_redis_write_seconds",
         "zkmirror_walks_total",
         "zkmirror_zookeeper_connected",
         "zkmirror_redis_connected",
@@ -620,6 +622,9 @@ async fn metrics_health_and_readiness_follow_the_mirror() {
     })
     .await;
     assert!(metrics.contains(&format!("zkmirror_redis_connected{{{label}}} 1")), "{metrics}");
+    // The round-trip histograms have their fine sub-millisecond buckets.
+    assert!(metrics.contains(&format!("zkmirror_zookeeper_read_seconds_bucket{{{label},le=\"0.00015\"}}")), "{metrics}");
+    assert!(metrics.contains(&format!("zkmirror_redis_write_seconds_bucket{{{label},le=\"0.00015\"}}")), "{metrics}");
     assert!(metrics.contains(&format!("zkmirror_zookeeper_connected{{{label}}} 1")), "{metrics}");
 
     // Redis gone: not ready (but healthy); back: ready again, and refilled.
