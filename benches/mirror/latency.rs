@@ -20,6 +20,10 @@
 //! * Latency of a change = time the reply of the first read showing that change (or a later one
 //!   on the same leaf) arrived − the writer's acknowledgement time. It is an upper bound, tight
 //!   to one poll round (reported as the resolution).
+//! * Reference pass, before the mirror starts: the same writer and pacing on 50 other leaves,
+//!   and after each acknowledgement a `getData` of the same leaf, timed. That read is the one a
+//!   mirror must make when the event arrives (ZooKeeper 3.8 sends no data or zxid with events),
+//!   so its round trip is a floor under the propagation latency on this machine.
 //! * Torn pair: a read whose data is sequence `s` but whose `mzxid` is not the zxid the writer got
 //!   for `s` (lower: data newer than meta; higher: meta newer than data). Backwards: a `mzxid`
 //!   below one already seen on that key. Blank: data or meta absent.
@@ -126,6 +130,9 @@ pub struct Latency {
     pub reference_seconds: f64,
     pub reference_zk_write: Percentiles,
     pub reference_zk_read_after_ack: Percentiles,
+    /// The mirror's own histograms of its read and write round trips (bucket-interpolated).
+    pub mirror_zk_read: support::HistogramQuantiles,
+    pub mirror_redis_write: support::HistogramQuantiles,
     pub never_observed: usize,
     /// Changes seen by the reader before the writer had its acknowledgement (negative latency).
     pub observed_before_ack: usize,
@@ -172,6 +179,14 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
             watched.push(path.clone());
         }
     }
+    // The reference pass writes other leaves, so that its values never meet the reader.
+    let mut reference_leaves: Vec<String> = Vec::new();
+    while reference_leaves.len() < WATCHED.min(leaves.len() - watched.len()) {
+        let path = &leaves[rng.below(leaves.len())];
+        if !watched.contains(path) && !reference_leaves.contains(path) {
+            reference_leaves.push(path.clone());
+        }
+    }
     let mut initial_mzxid = Vec::new();
     for path in &watched {
         initial_mzxid.push(client.get_data(path).await.expect("get_data").1.mzxid);
@@ -181,12 +196,14 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     std::fs::write(&paths_file, watched.join("\n")).expect("writing the watched leaves");
     let writer_out = dir.path().join("writer.json");
     let reader_out = dir.path().join("reader.json");
-    let writer_args = |seconds: f64, out: &Path| {
+    let reference_paths_file = dir.path().join("reference-leaves");
+    std::fs::write(&reference_paths_file, reference_leaves.join("\n")).expect("writing the reference leaves");
+    let writer_args = |paths: &Path, seconds: f64, out: &Path| {
         vec![
             "--zk".into(),
             zk.clone(),
             "--paths-file".into(),
-            path_arg(&paths_file),
+            path_arg(paths),
             "--rate".into(),
             rate.to_string(),
             "--seconds".into(),
@@ -199,7 +216,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     // The reference: ZooKeeper alone at the same pacing, no mirror and no reader.
     let reference_seconds = seconds.min(5.0);
     let reference_out = dir.path().join("reference.json");
-    let mut args = writer_args(reference_seconds, &reference_out);
+    let mut args = writer_args(&reference_paths_file, reference_seconds, &reference_out);
     args.push("--read-after-ack".into());
     let mut reference = support::role_command("latency-writer", &args);
     reference.stdin(Stdio::piped()).stdout(Stdio::null());
@@ -216,13 +233,14 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let reference_log: WriterLog = read_json(&reference_out);
 
     let mut conn = support::redis_conn(&redis_url).await;
-    let mut mirror = support::spawn_mirror(&zk, &redis_url, "latency");
+    let metrics_addr = format!("127.0.0.1:{}", crate::common::servers::free_port());
+    let mut mirror = support::spawn_mirror_with(&zk, &redis_url, "latency", &["--metrics-addr", &metrics_addr]);
     support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
         .await
         .expect("the mirror did not reach `live`; see target/bench-logs/latency.log");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut writer = support::role_command("latency-writer", &writer_args(seconds, &writer_out));
+    let mut writer = support::role_command("latency-writer", &writer_args(&paths_file, seconds, &writer_out));
     writer.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut writer = Guarded::spawn("the latency writer", writer);
     let to_reader = writer.child.stdout.take().expect("writer stdout");
@@ -274,6 +292,10 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let reader_log: ReaderLog = read_json(&reader_out);
     let (report, _) = support::verify(&client, &mut conn).await;
     mirror.assert_running();
+    // The mirror's own view of its two round trips per change (includes its cold sync's reads
+    // and writes, which are few requests next to 4,000 changes).
+    let mirror_zk_read = support::scrape_histogram_ms(&metrics_addr, "zkmirror_zookeeper_read_seconds");
+    let mirror_redis_write = support::scrape_histogram_ms(&metrics_addr, "zkmirror_redis_write_seconds");
     mirror.stop();
     let mut latency = analyse(
         nodes,
@@ -286,6 +308,8 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
         report.is_exact(),
     );
     latency.reference_seconds = reference_seconds;
+    latency.mirror_zk_read = mirror_zk_read.unwrap_or_default();
+    latency.mirror_redis_write = mirror_redis_write.unwrap_or_default();
     latency.reference_zk_write = Percentiles::of(write_round_trips(&reference_log));
     latency.reference_zk_read_after_ack = Percentiles::of(reference_log.read_after_ack_ns.clone());
     latency
@@ -397,6 +421,8 @@ fn analyse(
         reference_seconds: 0.0,
         reference_zk_write: Percentiles::default(),
         reference_zk_read_after_ack: Percentiles::default(),
+        mirror_zk_read: Default::default(),
+        mirror_redis_write: Default::default(),
         never_observed,
         observed_before_ack,
         backwards_reads: reader.backwards_mzxid_reads,
@@ -481,6 +507,11 @@ pub fn print(r: &Latency, verdicts: &[Verdict]) {
         "   ZooKeeper itself: setData round trip p50 {:.3} ms p99 {:.3} ms during the run; reference pass without the mirror ({:.0} s, same pacing): setData p50 {:.3} ms p99 {:.3} ms, and a getData sent at each ack p50 {:.3} ms p99 {:.3} ms (the read a mirror must make; 3.8 sends no data with events)",
         r.zk_write.p50_ms, r.zk_write.p99_ms, r.reference_seconds, r.reference_zk_write.p50_ms, r.reference_zk_write.p99_ms,
         r.reference_zk_read_after_ack.p50_ms, r.reference_zk_read_after_ack.p99_ms
+    );
+    println!(
+        "   the mirror's own round trips (its histograms, bucket-interpolated): ZooKeeper read p50 {:.3} ms p99 {:.3} ms ({} requests); Redis write p50 {:.3} ms p99 {:.3} ms ({} pipelines)",
+        r.mirror_zk_read.p50_ms, r.mirror_zk_read.p99_ms, r.mirror_zk_read.count,
+        r.mirror_redis_write.p50_ms, r.mirror_redis_write.p99_ms, r.mirror_redis_write.count
     );
     println!(
         "   resolution: one poll round of the pending leaves, mean {:.1} µs (p99 {:.1} µs, max {:.1} µs); all {} leaves also swept every {:.2} ms; {} reads in all",
