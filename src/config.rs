@@ -91,7 +91,7 @@ impl MirrorConfig {
             tombstone_ttl: Duration::from_secs(60),
             changes_maxlen: 10_000,
             heartbeat_interval: Duration::from_secs(1),
-            read_window: 8192,
+            read_window: 1024,
             filter: crate::filter::Filter::all(),
             shared_prefix: false,
         }

@@ -51,7 +51,7 @@ const MAX_READ_BATCH: usize = 64;
 /// Most paths in one multi-read request under a backlog of changes. With the requests in
 /// flight bounded, their size sets how many changes per second the mirror can read (paths in
 /// flight / ZooKeeper's latency, which grows with its queue at high write rates).
-const MAX_READ_BATCH_BACKLOG: usize = 512;
+const MAX_READ_BATCH_BACKLOG: usize = 256;
 /// Most read requests in flight while a walk reads the tree (cold sync, reconcile): enough to
 /// keep ZooKeeper busy with 64-path multi-reads.
 const WALK_READ_REQUESTS: usize = 16;

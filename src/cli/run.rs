@@ -60,7 +60,7 @@ struct SettingsArgs {
     /// Approximate length cap of the change stream [default: 10000].
     #[arg(long, env = "ZKMIRROR_CHANGES_MAXLEN")]
     changes_maxlen: Option<u64>,
-    /// Most znode reads in flight at once [default: 8192].
+    /// Most znode reads in flight at once [default: 1024].
     #[arg(long, env = "ZKMIRROR_READ_WINDOW")]
     read_window: Option<usize>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
