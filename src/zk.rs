@@ -261,3 +261,64 @@ pub fn convert(stat: &Stat) -> ZnodeStat {
         num_children: stat.num_children,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(num_children: i32) -> Stat {
+        Stat {
+            czxid: 5,
+            mzxid: 7,
+            pzxid: 9,
+            ctime: 1,
+            mtime: 2,
+            version: 3,
+            cversion: 4,
+            aversion: 0,
+            ephemeral_owner: 0,
+            data_length: 1,
+            num_children,
+        }
+    }
+
+    fn error(err: ZkClientError) -> MultiReadResult {
+        MultiReadResult::Error { err }
+    }
+
+    #[test]
+    fn a_data_and_children_pair_is_one_snapshot() {
+        let data = MultiReadResult::Data { data: b"x".to_vec(), stat: stat(2) };
+        let children = MultiReadResult::Children { children: vec!["a".into(), "b".into()] };
+        match settle("/r/p", data, children) {
+            Some(Ok(Fetched::Present(znode))) => {
+                assert_eq!(znode.path, "/r/p");
+                assert_eq!(znode.data, b"x");
+                assert_eq!((znode.stat.mzxid, znode.stat.num_children), (7, 2));
+                assert_eq!(znode.children, ["a", "b"]);
+            }
+            other => panic!("expected a present znode, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_unreadable_and_failed_reads_are_told_apart() {
+        let children = || MultiReadResult::Children { children: Vec::new() };
+        assert!(settle("/r/gone", error(ZkClientError::NoNode), error(ZkClientError::NoNode)).is_none());
+        assert!(matches!(
+            settle("/r/secret", error(ZkClientError::NoAuth), error(ZkClientError::NoAuth)),
+            Some(Ok(Fetched::Unreadable { path })) if path == "/r/secret"
+        ));
+        let data = MultiReadResult::Data { data: Vec::new(), stat: stat(0) };
+        assert!(matches!(
+            settle("/r/half", data, error(ZkClientError::NoAuth)),
+            Some(Ok(Fetched::Unreadable { .. }))
+        ));
+        assert!(matches!(
+            settle("/r/lost", error(ZkClientError::ConnectionLoss), children()),
+            Some(Err(ZkError::Read { path, .. })) if path == "/r/lost"
+        ));
+        let swapped = settle("/r/odd", children(), MultiReadResult::Data { data: Vec::new(), stat: stat(0) });
+        assert!(matches!(swapped, Some(Err(ZkError::Read { .. }))));
+    }
+}

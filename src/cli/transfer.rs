@@ -112,7 +112,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         other => other.into(),
     })?;
     let form = args.format.unwrap_or(match &args.out {
-        Some(out) if !out.extension().is_some_and(|e| e == "json") => Form::Dir,
+        Some(out) if out.extension().is_none_or(|e| e != "json") => Form::Dir,
         _ => Form::Tree,
     });
     let Some(out) = args.out.as_deref() else {
