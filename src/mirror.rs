@@ -560,25 +560,14 @@ impl Engine {
                 break;
             }
             self.reads_in_flight += batch.len();
-            // A lone path goes as a plain read (lowest latency); several share one multi-read.
             let (sent, round_trip) = (Instant::now(), self.metrics.zk_read.clone());
-            if let [(path, walk)] = &batch[..] {
-                let (path, walk) = (path.clone(), *walk);
-                let fetch = session.fetch(path.clone());
-                self.reads.push_back(Box::pin(async move {
-                    let result = fetch.await;
-                    round_trip.record(sent.elapsed().as_secs_f64());
-                    vec![Read { path, walk, result }]
-                }));
-            } else {
-                let (paths, walks): (Vec<String>, Vec<Option<(u64, bool)>>) = batch.into_iter().unzip();
-                let fetch = session.fetch_many(paths);
-                self.reads.push_back(Box::pin(async move {
-                    let results = fetch.await;
-                    round_trip.record(sent.elapsed().as_secs_f64());
-                    results.into_iter().zip(walks).map(|((path, result), walk)| Read { path, walk, result }).collect()
-                }));
-            }
+            let (paths, walks): (Vec<String>, Vec<Option<(u64, bool)>>) = batch.into_iter().unzip();
+            let fetch = session.fetch_many(paths);
+            self.reads.push_back(Box::pin(async move {
+                let results = fetch.await;
+                round_trip.record(sent.elapsed().as_secs_f64());
+                results.into_iter().zip(walks).map(|((path, result), walk)| Read { path, walk, result }).collect()
+            }));
         }
     }
 

@@ -68,18 +68,11 @@ impl ZkSession {
             .map_err(|source| ZkError::Watch { path: root.to_owned(), source })
     }
 
-    /// Reads `path` as one consistent snapshot. The first request is sent *now*, so reads
-    /// issued one after another are answered in that order (one session is FIFO).
-    pub fn fetch(&self, path: String) -> impl Future<Output = Result<Fetched, ZkError>> + Send + 'static {
-        let first = self.client.get_data(&path);
-        let client = self.client.clone();
-        async move { complete(&client, path, first.await).await }
-    }
-
-    /// Reads several paths with one multi-read request: under load (a walk, a burst of
+    /// Reads one or more paths with one multi-read request: under load (a walk, a burst of
     /// events) this costs ZooKeeper one request instead of two per path. Each path is read as
     /// a `getData` and a `getChildren` in that one request, which ZooKeeper answers from one
-    /// state of its tree, so data, Stat and children agree without a follow-up read. Only paths
+    /// state of its tree, so data, Stat and children agree without a follow-up read (a lone
+    /// inner znode, such as a parent after a create, takes one round trip, not two). Only paths
     /// found absent need more (a tombstone zxid, see [`absent`]). Results come in `paths` order.
     pub fn fetch_many(
         &self,
@@ -151,30 +144,6 @@ fn settle(path: &str, data: MultiReadResult, children: MultiReadResult) -> Optio
         (MultiReadResult::Error { err }, _) | (_, MultiReadResult::Error { err }) => Err(read_error(path, err)),
         other => Err(read_error(path, ZkClientError::UnexpectedError(format!("multi-read answered {other:?}")))),
     })
-}
-
-/// Turns the answer to a `getData` into a whole snapshot.
-async fn complete(client: &Client, path: String, first: Result<(Vec<u8>, Stat), ZkClientError>) -> Result<Fetched, ZkError> {
-    match first {
-        // A leaf: data and Stat came in one reply, children are known to be none.
-        Ok((data, stat)) if stat.num_children == 0 => {
-            Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children: Vec::new() }))
-        }
-        // An inner node: its children with their own Stat. The two replies describe one
-        // snapshot when the Stats agree; otherwise the znode changed in between and one atomic
-        // multi-read settles it.
-        Ok((data, stat)) => match client.get_children(&path).await {
-            Ok((children, children_stat)) if children_stat == stat => {
-                Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
-            }
-            Ok(_) | Err(ZkClientError::NoNode) => snapshot(client, path).await,
-            Err(ZkClientError::NoAuth) => Ok(Fetched::Unreadable { path }),
-            Err(source) => Err(read_error(path, source)),
-        },
-        Err(ZkClientError::NoNode) => absent(client, path).await,
-        Err(ZkClientError::NoAuth) => Ok(Fetched::Unreadable { path }),
-        Err(source) => Err(read_error(path, source)),
-    }
 }
 
 /// Data, Stat and children of one znode from one atomic multi-read.
