@@ -10,15 +10,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::servers::free_port;
 use common::world::{redis_conn, CONVERGE};
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use common::{create_all, http_get, unique_root, wait_until, zk_client, RedisServer, ZkServer};
 use redis::aio::MultiplexedConnection;
 use tempfile::TempDir;
 use zkmirror::filter::Filter;
@@ -251,18 +250,6 @@ async fn wait_for_field(conn: &MultiplexedConnection, key: &str, field: &str, wa
         }
     })
     .await
-}
-
-/// `GET path` over plain HTTP/1.1: the status code and the body.
-fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Ok((code, body))
 }
 
 /// Waits until `GET path` answers `code`.

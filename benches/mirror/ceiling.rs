@@ -138,7 +138,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
         let step = RefStep {
             target_rate: rate,
             achieved_rate: run.achieved_rate(),
-            zk_ack: Percentiles::of(run.log.ack_latency_ns.clone()),
+            zk_ack: run.zk_ack(),
             acked: run.log.acks.len() as u64,
             errors: run.log.errors,
             cpu_percent_zookeeper: run.cpu.processes[0],
@@ -214,7 +214,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
             acked: run.log.acks.len() as u64,
             errors: run.log.errors,
             achieved_rate: run.achieved_rate(),
-            zk_ack: Percentiles::of(run.log.ack_latency_ns.clone()),
+            zk_ack: run.zk_ack(),
             redis_stall_max_ms,
             lag: Percentiles::of(lags),
             lag_never_reached: never,
@@ -272,6 +272,11 @@ impl WriterRun {
     fn achieved_rate(&self) -> f64 {
         let span_s = self.log.last_ack_ns.saturating_sub(self.log.started_ns) as f64 / 1e9;
         self.log.acks.len() as f64 / span_s.max(1e-9)
+    }
+
+    /// The writer's own send → acknowledgement latency.
+    fn zk_ack(&self) -> Percentiles {
+        Percentiles::of(self.log.ack_latency_ns.clone())
     }
 }
 

@@ -172,21 +172,9 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     // The watched leaves and the mzxid each was created with (the value `INITIAL` stands for).
     let leaves = support::leaf_paths(nodes);
     let mut rng = Rng::new(0x5eed_0001);
-    let mut watched: Vec<String> = Vec::new();
-    while watched.len() < WATCHED.min(leaves.len()) {
-        let path = &leaves[rng.below(leaves.len())];
-        if !watched.contains(path) {
-            watched.push(path.clone());
-        }
-    }
+    let watched = pick_leaves(&mut rng, &leaves, &[]);
     // The reference pass writes other leaves, so that its values never meet the reader.
-    let mut reference_leaves: Vec<String> = Vec::new();
-    while reference_leaves.len() < WATCHED.min(leaves.len() - watched.len()) {
-        let path = &leaves[rng.below(leaves.len())];
-        if !watched.contains(path) && !reference_leaves.contains(path) {
-            reference_leaves.push(path.clone());
-        }
-    }
+    let reference_leaves = pick_leaves(&mut rng, &leaves, &watched);
     let mut initial_mzxid = Vec::new();
     for path in &watched {
         initial_mzxid.push(client.get_data(path).await.expect("get_data").1.mzxid);
@@ -222,13 +210,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     reference.stdin(Stdio::piped()).stdout(Stdio::null());
     let mut reference = Guarded::spawn("the latency writer (reference pass)", reference);
     eprintln!("[latency] reference pass: {rate}/s for {reference_seconds} s, ZooKeeper alone ...");
-    reference
-        .child
-        .stdin
-        .take()
-        .expect("writer stdin")
-        .write_all(b"go\n")
-        .expect("starting the writer");
+    start_writer(&mut reference);
     reference.wait_success();
     let reference_log: WriterLog = read_json(&reference_out);
 
@@ -276,13 +258,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
         "[latency] writing {rate}/s for {seconds} s on {} leaves; reader polling ...",
         watched.len()
     );
-    writer
-        .child
-        .stdin
-        .take()
-        .expect("writer stdin")
-        .write_all(b"go\n")
-        .expect("starting the writer");
+    start_writer(&mut writer);
     writer.wait_exited_unreaped();
     let cpu = cpu.since(&pids);
     writer.wait_success();
@@ -313,6 +289,29 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     latency.reference_zk_write = Percentiles::of(write_round_trips(&reference_log));
     latency.reference_zk_read_after_ack = Percentiles::of(reference_log.read_after_ack_ns.clone());
     latency
+}
+
+/// Up to [`WATCHED`] distinct leaves picked at random, none of them in `taken`.
+fn pick_leaves(rng: &mut Rng, leaves: &[String], taken: &[String]) -> Vec<String> {
+    let mut picked: Vec<String> = Vec::new();
+    while picked.len() < WATCHED.min(leaves.len() - taken.len()) {
+        let path = &leaves[rng.below(leaves.len())];
+        if !taken.contains(path) && !picked.contains(path) {
+            picked.push(path.clone());
+        }
+    }
+    picked
+}
+
+/// Lets a writer that waits for `go` on its stdin begin.
+fn start_writer(writer: &mut Guarded) {
+    writer
+        .child
+        .stdin
+        .take()
+        .expect("writer stdin")
+        .write_all(b"go\n")
+        .expect("starting the writer");
 }
 
 fn write_round_trips(log: &WriterLog) -> Vec<i64> {

@@ -984,11 +984,7 @@ pub fn versions() -> Versions {
 /// Quantiles (ms) of a Prometheus histogram the mirror serves at `addr`, interpolated linearly
 /// inside the bucket that holds each rank: as precise as the buckets (50 µs steps below 0.5 ms).
 pub fn scrape_histogram_ms(addr: &str, name: &str) -> Option<HistogramQuantiles> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
+    let (200, body) = crate::common::http_get(addr, "/metrics").ok()? else { return None };
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = body
         .lines()

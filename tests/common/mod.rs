@@ -132,3 +132,17 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// `GET path` over plain HTTP/1.1: the status code and the body. Enough for the mirror's
+/// `/metrics`, `/healthz` and `/readyz`; no HTTP client crate needed.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((code, body))
+}
