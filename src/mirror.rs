@@ -65,6 +65,9 @@ const LIVE_READ_REQUESTS: usize = 4;
 const ANTI_ENTROPY_READ_REQUESTS: usize = 2;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
+/// `SCAN` pages (1000 keys each) the cold sync's look for keys of the subtree may take before
+/// it gives up and sweeps as usual: an empty Redis answers in one.
+const SUBTREE_CHECK_PAGES: usize = 16;
 
 /// A mirror of one subtree, ready to run.
 ///
@@ -188,6 +191,9 @@ struct Walk {
     open: usize,
     visited: u64,
     stage: WalkStage,
+    /// False once Redis was found to hold nothing of the subtree before this walk wrote
+    /// anything: then no key can be stray and the sweep is skipped.
+    sweep_needed: bool,
     before: MirrorStatus,
 }
 
@@ -277,6 +283,9 @@ struct Engine {
     batch: Option<BoxFuture<(Batch, Result<BatchOutcome, StoreError>)>>,
     status_write: Option<BoxFuture<Result<bool, StoreError>>>,
     sweep: Option<BoxFuture<Result<Vec<String>, StoreError>>>,
+    /// The cold sync's look at whether Redis holds any key of the subtree, tagged with the
+    /// walk's generation. Writes wait for it, or it would see the walk's own keys.
+    subtree_check: Option<BoxFuture<(u64, Result<bool, StoreError>)>>,
 
     zk_connected: bool,
     redis_down: bool,
@@ -315,6 +324,7 @@ impl Engine {
             batch: None,
             status_write: None,
             sweep: None,
+            subtree_check: None,
             zk_connected: false,
             redis_down: false,
             scripts_loaded: false,
@@ -429,6 +439,10 @@ impl Engine {
                     self.batch = None;
                     self.on_batch(batch, result).await;
                 }
+                Some((generation, result)) = OptionFuture::from(self.subtree_check.as_mut()), if self.subtree_check.is_some() => {
+                    self.subtree_check = None;
+                    self.on_subtree_checked(generation, result);
+                }
                 Some(result) = OptionFuture::from(self.sweep.as_mut()), if self.sweep.is_some() => {
                     self.sweep = None;
                     self.on_sweep(result);
@@ -515,8 +529,29 @@ impl Engine {
             open: 0,
             visited: 0,
             stage: WalkStage::Reading,
+            sweep_needed: true,
             before: self.counters.snapshot(),
         });
+        if reason == WalkReason::ColdSync && self.batch.is_none() && self.ready.is_empty() {
+            let (store, root) = (self.store.clone(), self.config.root.clone());
+            self.subtree_check = Some(Box::pin(async move {
+                (generation, store.may_hold_subtree(&root, SUBTREE_CHECK_PAGES).await)
+            }));
+        }
+    }
+
+    fn on_subtree_checked(&mut self, generation: u64, result: Result<bool, StoreError>) {
+        match result {
+            Ok(false) => {
+                if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == generation) {
+                    debug!("Redis holds no key of the subtree: the cold sync will need no sweep");
+                    walk.sweep_needed = false;
+                }
+            }
+            Ok(true) => {}
+            // The first pipeline will meet the same failure and handle it.
+            Err(error) => debug!(%error, "cannot tell whether Redis holds the subtree; the cold sync will sweep"),
+        }
     }
 
     /// Fills the read window: event-dirty paths first (they are what readers wait for), then
@@ -637,7 +672,7 @@ impl Engine {
     /// bounds. A lone change goes out at once; under load, changes that arrive while one
     /// pipeline is in flight share the next (group commit).
     fn send_batch(&mut self) {
-        if self.batch.is_some() || self.ready.is_empty() || self.redis_down {
+        if self.batch.is_some() || self.ready.is_empty() || self.redis_down || self.subtree_check.is_some() {
             return;
         }
         let mut writes = Vec::new();
@@ -775,6 +810,10 @@ impl Engine {
             return;
         }
         match walk.stage {
+            WalkStage::Reading if !walk.sweep_needed => {
+                let Some(walk) = self.walk.take() else { return };
+                self.finish_walk(walk);
+            }
             WalkStage::Reading => {
                 debug!(nodes = walk.visited, ms = walk.started.elapsed().as_millis() as u64, "walk read the tree; sweeping Redis for keys of gone znodes");
                 walk.stage = WalkStage::Sweeping;
@@ -939,6 +978,7 @@ impl Engine {
         self.dirty.clear();
         self.walk = None;
         self.sweep = None;
+        self.subtree_check = None;
         self.zk_connected = false;
     }
 

@@ -269,6 +269,32 @@ impl Store {
         }
     }
 
+    /// Whether Redis may hold keys of znodes at or below `root` (tombstones aside): false only
+    /// when a complete `SCAN` of at most `max_pages` pages found none. A cold sync into a Redis
+    /// that holds nothing of the subtree has no stray keys to sweep afterwards: every key it
+    /// writes is of a znode it read, and a znode deleted after its read is reported by the
+    /// watch. On a larger keyspace the scan gives up and answers true (sweep as usual).
+    pub async fn may_hold_subtree(&self, root: &str, max_pages: usize) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = self.keys.scan_pattern(root);
+        let mut cursor: u64 = 0;
+        for _ in 0..max_pages {
+            let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
+            let found = keys
+                .iter()
+                .filter_map(|key| self.keys.parse(key))
+                .any(|(kind, path)| kind != KeyKind::Tomb && path::is_within(path, root));
+            if found {
+                return Ok(true);
+            }
+            if next == 0 {
+                return Ok(false);
+            }
+            cursor = next;
+        }
+        Ok(true)
+    }
+
     /// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys.
     async fn scan_page(
         &self,

@@ -53,6 +53,60 @@ async fn cold_sync_copies_a_few_thousand_znodes_exactly() {
     assert_eq!(state, "stopped");
 }
 
+/// A cold sync sweeps Redis for keys of gone znodes only when Redis held some key of the
+/// subtree before it began: into an empty Redis it skips the sweep (whose mark is a
+/// `SISMEMBER` per stored path; `put.lua` checks membership only for znodes already stored),
+/// and keys left from an earlier copy are still found and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_sync_sweeps_only_when_redis_held_the_subtree() {
+    let zk = ZkServer::shared();
+    let client = zk_client(&zk.connect_string()).await;
+    let root = unique_root("sweep");
+    create_all(&client, &root, b"").await;
+    create_tree(&client, &root, 5, 2, 8).await;
+    let sismembers = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_sismember:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("cmdstat_sismember calls"))
+    };
+
+    // Into an empty Redis: no sweep.
+    let redis = RedisServer::start();
+    let mirror = RunningMirror::start(test_config(&zk.connect_string(), &redis.url(), &root));
+    mirror.wait_for_phase(Phase::Live).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    // Read before verifying, which checks membership too.
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    assert_eq!(sismembers(info), 0, "a cold sync into an empty Redis swept it");
+    assert_converges(&client, &redis.url(), "zk", &root).await;
+    mirror.stop().await;
+
+    // Into a Redis holding keys of znodes that do not exist (one named by no children set at
+    // all): the cold sync sweeps and removes them.
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis.url()).await;
+    let gone = format!("{root}/gone");
+    let orphan = format!("{root}/n1/nobody/knows");
+    let _: () = redis::pipe()
+        .set(format!("zk:{{{gone}}}"), "old")
+        .hset(format!("zk:{{{gone}}}:meta"), "czxid", "1")
+        .set(format!("zk:{{{orphan}}}"), "old")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mirror = RunningMirror::start(test_config(&zk.connect_string(), &redis.url(), &root));
+    mirror.wait_for_phase(Phase::Live).await;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    assert!(sismembers(info) > 0, "the cold sync did not sweep a Redis that held the subtree");
+    for key in [format!("zk:{{{gone}}}"), format!("zk:{{{gone}}}:meta"), format!("zk:{{{orphan}}}")] {
+        let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(!exists, "{key} survived the cold sync");
+    }
+    assert_converges(&client, &redis.url(), "zk", &root).await;
+    mirror.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_live_change_is_applied() {
     let zk = ZkServer::shared();
