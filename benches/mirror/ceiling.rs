@@ -72,6 +72,12 @@ pub struct Step {
     pub cpu_percent_redis: f64,
     pub cpu_percent_writer: f64,
     pub cpu_percent_outside: f64,
+    /// The whole machine's busy time, in percent of one core (at most 100 × cores).
+    pub cpu_percent_machine: f64,
+    /// Run-queue wait of the mirror's threads and of Redis, in percent of the step: how long
+    /// each was ready to run but had no CPU.
+    pub waiting_percent_mirror: f64,
+    pub waiting_percent_redis: f64,
 }
 
 /// A step of the reference pass: ZooKeeper alone, no mirror.
@@ -227,6 +233,9 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
             cpu_percent_redis: run.cpu.processes[2],
             cpu_percent_writer: run.cpu.processes[3],
             cpu_percent_outside: run.cpu.outside,
+            cpu_percent_machine: run.cpu.machine,
+            waiting_percent_mirror: run.cpu.waiting[0],
+            waiting_percent_redis: run.cpu.waiting[2],
         };
         eprintln!(
             "[ceiling] step {}: achieved {:.0}/s, lag p50 {:.2} ms p99 {:.2} ms max {:.2} ms, caught up after {:?} s, exact after {:?} s",
@@ -366,8 +375,8 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
         c.znodes, c.window
     );
     println!(
-        "{:>9} {:>9} {:>10} {:>6} {:>15} {:>9} {:>9} {:>9} {:>6} {:>9} {:>8} {:>11}  CPU % mirror/ZK/Redis/writer/outside",
-        "target/s", "ZK alone", "w/ mirror", "share", "ZK ack p50/p99", "lag p50", "lag p99", "lag max", "<100ms", "caught up", "exact", "Redis stall"
+        "{:>9} {:>9} {:>10} {:>6} {:>15} {:>9} {:>9} {:>9} {:>6} {:>9} {:>8} {:>11} {:>5}  CPU % mirror/ZK/Redis/writer/outside  no CPU % mirror/Redis",
+        "target/s", "ZK alone", "w/ mirror", "share", "ZK ack p50/p99", "lag p50", "lag p99", "lag max", "<100ms", "caught up", "exact", "Redis stall", "busy"
     );
     for (i, s) in c.steps.iter().enumerate() {
         let alone = c
@@ -376,7 +385,7 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             .find(|r| r.target_rate == s.target_rate)
             .map_or("-".to_owned(), |r| format!("{:.0}", r.achieved_rate));
         println!(
-            "{:>9.0} {:>9} {:>10.0} {:>5.0}% {:>15} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>6} {:>9} {:>8} {:>8} ms  {:.0}/{:.0}/{:.0}/{:.0}/{:.0}{}",
+            "{:>9.0} {:>9} {:>10.0} {:>5.0}% {:>15} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>6} {:>9} {:>8} {:>8} ms {:>4.0}%  {:.0}/{:.0}/{:.0}/{:.0}/{:.0}  {:.0}/{:.0}{}",
             s.target_rate,
             alone,
             s.achieved_rate,
@@ -389,11 +398,14 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             s.caught_up_after_s.map_or("never".into(), |t| format!("{t:.3} s")),
             s.exact_after_s.map_or("NO".into(), |t| format!("{t:.2} s")),
             s.redis_stall_max_ms,
+            100.0 * s.cpu_percent_machine / (100.0 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
             s.cpu_percent_mirror,
             s.cpu_percent_zookeeper,
             s.cpu_percent_redis,
             s.cpu_percent_writer,
             s.cpu_percent_outside,
+            s.waiting_percent_mirror,
+            s.waiting_percent_redis,
             if i == c.ceiling_step { "  ← ceiling" } else { "" }
         );
     }
@@ -413,6 +425,9 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
     if let Some(s) = c.steps.first() {
         println!(
             "   ZK ack = the writer's own send → acknowledgement latency in that step (ZooKeeper's queue, which the mirror's reads share); Redis stall = the longest event in Redis's latency monitor (a plain command taking milliseconds: Redis was waiting for a CPU)"
+        );
+        println!(
+            "   busy = the whole machine's CPU time over all its cores; no CPU = run-queue wait (/proc/PID/task/*/schedstat): the share of the step the mirror's threads / Redis were ready to run but had no core"
         );
         println!(
             "   resolution: P:mirror zxid polled every {:.0} µs; \"exact\" = last ack → start of the verify that found Redis exact (a verify takes ~{:.2} s)",

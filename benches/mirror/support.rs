@@ -294,6 +294,56 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
     started.elapsed()
 }
 
+/// Context for the cold sync: the mirror's own Redis stage alone. The same znodes go through
+/// zkmirror's [`Store::apply`](zkmirror::store::Store::apply) (the schema's `put.lua`, one
+/// pipeline of 1000 in flight, as the mirror sends them) into an empty Redis, with no
+/// ZooKeeper at all. A cold sync cannot finish sooner than this; the gap between the two is
+/// what reading ZooKeeper adds. Leaves the keys in place; the caller flushes.
+pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
+    let config = zkmirror::MirrorConfig::new("127.0.0.1:1", redis_url, ROOT);
+    let store = zkmirror::store::Store::new(&config).expect("a store for the scripted write");
+    store.load_scripts().await.expect("loading the schema's scripts");
+    let paths = tree_paths(nodes);
+    let started = Instant::now();
+    for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
+        let writes: Vec<zkmirror::store::Write> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, path)| {
+                let i = chunk_index * 1000 + j;
+                let zxid = 4_294_967_296 + i as i64;
+                let first_child = i * FANOUT + 1;
+                let children: Vec<String> = (0..FANOUT)
+                    .filter(|c| first_child + c < nodes)
+                    .map(|c| format!("n{c}"))
+                    .collect();
+                zkmirror::store::Write::Put(zkmirror::znode::Znode {
+                    path: path.clone(),
+                    data: vec![b'v'; DATA_LEN],
+                    stat: zkmirror::znode::ZnodeStat {
+                        czxid: zxid,
+                        mzxid: zxid,
+                        pzxid: zxid,
+                        ctime: 1_764_000_000_000,
+                        mtime: 1_764_000_000_000,
+                        data_length: DATA_LEN as i32,
+                        num_children: children.len() as i32,
+                        ..Default::default()
+                    },
+                    children,
+                })
+            })
+            .collect();
+        let applied = writes.len() as i64 + chunk_index as i64 * 1000 + 4_294_967_296;
+        let outcome = store
+            .apply(&writes, applied, 1_764_000_000_000)
+            .await
+            .expect("the scripted write");
+        assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
+    }
+    started.elapsed()
+}
+
 pub async fn zk_client(connect: &str) -> Client {
     Client::connector()
         .with_session_timeout(Duration::from_secs(4))
@@ -653,6 +703,7 @@ pub fn process_usage(pid: u32) -> Usage {
 pub struct CpuSample {
     at: Instant,
     cpu: Vec<Duration>,
+    waited: Vec<Duration>,
     machine_busy: Duration,
 }
 
@@ -665,6 +716,10 @@ pub struct CpuUse {
     pub machine: f64,
     /// The machine less the benchmark's own processes: load from outside the benchmark.
     pub outside: f64,
+    /// One per pid: time its threads were ready to run but had no CPU (the kernel's run-queue
+    /// wait), in percent of the interval, summed over threads. A process that waits about as
+    /// long as it runs is short of CPU, whatever its own code does.
+    pub waiting: Vec<f64>,
 }
 
 impl CpuSample {
@@ -674,6 +729,7 @@ impl CpuSample {
         CpuSample {
             at: Instant::now(),
             cpu: pids.iter().map(|&p| process_usage(p).cpu).collect(),
+            waited: pids.iter().map(|&p| run_queue_wait(p)).collect(),
             machine_busy: machine_busy(),
         }
     }
@@ -693,12 +749,33 @@ impl CpuSample {
                 .as_secs_f64()
             / secs;
         let outside = (machine - processes.iter().sum::<f64>()).max(0.0);
+        let waiting = pids
+            .iter()
+            .zip(&self.waited)
+            .map(|(&p, before)| 100.0 * run_queue_wait(p).saturating_sub(*before).as_secs_f64() / secs)
+            .collect();
         CpuUse {
             processes,
             machine,
             outside,
+            waiting,
         }
     }
+}
+
+/// Time the threads of `pid` spent ready to run but waiting for a CPU, summed over its live
+/// threads (/proc/PID/task/*/schedstat, second field, ns). Zero if the kernel keeps no
+/// schedstats.
+pub fn run_queue_wait(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 /// Busy CPU time of the whole machine since boot (all cores), from /proc/stat.
