@@ -65,6 +65,12 @@ const LIVE_READ_REQUESTS: usize = 4;
 const ANTI_ENTROPY_READ_REQUESTS: usize = 2;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
+/// Changes per second (over the last anti-entropy interval) above which the anti-entropy pass
+/// is postponed: it re-reads and re-compares the whole tree, which on a busy machine delays
+/// the live changes readers wait for, and a tree under heavy change is being re-read anyway.
+const ANTI_ENTROPY_BUSY_RATE: f64 = 1000.0;
+/// Intervals in a row the anti-entropy pass may be postponed; then it runs whatever the load.
+const ANTI_ENTROPY_MAX_POSTPONED: u32 = 10;
 /// `SCAN` pages (1000 keys each) the cold sync's look for keys of the subtree may take before
 /// it gives up and sweeps as usual: an empty Redis answers in one.
 const SUBTREE_CHECK_PAGES: usize = 16;
@@ -402,6 +408,8 @@ impl Engine {
         let mut anti_entropy = tokio::time::interval(self.config.anti_entropy_interval);
         anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         anti_entropy.reset();
+        let mut events_at_tick = self.counters.events.load(std::sync::atomic::Ordering::Relaxed);
+        let mut postponed = 0;
         loop {
             self.issue_reads(session);
             self.send_batch();
@@ -453,8 +461,17 @@ impl Engine {
                 }
                 _ = heartbeat.tick() => self.on_heartbeat().await,
                 _ = anti_entropy.tick() => {
+                    let events = self.counters.events.load(std::sync::atomic::Ordering::Relaxed);
+                    let rate = events.saturating_sub(events_at_tick) as f64 / self.config.anti_entropy_interval.as_secs_f64();
+                    events_at_tick = events;
                     if self.walk.is_none() && !self.redis_down && self.zk_connected {
-                        self.start_walk(WalkReason::AntiEntropy);
+                        if anti_entropy_postponed(rate, postponed) {
+                            postponed += 1;
+                            debug!(changes_per_s = rate as u64, postponed, "anti-entropy pass postponed: changes are arriving fast");
+                        } else {
+                            postponed = 0;
+                            self.start_walk(WalkReason::AntiEntropy);
+                        }
                     }
                 }
             }
@@ -997,6 +1014,13 @@ impl Engine {
     }
 }
 
+/// Whether the anti-entropy pass that is due should wait one more interval: changes arrived
+/// faster than [`ANTI_ENTROPY_BUSY_RATE`] over the last one, and it has not yet waited
+/// [`ANTI_ENTROPY_MAX_POSTPONED`] intervals in a row.
+fn anti_entropy_postponed(changes_per_s: f64, postponed_so_far: u32) -> bool {
+    changes_per_s > ANTI_ENTROPY_BUSY_RATE && postponed_so_far < ANTI_ENTROPY_MAX_POSTPONED
+}
+
 enum EventOutcome {
     Continue,
     Reconnected,
@@ -1026,5 +1050,23 @@ impl Backoff {
 
     fn reset(&mut self) {
         *self = Backoff::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anti_entropy_runs_on_a_quiet_or_moderately_busy_tree() {
+        assert!(!anti_entropy_postponed(0.0, 0));
+        assert!(!anti_entropy_postponed(ANTI_ENTROPY_BUSY_RATE, 0));
+    }
+
+    #[test]
+    fn anti_entropy_waits_while_changes_pour_in_but_not_forever() {
+        assert!(anti_entropy_postponed(5_000.0, 0));
+        assert!(anti_entropy_postponed(5_000.0, ANTI_ENTROPY_MAX_POSTPONED - 1));
+        assert!(!anti_entropy_postponed(5_000.0, ANTI_ENTROPY_MAX_POSTPONED));
     }
 }

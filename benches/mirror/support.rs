@@ -576,7 +576,7 @@ pub fn spawn_mirror_with(zk: &str, redis: &str, log_name: &str, extra: &[&str]) 
             "run", "--zk", zk, "--redis", redis, "--root", ROOT, "--prefix", PREFIX,
         ])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,zkmirror::mirror=debug")
         .env("NO_COLOR", "1")
         .env_remove("ZKMIRROR_LOG_FORMAT")
         .stdin(Stdio::null())
