@@ -22,7 +22,7 @@ pub struct MirrorConfig {
     pub session_timeout: Duration,
     /// How often the whole subtree is compared again, to catch what no watch reports
     /// (ACL changes, znodes that become readable). A pass that falls due while changes arrive
-    /// faster than 1,000/s (over the last interval) waits another interval, at most 10 in a row.
+    /// faster than 1,000/s (over the last interval) waits another interval, at most 4 in a row.
     pub anti_entropy_interval: Duration,
     /// How long a tombstone outlives the delete it records.
     pub tombstone_ttl: Duration,

@@ -65,12 +65,13 @@ const LIVE_READ_REQUESTS: usize = 4;
 const ANTI_ENTROPY_READ_REQUESTS: usize = 2;
 /// Fetched results waiting for Redis before reads pause: bounds memory when Redis is slower.
 const MAX_READY: usize = 4 * MAX_BATCH_WRITES;
-/// Changes per second (over the last anti-entropy interval) above which the anti-entropy pass
-/// is postponed: it re-reads and re-compares the whole tree, which on a busy machine delays
-/// the live changes readers wait for, and a tree under heavy change is being re-read anyway.
+/// Changes per second (since the last anti-entropy tick) above which the anti-entropy pass is
+/// postponed: it re-reads and re-compares the whole tree, which on a busy machine delays the
+/// live changes readers are waiting for. The price: what only the pass catches (an ACL change,
+/// a znode becoming readable) waits longer, up to `1 + ANTI_ENTROPY_MAX_POSTPONED` intervals.
 const ANTI_ENTROPY_BUSY_RATE: f64 = 1000.0;
 /// Intervals in a row the anti-entropy pass may be postponed; then it runs whatever the load.
-const ANTI_ENTROPY_MAX_POSTPONED: u32 = 10;
+const ANTI_ENTROPY_MAX_POSTPONED: u32 = 4;
 /// `SCAN` pages (1000 keys each) the cold sync's look for keys of the subtree may take before
 /// it gives up and sweeps as usual: an empty Redis answers in one.
 const SUBTREE_CHECK_PAGES: usize = 16;
@@ -198,7 +199,9 @@ struct Walk {
     visited: u64,
     stage: WalkStage,
     /// False once Redis was found to hold nothing of the subtree before this walk wrote
-    /// anything: then no key can be stray and the sweep is skipped.
+    /// anything: then no key of ours can be stray and the sweep is skipped. (A key written
+    /// meanwhile by someone else, e.g. a second mirror that dies between writing a znode and
+    /// deleting it, waits for the next anti-entropy pass.)
     sweep_needed: bool,
     before: MirrorStatus,
 }
@@ -408,7 +411,7 @@ impl Engine {
         let mut anti_entropy = tokio::time::interval(self.config.anti_entropy_interval);
         anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         anti_entropy.reset();
-        let mut events_at_tick = self.counters.events.load(std::sync::atomic::Ordering::Relaxed);
+        let mut events_at_tick = (self.counters.events.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
         let mut postponed = 0;
         loop {
             self.issue_reads(session);
@@ -461,9 +464,10 @@ impl Engine {
                 }
                 _ = heartbeat.tick() => self.on_heartbeat().await,
                 _ = anti_entropy.tick() => {
+                    // Over the time since the last tick, which a busy loop can stretch.
                     let events = self.counters.events.load(std::sync::atomic::Ordering::Relaxed);
-                    let rate = events.saturating_sub(events_at_tick) as f64 / self.config.anti_entropy_interval.as_secs_f64();
-                    events_at_tick = events;
+                    let rate = events.saturating_sub(events_at_tick.0) as f64 / events_at_tick.1.elapsed().as_secs_f64().max(1e-3);
+                    events_at_tick = (events, Instant::now());
                     if self.walk.is_none() && !self.redis_down && self.zk_connected {
                         if anti_entropy_postponed(rate, postponed) {
                             postponed += 1;
@@ -538,6 +542,8 @@ impl Engine {
             debug!("{} started", reason.describe());
         }
         self.sweep = None;
+        // A look begun for an earlier walk would hold this walk's writes back for nothing.
+        self.subtree_check = None;
         self.walk = Some(Walk {
             reason,
             generation,
@@ -810,6 +816,7 @@ impl Engine {
         self.dirty.clear();
         self.walk = None;
         self.sweep = None;
+        self.subtree_check = None;
     }
 
     fn close_walk_items(&mut self, generation: Option<u64>, n: usize) {

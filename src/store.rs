@@ -271,9 +271,9 @@ impl Store {
 
     /// Whether Redis may hold keys of znodes at or below `root` (tombstones aside): false only
     /// when a complete `SCAN` of at most `max_pages` pages found none. A cold sync into a Redis
-    /// that holds nothing of the subtree has no stray keys to sweep afterwards: every key it
-    /// writes is of a znode it read, and a znode deleted after its read is reported by the
-    /// watch. On a larger keyspace the scan gives up and answers true (sweep as usual).
+    /// that holds nothing of the subtree leaves no stray keys of its own to sweep afterwards:
+    /// every key it writes is of a znode it read, and a znode deleted after its read is reported
+    /// by the watch. On a larger keyspace the scan gives up and answers true (sweep as usual).
     pub async fn may_hold_subtree(&self, root: &str, max_pages: usize) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = self.keys.scan_pattern(root);

@@ -51,7 +51,7 @@ struct SettingsArgs {
     #[arg(long, env = "ZKMIRROR_SESSION_TIMEOUT", value_parser = parse_duration_text)]
     session_timeout: Option<Duration>,
     /// How often the whole subtree is compared again, catching ACL changes and znodes that
-    /// became readable (no watch reports those); postponed, at most 10 intervals in a row,
+    /// became readable (no watch reports those); postponed, at most 4 intervals in a row,
     /// while changes arrive faster than 1,000/s [default: 30s].
     #[arg(long, env = "ZKMIRROR_ANTI_ENTROPY_INTERVAL", value_parser = parse_duration_text)]
     anti_entropy_interval: Option<Duration>,
