@@ -55,10 +55,13 @@ const MAX_READ_BATCH_BACKLOG: usize = 256;
 /// Most read requests in flight while a walk reads the tree (cold sync, reconcile): enough to
 /// keep ZooKeeper busy with 64-path multi-reads.
 const WALK_READ_REQUESTS: usize = 16;
-/// Most read requests in flight for changes alone. While they are answered, newly dirty paths
-/// gather and leave together in the next multi-read (group commit, as on the Redis side): a
-/// lone change is still read at once, and under load ZooKeeper serves one request per many
-/// changes instead of one per change, which would take its CPU from the writers.
+/// Most read requests in flight for changes alone, once a backlog of a full request
+/// ([`MAX_READ_BATCH_BACKLOG`] paths) waits. Short of that, one: while it is answered, newly
+/// dirty paths gather and leave together in the next multi-read (group commit, as on the Redis
+/// side). A lone change is still read at once, and under load ZooKeeper serves one request per
+/// many changes instead of one per few, which would take its CPU from the writers (measured on
+/// 2 cores at ZooKeeper's ceiling: 5–7 % more writes per second with one request than with
+/// four, and the mirror's lag no worse).
 const LIVE_READ_REQUESTS: usize = 4;
 /// Read requests an anti-entropy walk may have in flight: it runs while the mirror is live, so
 /// it yields ZooKeeper and Redis to the changes readers are waiting for.
@@ -587,7 +590,13 @@ impl Engine {
             .walk
             .as_ref()
             .is_some_and(|w| w.stage != WalkStage::Sweeping && w.reason != WalkReason::AntiEntropy);
-        let max_requests = if walk_reading { WALK_READ_REQUESTS } else { LIVE_READ_REQUESTS };
+        let max_requests = if walk_reading {
+            WALK_READ_REQUESTS
+        } else if self.dirty.len() >= MAX_READ_BATCH_BACKLOG {
+            LIVE_READ_REQUESTS
+        } else {
+            1
+        };
         while self.reads.len() < max_requests
             && self.reads_in_flight < self.config.read_window
             && self.ready.len() < MAX_READY
