@@ -416,6 +416,14 @@ impl Engine {
         anti_entropy.reset();
         let mut events_at_tick = (self.counters.events.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
         let mut postponed = 0;
+        if !self.scripts_loaded {
+            // Before the first pipeline: left to the heartbeat, the load could lose the race
+            // with it, and the NOSCRIPT answer would be taken for a Redis restart (a needless
+            // resync replacing the cold sync). A Redis that does not answer is the heartbeat's.
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), self.store.load_scripts()).await {
+                self.scripts_loaded = true;
+            }
+        }
         loop {
             self.issue_reads(session);
             self.send_batch();
