@@ -105,10 +105,7 @@ impl ZkSession {
             let settled: Vec<(String, Option<Result<Fetched, ZkError>>)> = paths
                 .into_iter()
                 .map(|path| {
-                    let result = match (answers.next(), answers.next()) {
-                        (Some(data), Some(children)) => settle(&path, data, children),
-                        _ => Some(Err(read_error(path.clone(), ZkClientError::UnexpectedError("missing answer".to_owned())))),
-                    };
+                    let result = settle_next(&path, &mut answers);
                     (path, result)
                 })
                 .collect();
@@ -127,6 +124,15 @@ impl ZkSession {
             });
             futures::future::join_all(completions).await
         }
+    }
+}
+
+/// [`settle`] on the next two answers of a multi-read (a path's `getData`, then its
+/// `getChildren`).
+fn settle_next(path: &str, answers: &mut impl Iterator<Item = MultiReadResult>) -> Option<Result<Fetched, ZkError>> {
+    match (answers.next(), answers.next()) {
+        (Some(data), Some(children)) => settle(path, data, children),
+        _ => Some(Err(read_error(path.to_owned(), ZkClientError::UnexpectedError("missing answer".to_owned())))),
     }
 }
 
@@ -153,21 +159,9 @@ async fn snapshot(client: &Client, path: String) -> Result<Fetched, ZkError> {
         return Err(read_error(path, source));
     }
     let results = reader.commit().await.map_err(|source| read_error(path.clone(), source))?;
-    let mut results = results.into_iter();
-    match (results.next(), results.next()) {
-        (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { children })) => {
-            Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
-        }
-        (Some(MultiReadResult::Error { err: ZkClientError::NoNode }), _) => absent(client, path).await,
-        (Some(MultiReadResult::Error { err: ZkClientError::NoAuth }), _)
-        | (_, Some(MultiReadResult::Error { err: ZkClientError::NoAuth })) => Ok(Fetched::Unreadable { path }),
-        (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => {
-            Err(read_error(path, err))
-        }
-        other => Err(read_error(
-            path,
-            ZkClientError::UnexpectedError(format!("multi-read answered {other:?}")),
-        )),
+    match settle_next(&path, &mut results.into_iter()) {
+        Some(result) => result,
+        None => absent(client, path).await,
     }
 }
 

@@ -129,5 +129,3 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
         _ => Ok(()),
     }
 }
-
-
