@@ -398,7 +398,7 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             s.caught_up_after_s.map_or("never".into(), |t| format!("{t:.3} s")),
             s.exact_after_s.map_or("NO".into(), |t| format!("{t:.2} s")),
             s.redis_stall_max_ms,
-            100.0 * s.cpu_percent_machine / (100.0 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
+            s.cpu_percent_machine / std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             s.cpu_percent_mirror,
             s.cpu_percent_zookeeper,
             s.cpu_percent_redis,

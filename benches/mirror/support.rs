@@ -250,6 +250,38 @@ pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Dur
     elapsed
 }
 
+/// Znode `i` of the benchmark tree (`paths` = [`tree_paths`]) as a copy holds it, for the
+/// writes that bypass ZooKeeper ([`raw_write`], [`scripted_write`]): [`DATA_LEN`] bytes, every
+/// zxid `2^32 + i`, its children's names.
+fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::znode::Znode {
+    const FIRST_ZXID: i64 = 1 << 32;
+    const TIME_MS: i64 = 1_764_000_000_000;
+    let zxid = FIRST_ZXID + i as i64;
+    let first_child = i * FANOUT + 1;
+    let children: Vec<String> = (0..FANOUT)
+        .filter(|c| first_child + c < paths.len())
+        .map(|c| format!("n{c}"))
+        .collect();
+    zkmirror::znode::Znode {
+        path: paths[i].clone(),
+        data: vec![b'v'; DATA_LEN],
+        stat: zkmirror::znode::ZnodeStat {
+            czxid: zxid,
+            mzxid: zxid,
+            pzxid: zxid,
+            ctime: TIME_MS,
+            mtime: TIME_MS,
+            data_length: DATA_LEN as i32,
+            num_children: children.len() as i32,
+            ..Default::default()
+        },
+        children,
+    }
+}
+
+/// The unix ms the synthetic writes stamp as `mirrored_at`.
+const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
+
 /// Context for the cold sync (not its reference): the least a copy must *write*. Every znode's
 /// data (`SET`), a meta hash of the mirror's twelve fields (`HSET`) and, for inner znodes, the
 /// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. Leaves the
@@ -257,36 +289,19 @@ pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Dur
 pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize) -> Duration {
     let keys = zkmirror::schema::Keys::new(PREFIX);
     let paths = tree_paths(nodes);
-    let data = vec![b'v'; DATA_LEN];
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
         let mut pipe = redis::pipe();
-        for (j, path) in chunk.iter().enumerate() {
-            let i = chunk_index * 1000 + j;
-            let zxid = (4_294_967_296 + i as u64).to_string();
-            pipe.set(keys.data(path), &data).ignore();
-            pipe.cmd("HSET").arg(keys.meta(path));
-            for field in ["czxid", "mzxid", "pzxid"] {
-                pipe.arg(field).arg(&zxid);
+        for i in chunk_index * 1000..chunk_index * 1000 + chunk.len() {
+            let znode = synthetic_znode(&paths, i);
+            pipe.set(keys.data(&znode.path), &znode.data).ignore();
+            pipe.cmd("HSET").arg(keys.meta(&znode.path));
+            for (field, value) in zkmirror::schema::STAT_FIELDS.iter().zip(znode.stat.fields()) {
+                pipe.arg(*field).arg(value);
             }
-            for field in ["ctime", "mtime", "mirrored_at"] {
-                pipe.arg(field).arg("1764000000000");
-            }
-            for field in ["version", "cversion", "aversion", "ephemeral_owner"] {
-                pipe.arg(field).arg("0");
-            }
-            pipe.arg("data_length")
-                .arg(DATA_LEN)
-                .arg("num_children")
-                .arg(0)
-                .ignore();
-            let first_child = i * FANOUT + 1;
-            if first_child < nodes {
-                let names: Vec<String> = (0..FANOUT)
-                    .filter(|c| first_child + c < nodes)
-                    .map(|c| format!("n{c}"))
-                    .collect();
-                pipe.sadd(keys.children(path), names).ignore();
+            pipe.arg("mirrored_at").arg(SYNTHETIC_NOW_MS).ignore();
+            if !znode.children.is_empty() {
+                pipe.sadd(keys.children(&znode.path), &znode.children).ignore();
             }
         }
         let _: () = pipe.query_async(conn).await.expect("raw write");
@@ -306,37 +321,15 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
-        let writes: Vec<zkmirror::store::Write> = chunk
-            .iter()
-            .enumerate()
-            .map(|(j, path)| {
-                let i = chunk_index * 1000 + j;
-                let zxid = 4_294_967_296 + i as i64;
-                let first_child = i * FANOUT + 1;
-                let children: Vec<String> = (0..FANOUT)
-                    .filter(|c| first_child + c < nodes)
-                    .map(|c| format!("n{c}"))
-                    .collect();
-                zkmirror::store::Write::Put(zkmirror::znode::Znode {
-                    path: path.clone(),
-                    data: vec![b'v'; DATA_LEN],
-                    stat: zkmirror::znode::ZnodeStat {
-                        czxid: zxid,
-                        mzxid: zxid,
-                        pzxid: zxid,
-                        ctime: 1_764_000_000_000,
-                        mtime: 1_764_000_000_000,
-                        data_length: DATA_LEN as i32,
-                        num_children: children.len() as i32,
-                        ..Default::default()
-                    },
-                    children,
-                })
-            })
+        let writes: Vec<zkmirror::store::Write> = (chunk_index * 1000..chunk_index * 1000 + chunk.len())
+            .map(|i| zkmirror::store::Write::Put(synthetic_znode(&paths, i)))
             .collect();
-        let applied = writes.len() as i64 + chunk_index as i64 * 1000 + 4_294_967_296;
+        let applied = match writes.last() {
+            Some(zkmirror::store::Write::Put(znode)) => znode.stat.last_zxid(),
+            _ => 0,
+        };
         let outcome = store
-            .apply(&writes, applied, 1_764_000_000_000)
+            .apply(&writes, applied, SYNTHETIC_NOW_MS)
             .await
             .expect("the scripted write");
         assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
