@@ -47,10 +47,7 @@ use serde_json::json;
 use support::Verdict;
 
 #[derive(Parser)]
-#[command(
-    name = "mirror",
-    about = "zkmirror's benchmark: cold sync, propagation latency, write ceiling, reconcile"
-)]
+#[command(name = "mirror", about = "zkmirror's benchmark: cold sync, propagation latency, write ceiling, reconcile")]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
@@ -77,11 +74,7 @@ struct Cli {
     latency_seconds: Option<f64>,
     /// Write ceiling: the target rates, in order; stepping stops once ZooKeeper achieves less
     /// than 90 % of a target.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1000,2000,5000,10000,20000,40000,80000,160000"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000,10000,20000,40000,80000,160000")]
     rates: Vec<f64>,
     /// Write ceiling: seconds per step. Default 10 (--quick: 3).
     #[arg(long)]
@@ -144,48 +137,27 @@ fn main() {
         vec![20_000, 200_000]
     };
     let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 3 });
-    let latency_seconds = cli
-        .latency_seconds
-        .unwrap_or(if cli.quick { 5.0 } else { 20.0 });
-    let step_seconds = cli
-        .step_seconds
-        .unwrap_or(if cli.quick { 3.0 } else { 10.0 });
+    let latency_seconds = cli.latency_seconds.unwrap_or(if cli.quick { 5.0 } else { 20.0 });
+    let step_seconds = cli.step_seconds.unwrap_or(if cli.quick { 3.0 } else { 10.0 });
     let runs_section = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
 
     support::pin_binaries();
     let machine = support::machine();
     let date = support::utc_now();
     let started = std::time::Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     // Each section starts its own servers (and drops them) so that none inherits another's load.
     let cold: Vec<cold_sync::ColdSync> = if runs_section(Section::ColdSync) {
-        sizes
-            .iter()
-            .map(|&n| runtime.block_on(cold_sync::run(n, runs)))
-            .collect()
+        sizes.iter().map(|&n| runtime.block_on(cold_sync::run(n, runs))).collect()
     } else {
         Vec::new()
     };
-    let latency = runs_section(Section::Latency).then(|| {
-        runtime.block_on(latency::run(
-            cli.tree_nodes,
-            cli.latency_rate,
-            latency_seconds,
-        ))
-    });
-    let ceiling = runs_section(Section::Ceiling).then(|| {
-        runtime.block_on(ceiling::run(
-            cli.tree_nodes,
-            &cli.rates,
-            step_seconds,
-            cli.window,
-        ))
-    });
-    let reconcile = runs_section(Section::Reconcile)
-        .then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
+    let latency = runs_section(Section::Latency)
+        .then(|| runtime.block_on(latency::run(cli.tree_nodes, cli.latency_rate, latency_seconds)));
+    let ceiling = runs_section(Section::Ceiling)
+        .then(|| runtime.block_on(ceiling::run(cli.tree_nodes, &cli.rates, step_seconds, cli.window)));
+    let reconcile =
+        runs_section(Section::Reconcile).then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
     let versions = support::versions();
     support::unpin_binaries();
     let loadavg_at_end = support::loadavg();
@@ -193,11 +165,7 @@ fn main() {
     println!();
     println!(
         "zkmirror {} (git {}; measured binary: {}) benchmark, {date}; ZooKeeper {}, Redis {}",
-        versions.zkmirror,
-        versions.zkmirror_git,
-        versions.zkmirror_binary,
-        versions.zookeeper,
-        versions.redis
+        versions.zkmirror, versions.zkmirror_git, versions.zkmirror_binary, versions.zookeeper, versions.redis
     );
     println!(
         "machine: {} cores ({}), {} MB, Linux {}; load average at start {}, at end {}; took {:.0} s",
@@ -239,13 +207,7 @@ fn main() {
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
     for v in &verdicts {
-        println!(
-            "  {:<7} {:<62} {:>28}  (target {})",
-            v.mark(),
-            v.what,
-            v.measured,
-            v.target
-        );
+        println!("  {:<7} {:<62} {:>28}  (target {})", v.mark(), v.what, v.measured, v.target);
     }
 
     if let Some(path) = &cli.json {
@@ -275,8 +237,7 @@ fn main() {
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
-        std::fs::write(path, text + "\n")
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(path, text + "\n").unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         println!("figures written to {}", path.display());
     }
 }

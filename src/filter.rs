@@ -115,15 +115,13 @@ fn build(patterns: &[String], what: &'static str) -> Result<Option<GlobSet>, Con
     }
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        let glob: Glob = GlobBuilder::new(pattern).literal_separator(true).build().map_err(|e| {
-            ConfigError::BadSetting { name: what, why: format!("glob {pattern:?}: {e}") }
-        })?;
+        let glob: Glob = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| ConfigError::BadSetting { name: what, why: format!("glob {pattern:?}: {e}") })?;
         builder.add(glob);
     }
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| ConfigError::BadSetting { name: what, why: e.to_string() })
+    builder.build().map(Some).map_err(|e| ConfigError::BadSetting { name: what, why: e.to_string() })
 }
 
 #[cfg(test)]

@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn behind_counts_what_the_applied_zxid_does_not_cover() {
-        let clock = SubtreeClock { head: 20, znodes: 3, unreadable: 0, changes: vec![(5, 1000), (12, 3000), (15, 2000)] };
+        let clock =
+            SubtreeClock { head: 20, znodes: 3, unreadable: 0, changes: vec![(5, 1000), (12, 3000), (15, 2000)] };
         assert_eq!(clock.behind(20), Behind { zxids: 0, pending: 0, oldest_pending_mtime_ms: None });
         assert_eq!(clock.behind(25).zxids, 0);
         assert_eq!(clock.behind(10), Behind { zxids: 10, pending: 2, oldest_pending_mtime_ms: Some(2000) });

@@ -5,9 +5,9 @@
 
 mod cli;
 
+use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use clap::{Parser, Subcommand, ValueEnum};
 use tracing::error;
 
 #[derive(Parser)]

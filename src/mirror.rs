@@ -568,9 +568,8 @@ impl Engine {
         });
         if reason == WalkReason::ColdSync && self.batch.is_none() && self.ready.is_empty() {
             let (store, root) = (self.store.clone(), self.config.root.clone());
-            self.subtree_check = Some(Box::pin(async move {
-                (generation, store.may_hold_subtree(&root, SUBTREE_CHECK_PAGES).await)
-            }));
+            self.subtree_check =
+                Some(Box::pin(async move { (generation, store.may_hold_subtree(&root, SUBTREE_CHECK_PAGES).await) }));
         }
     }
 
@@ -594,10 +593,8 @@ impl Engine {
         if self.redis_down || !self.zk_connected {
             return;
         }
-        let walk_reading = self
-            .walk
-            .as_ref()
-            .is_some_and(|w| w.stage != WalkStage::Sweeping && w.reason != WalkReason::AntiEntropy);
+        let walk_reading =
+            self.walk.as_ref().is_some_and(|w| w.stage != WalkStage::Sweeping && w.reason != WalkReason::AntiEntropy);
         let max_requests = if walk_reading {
             WALK_READ_REQUESTS
         } else if self.dirty.len() >= MAX_READ_BATCH_BACKLOG {
@@ -657,7 +654,9 @@ impl Engine {
             Err(error) => {
                 // Connection loss: the reconcile after reconnect covers this path. Anything
                 // else: read it again.
-                if self.zk_connected && !matches!(&error, ZkError::Read { source: zookeeper_client::Error::ConnectionLoss, .. }) {
+                if self.zk_connected
+                    && !matches!(&error, ZkError::Read { source: zookeeper_client::Error::ConnectionLoss, .. })
+                {
                     warn!(%error, "read failed; retrying");
                     self.dirty.push(&read.path);
                 }
@@ -856,7 +855,11 @@ impl Engine {
                 self.finish_walk(walk);
             }
             WalkStage::Reading => {
-                debug!(nodes = walk.visited, ms = walk.started.elapsed().as_millis() as u64, "walk read the tree; sweeping Redis for keys of gone znodes");
+                debug!(
+                    nodes = walk.visited,
+                    ms = walk.started.elapsed().as_millis() as u64,
+                    "walk read the tree; sweeping Redis for keys of gone znodes"
+                );
                 walk.stage = WalkStage::Sweeping;
                 let store = self.store.clone();
                 let root = self.config.root.clone();
@@ -905,8 +908,16 @@ impl Engine {
         if walk.reason == WalkReason::AntiEntropy && written == 0 && deleted == 0 {
             debug!(nodes = walk.visited, ms = elapsed.as_millis() as u64, "anti-entropy pass: Redis was exact");
         } else {
-            info!(nodes = walk.visited, written, deleted, ms = elapsed.as_millis() as u64,
-                  "{} done: {} znodes in {:.3} s", walk.reason.describe(), walk.visited, elapsed.as_secs_f64());
+            info!(
+                nodes = walk.visited,
+                written,
+                deleted,
+                ms = elapsed.as_millis() as u64,
+                "{} done: {} znodes in {:.3} s",
+                walk.reason.describe(),
+                walk.visited,
+                elapsed.as_secs_f64()
+            );
         }
         self.first_sync_done = true;
     }

@@ -82,12 +82,17 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     // The two round trips every change makes are sub-millisecond on a healthy network; their
     // buckets are fine enough there to tell which side a slow change waited on.
     let round_trip = [
-        0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05,
-        0.1, 0.5, 1.0, 5.0,
+        0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5,
+        1.0, 5.0,
     ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(ZK_READ_SECONDS.into()), &round_trip)
-        .and_then(|b| b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(REDIS_WRITE_SECONDS.into()), &round_trip))
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(REDIS_WRITE_SECONDS.into()),
+                &round_trip,
+            )
+        })
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),

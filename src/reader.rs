@@ -70,10 +70,8 @@ pub async fn children<C: ConnectionLike + Send>(
 }
 
 fn ordered_meta(mut meta: HashMap<String, String>) -> Vec<(String, String)> {
-    let mut ordered: Vec<(String, String)> = STAT_FIELDS
-        .iter()
-        .filter_map(|field| meta.remove(*field).map(|value| ((*field).to_owned(), value)))
-        .collect();
+    let mut ordered: Vec<(String, String)> =
+        STAT_FIELDS.iter().filter_map(|field| meta.remove(*field).map(|value| ((*field).to_owned(), value))).collect();
     let mut rest: Vec<(String, String)> = meta.into_iter().collect();
     rest.sort();
     ordered.extend(rest);

@@ -54,12 +54,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    const SUFFIXES: [(KeyKind, &'static str); 4] = [
-        (KeyKind::Meta, "}:meta"),
-        (KeyKind::Children, "}:children"),
-        (KeyKind::Tomb, "}:tomb"),
-        (KeyKind::Data, "}"),
-    ];
+    const SUFFIXES: [(KeyKind, &'static str); 4] =
+        [(KeyKind::Meta, "}:meta"), (KeyKind::Children, "}:children"), (KeyKind::Tomb, "}:tomb"), (KeyKind::Data, "}")];
 
     fn suffix(self) -> &'static str {
         match self {

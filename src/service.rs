@@ -34,7 +34,11 @@ pub enum Control {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
     Unchanged,
-    Applied { started: Vec<String>, stopped: Vec<String>, restarted: Vec<String> },
+    Applied {
+        started: Vec<String>,
+        stopped: Vec<String>,
+        restarted: Vec<String>,
+    },
     /// The new settings were invalid; the running ones stay.
     Rejected(String),
 }
@@ -145,7 +149,8 @@ impl Service {
 
     /// A mirror whose task ended on its own (only a fatal error does that), if any.
     async fn reap_failed(&mut self) -> Option<(String, MirrorError)> {
-        let finished: Vec<String> = self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(k, _)| k.clone()).collect();
+        let finished: Vec<String> =
+            self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(k, _)| k.clone()).collect();
         for root in finished {
             if let Some(running) = self.running.remove(&root) {
                 self.publish_handles();
@@ -176,7 +181,9 @@ impl Default for Service {
 async fn purge(config: &MirrorConfig) {
     match Store::new(config) {
         Ok(store) => match store.purge(&config.root).await {
-            Ok(n) => info!(root = %config.root, prefix = %config.prefix, keys = n, "root no longer mirrored: its keys were removed"),
+            Ok(n) => {
+                info!(root = %config.root, prefix = %config.prefix, keys = n, "root no longer mirrored: its keys were removed")
+            }
             Err(e) => warn!(root = %config.root, error = %e, "cannot remove the keys of a root no longer mirrored"),
         },
         Err(e) => warn!(root = %config.root, error = %e, "cannot remove the keys of a root no longer mirrored"),
@@ -366,7 +373,9 @@ async fn aggregate_shared_status(
     }
     let groups: Vec<(Store, Vec<&str>)> = by_prefix
         .values()
-        .filter_map(|group| Store::new(group[0]).ok().map(|store| (store, group.iter().map(|m| m.root.as_str()).collect())))
+        .filter_map(|group| {
+            Store::new(group[0]).ok().map(|store| (store, group.iter().map(|m| m.root.as_str()).collect()))
+        })
         .collect();
     let started_at = started_at.to_string();
     let mut failing = false;
@@ -448,8 +457,10 @@ async fn report_progress(handles: Arc<Mutex<Vec<MirrorHandle>>>, mut shutdown: S
                     (true, None) => {
                         let bar = bars.add(indicatif::ProgressBar::new_spinner());
                         bar.set_style(
-                            indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg} {pos} znodes ({per_sec})")
-                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                            indicatif::ProgressStyle::with_template(
+                                "{spinner} {prefix} {msg} {pos} znodes ({per_sec})",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                         );
                         bar.set_prefix(handle.root().to_owned());
                         bar.set_message(status.phase.as_str());

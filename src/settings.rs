@@ -186,9 +186,10 @@ impl Settings {
     /// Builds the settings from an optional file and the overrides.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, SettingsError> {
         let text = match file {
-            Some(file) => {
-                Some(std::fs::read_to_string(file).map_err(|source| SettingsError::Read { file: file.to_owned(), source })?)
-            }
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|source| SettingsError::Read { file: file.to_owned(), source })?,
+            ),
             None => None,
         };
         let source = match (file, text.as_deref()) {
@@ -230,8 +231,13 @@ impl Settings {
             out.push_str(&format!("[metrics]\naddr = \"{addr}\"\n\n"));
         }
         for m in &self.mirrors {
-            out.push_str(&format!("[[roots]]\npath = {:?}\nprefix = {:?}\n# {}{}\n\n", m.root, m.prefix, m.filter.describe(),
-                if m.shared_prefix { "; prefix shared with other roots" } else { "" }));
+            out.push_str(&format!(
+                "[[roots]]\npath = {:?}\nprefix = {:?}\n# {}{}\n\n",
+                m.root,
+                m.prefix,
+                m.filter.describe(),
+                if m.shared_prefix { "; prefix shared with other roots" } else { "" }
+            ));
         }
         out
     }
@@ -273,7 +279,10 @@ fn build(
 ) -> Result<Settings, SettingsError> {
     let missing = |what: &str, flag: &str, key: &str| SettingsError::Other {
         origin: "settings".into(),
-        why: format!("no {what}: give {flag} (or ZKMIRROR_{}) or `{key}` in the config file", flag.trim_start_matches("--").to_uppercase().replace('-', "_")),
+        why: format!(
+            "no {what}: give {flag} (or ZKMIRROR_{}) or `{key}` in the config file",
+            flag.trim_start_matches("--").to_uppercase().replace('-', "_")
+        ),
     };
     let (zk, zk_origin) = layer(o.zk.as_ref(), "--zk", file.zookeeper.servers.as_ref(), source, "zookeeper.servers")
         .ok_or_else(|| missing("ZooKeeper servers", "--zk", "zookeeper.servers"))?;
@@ -288,20 +297,40 @@ fn build(
         ),
         _ => None,
     };
-    let duration = |flag: Option<&Duration>, spanned: Option<&Spanned<String>>, key: &str, default: Duration|
+    let duration = |flag: Option<&Duration>,
+                    spanned: Option<&Spanned<String>>,
+                    key: &str,
+                    default: Duration|
      -> Result<Duration, SettingsError> {
         if let Some(d) = flag {
             return Ok(*d);
         }
         match (spanned, source) {
-            (Some(s), Some(source)) => parse_duration(s.get_ref(), &Origin::File(source, s.span().start, key.to_owned())),
+            (Some(s), Some(source)) => {
+                parse_duration(s.get_ref(), &Origin::File(source, s.span().start, key.to_owned()))
+            }
             _ => Ok(default),
         }
     };
     let defaults = MirrorConfig::new("", "", "/");
-    let session_timeout = duration(o.session_timeout.as_ref(), file.zookeeper.session_timeout.as_ref(), "zookeeper.session_timeout", defaults.session_timeout)?;
-    let anti_entropy = duration(o.anti_entropy_interval.as_ref(), file.mirror.anti_entropy_interval.as_ref(), "mirror.anti_entropy_interval", defaults.anti_entropy_interval)?;
-    let tombstone_ttl = duration(o.tombstone_ttl.as_ref(), file.mirror.tombstone_ttl.as_ref(), "mirror.tombstone_ttl", defaults.tombstone_ttl)?;
+    let session_timeout = duration(
+        o.session_timeout.as_ref(),
+        file.zookeeper.session_timeout.as_ref(),
+        "zookeeper.session_timeout",
+        defaults.session_timeout,
+    )?;
+    let anti_entropy = duration(
+        o.anti_entropy_interval.as_ref(),
+        file.mirror.anti_entropy_interval.as_ref(),
+        "mirror.anti_entropy_interval",
+        defaults.anti_entropy_interval,
+    )?;
+    let tombstone_ttl = duration(
+        o.tombstone_ttl.as_ref(),
+        file.mirror.tombstone_ttl.as_ref(),
+        "mirror.tombstone_ttl",
+        defaults.tombstone_ttl,
+    )?;
     let default_prefix = layer(o.prefix.as_ref(), "--prefix", file.mirror.prefix.as_ref(), source, "mirror.prefix");
 
     // Roots: `--root` replaces the file's list (flags win); otherwise the file's `[[roots]]`.
@@ -315,7 +344,8 @@ fn build(
         specs.push(RootSpec { path: (root.clone(), Origin::Flag("--root")), prefix: None, filter: Filter::all() });
     } else if let Some(source) = source {
         for (i, r) in file.roots.iter().enumerate() {
-            let patterns = |list: &Option<Spanned<Vec<String>>>| list.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
+            let patterns =
+                |list: &Option<Spanned<Vec<String>>>| list.as_ref().map(|l| l.get_ref().clone()).unwrap_or_default();
             let filter = Filter::new(&patterns(&r.include), &patterns(&r.exclude), r.max_depth).map_err(|e| {
                 let (key, list) = if matches!(&e, ConfigError::BadSetting { name: "include", .. }) {
                     ("include", &r.include)
@@ -327,7 +357,10 @@ fn build(
             })?;
             specs.push(RootSpec {
                 path: (r.path.get_ref().clone(), Origin::File(source, r.path.span().start, format!("roots[{i}].path"))),
-                prefix: r.prefix.as_ref().map(|p| (p.get_ref().clone(), Origin::File(source, p.span().start, format!("roots[{i}].prefix")))),
+                prefix: r
+                    .prefix
+                    .as_ref()
+                    .map(|p| (p.get_ref().clone(), Origin::File(source, p.span().start, format!("roots[{i}].prefix")))),
                 filter,
             });
         }

@@ -85,7 +85,8 @@ impl Store {
         let info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
             .map_err(|source| StoreError::Redis { server: server.clone(), source })?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        let client =
+            redis::Client::open(info).map_err(|source| StoreError::Redis { server: server.clone(), source })?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -216,12 +217,7 @@ impl Store {
     /// Sets fields of a hash.
     pub async fn write_hash(&self, key: &str, fields: &[(&str, String)]) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("HSET")
-            .arg(key)
-            .arg(fields)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.error(e))
+        redis::cmd("HSET").arg(key).arg(fields).query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
     }
 
     /// Whether Redis still holds the root's meta: false after a flush, a restart without

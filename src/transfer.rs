@@ -142,9 +142,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.contains('/') {
         return Err("a znode name must not contain '/'".into());
     }
-    let refused = |c: char| {
-        matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{e000}'..='\u{f8ff}' | '\u{fff0}'..='\u{ffff}')
-    };
+    let refused = |c: char| matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{e000}'..='\u{f8ff}' | '\u{fff0}'..='\u{ffff}');
     if let Some(c) = name.chars().find(|c| refused(*c)) {
         return Err(format!("ZooKeeper refuses the character {c:?} in names"));
     }
@@ -238,9 +236,7 @@ struct TreeFile {
 #[serde(untagged)]
 enum TreeFileData {
     Text(String),
-    Encoded {
-        base64: String,
-    },
+    Encoded { base64: String },
 }
 
 /// Parses the tree-file form; `file` only names the source in errors.

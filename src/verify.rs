@@ -227,10 +227,8 @@ async fn recheck<C: ConnectionLike + Send>(
     let mut report = Report::default();
     check_batch(redis, &keys, &mut present, &mut report).await?;
     out.append(&mut report.differences);
-    let mut candidates: Vec<String> = absent
-        .iter()
-        .flat_map(|p| [keys.data(p), keys.meta(p), keys.children(p)])
-        .collect();
+    let mut candidates: Vec<String> =
+        absent.iter().flat_map(|p| [keys.data(p), keys.meta(p), keys.children(p)]).collect();
     candidates.extend(outside_layout.iter().map(|k| (*k).to_owned()));
     if !candidates.is_empty() {
         let mut pipe = redis::pipe();

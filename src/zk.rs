@@ -73,7 +73,7 @@ impl ZkSession {
     /// a `getData` and a `getChildren` in that one request, which ZooKeeper answers from one
     /// state of its tree, so data, Stat and children agree without a follow-up read (a lone
     /// inner znode, such as a parent after a create, takes one round trip, not two). Only paths
-    /// found absent need more (a tombstone zxid, see [`absent`]). Results come in `paths` order.
+    /// found absent need more (a tombstone zxid, see `absent`). Results come in `paths` order.
     pub fn fetch_many(
         &self,
         paths: Vec<String>,
@@ -173,9 +173,8 @@ async fn snapshot(client: &Client, path: String) -> Result<Fetched, ZkError> {
 /// incarnation whose delete we are reacting to. The parent alone usually suffices; when it is
 /// gone too, the whole chain up to `/` (which always exists) is read.
 async fn absent(client: &Client, path: String) -> Result<Fetched, ZkError> {
-    let ancestors: Vec<String> = std::iter::successors(path::parent(&path), |p| path::parent(p))
-        .map(str::to_owned)
-        .collect();
+    let ancestors: Vec<String> =
+        std::iter::successors(path::parent(&path), |p| path::parent(p)).map(str::to_owned).collect();
     for depth in [1, ancestors.len()] {
         let stat_reads: Vec<_> = ancestors.iter().take(depth).map(|a| client.check_stat(a)).collect();
         let again = client.get_data(&path);
@@ -273,10 +272,7 @@ mod tests {
             Some(Ok(Fetched::Unreadable { path })) if path == "/r/secret"
         ));
         let data = MultiReadResult::Data { data: Vec::new(), stat: stat(0) };
-        assert!(matches!(
-            settle("/r/half", data, error(ZkClientError::NoAuth)),
-            Some(Ok(Fetched::Unreadable { .. }))
-        ));
+        assert!(matches!(settle("/r/half", data, error(ZkClientError::NoAuth)), Some(Ok(Fetched::Unreadable { .. }))));
         assert!(matches!(
             settle("/r/lost", error(ZkClientError::ConnectionLoss), children()),
             Some(Err(ZkError::Read { path, .. })) if path == "/r/lost"

@@ -58,9 +58,14 @@ pub enum Fetched {
     Present(Znode),
     /// The path does not exist. `tomb_zxid` is a zxid at which every incarnation of the path
     /// created so far is known to be dead (read before the read that found it absent).
-    Absent { path: String, tomb_zxid: Option<i64> },
+    Absent {
+        path: String,
+        tomb_zxid: Option<i64>,
+    },
     /// ZooKeeper refused to show it (`NoAuth`): it must not be in Redis.
-    Unreadable { path: String },
+    Unreadable {
+        path: String,
+    },
 }
 
 impl Fetched {

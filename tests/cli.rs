@@ -111,7 +111,11 @@ async fn import_loads_the_fixtures_and_a_second_import_changes_nothing() {
     let root = unique_root("import");
 
     let dry = zkmirror(&["import", FIXTURE_DIR, "--zk", &zk, "--root", &root, "--dry-run"]).await.expect(0);
-    assert!(dry.out().contains(&format!("would create {root}/services/checkout/db/pool size (2 bytes)")), "{}", dry.out());
+    assert!(
+        dry.out().contains(&format!("would create {root}/services/checkout/db/pool size (2 bytes)")),
+        "{}",
+        dry.out()
+    );
     assert!(dry.out().contains("nothing written"), "{}", dry.out());
     assert_eq!(client.check_stat(&root).await.expect("stat root"), None, "a dry run wrote");
 
@@ -230,7 +234,8 @@ async fn verify_passes_on_the_copy_and_names_a_tampered_key() {
     let report = zkmirror_with(&verify, &["--grace", "0", "--json"]).await.expect(1).json();
     assert_eq!(report["exact"], false);
     assert_eq!(report["znodes"], FIXTURE_ZNODES);
-    let keys: Vec<&str> = report["differences"].as_array().expect("array").iter().filter_map(|d| d["key"].as_str()).collect();
+    let keys: Vec<&str> =
+        report["differences"].as_array().expect("array").iter().filter_map(|d| d["key"].as_str()).collect();
     assert_eq!(keys, [extra.as_str(), tampered.as_str()]);
     assert_eq!(report["differences"][1]["kind"], "data");
     assert_eq!(report["differences"][1]["path"], format!("{root}/services/checkout/replicas"));
@@ -245,7 +250,8 @@ async fn verify_passes_on_the_copy_and_names_a_tampered_key() {
     wait_until(Duration::from_secs(60), "verify has scanned Redis once", || {
         let mut conn = conn.clone();
         async move {
-            let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let stats: String =
+                redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.map_err(|e| e.to_string())?;
             if stats.contains("cmdstat_scan:") {
                 Ok(())
             } else {
@@ -397,6 +403,7 @@ async fn import_names_the_file_it_cannot_use() {
 
     let dir = scratch.path().join("tree");
     std::fs::create_dir_all(dir.join("svc/.data")).expect("mkdir");
-    let outcome = zkmirror(&["import", dir.to_str().expect("utf-8"), "--zk", "127.0.0.1:1", "--root", "/x"]).await.expect(2);
+    let outcome =
+        zkmirror(&["import", dir.to_str().expect("utf-8"), "--zk", "127.0.0.1:1", "--root", "/x"]).await.expect(2);
     assert!(outcome.stderr.contains("svc/.data"), "{}", outcome.stderr);
 }

@@ -19,76 +19,37 @@ fn process_exists(pid: u32) -> bool {
 
 /// Reads `path`, describing a failure so that `wait_until` can report it.
 async fn read(client: &Client, path: &str) -> Result<Vec<u8>, String> {
-    client
-        .get_data(path)
-        .await
-        .map(|(data, _)| data)
-        .map_err(|err| format!("get_data({path}): {err}"))
+    client.get_data(path).await.map(|(data, _)| data).map_err(|err| format!("get_data({path}): {err}"))
 }
 
 async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await
+    redis::Client::open(url)?.get_multiplexed_async_connection().await
 }
 
 #[tokio::test]
 async fn shared_zookeeper_creates_and_reads_nested_nodes() {
     let server = ZkServer::shared();
-    assert_eq!(
-        server.port(),
-        ZkServer::shared().port(),
-        "shared() must return one server"
-    );
-    assert_eq!(
-        server.connect_string(),
-        format!("127.0.0.1:{}", server.port())
-    );
+    assert_eq!(server.port(), ZkServer::shared().port(), "shared() must return one server");
+    assert_eq!(server.connect_string(), format!("127.0.0.1:{}", server.port()));
     assert_eq!(server.four_letter_word("ruok").expect("ruok"), "imok");
 
     let client = zk_client(&server.connect_string()).await;
     let root = unique_root("create/read");
-    assert!(
-        !root[1..].contains('/'),
-        "unique_root must be a single path component: {root}"
-    );
+    assert!(!root[1..].contains('/'), "unique_root must be a single path component: {root}");
     let leaf = format!("{root}/a/b/leaf");
 
     let stat = create_all(&client, &leaf, b"hello").await;
     assert_eq!(stat.version, 0);
-    assert_eq!(
-        read(&client, &leaf).await.expect("reading the new node"),
-        b"hello"
-    );
-    assert_eq!(
-        read(&client, &format!("{root}/a"))
-            .await
-            .expect("reading a parent"),
-        b""
-    );
-    assert_eq!(
-        client
-            .list_children(&format!("{root}/a/b"))
-            .await
-            .expect("listing"),
-        vec!["leaf".to_owned()]
-    );
+    assert_eq!(read(&client, &leaf).await.expect("reading the new node"), b"hello");
+    assert_eq!(read(&client, &format!("{root}/a")).await.expect("reading a parent"), b"");
+    assert_eq!(client.list_children(&format!("{root}/a/b")).await.expect("listing"), vec!["leaf".to_owned()]);
 
     // create_all on an existing node overwrites its data.
     let stat = create_all(&client, &leaf, b"again").await;
     assert_eq!(stat.version, 1);
-    assert_eq!(
-        read(&client, &leaf)
-            .await
-            .expect("reading the overwritten node"),
-        b"again"
-    );
+    assert_eq!(read(&client, &leaf).await.expect("reading the overwritten node"), b"again");
 
-    assert_ne!(
-        unique_root("create/read"),
-        root,
-        "unique_root must not repeat"
-    );
+    assert_ne!(unique_root("create/read"), root, "unique_root must not repeat");
 }
 
 #[tokio::test]
@@ -101,12 +62,7 @@ async fn proxy_cut_disconnects_and_restore_reconnects_the_same_session() {
     let session = proxied.session_id();
     let path = format!("{}/node", unique_root("proxy"));
     create_all(&direct, &path, b"before").await;
-    assert_eq!(
-        read(&proxied, &path)
-            .await
-            .expect("reading through the proxy"),
-        b"before"
-    );
+    assert_eq!(read(&proxied, &path).await.expect("reading through the proxy"), b"before");
     let forwarded_before_cut = proxy.connections_forwarded();
     assert_eq!(forwarded_before_cut, 1);
 
@@ -128,15 +84,8 @@ async fn proxy_cut_disconnects_and_restore_reconnects_the_same_session() {
     }
 
     // A change made while the proxied client is cut off must be visible after reconnecting.
-    direct
-        .set_data(&path, b"during cut", None)
-        .await
-        .expect("writing directly during the cut");
-    assert_eq!(
-        proxy.connections_forwarded(),
-        forwarded_before_cut,
-        "no connection may get through a cut proxy"
-    );
+    direct.set_data(&path, b"during cut", None).await.expect("writing directly during the cut");
+    assert_eq!(proxy.connections_forwarded(), forwarded_before_cut, "no connection may get through a cut proxy");
 
     proxy.restore();
     let data = wait_until(WAIT, "the proxied client reconnects and reads", || async {
@@ -147,15 +96,8 @@ async fn proxy_cut_disconnects_and_restore_reconnects_the_same_session() {
     })
     .await;
     assert_eq!(data, b"during cut");
-    assert_eq!(
-        proxied.session_id(),
-        session,
-        "the session must survive a short cut"
-    );
-    assert!(
-        proxy.connections_forwarded() > forwarded_before_cut,
-        "the client must have reconnected through the proxy"
-    );
+    assert_eq!(proxied.session_id(), session, "the session must survive a short cut");
+    assert!(proxy.connections_forwarded() > forwarded_before_cut, "the client must have reconnected through the proxy");
 }
 
 #[tokio::test]
@@ -163,52 +105,26 @@ async fn redis_set_get_and_restart_comes_back_empty() {
     let mut server = RedisServer::start();
     let port = server.port();
     assert_eq!(server.url(), format!("redis://127.0.0.1:{port}/"));
-    let mut con = redis_connection(&server.url())
-        .await
-        .expect("connecting to redis");
-    let () = redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query_async(&mut con)
-        .await
-        .expect("SET");
-    let value: Option<String> = redis::cmd("GET")
-        .arg("k")
-        .query_async(&mut con)
-        .await
-        .expect("GET");
+    let mut con = redis_connection(&server.url()).await.expect("connecting to redis");
+    let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut con).await.expect("SET");
+    let value: Option<String> = redis::cmd("GET").arg("k").query_async(&mut con).await.expect("GET");
     assert_eq!(value.as_deref(), Some("v"));
 
     let old_pid = server.pid().expect("running server has a pid");
     server.restart();
     assert_eq!(server.port(), port, "restart keeps the port");
     assert_ne!(server.pid(), Some(old_pid), "restart runs a new process");
-    assert!(
-        !process_exists(old_pid),
-        "the old redis-server must be gone"
-    );
+    assert!(!process_exists(old_pid), "the old redis-server must be gone");
 
-    let mut con = redis_connection(&server.url())
-        .await
-        .expect("reconnecting to redis");
-    let value: Option<String> = redis::cmd("GET")
-        .arg("k")
-        .query_async(&mut con)
-        .await
-        .expect("GET after restart");
+    let mut con = redis_connection(&server.url()).await.expect("reconnecting to redis");
+    let value: Option<String> = redis::cmd("GET").arg("k").query_async(&mut con).await.expect("GET after restart");
     assert_eq!(value, None, "a restarted redis must come back empty");
-    let keys: u64 = redis::cmd("DBSIZE")
-        .query_async(&mut con)
-        .await
-        .expect("DBSIZE");
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.expect("DBSIZE");
     assert_eq!(keys, 0);
 
     let pid = server.pid().expect("running server has a pid");
     drop(server);
-    assert!(
-        !process_exists(pid),
-        "dropping RedisServer must kill redis-server"
-    );
+    assert!(!process_exists(pid), "dropping RedisServer must kill redis-server");
 }
 
 #[tokio::test]
@@ -218,33 +134,15 @@ async fn redis_with_password_rejects_anonymous_clients() {
 
     let anonymous = async {
         let mut con = redis_connection(&server.url()).await?;
-        redis::cmd("SET")
-            .arg("k")
-            .arg("v")
-            .query_async::<()>(&mut con)
-            .await
+        redis::cmd("SET").arg("k").arg("v").query_async::<()>(&mut con).await
     }
     .await;
     let err = anonymous.expect_err("an unauthenticated SET must fail");
-    assert!(
-        err.to_string().contains("NOAUTH"),
-        "unexpected error: {err}"
-    );
+    assert!(err.to_string().contains("NOAUTH"), "unexpected error: {err}");
 
-    let mut con = redis_connection(&server.url_with_credentials())
-        .await
-        .expect("connecting with credentials");
-    let () = redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query_async(&mut con)
-        .await
-        .expect("authenticated SET");
-    let user: String = redis::cmd("ACL")
-        .arg("WHOAMI")
-        .query_async(&mut con)
-        .await
-        .expect("ACL WHOAMI");
+    let mut con = redis_connection(&server.url_with_credentials()).await.expect("connecting with credentials");
+    let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut con).await.expect("authenticated SET");
+    let user: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut con).await.expect("ACL WHOAMI");
     assert_eq!(user, "mirror");
 }
 
@@ -262,23 +160,14 @@ async fn zookeeper_restart_keeps_data_and_port() {
     server.stop();
     assert_eq!(server.pid(), None);
     assert!(!process_exists(old_pid), "stop must kill the JVM");
-    assert!(
-        server.four_letter_word("ruok").is_err(),
-        "a stopped server must not answer"
-    );
+    assert!(server.four_letter_word("ruok").is_err(), "a stopped server must not answer");
     server.stop(); // stopping twice is a no-op
 
     server.restart();
     assert_eq!(server.port(), port, "restart keeps the port");
-    assert_eq!(
-        server.four_letter_word("ruok").expect("ruok after restart"),
-        "imok"
-    );
+    assert_eq!(server.four_letter_word("ruok").expect("ruok after restart"), "imok");
     let client = zk_client(&server.connect_string()).await;
-    assert_eq!(
-        read(&client, &path).await.expect("reading after restart"),
-        b"durable"
-    );
+    assert_eq!(read(&client, &path).await.expect("reading after restart"), b"durable");
 
     let pid = server.pid().expect("running server has a pid");
     drop(client);

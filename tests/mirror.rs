@@ -39,8 +39,17 @@ async fn cold_sync_copies_a_few_thousand_znodes_exactly() {
     wait_until(common::world::CONVERGE, "P:mirror says live", || {
         let mut conn = conn.clone();
         async move {
-            let state: Option<String> = redis::cmd("HGET").arg("zk:mirror").arg("state").query_async(&mut conn).await.map_err(|e| e.to_string())?;
-            if state.as_deref() == Some("live") { Ok(()) } else { Err(format!("state {state:?}")) }
+            let state: Option<String> = redis::cmd("HGET")
+                .arg("zk:mirror")
+                .arg("state")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if state.as_deref() == Some("live") {
+                Ok(())
+            } else {
+                Err(format!("state {state:?}"))
+            }
         }
     })
     .await;
@@ -311,8 +320,11 @@ async fn unreadable_znodes_are_skipped_then_mirrored_once_readable_and_acl_chang
         let mut conn = conn.clone();
         let secret = secret.clone();
         async move {
-            let data: Option<Vec<u8>> =
-                redis::cmd("GET").arg(format!("zk:{{{secret}}}")).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let data: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("zk:{{{secret}}}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
             data.ok_or_else(|| "not yet".to_string())
         }
     })
@@ -342,7 +354,13 @@ async fn changes_made_during_a_short_disconnect_appear_and_the_watch_is_restored
     proxy.cut();
     wait_until(common::world::CONVERGE, "the mirror notices the cut", || {
         let phase = mirror.handle.phase();
-        async move { if phase == Phase::Degraded { Ok(()) } else { Err(phase.to_string()) } }
+        async move {
+            if phase == Phase::Degraded {
+                Ok(())
+            } else {
+                Err(phase.to_string())
+            }
+        }
     })
     .await;
     client.set_data(&format!("{root}/a"), b"2", None).await.unwrap();
@@ -544,7 +562,11 @@ async fn authenticates_to_both_servers() {
     owner.auth("digest", b"mirror:zk-secret").await.unwrap();
     create_all(&owner, &root, b"").await;
     owner
-        .create(&format!("{root}/private"), b"for the mirror only", &CreateMode::Persistent.with_acls(Acls::creator_all()))
+        .create(
+            &format!("{root}/private"),
+            b"for the mirror only",
+            &CreateMode::Persistent.with_acls(Acls::creator_all()),
+        )
         .await
         .unwrap();
 

@@ -50,9 +50,16 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        for var in ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_ZK_AUTH",
-            "ZKMIRROR_CONFIG", "ZKMIRROR_METRICS_ADDR", "ZKMIRROR_LOG_FORMAT"]
-        {
+        for var in [
+            "ZKMIRROR_ZK",
+            "ZKMIRROR_REDIS",
+            "ZKMIRROR_ROOT",
+            "ZKMIRROR_PREFIX",
+            "ZKMIRROR_ZK_AUTH",
+            "ZKMIRROR_CONFIG",
+            "ZKMIRROR_METRICS_ADDR",
+            "ZKMIRROR_LOG_FORMAT",
+        ] {
             command.env_remove(var);
         }
         let child = command.spawn().expect("starting zkmirror run");
@@ -227,7 +234,8 @@ async fn converges(zk: &Client, conn: &MultiplexedConnection, prefix: &str, root
 async fn keys_of(conn: &MultiplexedConnection, prefix: &str, root: &str) -> BTreeSet<String> {
     let keys = Keys::new(prefix);
     let mut conn = conn.clone();
-    let found: Vec<String> = redis::cmd("KEYS").arg(keys.scan_pattern(root)).query_async(&mut conn).await.expect("KEYS");
+    let found: Vec<String> =
+        redis::cmd("KEYS").arg(keys.scan_pattern(root)).query_async(&mut conn).await.expect("KEYS");
     found.into_iter().filter(|k| keys.parse(k).is_some_and(|(_, p)| zkmirror::path::is_within(p, root))).collect()
 }
 
@@ -326,8 +334,11 @@ async fn a_settings_file_mirrors_every_root_with_its_own_prefix_and_filter() {
         }
     }
     let mut reader = conn.clone();
-    let lock_names: BTreeSet<String> =
-        redis::cmd("SMEMBERS").arg(format!("own:{{{c}/locks}}:children")).query_async(&mut reader).await.expect("SMEMBERS");
+    let lock_names: BTreeSet<String> = redis::cmd("SMEMBERS")
+        .arg(format!("own:{{{c}/locks}}:children"))
+        .query_async(&mut reader)
+        .await
+        .expect("SMEMBERS");
     assert_eq!(lock_names, BTreeSet::from(["l1".to_owned(), "l2".to_owned()]));
     assert_eq!(hget(&conn, &format!("own:{{{c}/deep/d1}}:meta"), "num_children").await.as_deref(), Some("1"));
 
@@ -519,7 +530,13 @@ async fn invalid_edits_are_rejected_and_the_mirror_keeps_running() {
     converges(&client, &conn, "zk", &root, &all).await;
 
     // Fixed: applied.
-    scratch.write_atomically(&settings(&zk, &url, "", None, &[Root::plain(&root), Root { path: &later, prefix: Some("later"), exclude: &[], max_depth: None }]));
+    scratch.write_atomically(&settings(
+        &zk,
+        &url,
+        "",
+        None,
+        &[Root::plain(&root), Root { path: &later, prefix: Some("later"), exclude: &[], max_depth: None }],
+    ));
     converges(&client, &conn, "later", &later, &all).await;
     daemon.wait_for_log(&["reload applied", &later], 1).await;
     converges(&client, &conn, "zk", &root, &all).await;
@@ -610,7 +627,10 @@ async fn metrics_health_and_readiness_follow_the_mirror() {
     .await;
     assert!(metrics.contains(&format!("zkmirror_redis_connected{{{label}}} 1")), "{metrics}");
     // The round-trip histograms have their fine sub-millisecond buckets.
-    assert!(metrics.contains(&format!("zkmirror_zookeeper_read_seconds_bucket{{{label},le=\"0.00015\"}}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("zkmirror_zookeeper_read_seconds_bucket{{{label},le=\"0.00015\"}}")),
+        "{metrics}"
+    );
     assert!(metrics.contains(&format!("zkmirror_redis_write_seconds_bucket{{{label},le=\"0.00015\"}}")), "{metrics}");
     assert!(metrics.contains(&format!("zkmirror_zookeeper_connected{{{label}}} 1")), "{metrics}");
 
@@ -648,7 +668,8 @@ async fn a_copy_changed_behind_the_mirrors_back_is_repaired_as_documented() {
 
     let (value, stray) = (format!("zk:{{{root}/x}}"), format!("zk:{{{root}/stray}}"));
     let mut writer = conn.clone();
-    let _: () = redis::cmd("SET").arg(&value).arg("changed by someone else").query_async(&mut writer).await.expect("SET");
+    let _: () =
+        redis::cmd("SET").arg(&value).arg("changed by someone else").query_async(&mut writer).await.expect("SET");
     let _: () = redis::cmd("SET").arg(&stray).arg("boo").query_async(&mut writer).await.expect("SET");
     let (code, out, _) = zkmirror(&["verify", "--config", &config, "--grace", "0"]);
     assert_eq!(code, 1, "{out}");

@@ -23,9 +23,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use crate::latency::{path_arg, read_json, read_paths, write_json, RoleArgs};
-use crate::support::{
-    self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX,
-};
+use crate::support::{self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX};
 
 const POLL_EVERY: Duration = Duration::from_micros(500);
 /// A step's achieved rate below this share of its target means ZooKeeper took all it could.
@@ -119,16 +117,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
     let paths_file = dir.path().join("leaves");
     std::fs::write(&paths_file, support::leaf_paths(nodes).join("\n")).expect("writing the leaves");
     let writer = |rate: f64, tag: usize, pids: &[u32]| {
-        run_writer(
-            &zk,
-            &paths_file,
-            &dir.path().join(format!("step{tag}.json")),
-            rate,
-            seconds,
-            window,
-            tag,
-            pids,
-        )
+        run_writer(&zk, &paths_file, &dir.path().join(format!("step{tag}.json")), rate, seconds, window, tag, pids)
     };
     let zk_pid = servers.zk.pid().unwrap_or(0);
     let redis_pid = servers.redis.pid().unwrap_or(0);
@@ -136,10 +125,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
     // The reference: the same steps against ZooKeeper alone, before the mirror starts.
     let mut reference = Vec::new();
     for (i, &rate) in rates.iter().enumerate() {
-        eprintln!(
-            "[ceiling] reference step {}: {rate}/s for {seconds} s, no mirror ...",
-            i + 1
-        );
+        eprintln!("[ceiling] reference step {}: {rate}/s for {seconds} s, no mirror ...", i + 1);
         let run = writer(rate, 100 + i, &[zk_pid]);
         let step = RefStep {
             target_rate: rate,
@@ -151,11 +137,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
             cpu_percent_writer: run.cpu.processes[1],
             cpu_percent_outside: run.cpu.outside,
         };
-        eprintln!(
-            "[ceiling] reference step {}: achieved {:.0}/s",
-            i + 1,
-            step.achieved_rate
-        );
+        eprintln!("[ceiling] reference step {}: achieved {:.0}/s", i + 1, step.achieved_rate);
         let stop = step.achieved_rate < SATURATED * rate;
         reference.push(step);
         if stop {
@@ -180,11 +162,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
         let highest = run.log.acks.iter().map(|&(z, _)| z).max().unwrap_or(0);
         poller.wait_for(highest, Duration::from_secs(300));
         let trace = poller.stop();
-        let caught = trace
-            .points
-            .iter()
-            .find(|&&(_, z)| z >= highest)
-            .map(|&(t, _)| t);
+        let caught = trace.points.iter().find(|&&(_, z)| z >= highest).map(|&(t, _)| t);
         let mut exact_after = None;
         let mut verify_s = 0.0;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -196,11 +174,7 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
                 exact_after = Some(started_ns.saturating_sub(run.log.last_ack_ns) as f64 / 1e9);
                 break;
             }
-            eprintln!(
-                "[ceiling] step {}: not exact yet: {}",
-                i + 1,
-                report.to_string().lines().next().unwrap_or("")
-            );
+            eprintln!("[ceiling] step {}: not exact yet: {}", i + 1, report.to_string().lines().next().unwrap_or(""));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         mirror.assert_running();
@@ -255,19 +229,9 @@ pub async fn run(nodes: usize, rates: &[f64], seconds: f64, window: usize) -> Ce
         }
     }
     mirror.stop();
-    let ceiling_step = steps
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.achieved_rate.total_cmp(&b.1.achieved_rate))
-        .map_or(0, |(i, _)| i);
-    Ceiling {
-        znodes: nodes,
-        window,
-        reference,
-        steps,
-        ceiling_step,
-        saturated,
-    }
+    let ceiling_step =
+        steps.iter().enumerate().max_by(|a, b| a.1.achieved_rate.total_cmp(&b.1.achieved_rate)).map_or(0, |(i, _)| i);
+    Ceiling { znodes: nodes, window, reference, steps, ceiling_step, saturated }
 }
 
 /// One run of the writer process and the CPU use meanwhile.
@@ -329,10 +293,7 @@ fn run_writer(
     writer.wait_exited_unreaped();
     let cpu = cpu.since(&pids);
     writer.wait_success();
-    WriterRun {
-        log: read_json(out),
-        cpu,
-    }
+    WriterRun { log: read_json(out), cpu }
 }
 
 pub fn verdicts(c: &Ceiling) -> Vec<Verdict> {
@@ -340,10 +301,7 @@ pub fn verdicts(c: &Ceiling) -> Vec<Verdict> {
         return Vec::new();
     };
     let mut verdicts = vec![Verdict::new(
-        format!(
-            "mirror lag p99 at ZooKeeper's ceiling ({:.0}/s achieved)",
-            top.achieved_rate
-        ),
+        format!("mirror lag p99 at ZooKeeper's ceiling ({:.0}/s achieved)", top.achieved_rate),
         format!("< {LAG_P99_TARGET_MS:.0} ms"),
         format!("{:.2} ms", top.lag.p99_ms),
         top.lag.count > 0 && top.lag_never_reached == 0 && top.lag.p99_ms < LAG_P99_TARGET_MS,
@@ -409,11 +367,7 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             if i == c.ceiling_step { "  ← ceiling" } else { "" }
         );
     }
-    let best_alone = c
-        .reference
-        .iter()
-        .map(|r| r.achieved_rate)
-        .fold(0.0, f64::max);
+    let best_alone = c.reference.iter().map(|r| r.achieved_rate).fold(0.0, f64::max);
     if let Some(top) = c.steps.get(c.ceiling_step) {
         println!(
             "   ZooKeeper's ceiling: {:.0}/s alone (reference pass, no mirror), {:.0}/s with the mirror reading every change ({:.2}× of alone)",
@@ -434,12 +388,7 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
             s.poll_period_us, s.verify_s
         );
     }
-    for (i, s) in c
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.errors > 0 || s.lag_never_reached > 0)
-    {
+    for (i, s) in c.steps.iter().enumerate().filter(|(_, s)| s.errors > 0 || s.lag_never_reached > 0) {
         println!(
             "   step {}: {} setData errors, {} acks never reached by P:mirror zxid",
             i + 1,
@@ -448,13 +397,7 @@ pub fn print(c: &Ceiling, verdicts: &[Verdict]) {
         );
     }
     for v in verdicts {
-        println!(
-            "   {}: {} (target {}) {}",
-            v.what,
-            v.measured,
-            v.target,
-            v.mark()
-        );
+        println!("   {}: {} (target {}) {}", v.what, v.measured, v.target, v.mark());
     }
 }
 
@@ -486,11 +429,8 @@ impl LagPoller {
             let started = mono_ns();
             let mut polls = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let zxid: Option<String> = redis::cmd("HGET")
-                    .arg(&key)
-                    .arg("zxid")
-                    .query(&mut conn)
-                    .expect("HGET zxid");
+                let zxid: Option<String> =
+                    redis::cmd("HGET").arg(&key).arg("zxid").query(&mut conn).expect("HGET zxid");
                 let t = mono_ns();
                 polls += 1;
                 let zxid: i64 = zxid.and_then(|z| z.parse().ok()).unwrap_or(0);
@@ -503,11 +443,7 @@ impl LagPoller {
             let period_us = (mono_ns() - started) as f64 / 1e3 / polls.max(1) as f64;
             Trace { points, period_us }
         });
-        LagPoller {
-            stop,
-            latest,
-            thread,
-        }
+        LagPoller { stop, latest, thread }
     }
 
     /// Waits until the poller has seen the mirror's zxid reach `zxid` (or `timeout` passes);
@@ -531,10 +467,7 @@ impl LagPoller {
 
 /// `role ceiling-writer --zk Z --paths-file F --rate R --seconds S --window W --tag T --out F`.
 pub fn writer_main(args: &RoleArgs) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let paths = read_paths(&args.paths_file);
         let client = support::zk_client(&args.zk).await;

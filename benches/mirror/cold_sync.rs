@@ -64,10 +64,7 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         support::FANOUT
     );
     let populate = support::populate(&client, nodes).await;
-    eprintln!(
-        "[cold sync {nodes}] populated in {:.1} s",
-        populate.as_secs_f64()
-    );
+    eprintln!("[cold sync {nodes}] populated in {:.1} s", populate.as_secs_f64());
     let mut conn = support::redis_conn(&servers.redis.url()).await;
 
     let mut result = ColdSync {
@@ -97,50 +94,31 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         mirror_peak_rss_max_mb: 0.0,
         verified_exact: true,
     };
-    let server_pids = [
-        servers.zk.pid().unwrap_or(0),
-        servers.redis.pid().unwrap_or(0),
-        std::process::id(),
-    ];
+    let server_pids = [servers.zk.pid().unwrap_or(0), servers.redis.pid().unwrap_or(0), std::process::id()];
     for run in 1..=runs {
         let cpu = CpuSample::take(&server_pids);
         let raw = support::timed_raw_walk(&client, nodes, false).await;
         let batched = support::timed_raw_walk(&client, nodes, true).await;
-        result
-            .outside_cpu_percent_raw
-            .push(cpu.since(&server_pids).outside);
+        result.outside_cpu_percent_raw.push(cpu.since(&server_pids).outside);
         result.raw_read_s.push(raw.as_secs_f64());
         result.raw_batched_s.push(batched.as_secs_f64());
 
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .expect("FLUSHALL");
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
         let raw_write = support::raw_write(&mut conn, nodes).await;
         result.raw_write_s.push(raw_write.as_secs_f64());
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .expect("FLUSHALL");
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
         let scripted_write = support::scripted_write(&servers.redis.url(), nodes).await;
         result.scripted_write_s.push(scripted_write.as_secs_f64());
-        let _: () = redis::cmd("FLUSHALL")
-            .query_async(&mut conn)
-            .await
-            .expect("FLUSHALL");
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
         let log_name = format!("cold-sync-{nodes}-run{run}");
         let started = Instant::now();
-        let mut mirror = support::spawn_mirror(
-            &servers.zk.connect_string(),
-            &servers.redis.url(),
-            &log_name,
-        );
+        let mut mirror = support::spawn_mirror(&servers.zk.connect_string(), &servers.redis.url(), &log_name);
         let pids = [server_pids[0], server_pids[1], server_pids[2], mirror.pid()];
         let cpu = CpuSample::take(&pids);
         // `live` is written once the first walk and its sweep are done.
-        support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
-            .await
-            .unwrap_or_else(|| panic!("the mirror did not reach `live` within 600 s; see target/bench-logs/{log_name}.log"));
+        support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600)).await.unwrap_or_else(|| {
+            panic!("the mirror did not reach `live` within 600 s; see target/bench-logs/{log_name}.log")
+        });
         let cold = started.elapsed();
         let cpu = cpu.since(&pids);
         result.outside_cpu_percent_cold.push(cpu.outside);
@@ -149,9 +127,7 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         let usage = support::process_usage(mirror.pid());
         let (report, _) = support::verify(&client, &mut conn).await;
         if !report.is_exact() || report.znodes as usize != nodes {
-            eprintln!(
-                "[cold sync {nodes}] run {run}: the copy is NOT exact after `live`: {report}"
-            );
+            eprintln!("[cold sync {nodes}] run {run}: the copy is NOT exact after `live`: {report}");
             result.verified_exact = false;
         }
         mirror.stop();
@@ -168,9 +144,7 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         );
         result.cold_sync_s.push(cold.as_secs_f64());
         result.mirror_cpu_s.push(usage.cpu.as_secs_f64());
-        result
-            .mirror_peak_rss_mb
-            .push(usage.peak_rss_kib as f64 / 1024.0);
+        result.mirror_peak_rss_mb.push(usage.peak_rss_kib as f64 / 1024.0);
     }
     result.raw_read_median_s = median(&result.raw_read_s);
     result.raw_batched_median_s = median(&result.raw_batched_s);
@@ -182,11 +156,7 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
     result.ratio_to_unbatched = result.cold_sync_median_s / result.raw_read_median_s;
     result.ratio_to_scripted_write = result.cold_sync_median_s / result.scripted_write_median_s;
     result.mirror_cpu_median_s = median(&result.mirror_cpu_s);
-    result.mirror_peak_rss_max_mb = result
-        .mirror_peak_rss_mb
-        .iter()
-        .copied()
-        .fold(0.0, f64::max);
+    result.mirror_peak_rss_max_mb = result.mirror_peak_rss_mb.iter().copied().fold(0.0, f64::max);
     result
 }
 
@@ -282,17 +252,8 @@ pub fn print(results: &[ColdSync], verdicts: &[Verdict]) {
             100.0 * r.mirror_cpu_median_s / r.cold_sync_median_s
         );
     }
-    for v in verdicts
-        .iter()
-        .filter(|v| v.what.starts_with("mirror peak RSS"))
-    {
-        println!(
-            "   {}: {} (target {}) {}",
-            v.what,
-            v.measured,
-            v.target,
-            v.mark()
-        );
+    for v in verdicts.iter().filter(|v| v.what.starts_with("mirror peak RSS")) {
+        println!("   {}: {} (target {}) {}", v.what, v.measured, v.target, v.mark());
     }
 }
 

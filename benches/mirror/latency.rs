@@ -37,9 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zkmirror::schema::Keys;
 
-use crate::support::{
-    self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX,
-};
+use crate::support::{self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX};
 
 /// Leaves the writer picks among (and the reader sweeps).
 pub const WATCHED: usize = 50;
@@ -240,9 +238,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     reader.stdin(Stdio::from(to_reader)).stdout(Stdio::piped());
     let mut reader = Guarded::spawn("the latency reader", reader);
     let mut ready = String::new();
-    BufReader::new(reader.child.stdout.take().expect("reader stdout"))
-        .read_line(&mut ready)
-        .expect("reader ready");
+    BufReader::new(reader.child.stdout.take().expect("reader stdout")).read_line(&mut ready).expect("reader ready");
     assert_eq!(ready.trim(), "ready", "the reader did not start");
 
     let pids = [
@@ -254,10 +250,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
         std::process::id(),
     ];
     let cpu = CpuSample::take(&pids);
-    eprintln!(
-        "[latency] writing {rate}/s for {seconds} s on {} leaves; reader polling ...",
-        watched.len()
-    );
+    eprintln!("[latency] writing {rate}/s for {seconds} s on {} leaves; reader polling ...", watched.len());
     start_writer(&mut writer);
     writer.wait_exited_unreaped();
     let cpu = cpu.since(&pids);
@@ -273,16 +266,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let mirror_zk_read = support::scrape_histogram_ms(&metrics_addr, "zkmirror_zookeeper_read_seconds");
     let mirror_redis_write = support::scrape_histogram_ms(&metrics_addr, "zkmirror_redis_write_seconds");
     mirror.stop();
-    let mut latency = analyse(
-        nodes,
-        rate,
-        seconds,
-        &initial_mzxid,
-        &writer_log,
-        &reader_log,
-        cpu,
-        report.is_exact(),
-    );
+    let mut latency = analyse(nodes, rate, seconds, &initial_mzxid, &writer_log, &reader_log, cpu, report.is_exact());
     latency.reference_seconds = reference_seconds;
     latency.mirror_zk_read = mirror_zk_read.unwrap_or_default();
     latency.mirror_redis_write = mirror_redis_write.unwrap_or_default();
@@ -305,13 +289,7 @@ fn pick_leaves(rng: &mut Rng, leaves: &[String], taken: &[String]) -> Vec<String
 
 /// Lets a writer that waits for `go` on its stdin begin.
 fn start_writer(writer: &mut Guarded) {
-    writer
-        .child
-        .stdin
-        .take()
-        .expect("writer stdin")
-        .write_all(b"go\n")
-        .expect("starting the writer");
+    writer.child.stdin.take().expect("writer stdin").write_all(b"go\n").expect("starting the writer");
 }
 
 fn write_round_trips(log: &WriterLog) -> Vec<i64> {
@@ -329,11 +307,7 @@ fn analyse(
     cpu: CpuUse,
     verified_exact: bool,
 ) -> Latency {
-    let zxid_of: HashMap<u64, i64> = writer
-        .changes
-        .iter()
-        .map(|&(seq, _, zxid, _, _)| (seq, zxid))
-        .collect();
+    let zxid_of: HashMap<u64, i64> = writer.changes.iter().map(|&(seq, _, zxid, _, _)| (seq, zxid)).collect();
     let mut seen_by_leaf: HashMap<u32, Vec<&Seen>> = HashMap::new();
     for s in &reader.seen {
         seen_by_leaf.entry(s.leaf).or_default().push(s);
@@ -343,14 +317,10 @@ fn analyse(
     let mut observed_before_ack = 0;
     // Every change, for whoever wants to look at the outliers (not part of the figures).
     let mut to_mirror = Vec::new();
-    let mut detail = String::from(
-        "seq\tleaf\tzxid\tsent_ms\tack_ms\tseen_ms\tlatency_ms\tack_to_mirrored_at_ms\n",
-    );
+    let mut detail = String::from("seq\tleaf\tzxid\tsent_ms\tack_ms\tseen_ms\tlatency_ms\tack_to_mirrored_at_ms\n");
     for (i, &(seq, leaf, zxid, send_ns, ack_ns)) in writer.changes.iter().enumerate() {
         let first = seen_by_leaf.get(&leaf).and_then(|seen| {
-            seen.iter()
-                .filter(|s| s.seq >= seq as i64 && s.mzxid.is_some())
-                .min_by_key(|s| s.first_ns)
+            seen.iter().filter(|s| s.seq >= seq as i64 && s.mzxid.is_some()).min_by_key(|s| s.first_ns)
         });
         let ms = |t: u64| (t as i64 - writer.started_ns as i64) as f64 / 1e6;
         match first {
@@ -380,11 +350,7 @@ fn analyse(
             }
             None => {
                 never_observed += 1;
-                detail += &format!(
-                    "{seq}\t{leaf}\t{zxid}\t{:.3}\t{:.3}\tnever\t\n",
-                    ms(send_ns),
-                    ms(ack_ns)
-                );
+                detail += &format!("{seq}\t{leaf}\t{zxid}\t{:.3}\t{:.3}\tnever\t\n", ms(send_ns), ms(ack_ns));
             }
         }
     }
@@ -461,30 +427,10 @@ pub fn verdicts(r: &Latency) -> Vec<Verdict> {
             format!("{:.3} ms", r.latency.p99_ms),
             r.latency.count > 0 && r.latency.p99_ms <= 1.5,
         ),
-        Verdict::new(
-            "changes never seen by the reader",
-            "0",
-            r.never_observed.to_string(),
-            r.never_observed == 0,
-        ),
-        Verdict::new(
-            "backwards reads (mzxid went down)",
-            "0",
-            r.backwards_reads.to_string(),
-            r.backwards_reads == 0,
-        ),
-        Verdict::new(
-            "torn reads (data and mzxid disagree)",
-            "0",
-            torn.to_string(),
-            torn == 0,
-        ),
-        Verdict::new(
-            "blank reads (key absent)",
-            "0",
-            r.blank_reads.to_string(),
-            r.blank_reads == 0,
-        ),
+        Verdict::new("changes never seen by the reader", "0", r.never_observed.to_string(), r.never_observed == 0),
+        Verdict::new("backwards reads (mzxid went down)", "0", r.backwards_reads.to_string(), r.backwards_reads == 0),
+        Verdict::new("torn reads (data and mzxid disagree)", "0", torn.to_string(), torn == 0),
+        Verdict::new("blank reads (key absent)", "0", r.blank_reads.to_string(), r.blank_reads == 0),
     ]
 }
 
@@ -537,13 +483,7 @@ pub fn print(r: &Latency, verdicts: &[Verdict]) {
         if r.verified_exact { "yes" } else { "NO" }
     );
     for v in verdicts {
-        println!(
-            "   {:<42} {:>12}  target {:<10} {}",
-            v.what,
-            v.measured,
-            v.target,
-            v.mark()
-        );
+        println!("   {:<42} {:>12}  target {:<10} {}", v.what, v.measured, v.target, v.mark());
     }
 }
 
@@ -554,10 +494,7 @@ pub fn print(r: &Latency, verdicts: &[Verdict]) {
 /// `role latency-writer --zk Z --paths-file F --rate R --seconds S --out F`. Waits for `go` on
 /// stdin; announces each change on stdout (to the reader) before sending it.
 pub fn writer_main(args: &RoleArgs) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let paths = read_paths(&args.paths_file);
         let client = support::zk_client(&args.zk).await;
@@ -583,14 +520,10 @@ pub fn writer_main(args: &RoleArgs) {
             writeln!(announce, "{leaf} {seq}").expect("announcing to the reader");
             announce.flush().expect("announcing to the reader");
             let send_ns = mono_ns();
-            let stat = client
-                .set_data(&paths[leaf], &value, None)
-                .await
-                .expect("setData");
+            let stat = client.set_data(&paths[leaf], &value, None).await.expect("setData");
             let ack_ns = mono_ns();
             log.ack_realtime_ns.push(support::realtime_ns());
-            log.changes
-                .push((seq, leaf as u32, stat.mzxid, send_ns, ack_ns));
+            log.changes.push((seq, leaf as u32, stat.mzxid, send_ns, ack_ns));
             if args.read_after_ack {
                 client.get_data(&paths[leaf]).await.expect("getData");
                 log.read_after_ack_ns.push(mono_ns() as i64 - ack_ns as i64);
@@ -626,14 +559,7 @@ pub fn reader_main(args: &RoleArgs) {
 
     let started = mono_ns();
     let mut log = ReaderLog::default();
-    let mut state = vec![
-        LeafState {
-            last: None,
-            max_mzxid: i64::MIN,
-            max_seq: i64::MIN
-        };
-        keys.len()
-    ];
+    let mut state = vec![LeafState { last: None, max_mzxid: i64::MIN, max_seq: i64::MIN }; keys.len()];
     let mut pending: Vec<(usize, i64)> = Vec::new();
     let mut input = Vec::new();
     let mut eof_at: Option<u64> = None;
@@ -686,24 +612,13 @@ pub fn reader_main(args: &RoleArgs) {
     }
     let ended = mono_ns();
     log.duration_s = (ended - started) as f64 / 1e9;
-    log.pending_round_mean_us = if round_ns.is_empty() {
-        0.0
-    } else {
-        round_ns.iter().sum::<i64>() as f64 / round_ns.len() as f64 / 1e3
-    };
+    log.pending_round_mean_us =
+        if round_ns.is_empty() { 0.0 } else { round_ns.iter().sum::<i64>() as f64 / round_ns.len() as f64 / 1e3 };
     let rounds = Percentiles::of(round_ns);
     log.pending_round_p99_us = rounds.p99_ms * 1e3;
     log.pending_round_max_us = rounds.max_ms * 1e3;
-    log.sweep_mean_us = if log.sweeps == 0 {
-        0.0
-    } else {
-        sweep_ns as f64 / log.sweeps as f64 / 1e3
-    };
-    log.sweep_period_ms = if log.sweeps == 0 {
-        0.0
-    } else {
-        log.duration_s * 1e3 / log.sweeps as f64
-    };
+    log.sweep_mean_us = if log.sweeps == 0 { 0.0 } else { sweep_ns as f64 / log.sweeps as f64 / 1e3 };
+    log.sweep_period_ms = if log.sweeps == 0 { 0.0 } else { log.duration_s * 1e3 / log.sweeps as f64 };
     write_json(&args.out, &log);
 }
 
@@ -715,26 +630,17 @@ struct Shown {
 }
 
 /// Reads data, `mzxid` and `mirrored_at` of `leaves` in one MULTI/EXEC.
-fn read_round(
-    conn: &mut redis::Connection,
-    keys: &[(String, String)],
-    leaves: &[usize],
-) -> Vec<Shown> {
+fn read_round(conn: &mut redis::Connection, keys: &[(String, String)], leaves: &[usize]) -> Vec<Shown> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for &leaf in leaves {
-        pipe.get(&keys[leaf].0)
-            .cmd("HMGET")
-            .arg(&keys[leaf].1)
-            .arg("mzxid")
-            .arg("mirrored_at");
+        pipe.get(&keys[leaf].0).cmd("HMGET").arg(&keys[leaf].1).arg("mzxid").arg("mirrored_at");
     }
     let values: Vec<redis::Value> = pipe.query(conn).expect("reading the watched leaves");
     let mut values = values.into_iter();
     let mut shown = Vec::with_capacity(leaves.len());
     for _ in leaves {
-        let data: Option<Vec<u8>> =
-            redis::from_redis_value(values.next().expect("data")).expect("data");
+        let data: Option<Vec<u8>> = redis::from_redis_value(values.next().expect("data")).expect("data");
         let meta: (Option<String>, Option<String>) =
             redis::from_redis_value(values.next().expect("meta")).expect("meta");
         shown.push(Shown {
@@ -747,22 +653,8 @@ fn read_round(
 }
 
 /// Appends what one round showed to the log, counting blank and backwards reads.
-fn record(
-    log: &mut ReaderLog,
-    state: &mut [LeafState],
-    leaves: &[usize],
-    shown: &[Shown],
-    at: u64,
-) {
-    for (
-        &leaf,
-        Shown {
-            data,
-            mzxid,
-            mirrored_at_ms,
-        },
-    ) in leaves.iter().zip(shown)
-    {
+fn record(log: &mut ReaderLog, state: &mut [LeafState], leaves: &[usize], shown: &[Shown], at: u64) {
+    for (&leaf, Shown { data, mzxid, mirrored_at_ms }) in leaves.iter().zip(shown) {
         log.reads += 1;
         let st = &mut state[leaf];
         let (seq, mzxid) = match (data, mzxid) {
@@ -806,10 +698,7 @@ fn record(
 /// The writer's sequence number in a value, [`INITIAL`] for the tree's initial data.
 fn sequence_of(data: &[u8]) -> i64 {
     if data.len() >= 20 && data[..20].iter().all(u8::is_ascii_digit) {
-        std::str::from_utf8(&data[..20])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(GARBLED)
+        std::str::from_utf8(&data[..20]).ok().and_then(|s| s.parse().ok()).unwrap_or(GARBLED)
     } else if !data.is_empty() && data.iter().all(|&b| b == b'v') {
         INITIAL
     } else {
@@ -850,15 +739,8 @@ fn set_nonblocking(fd: i32) {
 
 /// Sleeps until `fd` is readable or `timeout` passes (ppoll: microsecond timeouts).
 fn wait_readable(fd: i32, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as _,
-        tv_nsec: timeout.subsec_nanos() as _,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as _, tv_nsec: timeout.subsec_nanos() as _ };
     // SAFETY: one pollfd we own, a timespec we own, no signal mask.
     unsafe {
         libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
@@ -915,7 +797,6 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) {
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }

@@ -62,16 +62,8 @@ pub async fn run(nodes: usize, runs: usize) -> Reconcile {
         .expect("the mirror did not reach `live`; see target/bench-logs/reconcile.log");
     let (mut raw_read_s, mut raw_batched_s) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        raw_read_s.push(
-            support::timed_raw_walk(&via_proxy, nodes, false)
-                .await
-                .as_secs_f64(),
-        );
-        raw_batched_s.push(
-            support::timed_raw_walk(&via_proxy, nodes, true)
-                .await
-                .as_secs_f64(),
-        );
+        raw_read_s.push(support::timed_raw_walk(&via_proxy, nodes, false).await.as_secs_f64());
+        raw_batched_s.push(support::timed_raw_walk(&via_proxy, nodes, true).await.as_secs_f64());
     }
     // Quiet: let the first status writes settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -85,43 +77,20 @@ pub async fn run(nodes: usize, runs: usize) -> Reconcile {
     let cut_at = Instant::now();
     proxy.cut();
     let mut states = StateTrace::default();
-    let degraded = states
-        .until(&mut conn, &mut mirror, Duration::from_secs(10), |s| {
-            s == "degraded"
-        })
-        .await;
+    let degraded = states.until(&mut conn, &mut mirror, Duration::from_secs(10), |s| s == "degraded").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pids = [
-        mirror.pid(),
-        servers.zk.pid().unwrap_or(0),
-        servers.redis.pid().unwrap_or(0),
-        std::process::id(),
-    ];
+    let pids = [mirror.pid(), servers.zk.pid().unwrap_or(0), servers.redis.pid().unwrap_or(0), std::process::id()];
     let cpu = CpuSample::take(&pids);
     let restored_at = Instant::now();
     proxy.restore();
-    let reconciling = states
-        .until(&mut conn, &mut mirror, Duration::from_secs(30), |s| {
-            s == "reconciling"
-        })
-        .await;
-    let live = states
-        .until(&mut conn, &mut mirror, Duration::from_secs(600), |s| {
-            s == "live"
-        })
-        .await;
+    let reconciling = states.until(&mut conn, &mut mirror, Duration::from_secs(30), |s| s == "reconciling").await;
+    let live = states.until(&mut conn, &mut mirror, Duration::from_secs(600), |s| s == "live").await;
     let cpu = cpu.since(&pids);
     // Anything the reconcile still had in flight has landed once it reports live.
     let after = Counters::read(&mut conn).await;
     let after_mirrored_at = mirrored_at(&mut conn, &paths).await;
-    let changed = before_mirrored_at
-        .iter()
-        .zip(&after_mirrored_at)
-        .filter(|(a, b)| a != b)
-        .count();
-    let log_line = reconcile_lines(&support::mirror_log("reconcile"))
-        .get(log_lines_before)
-        .cloned();
+    let changed = before_mirrored_at.iter().zip(&after_mirrored_at).filter(|(a, b)| a != b).count();
+    let log_line = reconcile_lines(&support::mirror_log("reconcile")).get(log_lines_before).cloned();
     let (report, _) = support::verify(&client, &mut conn).await;
     mirror.assert_running();
     mirror.stop();
@@ -165,23 +134,13 @@ pub fn verdicts(r: &Reconcile) -> Vec<Verdict> {
         Verdict::new(
             "reconcile completed (reconciling → live)",
             "yes",
-            if r.reconciling_to_live_s.is_some() {
-                "yes"
-            } else {
-                "no"
-            },
+            if r.reconciling_to_live_s.is_some() { "yes" } else { "no" },
             r.reconciling_to_live_s.is_some(),
         ),
         Verdict::new(
-            format!(
-                "znode writes by a reconcile of an unchanged {}-znode tree",
-                crate::cold_sync::group(r.znodes)
-            ),
+            format!("znode writes by a reconcile of an unchanged {}-znode tree", crate::cold_sync::group(r.znodes)),
             "0",
-            format!(
-                "{} stream entries, {} mirrored_at changed",
-                r.stream_entries_added, r.mirrored_at_changed
-            ),
+            format!("{} stream entries, {} mirrored_at changed", r.stream_entries_added, r.mirrored_at_changed),
             r.stream_entries_added == 0 && r.mirrored_at_changed == 0,
         ),
     ]
@@ -191,7 +150,10 @@ pub fn print(r: &Reconcile, verdicts: &[Verdict]) {
     let s = |v: Option<f64>| v.map_or("never".to_owned(), |v| format!("{v:.3} s"));
     let x = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}×"));
     println!();
-    println!("4. Reconcile ({} znodes, quiet; the mirror's ZooKeeper connection cut and restored through a TCP proxy)", r.znodes);
+    println!(
+        "4. Reconcile ({} znodes, quiet; the mirror's ZooKeeper connection cut and restored through a TCP proxy)",
+        r.znodes
+    );
     println!(
         "   raw read through the same proxy (median of {}): {:.3} s one request per read, {:.3} s batched; reference {:.3} s",
         r.raw_read_s.len(),
@@ -225,13 +187,7 @@ pub fn print(r: &Reconcile, verdicts: &[Verdict]) {
         println!("   mirror's log: {line}");
     }
     for v in verdicts {
-        println!(
-            "   {}: {} (target {}) {}",
-            v.what,
-            v.measured,
-            v.target,
-            v.mark()
-        );
+        println!("   {}: {} (target {}) {}", v.what, v.measured, v.target, v.mark());
     }
 }
 
@@ -250,33 +206,15 @@ impl Counters {
             .query_async(conn)
             .await
             .expect("XINFO STREAM");
-        let entries_added = stream_field(&stream, "entries-added")
-            .expect("XINFO STREAM has entries-added (Redis ≥ 7.0)");
-        let persistence: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(conn)
-            .await
-            .expect("INFO");
-        let dirty = info_field(&persistence, "rdb_changes_since_last_save")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(conn)
-            .await
-            .expect("INFO");
+        let entries_added =
+            stream_field(&stream, "entries-added").expect("XINFO STREAM has entries-added (Redis ≥ 7.0)");
+        let persistence: String = redis::cmd("INFO").arg("persistence").query_async(conn).await.expect("INFO");
+        let dirty = info_field(&persistence, "rdb_changes_since_last_save").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.expect("INFO");
         let evalsha = info_field(&stats, "cmdstat_evalsha")
-            .and_then(|v| {
-                v.split(',')
-                    .find_map(|f| f.strip_prefix("calls="))
-                    .and_then(|c| c.parse().ok())
-            })
+            .and_then(|v| v.split(',').find_map(|f| f.strip_prefix("calls=")).and_then(|c| c.parse().ok()))
             .unwrap_or(0);
-        Counters {
-            entries_added,
-            dirty,
-            evalsha,
-        }
+        Counters { entries_added, dirty, evalsha }
     }
 }
 
@@ -297,10 +235,7 @@ fn stream_field(value: &redis::Value, name: &str) -> Option<i64> {
 }
 
 /// `mirrored_at` of every znode, in `paths` order.
-async fn mirrored_at(
-    conn: &mut redis::aio::MultiplexedConnection,
-    paths: &[String],
-) -> Vec<Option<String>> {
+async fn mirrored_at(conn: &mut redis::aio::MultiplexedConnection, paths: &[String]) -> Vec<Option<String>> {
     let keys = zkmirror::schema::Keys::new(PREFIX);
     let mut all = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(1000) {
@@ -316,10 +251,7 @@ async fn mirrored_at(
 
 /// The mirror's log lines that report a finished reconcile.
 fn reconcile_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("reconcile after") && l.contains("done"))
-        .map(str::to_owned)
-        .collect()
+    log.lines().filter(|l| l.contains("reconcile after") && l.contains("done")).map(str::to_owned).collect()
 }
 
 /// `P:mirror` `state` polled every 0.5 ms, each change kept.
@@ -339,9 +271,7 @@ impl StateTrace {
     ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let state = support::mirror_state(conn)
-                .await
-                .unwrap_or_else(|| "(absent)".into());
+            let state = support::mirror_state(conn).await.unwrap_or_else(|| "(absent)".into());
             let now = Instant::now();
             if self.seen.last() != Some(&state) {
                 self.seen.push(state.clone());

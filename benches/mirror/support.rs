@@ -29,10 +29,7 @@ pub const PREFIX: &str = "zk";
 /// clock is one system-wide clock: a timestamp taken in the writer process and one taken in the
 /// reader process can be subtracted.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
     unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
@@ -42,10 +39,7 @@ pub fn mono_ns() -> u64 {
 
 /// CLOCK_REALTIME in nanoseconds: the clock of the mirror's `mirrored_at` (unix ms).
 pub fn realtime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: as in `mono_ns`.
     unsafe {
         libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
@@ -110,22 +104,9 @@ pub async fn populate(client: &Client, nodes: usize) -> Duration {
     while start < nodes {
         // A chunk must not contain a node and its parent: cut at the first index whose parent
         // is inside the chunk.
-        let end = if start == 0 {
-            1
-        } else {
-            (start + 5000)
-                .min(nodes)
-                .min(start * FANOUT + 1)
-                .max(start + 1)
-        };
-        let creates: Vec<_> = paths[start..end]
-            .iter()
-            .map(|p| client.create(p, &data, &options))
-            .collect();
-        for (path, result) in paths[start..end]
-            .iter()
-            .zip(futures::future::join_all(creates).await)
-        {
+        let end = if start == 0 { 1 } else { (start + 5000).min(nodes).min(start * FANOUT + 1).max(start + 1) };
+        let creates: Vec<_> = paths[start..end].iter().map(|p| client.create(p, &data, &options)).collect();
+        for (path, result) in paths[start..end].iter().zip(futures::future::join_all(creates).await) {
             result.unwrap_or_else(|e| panic!("creating {path}: {e}"));
         }
         start = end;
@@ -187,10 +168,7 @@ pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
                 reader.add_get_data(path).expect("a valid path");
             }
             let commit = reader.commit();
-            inflight.push(
-                async move { Answer::Data(paths, commit.await.expect("multi-read getData")) }
-                    .boxed(),
-            );
+            inflight.push(async move { Answer::Data(paths, commit.await.expect("multi-read getData")) }.boxed());
         }
         let Some(answer) = inflight.next().await else {
             break;
@@ -202,9 +180,7 @@ pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
                     .into_iter()
                     .zip(results)
                     .filter_map(|(path, result)| match result {
-                        MultiReadResult::Data { stat, .. } => {
-                            (stat.num_children > 0).then_some(path)
-                        }
+                        MultiReadResult::Data { stat, .. } => (stat.num_children > 0).then_some(path),
                         other => panic!("multi-read getData {path}: {other:?}"),
                     })
                     .collect();
@@ -215,10 +191,7 @@ pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
                     }
                     let commit = reader.commit();
                     inflight.push(
-                        async move {
-                            Answer::Children(inner, commit.await.expect("multi-read getChildren"))
-                        }
-                        .boxed(),
+                        async move { Answer::Children(inner, commit.await.expect("multi-read getChildren")) }.boxed(),
                     );
                 }
             }
@@ -240,11 +213,7 @@ pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
 /// Times [`raw_walk`] (or, `batched`, [`raw_walk_batched`]) once and checks it read the whole tree.
 pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Duration {
     let started = Instant::now();
-    let read = if batched {
-        raw_walk_batched(client, ROOT).await
-    } else {
-        raw_walk(client, ROOT).await
-    };
+    let read = if batched { raw_walk_batched(client, ROOT).await } else { raw_walk(client, ROOT).await };
     let elapsed = started.elapsed();
     assert_eq!(read, nodes, "the raw walk read a different tree");
     elapsed
@@ -258,10 +227,8 @@ fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::znode::Znode {
     const TIME_MS: i64 = 1_764_000_000_000;
     let zxid = FIRST_ZXID + i as i64;
     let first_child = i * FANOUT + 1;
-    let children: Vec<String> = (0..FANOUT)
-        .filter(|c| first_child + c < paths.len())
-        .map(|c| format!("n{c}"))
-        .collect();
+    let children: Vec<String> =
+        (0..FANOUT).filter(|c| first_child + c < paths.len()).map(|c| format!("n{c}")).collect();
     zkmirror::znode::Znode {
         path: paths[i].clone(),
         data: vec![b'v'; DATA_LEN],
@@ -328,10 +295,7 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
             Some(zkmirror::store::Write::Put(znode)) => znode.stat.last_zxid(),
             _ => 0,
         };
-        let outcome = store
-            .apply(&writes, applied, SYNTHETIC_NOW_MS)
-            .await
-            .expect("the scripted write");
+        let outcome = store.apply(&writes, applied, SYNTHETIC_NOW_MS).await.expect("the scripted write");
         assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
     }
     started.elapsed()
@@ -371,8 +335,7 @@ pub async fn redis_stall_max_ms(conn: &mut redis::aio::MultiplexedConnection) ->
 /// The benchmark's own Redis connection. redis-rs answers "timed out" after 500 ms by default;
 /// `FLUSHALL` of a 200,000-znode copy or a verify's large pipelines take longer.
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
     redis::Client::open(url)
         .expect("redis url")
         .get_multiplexed_async_connection_with_config(&config)
@@ -409,13 +372,8 @@ pub struct Guarded {
 impl Guarded {
     pub fn spawn(name: &str, mut command: Command) -> Guarded {
         crate::common::servers::die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Guarded {
-            child,
-            name: name.to_owned(),
-        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Guarded { child, name: name.to_owned() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -455,21 +413,13 @@ impl Guarded {
         // SAFETY: waitid with WNOWAIT on our own child only observes its state.
         unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                self.child.id(),
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            );
+            libc::waitid(libc::P_PID, self.child.id(), &mut info, libc::WEXITED | libc::WNOWAIT);
         }
     }
 
     /// Waits for a process that ends by itself; panics if it fails.
     pub fn wait_success(&mut self) {
-        let status = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name));
+        let status = self.child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name));
         assert!(status.success(), "{} failed: {status}", self.name);
     }
 }
@@ -516,15 +466,8 @@ fn binaries() -> &'static Binaries {
             to
         };
         let zkmirror = copy(Path::new(env!("CARGO_BIN_EXE_zkmirror")), "zkmirror");
-        let bench = copy(
-            &std::env::current_exe().expect("path of the benchmark binary"),
-            "bench",
-        );
-        Binaries {
-            zkmirror,
-            bench,
-            dir,
-        }
+        let bench = copy(&std::env::current_exe().expect("path of the benchmark binary"), "bench");
+        Binaries { zkmirror, bench, dir }
     })
 }
 
@@ -545,11 +488,8 @@ pub fn pin_binaries() {
 
 /// `zkmirror --version` of the pinned binary.
 pub fn zkmirror_binary_version() -> String {
-    command_output(
-        binaries().zkmirror.to_str().unwrap_or("zkmirror"),
-        &["--version"],
-    )
-    .unwrap_or_else(|| "unknown".into())
+    command_output(binaries().zkmirror.to_str().unwrap_or("zkmirror"), &["--version"])
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Starts `zkmirror run` (the real binary, a separate process) with its default settings; its
@@ -561,13 +501,10 @@ pub fn spawn_mirror(zk: &str, redis: &str, log_name: &str) -> Guarded {
 /// [`spawn_mirror`] with more arguments for `zkmirror run`.
 pub fn spawn_mirror_with(zk: &str, redis: &str, log_name: &str, extra: &[&str]) -> Guarded {
     let log_path = log_dir().join(format!("{log_name}.log"));
-    let log = std::fs::File::create(&log_path)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
+    let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
     let mut command = Command::new(&binaries().zkmirror);
     command
-        .args([
-            "run", "--zk", zk, "--redis", redis, "--root", ROOT, "--prefix", PREFIX,
-        ])
+        .args(["run", "--zk", zk, "--redis", redis, "--root", ROOT, "--prefix", PREFIX])
         .args(extra)
         .env("RUST_LOG", "info,zkmirror::mirror=debug")
         .env("NO_COLOR", "1")
@@ -580,8 +517,7 @@ pub fn spawn_mirror_with(zk: &str, redis: &str, log_name: &str, extra: &[&str]) 
 
 /// The mirror's log of a section (colour codes removed), for the lines it prints about its walks.
 pub fn mirror_log(log_name: &str) -> String {
-    let log =
-        std::fs::read_to_string(log_dir().join(format!("{log_name}.log"))).unwrap_or_default();
+    let log = std::fs::read_to_string(log_dir().join(format!("{log_name}.log"))).unwrap_or_default();
     let mut plain = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {
@@ -608,12 +544,7 @@ pub fn role_command(role: &str, args: &[String]) -> Command {
 
 /// Reads `P:mirror` `state`.
 pub async fn mirror_state(conn: &mut redis::aio::MultiplexedConnection) -> Option<String> {
-    redis::cmd("HGET")
-        .arg(format!("{PREFIX}:mirror"))
-        .arg("state")
-        .query_async(conn)
-        .await
-        .expect("HGET state")
+    redis::cmd("HGET").arg(format!("{PREFIX}:mirror")).arg("state").query_async(conn).await.expect("HGET state")
 }
 
 /// Polls `P:mirror` `state` every 0.5 ms until it is `want`; returns when it was seen.
@@ -641,9 +572,7 @@ pub async fn verify(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> (zkmirror::verify::Report, Duration) {
     let started = Instant::now();
-    let report = zkmirror::verify::compare(client, conn, PREFIX, ROOT)
-        .await
-        .expect("verify::compare");
+    let report = zkmirror::verify::compare(client, conn, PREFIX, ROOT).await.expect("verify::compare");
     (report, started.elapsed())
 }
 
@@ -662,20 +591,9 @@ pub fn process_usage(pid: u32) -> Usage {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Usage::default();
     };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -684,10 +602,7 @@ pub fn process_usage(pid: u32) -> Usage {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    Usage {
-        cpu: Duration::from_millis(ticks * 1000 / hz),
-        peak_rss_kib,
-    }
+    Usage { cpu: Duration::from_millis(ticks * 1000 / hz), peak_rss_kib }
 }
 
 /// CPU time of several processes and of the whole machine, to turn into utilisation over an
@@ -732,27 +647,16 @@ impl CpuSample {
         let processes: Vec<f64> = pids
             .iter()
             .zip(&self.cpu)
-            .map(|(&p, before)| {
-                100.0 * process_usage(p).cpu.saturating_sub(*before).as_secs_f64() / secs
-            })
+            .map(|(&p, before)| 100.0 * process_usage(p).cpu.saturating_sub(*before).as_secs_f64() / secs)
             .collect();
-        let machine = 100.0
-            * machine_busy()
-                .saturating_sub(self.machine_busy)
-                .as_secs_f64()
-            / secs;
+        let machine = 100.0 * machine_busy().saturating_sub(self.machine_busy).as_secs_f64() / secs;
         let outside = (machine - processes.iter().sum::<f64>()).max(0.0);
         let waiting = pids
             .iter()
             .zip(&self.waited)
             .map(|(&p, before)| 100.0 * run_queue_wait(p).saturating_sub(*before).as_secs_f64() / secs)
             .collect();
-        CpuUse {
-            processes,
-            machine,
-            outside,
-            waiting,
-        }
+        CpuUse { processes, machine, outside, waiting }
     }
 }
 
@@ -774,22 +678,10 @@ pub fn run_queue_wait(pid: u32) -> Duration {
 /// Busy CPU time of the whole machine since boot (all cores), from /proc/stat.
 fn machine_busy() -> Duration {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy: u64 = ticks
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, t)| t)
-        .sum();
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(busy * 1000 / hz)
@@ -860,18 +752,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn new(
-        what: impl Into<String>,
-        target: impl Into<String>,
-        measured: impl Into<String>,
-        met: bool,
-    ) -> Verdict {
-        Verdict {
-            what: what.into(),
-            target: target.into(),
-            measured: measured.into(),
-            met,
-        }
+    pub fn new(what: impl Into<String>, target: impl Into<String>, measured: impl Into<String>, met: bool) -> Verdict {
+        Verdict { what: what.into(), target: target.into(), measured: measured.into(), met }
     }
 
     /// `met`/`MISSED`, for the tables.
@@ -912,11 +794,7 @@ pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
         .unwrap_or_else(|| "unknown".into());
     Machine {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -929,17 +807,11 @@ pub fn machine() -> Machine {
 }
 
 pub fn loadavg() -> String {
-    read_trimmed("/proc/loadavg")
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
+    read_trimmed("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
 /// `2025-01-31T12:00:00Z`, from `date` (the benchmark has no date library).
@@ -953,11 +825,8 @@ pub fn git_revision() -> String {
     let Some(rev) = command_output("git", &["-C", dir, "rev-parse", "--short", "HEAD"]) else {
         return "unknown".into();
     };
-    let dirty = command_output(
-        "git",
-        &["-C", dir, "status", "--porcelain", "--untracked-files=no"],
-    )
-    .is_some_and(|s| !s.is_empty());
+    let dirty = command_output("git", &["-C", dir, "status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{rev}+dirty")
     } else {
@@ -967,41 +836,26 @@ pub fn git_revision() -> String {
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// ZooKeeper's version from the `srvr` four-letter word.
 pub fn zookeeper_version(zk: &ZkServer) -> String {
     zk.four_letter_word("srvr")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Zookeeper version:"))
-                .map(|v| v.trim().to_owned())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Zookeeper version:")).map(|v| v.trim().to_owned()))
         .unwrap_or_else(|| "unknown".into())
 }
 
 /// Redis's version from `INFO server`.
 pub async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.unwrap_or_default();
     info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into())
 }
 
 /// A field of an `INFO` answer.
 pub fn info_field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_owned())
-    })
+    info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_owned()))
 }
 
 /// The versions found while the servers of the first section ran.
@@ -1038,10 +892,7 @@ impl Servers {
 }
 
 pub fn versions() -> Versions {
-    let (zookeeper, redis) = SERVER_VERSIONS
-        .get()
-        .cloned()
-        .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+    let (zookeeper, redis) = SERVER_VERSIONS.get().cloned().unwrap_or_else(|| ("unknown".into(), "unknown".into()));
     Versions {
         zkmirror: env!("CARGO_PKG_VERSION").to_owned(),
         zkmirror_binary: zkmirror_binary_version(),
@@ -1086,7 +937,12 @@ pub fn scrape_histogram_ms(addr: &str, name: &str) -> Option<HistogramQuantiles>
         }
         lower * 1000.0
     };
-    Some(HistogramQuantiles { count: total as u64, p50_ms: quantile(0.5), p90_ms: quantile(0.9), p99_ms: quantile(0.99) })
+    Some(HistogramQuantiles {
+        count: total as u64,
+        p50_ms: quantile(0.5),
+        p90_ms: quantile(0.9),
+        p99_ms: quantile(0.99),
+    })
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]

@@ -34,9 +34,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     check_path(&args.path)?;
     let (mut conn, server) = connect_redis(&args.redis).await?;
     let keys = Keys::new(&args.redis.prefix);
-    let found = reader::get(&mut conn, &keys, &args.path)
-        .await
-        .map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))?;
+    let found =
+        reader::get(&mut conn, &keys, &args.path).await.map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))?;
     let Some(znode) = found else {
         return Ok(missing(&args.path, &server, &keys));
     };
@@ -55,9 +54,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     check_path(&args.path)?;
     let (mut conn, server) = connect_redis(&args.redis).await?;
     let keys = Keys::new(&args.redis.prefix);
-    let found = reader::children(&mut conn, &keys, &args.path)
-        .await
-        .map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))?;
+    let found =
+        reader::children(&mut conn, &keys, &args.path).await.map_err(|e| anyhow::anyhow!("Redis at {server}: {e}"))?;
     let Some(names) = found else {
         return Ok(missing(&args.path, &server, &keys));
     };

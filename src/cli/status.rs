@@ -185,11 +185,9 @@ impl Inquiry<'_> {
         }
         let limit = args.max_heartbeat_age.as_millis() as i64;
         match heartbeat_age {
-            Some(age) if age > limit => problems.push(format!(
-                "stale: heartbeat {} ago (limit {})",
-                human_ms(age),
-                human_ms(limit)
-            )),
+            Some(age) if age > limit => {
+                problems.push(format!("stale: heartbeat {} ago (limit {})", human_ms(age), human_ms(limit)))
+            }
             Some(_) => {}
             None => problems.push("stale: no heartbeat field".to_owned()),
         }
@@ -261,7 +259,9 @@ fn text_section(section: &Section, ctx: &Inquiry<'_>, each: &[Section], shared: 
     rows.push(("status key", format!("{} in Redis at {}", section.key, ctx.server)));
     let mut out = match &section.root {
         Some(root) => format!("root {root}: {verdict}\n"),
-        None if shared => format!("{verdict} (aggregate of {} roots sharing prefix {})\n", state.roots.len(), ctx.keys.prefix()),
+        None if shared => {
+            format!("{verdict} (aggregate of {} roots sharing prefix {})\n", state.roots.len(), ctx.keys.prefix())
+        }
         None => format!("{verdict}\n"),
     };
     for (name, value) in rows {

@@ -59,7 +59,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let plan = transfer::plan_import(&zk, &args.root, &tree).await?;
     let source = args.source.display();
     if plan.changes.is_empty() {
-        let line = format!("import: no changes ({} znodes under {} already as in {source})\n", plan.unchanged, plan.root);
+        let line =
+            format!("import: no changes ({} znodes under {} already as in {source})\n", plan.unchanged, plan.root);
         write_stdout(line.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -19,8 +19,8 @@ use zkmirror::settings::{Overrides, Settings};
 use zkmirror::verify::{compare_settled, Report};
 use zkmirror::{MirrorConfig, ZkDigest};
 
-use zkmirror::settings::parse_duration_text;
 use super::{connect_redis, connect_zk, no, write_stdout, RedisArgs};
+use zkmirror::settings::parse_duration_text;
 
 #[derive(Args)]
 pub struct VerifyArgs {

@@ -49,16 +49,8 @@ pub fn unique_root(name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // '/' would create nesting and a few other characters are reserved in ZooKeeper paths.
-    let name: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     format!("/t-{name}-{n}-{}", std::process::id())
 }
 
@@ -89,17 +81,13 @@ pub async fn create_all(client: &Client, path: &str, data: &[u8]) -> Stat {
         Some(i) => Some(&path[..i]),
     };
     if let Some(parent) = parent {
-        client
-            .mkdir(parent, &options)
-            .await
-            .unwrap_or_else(|err| panic!("creating parents {parent} of {path}: {err}"));
+        client.mkdir(parent, &options).await.unwrap_or_else(|err| panic!("creating parents {parent} of {path}: {err}"));
     }
     match client.create(path, data, &options).await {
         Ok((stat, _)) => stat,
-        Err(zookeeper_client::Error::NodeExists) => client
-            .set_data(path, data, None)
-            .await
-            .unwrap_or_else(|err| panic!("overwriting existing {path}: {err}")),
+        Err(zookeeper_client::Error::NodeExists) => {
+            client.set_data(path, data, None).await.unwrap_or_else(|err| panic!("overwriting existing {path}: {err}"))
+        }
         Err(err) => panic!("creating {path}: {err}"),
     }
 }
@@ -122,9 +110,7 @@ where
         match tokio::time::timeout_at(end, condition()).await {
             Ok(Ok(value)) => return value,
             Ok(Err(observed)) => last = observed.to_string(),
-            Err(_) => {
-                last = format!("last attempt still pending at the deadline; before that: {last}")
-            }
+            Err(_) => last = format!("last attempt still pending at the deadline; before that: {last}"),
         }
         if tokio::time::Instant::now() >= end {
             panic!("timed out after {deadline:?} waiting until {what}; last observed: {last}");

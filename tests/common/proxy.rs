@@ -39,14 +39,9 @@ impl TcpProxy {
     pub fn start(target: SocketAddr) -> TcpProxy {
         // Bound here rather than on the proxy thread so that the address is known (and
         // connections queue up in the backlog) before `start` returns.
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .expect("binding the proxy's listener");
-        let addr = listener
-            .local_addr()
-            .expect("reading the proxy listener's address");
-        listener
-            .set_nonblocking(true)
-            .expect("making the proxy listener non-blocking");
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding the proxy's listener");
+        let addr = listener.local_addr().expect("reading the proxy listener's address");
+        listener.set_nonblocking(true).expect("making the proxy listener non-blocking");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -58,13 +53,7 @@ impl TcpProxy {
             .name(format!("tcp-proxy-{}", addr.port()))
             .spawn(move || runtime.block_on(serve(listener, target, receiver, counter)))
             .expect("starting the proxy thread");
-        TcpProxy {
-            addr,
-            target,
-            commands,
-            forwarded,
-            thread: Some(thread),
-        }
+        TcpProxy { addr, target, commands, forwarded, thread: Some(thread) }
     }
 
     /// The address clients should connect to.
@@ -105,8 +94,7 @@ impl TcpProxy {
         self.commands
             .send(command(done))
             .unwrap_or_else(|_| panic!("proxy {} thread is gone; cannot {what}", self.addr));
-        wait.recv()
-            .unwrap_or_else(|_| panic!("proxy {} thread exited during {what}", self.addr));
+        wait.recv().unwrap_or_else(|_| panic!("proxy {} thread exited during {what}", self.addr));
     }
 }
 
@@ -128,8 +116,7 @@ async fn serve(
     mut commands: mpsc::UnboundedReceiver<Command>,
     forwarded: Arc<AtomicU64>,
 ) {
-    let listener =
-        TcpListener::from_std(listener).expect("registering the proxy listener with tokio");
+    let listener = TcpListener::from_std(listener).expect("registering the proxy listener with tokio");
     // Every forwarding task lives here, so a cut can abort them all and wait until their
     // sockets are dropped (closed).
     let mut connections = JoinSet::new();

@@ -68,22 +68,14 @@ static LIVE_PIDS: [AtomicI32; MAX_LIVE_SERVERS] = [const { AtomicI32::new(0) }; 
 static SHARED_ZK_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 fn register_pid(pid: i32) {
-    let registered = LIVE_PIDS.iter().any(|slot| {
-        slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    });
-    assert!(
-        registered,
-        "more than {MAX_LIVE_SERVERS} live test servers; raise MAX_LIVE_SERVERS"
-    );
+    let registered =
+        LIVE_PIDS.iter().any(|slot| slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst).is_ok());
+    assert!(registered, "more than {MAX_LIVE_SERVERS} live test servers; raise MAX_LIVE_SERVERS");
 }
 
 fn unregister_pid(pid: i32) {
     for slot in &LIVE_PIDS {
-        if slot
-            .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
+        if slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
             return;
         }
     }
@@ -120,10 +112,7 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
     SPAWNER.get_or_init(|| {
         // SAFETY: registers a plain `extern "C" fn` that takes no arguments.
         let rc = unsafe { libc::atexit(kill_live_servers_at_exit) };
-        assert_eq!(
-            rc, 0,
-            "registering the atexit handler that kills test servers"
-        );
+        assert_eq!(rc, 0, "registering the atexit handler that kills test servers");
         let (sender, receiver) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
             .name("test-server-spawner".into())
@@ -167,12 +156,8 @@ pub fn die_with_parent(command: &mut Command) {
 fn spawn_guarded(mut command: Command) -> io::Result<Child> {
     die_with_parent(&mut command);
     let (reply, result) = mpsc::channel();
-    spawner()
-        .send(SpawnRequest { command, reply })
-        .expect("test-server spawner thread is gone");
-    result
-        .recv()
-        .expect("test-server spawner thread dropped the request")
+    spawner().send(SpawnRequest { command, reply }).expect("test-server spawner thread is gone");
+    result.recv().expect("test-server spawner thread dropped the request")
 }
 
 /// A running server process; killed (SIGKILL) and reaped when dropped.
@@ -263,15 +248,11 @@ fn launch(
         .append(true)
         .open(log)
         .map_err(|err| LaunchError::Failed(format!("opening {}: {err}", log.display())))?;
-    let stderr = stdout.try_clone().map_err(|err| {
-        LaunchError::Failed(format!(
-            "duplicating the handle of {}: {err}",
-            log.display()
-        ))
-    })?;
+    let stderr = stdout
+        .try_clone()
+        .map_err(|err| LaunchError::Failed(format!("duplicating the handle of {}: {err}", log.display())))?;
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    let child = spawn_guarded(command)
-        .map_err(|err| LaunchError::Failed(format!("spawning {name}: {err}")))?;
+    let child = spawn_guarded(command).map_err(|err| LaunchError::Failed(format!("spawning {name}: {err}")))?;
     let mut process = ServerProcess { child };
 
     let started = Instant::now();
@@ -290,11 +271,7 @@ fn launch(
         }
         let last_probe = match probe() {
             Ok(()) => {
-                eprintln!(
-                    "[harness] {name} (pid {}) ready after {:?}",
-                    process.pid(),
-                    started.elapsed()
-                );
+                eprintln!("[harness] {name} (pid {}) ready after {:?}", process.pid(), started.elapsed());
                 return Ok(process);
             }
             Err(observed) => observed,
@@ -339,11 +316,7 @@ pub fn free_port() -> u16 {
             .and_then(|listener| listener.local_addr())
             .expect("binding 127.0.0.1:0 to find a free port")
             .port();
-        if HANDED_OUT
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(port)
-        {
+        if HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
             return port;
         }
     }
@@ -355,11 +328,7 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// Opens a short-lived TCP connection, writes `request`, and returns what the server sends
 /// until it closes the connection or goes quiet for a second.
-fn exchange(
-    addr: SocketAddr,
-    request: &[u8],
-    read_until: impl Fn(&[u8]) -> bool,
-) -> io::Result<String> {
+fn exchange(addr: SocketAddr, request: &[u8], read_until: impl Fn(&[u8]) -> bool) -> io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
@@ -429,8 +398,7 @@ impl ZkServer {
     fn start_with(jvm_options: &'static [&'static str]) -> ZkServer {
         let dir = temp_dir("zkmirror-test-zk-");
         let data_dir = dir.path().join("data");
-        fs::create_dir(&data_dir)
-            .unwrap_or_else(|err| panic!("creating {}: {err}", data_dir.display()));
+        fs::create_dir(&data_dir).unwrap_or_else(|err| panic!("creating {}: {err}", data_dir.display()));
         let mut server = ZkServer {
             port: 0,
             config: dir.path().join("zoo.cfg"),
@@ -527,8 +495,7 @@ impl ZkServer {
             data_dir = data_dir.display(),
             port = self.port,
         );
-        fs::write(&self.config, config)
-            .unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
+        fs::write(&self.config, config).unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
     }
 
     fn launch(&self) -> Result<ServerProcess, LaunchError> {
@@ -559,10 +526,7 @@ impl ZkServer {
         })
         .map_err(|err| {
             if !Path::new("/usr/share/java/zookeeper.jar").exists() {
-                LaunchError::Failed(format!(
-                    "/usr/share/java/zookeeper.jar is missing; {}",
-                    err.message()
-                ))
+                LaunchError::Failed(format!("/usr/share/java/zookeeper.jar is missing; {}", err.message()))
             } else {
                 err
             }
@@ -642,12 +606,7 @@ impl RedisServer {
     pub fn url_with_credentials(&self) -> String {
         match &self.credentials {
             Some((user, password)) => {
-                format!(
-                    "redis://{}:{}@{}/",
-                    percent_encode(user),
-                    percent_encode(password),
-                    self.addr()
-                )
+                format!("redis://{}:{}@{}/", percent_encode(user), percent_encode(password), self.addr())
             }
             None => self.url(),
         }
@@ -655,9 +614,7 @@ impl RedisServer {
 
     /// `(user, password)` if the server requires authentication.
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.credentials
-            .as_ref()
-            .map(|(user, password)| (user.as_str(), password.as_str()))
+        self.credentials.as_ref().map(|(user, password)| (user.as_str(), password.as_str()))
     }
 
     pub fn port(&self) -> u16 {
@@ -716,8 +673,7 @@ impl RedisServer {
                 redis_quote(&format!(">{password}"))
             ));
         }
-        fs::write(&self.config, config)
-            .unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
+        fs::write(&self.config, config).unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
     }
 
     fn launch(&self) -> Result<ServerProcess, LaunchError> {
@@ -731,10 +687,8 @@ impl RedisServer {
         request.extend(resp_command(&["PING"]));
         let name = format!("redis-server on port {}", self.port);
         launch(&name, command, &self.log, REDIS_READY_TIMEOUT, || {
-            let reply = exchange(addr, &request, |reply| {
-                reply.ends_with(b"+PONG\r\n") || reply.starts_with(b"-")
-            })
-            .map_err(|err| format!("PING: {err}"))?;
+            let reply = exchange(addr, &request, |reply| reply.ends_with(b"+PONG\r\n") || reply.starts_with(b"-"))
+                .map_err(|err| format!("PING: {err}"))?;
             if reply.ends_with("+PONG\r\n") && !reply.starts_with('-') {
                 Ok(())
             } else {
@@ -790,9 +744,7 @@ fn percent_encode(value: &str) -> String {
     value
         .bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (byte as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
             _ => format!("%{byte:02X}"),
         })
         .collect()
