@@ -32,6 +32,13 @@ pub struct MirrorConfig {
     pub heartbeat_interval: Duration,
     /// How many ZooKeeper reads may be in flight at once.
     pub read_window: usize,
+    /// Bytes the mirror may hold at once: reads in flight, writes waiting for Redis, the
+    /// pipeline in flight, changed paths not yet read (64 MiB by default).
+    pub memory_budget: usize,
+    /// The largest znode ZooKeeper can return (its `jute.maxbuffer`, 1 MiB by default): each
+    /// read in flight is charged this much against the budget, since its size is unknown
+    /// until it arrives.
+    pub max_znode_bytes: usize,
     /// Which znodes below the root are copied (default: all).
     pub filter: crate::filter::Filter,
     /// Whether other roots share this prefix: then this root's status lives in
@@ -93,6 +100,8 @@ impl MirrorConfig {
             changes_maxlen: 10_000,
             heartbeat_interval: Duration::from_secs(1),
             read_window: 1024,
+            memory_budget: 64 << 20,
+            max_znode_bytes: 1 << 20,
             filter: crate::filter::Filter::all(),
             shared_prefix: false,
         }
@@ -106,6 +115,15 @@ impl MirrorConfig {
         validate_redis_url(&self.redis_url)?;
         if self.read_window == 0 {
             return Err(ConfigError::BadSetting { name: "read_window", why: "must be at least 1".into() });
+        }
+        if self.memory_budget < self.max_znode_bytes + (8 << 20) {
+            return Err(ConfigError::BadSetting {
+                name: "memory_budget",
+                why: format!(
+                    "{} bytes is below the largest znode ({} bytes) plus one Redis pipeline (8 MiB)",
+                    self.memory_budget, self.max_znode_bytes
+                ),
+            });
         }
         if self.heartbeat_interval.is_zero() || self.anti_entropy_interval.is_zero() {
             return Err(ConfigError::BadSetting {

@@ -39,6 +39,7 @@
 //! ```
 
 pub mod config;
+mod engine;
 pub mod error;
 pub mod filter;
 pub mod lag;

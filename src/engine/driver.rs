@@ -1,0 +1,249 @@
+//! The driver: turns the core's effects into futures and their results back into inputs. It
+//! owns the I/O handles (the ZooKeeper session and its watcher, the Redis store) and nothing of
+//! the mirror's logic. It awaits nothing inline: every server call is a future polled by the
+//! one `select!`, so a slow or dead server delays only the work that waits for it, never the
+//! heartbeat, the watch or the other side.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::future::OptionFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tracing::{info, warn};
+use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent};
+
+use super::{Change, Core, Effect, Input};
+use crate::config::MirrorConfig;
+use crate::error::{MirrorError, StoreError, ZkError};
+use crate::shutdown::Shutdown;
+use crate::store::{BatchOutcome, Store};
+use crate::zk::ZkSession;
+use crate::znode::Fetched;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// What one multi-read answers: each path with what was found.
+type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
+/// A sweep's answer, tagged with the walk generation that asked.
+type SweepResult = (u64, Result<Vec<String>, StoreError>);
+
+/// The futures of one kind the driver can have in flight; each `Option` holds at most one,
+/// because the core never asks for a second before the first is answered.
+#[derive(Default)]
+struct InFlight {
+    connect: Option<BoxFuture<Result<ZkSession, ZkError>>>,
+    add_watch: Option<BoxFuture<Result<PersistentWatcher, ZkError>>>,
+    reads: FuturesOrdered<BoxFuture<ReadResults>>,
+    batch: Option<BoxFuture<Result<BatchOutcome, StoreError>>>,
+    scripts: Option<BoxFuture<Result<(), StoreError>>>,
+    subtree_check: Option<BoxFuture<(u64, Result<bool, StoreError>)>>,
+    sweep: Option<BoxFuture<SweepResult>>,
+    status: Option<BoxFuture<Result<bool, StoreError>>>,
+    /// Setting `TCP_NODELAY` scans `/proc/self/fd`: a blocking task, joined here.
+    nagle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Runs the mirror until `shutdown` fires (Ok) or ZooKeeper rejects the credentials (Err).
+pub(crate) async fn drive(
+    config: MirrorConfig,
+    store: Store,
+    mut core: Core,
+    mut shutdown: Shutdown,
+) -> Result<(), MirrorError> {
+    info!(root = %config.root, zk = %config.zk_servers, redis = %store.server(), prefix = %config.prefix,
+          "zkmirror starting");
+    let mut session: Option<ZkSession> = None;
+    let mut watcher: Option<PersistentWatcher> = None;
+    let mut f = InFlight::default();
+    let result = loop {
+        while let Some(effect) = core.poll_effect() {
+            start(effect, &config, &store, &mut session, &mut watcher, &mut f);
+        }
+        if let Some(error) = core.take_fatal() {
+            break Err(error.into());
+        }
+        let deadline = tokio::time::Instant::from_std(core.poll_timeout());
+        let input = tokio::select! {
+            biased;
+            _ = shutdown.fired() => break Ok(()),
+            // Events before replies: ZooKeeper sends a change's event before the reply to any
+            // read served after it, and the watermark relies on seeing them in that order.
+            event = next_event(&mut watcher), if watcher.is_some() => match event {
+                Some(input) => input,
+                None => continue,
+            },
+            Some(result) = OptionFuture::from(f.connect.as_mut()), if f.connect.is_some() => {
+                f.connect = None;
+                match result {
+                    Ok(s) => {
+                        info!(session = %s.session_id(), servers = %s.servers(), "ZooKeeper session established");
+                        session = Some(s);
+                        Input::Connected
+                    }
+                    Err(error) => Input::ConnectFailed(error),
+                }
+            }
+            Some(result) = OptionFuture::from(f.add_watch.as_mut()), if f.add_watch.is_some() => {
+                f.add_watch = None;
+                match result {
+                    Ok(fresh) => {
+                        watcher = Some(fresh);
+                        Input::WatchAdded
+                    }
+                    Err(error) => Input::WatchFailed(error),
+                }
+            }
+            Some(results) = f.reads.next(), if !f.reads.is_empty() => Input::ReadDone(results),
+            Some(result) = OptionFuture::from(f.batch.as_mut()), if f.batch.is_some() => {
+                f.batch = None;
+                Input::WriteDone(result)
+            }
+            Some(result) = OptionFuture::from(f.scripts.as_mut()), if f.scripts.is_some() => {
+                f.scripts = None;
+                Input::ScriptsLoaded(result)
+            }
+            Some((generation, result)) = OptionFuture::from(f.subtree_check.as_mut()), if f.subtree_check.is_some() => {
+                f.subtree_check = None;
+                Input::SubtreeChecked { generation, result }
+            }
+            Some((generation, result)) = OptionFuture::from(f.sweep.as_mut()), if f.sweep.is_some() => {
+                f.sweep = None;
+                Input::SweepDone { generation, result }
+            }
+            Some(result) = OptionFuture::from(f.status.as_mut()), if f.status.is_some() => {
+                f.status = None;
+                Input::StatusWritten(result)
+            }
+            Some(_) = OptionFuture::from(f.nagle.as_mut()), if f.nagle.is_some() => {
+                f.nagle = None;
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                core.handle_timeout(Instant::now());
+                continue;
+            }
+        };
+        core.handle(input, Instant::now());
+    };
+    stop(&store, f).await;
+    result
+}
+
+/// Best-effort clean stop: let the pipeline in flight land, then say `stopped`.
+async fn stop(store: &Store, mut f: InFlight) {
+    if let Some(batch) = f.batch.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), batch).await;
+    }
+    if let Some(nagle) = f.nagle.take() {
+        nagle.abort();
+        let _ = nagle.await;
+    }
+    let fields =
+        [("state", crate::status::Phase::Stopped.as_str().to_owned()), ("heartbeat", super::now_ms().to_string())];
+    let _ = tokio::time::timeout(Duration::from_secs(2), store.write_status(&fields)).await;
+    info!("zkmirror stopped");
+}
+
+/// The next watch event as an input; `None` for events the mirror ignores.
+async fn next_event(watcher: &mut Option<PersistentWatcher>) -> Option<Input> {
+    let event: WatchedEvent = match watcher.as_mut() {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    };
+    let kind = match event.event_type {
+        EventType::Session => {
+            return Some(match event.session_state {
+                SessionState::Disconnected => Input::Disconnected,
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => Input::Reconnected,
+                SessionState::Expired | SessionState::Closed => {
+                    // The watcher is done; the core asks for a new session.
+                    *watcher = None;
+                    Input::SessionEnded
+                }
+                SessionState::AuthFailed => Input::AuthFailed,
+            });
+        }
+        EventType::NodeCreated => Change::Created,
+        EventType::NodeDeleted => Change::Deleted,
+        EventType::NodeDataChanged | EventType::NodeChildrenChanged => Change::Data,
+    };
+    Some(Input::Changed { path: event.path, kind })
+}
+
+/// Starts the future (or the change of handles) an effect asks for.
+fn start(
+    effect: Effect,
+    config: &MirrorConfig,
+    store: &Store,
+    session: &mut Option<ZkSession>,
+    watcher: &mut Option<PersistentWatcher>,
+    f: &mut InFlight,
+) {
+    match effect {
+        Effect::Connect => {
+            let config = config.clone();
+            f.connect = Some(Box::pin(async move { ZkSession::connect(&config).await }));
+        }
+        Effect::DropSession => {
+            *session = None;
+            *watcher = None;
+            f.add_watch = None;
+            f.reads = FuturesOrdered::new();
+        }
+        Effect::AddWatch => match session.clone() {
+            Some(s) => {
+                let root = config.root.clone();
+                f.add_watch = Some(Box::pin(async move { s.watch(&root).await }));
+            }
+            None => warn!("asked to add the watch without a session; waiting for one"),
+        },
+        Effect::DisableNagle => {
+            if let (Some(s), None) = (session.as_ref(), f.nagle.as_ref()) {
+                let s = s.clone();
+                f.nagle = Some(tokio::task::spawn_blocking(move || s.disable_nagle()));
+            }
+        }
+        Effect::Read(paths) => match session.as_ref() {
+            Some(s) => f.reads.push_back(Box::pin(s.fetch_many(paths))),
+            None => {
+                // No session: answer at once with a connection loss, so the core re-queues.
+                let error = ZkError::Read { path: paths.join(", "), source: zookeeper_client::Error::ConnectionLoss };
+                let results = paths.into_iter().map(|p| (p, Err(error.clone()))).collect();
+                f.reads.push_back(Box::pin(std::future::ready(results)));
+            }
+        },
+        Effect::Write { writes, zxid } => {
+            let send = store.apply(&writes, zxid.unwrap_or(0), super::now_ms());
+            f.batch = Some(Box::pin(send));
+        }
+        Effect::LoadScripts => {
+            let store = store.clone();
+            f.scripts = Some(Box::pin(async move { store.load_scripts().await }));
+        }
+        Effect::CheckSubtree { generation } => {
+            let (store, root) = (store.clone(), config.root.clone());
+            f.subtree_check =
+                Some(Box::pin(
+                    async move { (generation, store.may_hold_subtree(&root, super::SUBTREE_CHECK_PAGES).await) },
+                ));
+        }
+        Effect::Sweep { generation } => {
+            let (store, root, filter) = (store.clone(), config.root.clone(), config.filter.clone());
+            f.sweep = Some(Box::pin(async move {
+                let keep = |path: &str| filter.copies(&root, path);
+                (generation, store.stray_paths(&root, keep).await)
+            }));
+        }
+        Effect::WriteStatus { fields, check_root } => {
+            let (store, root) = (store.clone(), config.root.clone());
+            f.status = Some(Box::pin(async move {
+                store.write_status(&fields).await?;
+                if check_root {
+                    store.holds(&root).await
+                } else {
+                    Ok(true)
+                }
+            }));
+        }
+    }
+}

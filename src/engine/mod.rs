@@ -1,0 +1,1041 @@
+//! The engine core: the whole mirror as a state machine that does no I/O.
+//!
+//! ```text
+//!   start / reconnect / expiry / Redis loss / watch restored / anti-entropy
+//!        │
+//!        ▼
+//!   1. watch:  (re-)add ONE persistent recursive watch on the root   ── events buffer from here
+//!   2. walk:   read every znode (depth first, many reads in flight), write what differs,
+//!              then sweep Redis for keys whose znode is gone
+//!   3. live:   each event marks paths dirty → read → write
+//! ```
+//!
+//! [`Core`] is fed [`Input`]s (what ZooKeeper and Redis answered, what the watch reported, the
+//! clock) and hands out [`Effect`]s (read these paths, write this batch, load the scripts, ...).
+//! [`driver`] turns effects into futures and their results back into inputs; it is the only
+//! part that awaits anything, and it awaits nothing inline, so a slow server stalls nothing but
+//! the work waiting for it.
+//!
+//! The snapshot-then-changes hand-off is the order of the first two steps, kept by the core:
+//! no read is issued until the watch is in place ([`WatchState::Active`]), so a change made
+//! during the walk is either seen by the walk's read or reported by an event whose read comes
+//! later. Both go through the same ordered pipeline, and the Lua scripts refuse any write older
+//! than what Redis holds, so the order in which a walk read and an event read land cannot make a
+//! version go backwards.
+//!
+//! One type per concern: [`walk::Walk`], the read scheduler ([`reads`]), the write queue
+//! ([`writes`]), the Redis link ([`RedisLink`]), the watermark ([`watermark`]) and the recorder
+//! ([`record`]).
+
+pub(crate) mod driver;
+pub(crate) mod reads;
+pub(crate) mod record;
+pub(crate) mod walk;
+pub(crate) mod watermark;
+pub(crate) mod writes;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use crate::config::MirrorConfig;
+use crate::error::{StoreError, ZkError};
+use crate::filter::Filter;
+use crate::path;
+use crate::status::Phase;
+use crate::store::{BatchOutcome, Write};
+use crate::znode::Fetched;
+
+use reads::{DirtyPaths, ReadMode, ReadRoom};
+use record::Recorder;
+use walk::{Walk, WalkReason, WalkStage};
+use watermark::Watermark;
+use writes::{Pending, WriteQueue};
+
+/// Ready writes before reads pause: bounds the count when Redis is slower than ZooKeeper (the
+/// memory budget bounds their bytes).
+const MAX_READY: usize = 4 * writes::MAX_BATCH_WRITES;
+/// Changes per second (since the last anti-entropy tick) above which the anti-entropy pass is
+/// postponed: it re-reads and re-compares the whole tree, which on a busy machine delays the
+/// live changes readers are waiting for. The price: what only the pass catches (an ACL change,
+/// a znode becoming readable) waits longer, up to `1 + ANTI_ENTROPY_MAX_POSTPONED` intervals.
+const ANTI_ENTROPY_BUSY_RATE: f64 = 1000.0;
+/// Intervals in a row the anti-entropy pass may be postponed; then it runs whatever the load.
+const ANTI_ENTROPY_MAX_POSTPONED: u32 = 4;
+/// `SCAN` pages (1000 keys each) the cold sync's look for keys of the subtree may take before
+/// it gives up and sweeps as usual: an empty Redis answers in one.
+pub(crate) const SUBTREE_CHECK_PAGES: usize = 16;
+/// Bytes charged per path in flight beyond its data: Stat, path, children names of a typical
+/// znode, and the client's decoding.
+const READ_OVERHEAD_BYTES: usize = 4096;
+/// Share of the memory budget that dirty paths may take before they are dropped for a
+/// reconcile walk (which reads everything they named, with bounded memory).
+const DIRTY_SHARE: usize = 4;
+
+/// What the engine was told.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A ZooKeeper session is open.
+    Connected,
+    ConnectFailed(ZkError),
+    WatchAdded,
+    WatchFailed(ZkError),
+    /// The session's connection dropped (the session may still be alive).
+    Disconnected,
+    /// The connection is back within the same session.
+    Reconnected,
+    /// The session ended for good (expired or closed).
+    SessionEnded,
+    AuthFailed,
+    /// A watch event on `path`.
+    Changed {
+        path: String,
+        kind: Change,
+    },
+    /// The oldest read request in flight was answered (requests are answered in order).
+    ReadDone(Vec<(String, Result<Fetched, ZkError>)>),
+    /// The pipeline in flight was answered.
+    WriteDone(Result<BatchOutcome, StoreError>),
+    ScriptsLoaded(Result<(), StoreError>),
+    SubtreeChecked {
+        generation: u64,
+        result: Result<bool, StoreError>,
+    },
+    SweepDone {
+        generation: u64,
+        result: Result<Vec<String>, StoreError>,
+    },
+    /// The status hash was written; `Ok(false)`: Redis no longer holds the root.
+    StatusWritten(Result<bool, StoreError>),
+}
+
+/// A watch event's kind, as far as the mirror cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Created,
+    Deleted,
+    Data,
+}
+
+/// What the engine asks the driver to do.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Open a new ZooKeeper session.
+    Connect,
+    /// Forget the session, its watcher and every read in flight (it ended).
+    DropSession,
+    /// (Re-)add the persistent recursive watch on the root.
+    AddWatch,
+    /// Set `TCP_NODELAY` on the session's new socket (off the event loop: it scans `/proc`).
+    DisableNagle,
+    /// One multi-read of these paths; answered with [`Input::ReadDone`] in send order.
+    Read(Vec<String>),
+    /// One pipeline of writes, then the watermark; answered with [`Input::WriteDone`].
+    Write {
+        writes: Arc<Vec<Write>>,
+        zxid: Option<i64>,
+    },
+    LoadScripts,
+    CheckSubtree {
+        generation: u64,
+    },
+    Sweep {
+        generation: u64,
+    },
+    /// Set these status fields; also check that Redis still holds the root if asked.
+    WriteStatus {
+        fields: Vec<(&'static str, String)>,
+        check_root: bool,
+    },
+}
+
+/// The ZooKeeper side's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ZkLink {
+    /// A connect is in flight.
+    Connecting,
+    /// Waiting before the next connect attempt.
+    Waiting { until: Instant },
+    /// A session is open and connected.
+    Connected { watch: WatchState },
+    /// A session is open but its connection dropped.
+    Disconnected,
+}
+
+/// The persistent watch of a connected session. A mirror without its watch is not live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchState {
+    Adding,
+    RetryAt(Instant),
+    Active,
+}
+
+/// The Redis side's state: one state, not three flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RedisLink {
+    /// The scripts are being loaded; writes wait (a NOSCRIPT answer would look like a restart).
+    Loading {
+        was_down: bool,
+    },
+    Up,
+    /// Unreachable or failing: try again at `retry_at`.
+    Down {
+        retry_at: Instant,
+    },
+}
+
+/// One read request in flight.
+struct ReadRequest {
+    items: Vec<ReadItem>,
+    sent: Instant,
+    /// The watch epoch it was sent in: only replies sent under the current watch count for
+    /// the watermark.
+    watch_epoch: u64,
+}
+
+#[derive(Clone, Copy)]
+struct ReadItem {
+    /// The walk generation that asked for it and whether to descend into its children.
+    walk: Option<(u64, bool)>,
+    mark: Option<u64>,
+}
+
+pub(crate) struct Core {
+    root: String,
+    filter: Filter,
+    heartbeat_interval: Duration,
+    anti_entropy_interval: Duration,
+    read_window: usize,
+    memory_budget: usize,
+    read_charge: usize,
+    started_at_ms: u64,
+    record: Recorder,
+
+    zk: ZkLink,
+    zk_backoff: Backoff,
+    /// Counts watches added: replies to reads sent under an earlier watch do not count.
+    watch_epoch: u64,
+    /// The reason of the walk the next watch starts.
+    next_walk: WalkReason,
+    redis: RedisLink,
+    redis_backoff: Backoff,
+    last_redis_error_log: Option<Instant>,
+
+    dirty: DirtyPaths,
+    walk: Option<Walk>,
+    next_generation: u64,
+    reads: VecDeque<ReadRequest>,
+    paths_in_flight: usize,
+    /// After a failed read: no read until then.
+    read_retry_at: Option<Instant>,
+    read_backoff: Backoff,
+    writes: WriteQueue,
+    batch_sent: Option<Instant>,
+    /// A batch Redis answered NOSCRIPT to, sent again once the scripts are loaded.
+    noscript_batch: Option<writes::Batch>,
+    watermark: Watermark,
+    published_zxid: i64,
+
+    subtree_check: Option<u64>,
+    sweep: Option<u64>,
+    status_in_flight: bool,
+    published_phase: Option<Phase>,
+    first_sync_done: bool,
+    /// Whether Redis should hold the root: if it stops doing so, Redis lost our data.
+    root_in_redis: bool,
+    /// Paths already logged as unreadable, so each is logged once (bounded: see `note_unreadable`).
+    unreadable_logged: HashSet<String>,
+
+    heartbeat_at: Instant,
+    anti_entropy_at: Instant,
+    anti_entropy_postponed: u32,
+    events_at_tick: (u64, Instant),
+
+    effects: VecDeque<Effect>,
+    fatal: Option<ZkError>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Core {
+    pub fn new(config: &MirrorConfig, record: Recorder, now: Instant) -> Core {
+        let mut core = Core {
+            root: config.root.clone(),
+            filter: config.filter.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+            anti_entropy_interval: config.anti_entropy_interval,
+            read_window: config.read_window,
+            memory_budget: config.memory_budget,
+            read_charge: config.max_znode_bytes + READ_OVERHEAD_BYTES,
+            started_at_ms: now_ms(),
+            record,
+            zk: ZkLink::Connecting,
+            zk_backoff: Backoff::new(),
+            watch_epoch: 0,
+            next_walk: WalkReason::ColdSync,
+            redis: RedisLink::Loading { was_down: false },
+            redis_backoff: Backoff::new(),
+            last_redis_error_log: None,
+            dirty: DirtyPaths::default(),
+            walk: None,
+            next_generation: 1,
+            reads: VecDeque::new(),
+            paths_in_flight: 0,
+            read_retry_at: None,
+            read_backoff: Backoff::new(),
+            writes: WriteQueue::default(),
+            batch_sent: None,
+            noscript_batch: None,
+            watermark: Watermark::default(),
+            published_zxid: 0,
+            subtree_check: None,
+            sweep: None,
+            status_in_flight: false,
+            published_phase: None,
+            first_sync_done: false,
+            root_in_redis: false,
+            unreadable_logged: HashSet::new(),
+            heartbeat_at: now,
+            anti_entropy_at: now + config.anti_entropy_interval,
+            anti_entropy_postponed: 0,
+            events_at_tick: (0, now),
+            effects: VecDeque::new(),
+            fatal: None,
+        };
+        // The scripts first, before any pipeline; the session meanwhile.
+        core.effects.push_back(Effect::LoadScripts);
+        core.effects.push_back(Effect::Connect);
+        core.watermark.block();
+        core
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Set once ZooKeeper rejected the credentials: the mirror cannot go on.
+    pub fn take_fatal(&mut self) -> Option<ZkError> {
+        self.fatal.take()
+    }
+
+    /// When [`Core::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.heartbeat_at.min(self.anti_entropy_at);
+        match self.zk {
+            ZkLink::Waiting { until } => at = at.min(until),
+            ZkLink::Connected { watch: WatchState::RetryAt(t) } => at = at.min(t),
+            _ => {}
+        }
+        if let RedisLink::Down { retry_at } = self.redis {
+            at = at.min(retry_at);
+        }
+        if let Some(t) = self.read_retry_at {
+            at = at.min(t);
+        }
+        at
+    }
+
+    /// The clock moved: run what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let ZkLink::Waiting { until } = self.zk {
+            if now >= until {
+                self.zk = ZkLink::Connecting;
+                self.effects.push_back(Effect::Connect);
+            }
+        }
+        if let ZkLink::Connected { watch: WatchState::RetryAt(t) } = self.zk {
+            if now >= t {
+                self.zk = ZkLink::Connected { watch: WatchState::Adding };
+                self.effects.push_back(Effect::AddWatch);
+            }
+        }
+        if self.read_retry_at.is_some_and(|t| now >= t) {
+            self.read_retry_at = None;
+        }
+        if let RedisLink::Down { retry_at } = self.redis {
+            if now >= retry_at {
+                // The probe: loading the scripts is what a returning Redis needs first anyway.
+                self.redis = RedisLink::Loading { was_down: true };
+                self.effects.push_back(Effect::LoadScripts);
+            }
+        }
+        if now >= self.heartbeat_at {
+            self.heartbeat_at = now + self.heartbeat_interval;
+            if self.redis == RedisLink::Up && !self.status_in_flight {
+                let phase = self.record.phase();
+                self.published_phase = Some(phase);
+                self.write_status(phase);
+            }
+        }
+        if now >= self.anti_entropy_at {
+            self.anti_entropy_at = now + self.anti_entropy_interval;
+            self.anti_entropy_tick(now);
+        }
+        self.step(now);
+    }
+
+    /// Handles one input, then moves everything forward.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Connected => {
+                self.zk_backoff.reset();
+                self.zk = ZkLink::Connected { watch: WatchState::Adding };
+                self.effects.push_back(Effect::AddWatch);
+            }
+            Input::ConnectFailed(ZkError::AuthFailed) | Input::AuthFailed => self.fatal = Some(ZkError::AuthFailed),
+            Input::ConnectFailed(error) => {
+                let wait = self.zk_backoff.next();
+                warn!(%error, retry_in = ?wait, "ZooKeeper unreachable; retrying");
+                self.zk = ZkLink::Waiting { until: now + wait };
+            }
+            Input::WatchAdded => self.on_watch_added(now),
+            Input::WatchFailed(error) => {
+                if matches!(self.zk, ZkLink::Connected { .. }) {
+                    let wait = self.zk_backoff.next();
+                    warn!(%error, retry_in = ?wait, root = %self.root,
+                          "cannot add the watch on the root: not live until it is back; retrying");
+                    self.zk = ZkLink::Connected { watch: WatchState::RetryAt(now + wait) };
+                }
+            }
+            Input::Disconnected => {
+                if matches!(self.zk, ZkLink::Connected { .. }) {
+                    warn!("ZooKeeper connection lost; changes made meanwhile will be reconciled on reconnect");
+                    self.zk = ZkLink::Disconnected;
+                    // Events of the gap will never come: the reconcile after reconnect covers them.
+                    self.watermark.block();
+                }
+            }
+            Input::Reconnected => {
+                info!("ZooKeeper connection restored within the session");
+                self.effects.push_back(Effect::DisableNagle);
+                // zookeeper-client does not restore persistent watches on reconnect: add ours
+                // again, then reconcile what the gap may have hidden.
+                self.zk = ZkLink::Connected { watch: WatchState::Adding };
+                self.next_walk = WalkReason::Reconnect;
+                self.effects.push_back(Effect::AddWatch);
+            }
+            Input::SessionEnded => self.on_session_ended(),
+            Input::Changed { path, kind } => self.on_change(&path, kind, now),
+            Input::ReadDone(results) => self.on_reads(results, now),
+            Input::WriteDone(result) => self.on_batch(result, now),
+            Input::ScriptsLoaded(result) => self.on_scripts(result, now),
+            Input::SubtreeChecked { generation, result } => self.on_subtree_checked(generation, result),
+            Input::SweepDone { generation, result } => self.on_sweep(generation, result, now),
+            Input::StatusWritten(result) => self.on_status_written(result, now),
+        }
+        self.step(now);
+    }
+
+    /// Moves everything forward that can move: reads, the pipeline, the walk, the phase.
+    fn step(&mut self, now: Instant) {
+        self.issue_reads(now);
+        // Before the pipeline: a walk that just finished releases the watermark it carries.
+        self.advance_walk(now);
+        self.send_batch(now);
+        self.publish_phase();
+    }
+
+    fn watch_active(&self) -> bool {
+        self.zk == ZkLink::Connected { watch: WatchState::Active }
+    }
+
+    fn on_watch_added(&mut self, now: Instant) {
+        if !matches!(self.zk, ZkLink::Connected { .. }) {
+            return;
+        }
+        self.zk = ZkLink::Connected { watch: WatchState::Active };
+        self.watch_epoch += 1;
+        self.zk_backoff.reset();
+        let reason = self.next_walk;
+        self.next_walk = WalkReason::WatchRestored;
+        self.start_walk(reason, now);
+    }
+
+    /// Everything read in the old session is dropped, ready writes included: a read held across
+    /// an expiry may be older than a tombstone's life (see `schema/layout.md`); the next walk
+    /// reads it again.
+    fn on_session_ended(&mut self) {
+        warn!("ZooKeeper session expired: starting a new session, a new watch and a reconcile");
+        self.effects.push_back(Effect::DropSession);
+        self.reads.clear();
+        self.paths_in_flight = 0;
+        self.dirty.clear();
+        self.walk = None;
+        self.sweep = None;
+        self.subtree_check = None;
+        self.writes.clear_ready();
+        self.watermark.block();
+        self.next_walk = WalkReason::SessionExpired;
+        self.zk = ZkLink::Connecting;
+        self.effects.push_back(Effect::Connect);
+    }
+
+    fn on_change(&mut self, path: &str, kind: Change, now: Instant) {
+        self.record.event();
+        if !matches!(self.redis, RedisLink::Up | RedisLink::Loading { was_down: false }) {
+            // Nothing can be written; the reconcile after Redis returns covers this change.
+            return;
+        }
+        let seq = self.watermark.next_event();
+        let is_root = path == self.root;
+        let parent = path::parent(path).unwrap_or("/").to_owned();
+        match kind {
+            Change::Created => {
+                self.mark_dirty(path, seq);
+                if !is_root {
+                    self.mark_dirty(&parent, seq);
+                }
+            }
+            Change::Deleted => {
+                // Parent first: readers stop seeing the name before its keys go.
+                if !is_root {
+                    self.mark_dirty(&parent, seq);
+                }
+                self.mark_dirty(path, seq);
+            }
+            Change::Data => self.mark_dirty(path, seq),
+        }
+        if self.dirty.bytes() > self.memory_budget / DIRTY_SHARE {
+            // More distinct paths changed than the budget holds: read them all by walking.
+            warn!(paths = self.dirty.len(), "too many changed paths to hold: reconciling instead");
+            self.dirty.clear();
+            self.watermark.block();
+            self.start_walk(WalkReason::Reconnect, now);
+        }
+    }
+
+    /// Queues a read of `path` if the filter copies it.
+    fn mark_dirty(&mut self, path: &str, seq: u64) {
+        if !self.filter.copies(&self.root, path) {
+            return;
+        }
+        if self.dirty.is_marked(path) {
+            return;
+        }
+        self.dirty.push(path, Some(seq));
+        self.watermark.open(seq);
+    }
+
+    /// Starts (or restarts) a walk from the root. Dirty paths stay: the walk does not replace
+    /// reads that events asked for.
+    fn start_walk(&mut self, reason: WalkReason, now: Instant) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if reason != WalkReason::AntiEntropy {
+            info!("{} started", reason.describe());
+        } else {
+            debug!("{} started", reason.describe());
+        }
+        if reason.covers_lost_events() {
+            self.watermark.block();
+        }
+        self.sweep = None;
+        // A look begun for an earlier walk would hold this walk's writes back for nothing.
+        self.subtree_check = None;
+        self.walk = Some(Walk::new(reason, generation, &self.root, now, self.record.written_deleted()));
+        if reason == WalkReason::ColdSync && self.writes.is_idle() {
+            self.subtree_check = Some(generation);
+            self.effects.push_back(Effect::CheckSubtree { generation });
+        }
+    }
+
+    fn on_subtree_checked(&mut self, generation: u64, result: Result<bool, StoreError>) {
+        if self.subtree_check != Some(generation) {
+            return;
+        }
+        self.subtree_check = None;
+        match result {
+            Ok(false) => {
+                if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == generation) {
+                    debug!("Redis holds no key of the subtree: the cold sync will need no sweep");
+                    walk.sweep_needed = false;
+                }
+            }
+            Ok(true) => {}
+            // The first pipeline will meet the same failure and handle it.
+            Err(error) => debug!(%error, "cannot tell whether Redis holds the subtree; the cold sync will sweep"),
+        }
+    }
+
+    /// Bytes the mirror holds now, by the memory budget's account.
+    fn held_bytes(&self) -> usize {
+        self.writes.bytes() + self.dirty.bytes() + self.walk.as_ref().map_or(0, Walk::bytes)
+    }
+
+    /// Fills the read window: event-dirty paths first (they are what readers wait for), then
+    /// the walk. Every path in flight is charged as the largest znode ZooKeeper can return, so
+    /// what the replies hold stays within the memory budget whatever the values' sizes.
+    fn issue_reads(&mut self, now: Instant) {
+        if !self.watch_active() || self.redis != RedisLink::Up || self.read_retry_at.is_some() {
+            return;
+        }
+        loop {
+            if self.writes.ready_len() >= MAX_READY {
+                return;
+            }
+            let free = self.memory_budget.saturating_sub(self.held_bytes() + self.paths_in_flight * self.read_charge);
+            let mut budget_paths = free / self.read_charge;
+            if budget_paths == 0 && self.paths_in_flight == 0 && self.writes.is_idle() {
+                // Nothing else is held: one read at a time always makes progress.
+                budget_paths = 1;
+            }
+            let mode = match self.walk.as_ref().filter(|w| w.reading()) {
+                Some(w) if w.reason == WalkReason::AntiEntropy => ReadMode::AntiEntropy,
+                Some(_) => ReadMode::Walk,
+                None => ReadMode::Changes,
+            };
+            let walk_waiting = self.walk.as_ref().filter(|w| w.reading()).map_or(0, |w| w.stack.len());
+            let room = ReadRoom {
+                mode,
+                dirty: self.dirty.len(),
+                waiting: self.dirty.len() + walk_waiting,
+                requests_in_flight: self.reads.len(),
+                paths_in_flight: self.paths_in_flight,
+                max_paths: self.read_window.min(self.paths_in_flight + budget_paths),
+            };
+            let Some(size) = room.next_request_size() else { return };
+            let mut paths = Vec::new();
+            let mut items = Vec::new();
+            while paths.len() < size {
+                if let Some((path, mark)) = self.dirty.pop() {
+                    paths.push(path);
+                    items.push(ReadItem { walk: None, mark });
+                } else if let Some(walk) = self.walk.as_mut().filter(|w| w.reading() && room.walk_may_read()) {
+                    match walk.stack.pop() {
+                        Some((path, descend)) => {
+                            walk.open += 1;
+                            paths.push(path);
+                            items.push(ReadItem { walk: Some((walk.generation, descend)), mark: None });
+                        }
+                        None => break,
+                    }
+                } else {
+                    break;
+                }
+            }
+            if paths.is_empty() {
+                return;
+            }
+            self.paths_in_flight += paths.len();
+            self.reads.push_back(ReadRequest { items, sent: now, watch_epoch: self.watch_epoch });
+            self.effects.push_back(Effect::Read(paths));
+        }
+    }
+
+    fn on_reads(&mut self, results: Vec<(String, Result<Fetched, ZkError>)>, now: Instant) {
+        let Some(request) = self.reads.pop_front() else { return };
+        self.paths_in_flight = self.paths_in_flight.saturating_sub(request.items.len());
+        self.record.reads(results.len() as u64, now.duration_since(request.sent));
+        let mut failed: Option<(usize, String, ZkError)> = None;
+        let mut highest_zxid = None;
+        for ((path, result), item) in results.into_iter().zip(request.items) {
+            match result {
+                Ok(fetched) => {
+                    let zxid = match &fetched {
+                        Fetched::Present(z) => Some(z.stat.czxid.max(z.stat.mzxid).max(z.stat.pzxid)),
+                        Fetched::Absent { tomb_zxid, .. } => *tomb_zxid,
+                        Fetched::Unreadable { .. } => None,
+                    };
+                    highest_zxid = highest_zxid.max(zxid);
+                    self.on_read(fetched, item);
+                }
+                Err(ZkError::SessionExpired) => {
+                    self.on_session_ended();
+                    return;
+                }
+                Err(error) => {
+                    // Read it again after a pause: a walk's path goes back on its stack (its
+                    // children must still be walked), a change's back among the dirty paths.
+                    match item.walk {
+                        Some((generation, descend)) => match self.walk.as_mut() {
+                            Some(walk) if walk.generation == generation => {
+                                walk.open = walk.open.saturating_sub(1);
+                                walk.stack.push((path.clone(), descend));
+                            }
+                            _ => {}
+                        },
+                        None => {
+                            self.dirty.push(&path, item.mark);
+                        }
+                    }
+                    match &mut failed {
+                        Some((count, _, _)) => *count += 1,
+                        None => failed = Some((1, path, error)),
+                    }
+                }
+            }
+        }
+        if let Some((count, first, error)) = failed {
+            // One line per failed request, however many paths it carried.
+            let wait = self.read_backoff.next();
+            if self.watch_active() {
+                warn!(paths = count, first = %first, %error, retry_in = ?wait, "ZooKeeper read failed; retrying");
+            }
+            self.read_retry_at = Some(now + wait);
+        } else {
+            self.read_backoff.reset();
+            if request.watch_epoch == self.watch_epoch && self.watch_active() {
+                if let Some(zxid) = highest_zxid {
+                    self.watermark.reply(zxid);
+                }
+            }
+        }
+    }
+
+    fn on_read(&mut self, fetched: Fetched, item: ReadItem) {
+        let current = self.walk.as_ref().map(|w| w.generation);
+        let walk_generation = item.walk.map(|(generation, _)| generation).filter(|g| Some(*g) == current);
+        let write = match fetched {
+            Fetched::Present(znode) => {
+                if let (Some(walk), Some((_, true))) = (self.walk.as_mut(), item.walk) {
+                    if Some(walk.generation) == walk_generation {
+                        walk.visited += 1;
+                        self.record.walk_progress(walk.visited);
+                        if self.filter.may_descend(&self.root, &znode.path) {
+                            walk.stack.extend(znode.children.iter().map(|name| (path::child(&znode.path, name), true)));
+                        }
+                    }
+                }
+                if !self.filter.copies(&self.root, &znode.path) {
+                    // Walked through (an include below it may match) or left behind by an old
+                    // filter: it must hold no keys.
+                    self.record.filtered();
+                    Write::Hide { path: znode.path }
+                } else {
+                    if self.unreadable_logged.remove(&znode.path) {
+                        info!(path = %znode.path, "znode is readable again: mirroring it");
+                    }
+                    Write::Put(znode)
+                }
+            }
+            Fetched::Absent { path, tomb_zxid } => {
+                if path == self.root {
+                    warn!(root = %path, "root does not exist in ZooKeeper; waiting for it to be created");
+                }
+                Write::Delete { path, tomb_zxid }
+            }
+            Fetched::Unreadable { path } => {
+                self.record.unreadable();
+                self.note_unreadable(&path);
+                Write::Hide { path }
+            }
+        };
+        self.writes.push(Pending { write, walk: walk_generation, mark: item.mark });
+    }
+
+    /// Logs an unreadable path once. The set of logged paths is bounded: past 10,000 it is
+    /// forgotten (and paths may be logged again).
+    fn note_unreadable(&mut self, path: &str) {
+        if self.unreadable_logged.len() >= 10_000 {
+            self.unreadable_logged.clear();
+        }
+        if self.unreadable_logged.insert(path.to_owned()) {
+            warn!(%path, "cannot read {path} (NoAuth): skipping it and its subtree; grant READ to the mirror's identity to mirror it");
+        }
+    }
+
+    /// Sends the next Redis pipeline if none is in flight: everything ready, up to the batch
+    /// bounds, and the watermark if it moved. A lone change goes out at once; under load,
+    /// changes that arrive while one pipeline is in flight share the next (group commit).
+    fn send_batch(&mut self, now: Instant) {
+        if self.redis != RedisLink::Up || self.subtree_check.is_some() || self.writes.in_flight() {
+            return;
+        }
+        let zxid = Some(self.watermark.value()).filter(|z| *z > self.published_zxid);
+        if let Some(writes) = self.writes.start_batch(&self.root, zxid) {
+            self.record.batch_sent(writes.len());
+            self.batch_sent = Some(now);
+            self.effects.push_back(Effect::Write { writes, zxid });
+        }
+    }
+
+    fn on_batch(&mut self, result: Result<BatchOutcome, StoreError>, now: Instant) {
+        let Some(batch) = self.writes.finish_batch() else { return };
+        let round_trip = self.batch_sent.take().map_or(Duration::ZERO, |t| now.duration_since(t));
+        match result {
+            Ok(outcome) => {
+                self.record.batch_done(&outcome, round_trip);
+                if let Some(zxid) = batch.zxid {
+                    self.published_zxid = self.published_zxid.max(zxid);
+                    self.record.applied_zxid(zxid);
+                }
+                // ZooKeeper's mtime to the moment Redis acknowledged; only for recent data
+                // changes (a parent re-read for a child change keeps an old mtime).
+                let now_ms = now_ms() as i64;
+                for mtime in &batch.live_mtimes {
+                    let delay_ms = now_ms - mtime;
+                    if (0..60_000).contains(&delay_ms) {
+                        self.record.propagation(delay_ms);
+                    }
+                }
+                if let Some(present) = batch.root_written {
+                    self.root_in_redis = present;
+                }
+                for (generation, n) in &batch.walk_writes {
+                    if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == *generation) {
+                        walk.open = walk.open.saturating_sub(*n);
+                    }
+                }
+                for mark in &batch.marks {
+                    self.watermark.close(*mark);
+                }
+                self.watermark.release();
+            }
+            Err(error) if error.is_noscript() && !batch.retried => {
+                // Redis restarted (or SCRIPT FLUSH): load the scripts and send the same batch
+                // again; its reads are only milliseconds old.
+                info!(%error, "Redis has no scripts loaded (restarted?); loading them");
+                self.noscript_batch = Some(batch);
+                self.redis = RedisLink::Loading { was_down: false };
+                self.effects.push_back(Effect::LoadScripts);
+                // A restart may also have emptied Redis: check everything.
+                self.start_walk(WalkReason::RedisLost, now);
+            }
+            Err(error) => self.redis_failed(error, now),
+        }
+    }
+
+    fn on_scripts(&mut self, result: Result<(), StoreError>, now: Instant) {
+        let RedisLink::Loading { was_down } = self.redis else { return };
+        match result {
+            Ok(()) => {
+                self.redis = RedisLink::Up;
+                self.redis_backoff.reset();
+                if let Some(mut batch) = self.noscript_batch.take() {
+                    batch.retried = true;
+                    let zxid = batch.zxid;
+                    let writes = self.writes.resend(batch);
+                    self.batch_sent = Some(now);
+                    self.effects.push_back(Effect::Write { writes, zxid });
+                }
+                if was_down {
+                    info!("Redis is reachable again: reconciling");
+                    self.published_phase = None;
+                    if self.watch_active() {
+                        self.start_walk(WalkReason::RedisLost, now);
+                    }
+                }
+            }
+            Err(error) => {
+                self.noscript_batch = None;
+                self.redis_failed(error, now);
+            }
+        }
+    }
+
+    /// Redis is unreachable or failing: drop what was to be written (a reconcile rewrites it
+    /// once Redis answers again) and probe it with backoff.
+    fn redis_failed(&mut self, error: StoreError, now: Instant) {
+        let wait = self.redis_backoff.next().min(Duration::from_secs(5));
+        if !matches!(self.redis, RedisLink::Down { .. }) {
+            warn!(%error, retry_in = ?wait, "Redis write failed; pausing, will reconcile when it is back");
+            self.last_redis_error_log = Some(now);
+        } else if self.last_redis_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
+            warn!(%error, retry_in = ?wait, "Redis unreachable; retrying with backoff (at most every 5 s)");
+            self.last_redis_error_log = Some(now);
+        }
+        self.redis = RedisLink::Down { retry_at: now + wait };
+        self.writes.clear_ready();
+        self.dirty.clear();
+        self.walk = None;
+        self.sweep = None;
+        self.subtree_check = None;
+        self.published_phase = None;
+        self.watermark.block();
+        // When Redis returns, the scripts are loaded and a reconcile walk runs (`on_scripts`).
+    }
+
+    /// Moves a walk through its stages once the current one has drained.
+    fn advance_walk(&mut self, now: Instant) {
+        let Some(walk) = self.walk.as_mut() else { return };
+        if !walk.drained() || self.sweep.is_some() {
+            return;
+        }
+        match walk.stage {
+            WalkStage::Reading if walk.sweep_needed => {
+                debug!(
+                    nodes = walk.visited,
+                    ms = now.duration_since(walk.started).as_millis() as u64,
+                    "walk read the tree; sweeping Redis for keys of gone znodes"
+                );
+                walk.stage = WalkStage::Sweeping;
+                self.sweep = Some(walk.generation);
+                self.effects.push_back(Effect::Sweep { generation: walk.generation });
+            }
+            WalkStage::Reading | WalkStage::Confirming => {
+                if let Some(walk) = self.walk.take() {
+                    self.finish_walk(walk, now);
+                }
+            }
+            WalkStage::Sweeping => {}
+        }
+    }
+
+    fn on_sweep(&mut self, generation: u64, result: Result<Vec<String>, StoreError>, now: Instant) {
+        if self.sweep != Some(generation) {
+            return;
+        }
+        self.sweep = None;
+        match result {
+            Ok(strays) => {
+                if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == generation) {
+                    if !strays.is_empty() {
+                        debug!(count = strays.len(), "keys in Redis whose znode was not found by the walk; confirming");
+                    }
+                    walk.stack.extend(strays.into_iter().map(|path| (path, false)));
+                    walk.stage = WalkStage::Confirming;
+                }
+            }
+            Err(error) => self.redis_failed(error, now),
+        }
+    }
+
+    fn finish_walk(&mut self, walk: Walk, now: Instant) {
+        let elapsed = now.duration_since(walk.started);
+        self.record.walk_done(walk.reason.label(), walk.visited, elapsed);
+        let (written, deleted) = self.record.written_deleted();
+        let (written, deleted) = (written - walk.before.0, deleted - walk.before.1);
+        if walk.reason == WalkReason::AntiEntropy && written == 0 && deleted == 0 {
+            debug!(nodes = walk.visited, ms = elapsed.as_millis() as u64, "anti-entropy pass: Redis was exact");
+        } else {
+            info!(
+                nodes = walk.visited,
+                written,
+                deleted,
+                ms = elapsed.as_millis() as u64,
+                "{} done: {} znodes in {:.3} s",
+                walk.reason.describe(),
+                walk.visited,
+                elapsed.as_secs_f64()
+            );
+        }
+        self.first_sync_done = true;
+        if walk.reason.covers_lost_events() {
+            self.watermark.unblock();
+            self.watermark.release();
+        }
+    }
+
+    fn anti_entropy_tick(&mut self, now: Instant) {
+        // Over the time since the last tick, which a busy loop can stretch.
+        let events = self.record.events_total();
+        let (at_tick, since) = self.events_at_tick;
+        let rate = events.saturating_sub(at_tick) as f64 / now.duration_since(since).as_secs_f64().max(1e-3);
+        self.events_at_tick = (events, now);
+        if self.walk.is_none() && self.redis == RedisLink::Up && self.watch_active() {
+            if anti_entropy_postponed(rate, self.anti_entropy_postponed) {
+                self.anti_entropy_postponed += 1;
+                debug!(
+                    changes_per_s = rate as u64,
+                    postponed = self.anti_entropy_postponed,
+                    "anti-entropy pass postponed: changes are arriving fast"
+                );
+            } else {
+                self.anti_entropy_postponed = 0;
+                self.start_walk(WalkReason::AntiEntropy, now);
+            }
+        }
+    }
+
+    /// The phase follows from the state; this is the one place that derives it and the one
+    /// place that triggers writing it to `P:mirror`.
+    fn publish_phase(&mut self) {
+        let redis_up = self.redis == RedisLink::Up;
+        let zk_connected = matches!(self.zk, ZkLink::Connected { .. });
+        let phase = if !redis_up || !self.watch_active() {
+            Phase::Degraded
+        } else {
+            match self.walk.as_ref().map(|w| w.reason) {
+                Some(_) if !self.first_sync_done => Phase::Syncing,
+                Some(WalkReason::AntiEntropy) | None => Phase::Live,
+                Some(_) => Phase::Reconciling,
+            }
+        };
+        let phase = if phase == Phase::Degraded && !self.first_sync_done && redis_up && zk_connected {
+            // Connected, adding the watch before the cold sync: still syncing.
+            Phase::Syncing
+        } else {
+            phase
+        };
+        self.record.connections(phase, zk_connected, redis_up);
+        if self.published_phase != Some(phase) && !self.status_in_flight && redis_up {
+            self.published_phase = Some(phase);
+            self.write_status(phase);
+        }
+    }
+
+    /// Writes the status hash and checks whether Redis still holds the root.
+    fn write_status(&mut self, phase: Phase) {
+        self.status_in_flight = true;
+        let fields = vec![
+            ("state", phase.as_str().to_owned()),
+            ("heartbeat", now_ms().to_string()),
+            ("root", self.root.clone()),
+            ("started_at", self.started_at_ms.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ];
+        self.effects.push_back(Effect::WriteStatus { fields, check_root: self.root_in_redis });
+    }
+
+    fn on_status_written(&mut self, result: Result<bool, StoreError>, now: Instant) {
+        self.status_in_flight = false;
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                if self.root_in_redis && self.redis == RedisLink::Up {
+                    warn!("Redis no longer holds the mirror's keys (flushed, restarted empty or deleted): resyncing");
+                    self.root_in_redis = false;
+                    // A restarted Redis has no scripts either.
+                    self.redis = RedisLink::Loading { was_down: false };
+                    self.effects.push_back(Effect::LoadScripts);
+                    if self.watch_active() {
+                        self.start_walk(WalkReason::RedisLost, now);
+                    }
+                }
+            }
+            Err(error) => {
+                self.published_phase = None;
+                if self.redis == RedisLink::Up {
+                    self.redis_failed(error, now);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the anti-entropy pass that is due should wait one more interval: changes arrived
+/// faster than [`ANTI_ENTROPY_BUSY_RATE`] over the last one, and it has not yet waited
+/// [`ANTI_ENTROPY_MAX_POSTPONED`] intervals in a row.
+fn anti_entropy_postponed(changes_per_s: f64, postponed_so_far: u32) -> bool {
+    changes_per_s > ANTI_ENTROPY_BUSY_RATE && postponed_so_far < ANTI_ENTROPY_MAX_POSTPONED
+}
+
+/// Exponential backoff from 100 ms to 10 s.
+#[derive(Debug)]
+struct Backoff {
+    current: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { current: Duration::from_millis(100) }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(Duration::from_secs(10));
+        now
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,351 @@
+//! The core driven by scripted inputs: no servers, no clock but the one the test moves.
+
+use super::*;
+use crate::status::Counters;
+use crate::znode::{Znode, ZnodeStat};
+
+#[test]
+fn anti_entropy_runs_on_a_quiet_or_moderately_busy_tree() {
+    assert!(!anti_entropy_postponed(0.0, 0));
+    assert!(!anti_entropy_postponed(ANTI_ENTROPY_BUSY_RATE, 0));
+}
+
+#[test]
+fn anti_entropy_waits_while_changes_pour_in_but_not_forever() {
+    assert!(anti_entropy_postponed(5_000.0, 0));
+    assert!(anti_entropy_postponed(5_000.0, ANTI_ENTROPY_MAX_POSTPONED - 1));
+    assert!(!anti_entropy_postponed(5_000.0, ANTI_ENTROPY_MAX_POSTPONED));
+}
+
+/// A pipeline's paths and the watermark it carries.
+type WriteSummary = (Vec<String>, Option<i64>);
+
+/// A core with a test clock, and what it asked for so far.
+struct Script {
+    core: Core,
+    now: Instant,
+    counters: Arc<Counters>,
+    effects: Vec<Effect>,
+}
+
+impl Script {
+    fn new(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
+        let mut config = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1/", "/r");
+        configure(&mut config);
+        let counters = Arc::new(Counters::default());
+        let now = Instant::now();
+        let core = Core::new(&config, Recorder::new(counters.clone(), "/r"), now);
+        let mut s = Script { core, now, counters, effects: Vec::new() };
+        s.drain();
+        s
+    }
+
+    /// Started, scripts loaded, session open, watch added.
+    fn live(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
+        let mut s = Script::new(configure);
+        s.feed(Input::ScriptsLoaded(Ok(())));
+        s.feed(Input::Connected);
+        s.feed(Input::WatchAdded);
+        s
+    }
+
+    fn drain(&mut self) {
+        while let Some(e) = self.core.poll_effect() {
+            self.effects.push(e);
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        self.core.handle(input, self.now);
+        self.drain();
+    }
+
+    fn wait(&mut self, d: Duration) {
+        self.now += d;
+        self.core.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Effects asked for since the last call.
+    fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    fn reads(&mut self) -> Vec<Vec<String>> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Read(paths) => Some(paths),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Reads and writes asked for since the last call.
+    fn split(&mut self) -> (Vec<Vec<String>>, Vec<WriteSummary>) {
+        let effects = self.take();
+        let writes = writes_of(&effects);
+        let reads = effects
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Read(paths) => Some(paths),
+                _ => None,
+            })
+            .collect();
+        (reads, writes)
+    }
+
+    /// Acknowledges every pipeline until none is asked for; returns the reads asked meanwhile.
+    fn ack_writes(&mut self) -> Vec<Vec<String>> {
+        let mut all = Vec::new();
+        loop {
+            let (reads, writes) = self.split();
+            all.extend(reads);
+            if writes.is_empty() {
+                return all;
+            }
+            self.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.counters.snapshot().phase
+    }
+}
+
+fn znode(path: &str, mzxid: i64, children: &[&str]) -> Fetched {
+    Fetched::Present(Znode {
+        path: path.to_owned(),
+        data: b"v".to_vec(),
+        stat: ZnodeStat { czxid: 2, mzxid, pzxid: 2, ..ZnodeStat::default() },
+        children: children.iter().map(|c| (*c).to_owned()).collect(),
+    })
+}
+
+fn answer(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
+    Input::ReadDone(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
+}
+
+fn writes_of(effects: &[Effect]) -> Vec<WriteSummary> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Write { writes, zxid } => Some((writes.iter().map(|w| w.path().to_owned()).collect(), *zxid)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_is_read_before_the_watch_is_in_place() {
+    let mut s = Script::new(|_| {});
+    assert!(matches!(s.take()[..], [Effect::LoadScripts, Effect::Connect]));
+    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::Connected);
+    s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
+    let effects = s.take();
+    assert!(effects.iter().any(|e| matches!(e, Effect::AddWatch)));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Read(_))), "read before the watch: {effects:?}");
+    s.feed(Input::WatchAdded);
+    let reads = s.reads();
+    assert_eq!(reads.concat(), ["/r/a", "/r"], "the change first, then the walk from the root");
+}
+
+#[test]
+fn a_reconnect_mid_walk_waits_for_the_watch_then_walks_again() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &["a", "b"])));
+    s.take();
+    s.feed(Input::Disconnected);
+    assert_eq!(s.phase(), Phase::Degraded);
+    s.feed(Input::Reconnected);
+    let effects = s.take();
+    assert!(effects.iter().any(|e| matches!(e, Effect::AddWatch)));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Read(_))));
+    s.feed(Input::WatchAdded);
+    assert_eq!(s.phase(), Phase::Syncing, "the first walk never finished");
+    let reads = s.reads().concat();
+    assert!(reads.contains(&"/r".to_owned()), "a new walk starts at the root: {reads:?}");
+}
+
+#[test]
+fn a_watch_that_cannot_be_added_again_is_not_live_and_is_retried() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &[])));
+    s.feed(Input::WriteDone(Ok(BatchOutcome { written: 1, ..BatchOutcome::default() })));
+    assert_eq!(s.phase(), Phase::Live);
+    s.feed(Input::Reconnected);
+    s.feed(Input::WatchFailed(ZkError::Watch { path: "/r".into(), source: zookeeper_client::Error::ConnectionLoss }));
+    assert_eq!(s.phase(), Phase::Degraded, "no watch, not live");
+    s.take();
+    s.wait(Duration::from_secs(1));
+    assert!(s.take().iter().any(|e| matches!(e, Effect::AddWatch)), "the watch is retried");
+    s.feed(Input::WatchAdded);
+    assert_eq!(s.phase(), Phase::Reconciling, "and what it missed is reconciled");
+}
+
+#[test]
+fn redis_down_mid_batch_drops_the_work_and_reconciles_when_it_returns() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &["a", "b"])));
+    assert_eq!(writes_of(&s.take()).len(), 1);
+    let error = StoreError::Unexpected { server: "redis".into(), what: "test", detail: "down".into() };
+    s.feed(Input::WriteDone(Err(error)));
+    assert_eq!(s.phase(), Phase::Degraded);
+    assert!(s.reads().is_empty(), "no reads while Redis is down");
+    s.wait(Duration::from_millis(150));
+    assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)), "Redis is probed after the backoff");
+    s.feed(Input::ScriptsLoaded(Ok(())));
+    assert_eq!(s.phase(), Phase::Syncing);
+    assert!(s.reads().concat().contains(&"/r".to_owned()), "the walk starts again from the root");
+}
+
+#[test]
+fn a_burst_of_ten_thousand_changes_is_read_in_few_large_requests() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &[])));
+    assert!(s.ack_writes().is_empty());
+    for i in 0..10_000 {
+        s.feed(Input::Changed { path: format!("/r/n{i}"), kind: Change::Data });
+    }
+    // However the 10,000 are spread, at most 4 requests are in flight, each of at most 256
+    // paths, and the whole burst takes few requests (not one per change).
+    let (first, _) = s.split();
+    let mut in_flight: VecDeque<Vec<String>> = first.into();
+    let (mut requests, mut paths) = (in_flight.len(), 0);
+    let mut sizes = Vec::new();
+    while let Some(request) = in_flight.pop_front() {
+        assert!(in_flight.len() < reads::LIVE_READ_REQUESTS);
+        assert!(request.len() <= reads::MAX_READ_BATCH_BACKLOG);
+        paths += request.len();
+        sizes.push(request.len());
+        s.feed(answer(&request, |p| znode(p, 6, &[])));
+        loop {
+            let (more, writes) = s.split();
+            requests += more.len();
+            in_flight.extend(more);
+            if writes.is_empty() {
+                break;
+            }
+            s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+        }
+    }
+    assert_eq!(
+        paths,
+        10_000,
+        "every change read once (dirty left {}, ready {}, in flight {} paths, retry {:?}, redis {:?}, zk {:?})",
+        s.core.dirty.len(),
+        s.core.writes.ready_len(),
+        s.core.paths_in_flight,
+        s.core.read_retry_at,
+        s.core.redis,
+        s.core.zk
+    );
+    // The 64 MiB budget allows 62 paths of up to 1 MiB in flight: about 62 per request.
+    assert!(requests <= 10_000 / 48, "{requests} requests, sizes {sizes:?}");
+}
+
+#[test]
+fn reads_in_flight_stay_within_the_memory_budget() {
+    // 16 MiB, 1 MiB znodes: whatever the tree, never more than the budget's worth in flight.
+    let mut s = Script::live(|c| c.memory_budget = 16 << 20);
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let root = s.reads();
+    let children: Vec<String> = (0..400).map(|i| format!("c{i}")).collect();
+    let names: Vec<&str> = children.iter().map(String::as_str).collect();
+    s.feed(answer(&root[0], |p| znode(p, 5, &names)));
+    let charge = (1 << 20) + READ_OVERHEAD_BYTES;
+    let in_flight: usize = s.reads().iter().map(Vec::len).sum();
+    assert!(in_flight >= 1);
+    assert!(in_flight * charge + s.core.held_bytes() <= 16 << 20, "{in_flight} paths of 1 MiB in flight");
+}
+
+#[test]
+fn a_failed_multi_read_is_logged_once_and_retried_after_a_pause() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let root = s.reads();
+    s.feed(answer(&root[0], |p| znode(p, 5, &[])));
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.take();
+    s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
+    let sent = s.reads();
+    let error = ZkError::Read { path: "/r/a".into(), source: zookeeper_client::Error::UnexpectedError("boom".into()) };
+    s.feed(Input::ReadDone(sent[0].iter().map(|p| (p.clone(), Err(error.clone()))).collect()));
+    assert!(s.reads().is_empty(), "not re-read at once");
+    s.wait(Duration::from_millis(150));
+    assert_eq!(s.reads().concat(), ["/r/a"], "re-read after the backoff");
+}
+
+#[test]
+fn session_expiry_drops_reads_held_and_writes_waiting() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
+    let root = s.reads();
+    s.feed(answer(&root[0], |p| znode(p, 5, &["a"])));
+    let first = writes_of(&s.take());
+    assert_eq!(first.len(), 1, "the root's write is in flight");
+    // /r/a is read while the pipeline is in flight: its write waits.
+    s.feed(Input::ReadDone(vec![("/r/a".into(), Ok(znode("/r/a", 6, &[])))]));
+    s.feed(Input::SessionEnded);
+    assert!(s.take().iter().any(|e| matches!(e, Effect::DropSession)));
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    assert!(writes_of(&s.take()).is_empty(), "a read from the old session is never written");
+}
+
+#[test]
+fn the_watermark_never_claims_a_change_not_yet_written() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let root = s.reads();
+    s.feed(answer(&root[0], |p| znode(p, 100, &[])));
+    let w = writes_of(&s.take());
+    assert_eq!(w[0].1, None, "nothing is claimed during the cold sync");
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    // The walk is done: the watermark is published with the next pipeline.
+    assert_eq!(writes_of(&s.take()), [(vec![], Some(100))]);
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    // a changes at 101, b at 102; a's read is in flight when b's event arrives.
+    s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
+    let a = s.reads();
+    s.feed(Input::Changed { path: "/r/b".into(), kind: Change::Data });
+    s.feed(answer(&a[0], |p| znode(p, 101, &[])));
+    let (b, w) = s.split();
+    assert_eq!(b.concat(), ["/r/b"]);
+    assert_eq!(w, [(vec!["/r/a".to_owned()], None)]);
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    assert!(writes_of(&s.take()).is_empty(), "101 is not claimed while b's event (earlier than a's reply) is open");
+    assert_eq!(s.core.watermark.open_marks(), 1);
+    s.feed(answer(&b[0], |p| znode(p, 102, &[])));
+    assert_eq!(writes_of(&s.take()), [(vec!["/r/b".to_owned()], None)], "b's write carries no claim");
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    assert_eq!(writes_of(&s.take()), [(vec![], Some(102))], "once written, 102 is claimed");
+}
+
+#[test]
+fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
+    let root = s.reads();
+    s.feed(answer(&root[0], |p| znode(p, 5, &[])));
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    let effects = s.take();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Sweep { generation: 1 })), "{effects:?}");
+    s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/gone".into(), "/r/gone/deep".into()]) });
+    let confirm = s.reads();
+    assert_eq!(confirm.concat().len(), 2);
+    s.feed(Input::ReadDone(
+        confirm[0].iter().map(|p| (p.clone(), Ok(Fetched::Absent { path: p.clone(), tomb_zxid: Some(9) }))).collect(),
+    ));
+    assert_eq!(writes_of(&s.take())[0].0.len(), 2);
+    s.feed(Input::WriteDone(Ok(BatchOutcome { deleted: 2, ..BatchOutcome::default() })));
+    assert_eq!(s.phase(), Phase::Live);
+}

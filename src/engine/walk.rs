@@ -1,0 +1,109 @@
+//! The walk: a depth-first read of the whole subtree, then a sweep of Redis for keys whose
+//! znode the walk did not find. Cold sync, reconcile (reconnect, expiry, Redis loss) and the
+//! anti-entropy pass are all this one walk; [`WalkReason`] only changes what is shown and logged.
+
+use std::time::Instant;
+
+/// Why a walk runs; it decides the phase shown meanwhile and the log line at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalkReason {
+    ColdSync,
+    Reconnect,
+    SessionExpired,
+    RedisLost,
+    WatchRestored,
+    AntiEntropy,
+}
+
+impl WalkReason {
+    /// The `reason` label of `zkmirror_walks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            WalkReason::ColdSync => "cold_sync",
+            WalkReason::Reconnect => "reconnect",
+            WalkReason::SessionExpired => "session_expired",
+            WalkReason::RedisLost => "redis_lost",
+            WalkReason::WatchRestored => "watch_restored",
+            WalkReason::AntiEntropy => "anti_entropy",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            WalkReason::ColdSync => "cold sync",
+            WalkReason::Reconnect => "reconcile after reconnect",
+            WalkReason::SessionExpired => "reconcile after session expiry",
+            WalkReason::RedisLost => "resync after Redis lost data",
+            WalkReason::WatchRestored => "reconcile after the watch was restored",
+            WalkReason::AntiEntropy => "anti-entropy pass",
+        }
+    }
+
+    /// Whether this walk covers changes no event reported (everything but anti-entropy, which
+    /// runs while the watch reports every change).
+    pub fn covers_lost_events(self) -> bool {
+        self != WalkReason::AntiEntropy
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalkStage {
+    /// Reading the tree.
+    Reading,
+    /// Listing Redis keys whose znode no longer appears in its parent's children.
+    Sweeping,
+    /// Confirming the sweep's candidates against ZooKeeper.
+    Confirming,
+}
+
+/// A walk of the whole subtree in progress.
+pub(crate) struct Walk {
+    pub reason: WalkReason,
+    /// Distinguishes this walk's reads from those of a walk that was abandoned.
+    pub generation: u64,
+    pub started: Instant,
+    /// Depth-first stack of `(path, descend)`: memory is depth × fan-out, not the tree.
+    pub stack: Vec<(String, bool)>,
+    /// Reads issued by this walk whose write Redis has not acknowledged yet.
+    pub open: usize,
+    pub visited: u64,
+    pub stage: WalkStage,
+    /// False once Redis was found to hold nothing of the subtree before this walk wrote
+    /// anything: then no key of ours can be stray and the sweep is skipped. (A key written
+    /// meanwhile by someone else, e.g. a second mirror that dies between writing a znode and
+    /// deleting it, waits for the next anti-entropy pass.)
+    pub sweep_needed: bool,
+    /// Written and deleted counters when the walk started, for its closing log line.
+    pub before: (u64, u64),
+}
+
+impl Walk {
+    pub fn new(reason: WalkReason, generation: u64, root: &str, now: Instant, before: (u64, u64)) -> Walk {
+        Walk {
+            reason,
+            generation,
+            started: now,
+            stack: vec![(root.to_owned(), true)],
+            open: 0,
+            visited: 0,
+            stage: WalkStage::Reading,
+            sweep_needed: true,
+            before,
+        }
+    }
+
+    /// Whether the walk has paths to hand to the read scheduler now.
+    pub fn reading(&self) -> bool {
+        self.stage != WalkStage::Sweeping
+    }
+
+    /// Whether everything this stage asked for has been read and written.
+    pub fn drained(&self) -> bool {
+        self.stack.is_empty() && self.open == 0
+    }
+
+    /// Bytes the stack holds, roughly (for the memory account).
+    pub fn bytes(&self) -> usize {
+        self.stack.iter().map(|(p, _)| p.len() + 32).sum()
+    }
+}

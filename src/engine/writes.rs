@@ -1,0 +1,181 @@
+//! The write queue: reads that are ready to be written, and the one Redis pipeline in flight.
+//!
+//! One pipeline at a time keeps writes in read order without any per-path bookkeeping; under
+//! load, writes that become ready while one is in flight share the next (group commit).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::store::Write;
+
+/// Most writes in one Redis pipeline.
+pub(crate) const MAX_BATCH_WRITES: usize = 1000;
+/// Most payload bytes in one Redis pipeline (a few 1 MB znodes at most).
+pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// A write waiting for Redis, with what it settles once acknowledged.
+pub(crate) struct Pending {
+    pub write: Write,
+    /// The walk generation that read it, if a walk did.
+    pub walk: Option<u64>,
+    /// The watch event this read answers (see [`super::watermark`]).
+    pub mark: Option<u64>,
+}
+
+/// The pipeline in flight and what it settles.
+pub(crate) struct Batch {
+    pub writes: Arc<Vec<Write>>,
+    /// Writes per walk generation, to close the walk's accounting when Redis acknowledges.
+    pub walk_writes: Vec<(u64, usize)>,
+    pub marks: Vec<u64>,
+    /// Whether this batch writes (Some(true)) or removes (Some(false)) the root.
+    pub root_written: Option<bool>,
+    /// `mtime` of the live (event-driven) puts, for the propagation-delay histogram.
+    pub live_mtimes: Vec<i64>,
+    /// The watermark this batch raises `P:mirror` `zxid` to, after its writes.
+    pub zxid: Option<i64>,
+    pub bytes: usize,
+    /// Sent again after Redis answered NOSCRIPT once.
+    pub retried: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct WriteQueue {
+    ready: VecDeque<Pending>,
+    ready_bytes: usize,
+    in_flight: Option<Batch>,
+}
+
+impl WriteQueue {
+    pub fn push(&mut self, pending: Pending) {
+        self.ready_bytes += pending.write.weight();
+        self.ready.push_back(pending);
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.ready.is_empty() && self.in_flight.is_none()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Bytes held: ready writes, and the pipeline in flight twice (the writes and the encoded
+    /// pipeline both live until Redis answers).
+    pub fn bytes(&self) -> usize {
+        self.ready_bytes + self.in_flight.as_ref().map_or(0, |b| 2 * b.bytes)
+    }
+
+    /// Takes everything ready, up to the batch bounds, as the next pipeline. `zxid`: the
+    /// watermark to publish after the writes, if it moved.
+    pub fn start_batch(&mut self, root: &str, zxid: Option<i64>) -> Option<Arc<Vec<Write>>> {
+        if self.in_flight.is_some() || (self.ready.is_empty() && zxid.is_none()) {
+            return None;
+        }
+        let mut batch = Batch {
+            writes: Arc::new(Vec::new()),
+            walk_writes: Vec::new(),
+            marks: Vec::new(),
+            root_written: None,
+            live_mtimes: Vec::new(),
+            zxid,
+            bytes: 0,
+            retried: false,
+        };
+        let mut writes = Vec::new();
+        while let Some(pending) = self.ready.pop_front() {
+            let weight = pending.write.weight();
+            self.ready_bytes -= weight;
+            batch.bytes += weight;
+            match &pending.write {
+                Write::Put(znode) => {
+                    if pending.walk.is_none() {
+                        batch.live_mtimes.push(znode.stat.mtime);
+                    }
+                    if znode.path == root {
+                        batch.root_written = Some(true);
+                    }
+                }
+                Write::Delete { path, .. } | Write::Hide { path } => {
+                    if path == root {
+                        batch.root_written = Some(false);
+                    }
+                }
+            }
+            if let Some(generation) = pending.walk {
+                match batch.walk_writes.last_mut() {
+                    Some((g, n)) if *g == generation => *n += 1,
+                    _ => batch.walk_writes.push((generation, 1)),
+                }
+            }
+            batch.marks.extend(pending.mark);
+            writes.push(pending.write);
+            if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+        }
+        batch.writes = Arc::new(writes);
+        let writes = batch.writes.clone();
+        self.in_flight = Some(batch);
+        Some(writes)
+    }
+
+    /// The pipeline in flight, once Redis answered it.
+    pub fn finish_batch(&mut self) -> Option<Batch> {
+        self.in_flight.take()
+    }
+
+    /// Puts a batch back in flight (sent again after NOSCRIPT).
+    pub fn resend(&mut self, batch: Batch) -> Arc<Vec<Write>> {
+        let writes = batch.writes.clone();
+        self.in_flight = Some(batch);
+        writes
+    }
+
+    /// Drops every ready write (Redis lost, session expired: a walk rewrites them). Returns
+    /// the marks they carried, which the caller forgets.
+    pub fn clear_ready(&mut self) {
+        self.ready.clear();
+        self.ready_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::znode::{Znode, ZnodeStat};
+
+    fn put(path: &str, bytes: usize) -> Write {
+        Write::Put(Znode { path: path.to_owned(), data: vec![0; bytes], stat: ZnodeStat::default(), children: vec![] })
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_byte_bound_and_counts_what_it_holds() {
+        let mut q = WriteQueue::default();
+        for i in 0..20 {
+            q.push(Pending { write: put(&format!("/r/{i}"), 1 << 20), walk: Some(1), mark: None });
+        }
+        let held = q.bytes();
+        assert!(held > 20 << 20);
+        let writes = q.start_batch("/r", None).map(|w| w.len());
+        assert_eq!(writes, Some(8), "8 MiB per pipeline");
+        // The pipeline in flight counts twice; the rest stays ready.
+        assert!(q.bytes() > held);
+        assert!(q.start_batch("/r", None).is_none(), "one pipeline at a time");
+        let batch = q.finish_batch().map(|b| b.walk_writes);
+        assert_eq!(batch, Some(vec![(1, 8)]));
+        assert_eq!(q.ready_len(), 12);
+    }
+
+    #[test]
+    fn a_watermark_alone_makes_a_batch() {
+        let mut q = WriteQueue::default();
+        assert!(q.start_batch("/r", None).is_none());
+        assert_eq!(q.start_batch("/r", Some(7)).map(|w| w.len()), Some(0));
+        assert_eq!(q.finish_batch().and_then(|b| b.zxid), Some(7));
+    }
+}
