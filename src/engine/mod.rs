@@ -245,8 +245,11 @@ pub(crate) struct Core {
     first_sync_done: bool,
     /// Whether Redis should hold the root: if it stops doing so, Redis lost our data.
     root_in_redis: bool,
-    /// Paths already logged as unreadable, so each is logged once (bounded: see `note_unreadable`).
-    unreadable_logged: HashSet<String>,
+    /// Znodes found unreadable (NoAuth). ACLs are not inherited, but the rule is that nothing
+    /// below an unreadable znode is mirrored, readable or not: the walk cannot list its
+    /// children, so a copy of some of them could never be kept exact, and `verify` checks the
+    /// same rule. Holds only the znodes where the walk stopped, each logged once.
+    unreadable: HashSet<String>,
 
     heartbeat_at: Instant,
     anti_entropy_at: Instant,
@@ -298,7 +301,7 @@ impl Core {
             published_phase: None,
             first_sync_done: false,
             root_in_redis: false,
-            unreadable_logged: HashSet::new(),
+            unreadable: HashSet::new(),
             heartbeat_at: now,
             anti_entropy_at: now + config.anti_entropy_interval,
             anti_entropy_postponed: 0,
@@ -564,7 +567,10 @@ impl Core {
 
     /// Bytes the mirror holds now, by the memory budget's account.
     fn held_bytes(&self) -> usize {
-        self.writes.bytes() + self.dirty.bytes() + self.walk.as_ref().map_or(0, Walk::bytes)
+        self.writes.bytes()
+            + self.dirty.bytes()
+            + self.walk.as_ref().map_or(0, Walk::bytes)
+            + self.unreadable.iter().map(|p| p.len() + 32).sum::<usize>()
     }
 
     /// Fills the read window: event-dirty paths first (they are what readers wait for), then
@@ -701,19 +707,24 @@ impl Core {
                         }
                     }
                 }
+                if self.unreadable.remove(&znode.path) {
+                    info!(path = %znode.path, "znode is readable again: mirroring it");
+                }
                 if !self.filter.copies(&self.root, &znode.path) {
                     // Walked through (an include below it may match) or left behind by an old
                     // filter: it must hold no keys.
                     self.record.filtered();
                     Write::Hide { path: znode.path }
+                } else if self.below_unreadable(&znode.path) {
+                    // Found through the watch or the sweep below a znode the mirror cannot
+                    // read: not mirrored (see `unreadable`).
+                    Write::Hide { path: znode.path }
                 } else {
-                    if self.unreadable_logged.remove(&znode.path) {
-                        info!(path = %znode.path, "znode is readable again: mirroring it");
-                    }
                     Write::Put(znode)
                 }
             }
             Fetched::Absent { path, tomb_zxid } => {
+                self.unreadable.remove(&path);
                 if path == self.root {
                     warn!(root = %path, "root does not exist in ZooKeeper; waiting for it to be created");
                 }
@@ -728,13 +739,18 @@ impl Core {
         self.writes.push(Pending { write, walk: walk_generation, mark: item.mark });
     }
 
-    /// Logs an unreadable path once. The set of logged paths is bounded: past 10,000 it is
-    /// forgotten (and paths may be logged again).
-    fn note_unreadable(&mut self, path: &str) {
-        if self.unreadable_logged.len() >= 10_000 {
-            self.unreadable_logged.clear();
+    /// Whether a proper ancestor of `path` (below the root or the root itself) is unreadable.
+    fn below_unreadable(&self, path: &str) -> bool {
+        if self.unreadable.is_empty() || path == self.root {
+            return false;
         }
-        if self.unreadable_logged.insert(path.to_owned()) {
+        std::iter::successors(path::parent(path), |p| if *p == self.root { None } else { path::parent(p) })
+            .any(|ancestor| self.unreadable.contains(ancestor))
+    }
+
+    /// Remembers an unreadable znode, logging it the first time.
+    fn note_unreadable(&mut self, path: &str) {
+        if self.unreadable.insert(path.to_owned()) {
             warn!(%path, "cannot read {path} (NoAuth): skipping it and its subtree; grant READ to the mirror's identity to mirror it");
         }
     }
@@ -1005,6 +1021,14 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Core {
+    /// The writes of the pipeline in flight.
+    pub fn writes_in_flight(&self) -> Vec<&Write> {
+        self.writes.in_flight_writes()
     }
 }
 

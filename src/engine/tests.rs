@@ -349,3 +349,35 @@ fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
     s.feed(Input::WriteDone(Ok(BatchOutcome { deleted: 2, ..BatchOutcome::default() })));
     assert_eq!(s.phase(), Phase::Live);
 }
+
+#[test]
+fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
+    let root = s.reads();
+    s.feed(answer(&root[0], |p| znode(p, 5, &["x"])));
+    let x = s.ack_writes();
+    assert_eq!(x.concat(), ["/r/x"]);
+    s.feed(Input::ReadDone(vec![("/r/x".into(), Ok(Fetched::Unreadable { path: "/r/x".into() }))]));
+    s.ack_writes();
+    // The sweep finds /r/x/c (its parent's children set is gone) and it reads fine: hidden.
+    s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/x/c".into()]) });
+    let confirm = s.reads();
+    s.feed(answer(&confirm[0], |p| znode(p, 6, &[])));
+    let (_, writes) = s.split();
+    assert_eq!(writes.len(), 1);
+    assert!(matches!(&*s.core.writes_in_flight()[0], Write::Hide { path } if path == "/r/x/c"), "a hide, not a put");
+    // A change below it, reported by the watch, is not mirrored either.
+    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.feed(Input::Changed { path: "/r/x/c".into(), kind: Change::Data });
+    let again = s.reads();
+    s.feed(answer(&again[0], |p| znode(p, 7, &[])));
+    for _ in 0..3 {
+        if let Some(write) = s.core.writes_in_flight().into_iter().find(|w| w.path() == "/r/x/c") {
+            assert!(matches!(write, Write::Hide { .. }), "{write:?}");
+            return;
+        }
+        s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    }
+    panic!("the change below the unreadable znode was never written");
+}

@@ -124,6 +124,11 @@ impl WriteQueue {
         Some(writes)
     }
 
+    #[cfg(test)]
+    pub fn in_flight_writes(&self) -> Vec<&Write> {
+        self.in_flight.as_ref().map(|b| b.writes.iter().collect()).unwrap_or_default()
+    }
+
     /// The pipeline in flight, once Redis answered it.
     pub fn finish_batch(&mut self) -> Option<Batch> {
         self.in_flight.take()
