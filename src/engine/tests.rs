@@ -366,7 +366,7 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     s.feed(answer(&confirm[0], |p| znode(p, 6, &[])));
     let (_, writes) = s.split();
     assert_eq!(writes.len(), 1);
-    assert!(matches!(&*s.core.writes_in_flight()[0], Write::Hide { path } if path == "/r/x/c"), "a hide, not a put");
+    assert!(matches!(s.core.writes_in_flight()[0], Write::Hide { path } if path == "/r/x/c"), "a hide, not a put");
     // A change below it, reported by the watch, is not mirrored either.
     s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
     s.feed(Input::Changed { path: "/r/x/c".into(), kind: Change::Data });
