@@ -4,7 +4,7 @@
 //! Architecture invariant: this module never imports `zookeeper_client`; it only sees the
 //! [`crate::znode`] types. It names no key itself: [`Keys`] does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,42 +227,95 @@ impl Store {
         redis::cmd("EXISTS").arg(self.keys.meta(path)).query_async(&mut conn).await.map_err(|e| self.error(e))
     }
 
-    /// Lists stored znodes below `root` (not `root` itself) that their parent's children set no
-    /// longer names, or that `keep` rejects (a filter changed): candidates for deletion, to be
-    /// confirmed against ZooKeeper.
-    ///
-    /// Run after a walk has rewritten every children set, this finds what was deleted while no
-    /// watch could report it, including keys no children set ever pointed at. It pages through
-    /// `SCAN`, so its memory is the candidates, not the tree.
+    /// Lists stored znodes below `root` (not `root` itself) that Redis cannot show to be linked
+    /// from the root, or that `keep` rejects (a filter changed): candidates for deletion, to be
+    /// confirmed against ZooKeeper. All pages of [`Store::stray_page`] at once; a caller that
+    /// bounds its memory by the page, not by what is stray, pages itself.
     pub async fn stray_paths(&self, root: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let pattern = self.keys.scan_pattern(root);
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut strays = Vec::new();
         loop {
-            let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
-            let paths: HashSet<&str> = keys
-                .iter()
-                .filter_map(|key| self.keys.parse(key))
-                .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
-                .map(|(_, path)| path)
-                .collect();
-            let (paths, unwanted): (Vec<&str>, Vec<&str>) = paths.into_iter().partition(|p| keep(p));
-            strays.extend(unwanted.into_iter().map(str::to_owned));
-            if !paths.is_empty() {
-                let mut pipe = redis::pipe();
-                for p in &paths {
-                    let parent = path::parent(p).unwrap_or("/");
-                    pipe.cmd("SISMEMBER").arg(self.keys.children(parent)).arg(path::name(p));
-                }
-                let member: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
-                strays.extend(paths.iter().zip(member).filter(|(_, m)| !m).map(|(p, _)| (*p).to_owned()));
-            }
+            let (next, page) = self.stray_page(root, cursor, &keep).await?;
+            strays.extend(page);
             if next == 0 {
                 return Ok(strays);
             }
             cursor = next;
         }
+    }
+
+    /// One `SCAN` page of [`Store::stray_paths`]: the next cursor (0 at the end) and the stray
+    /// paths among the page's keys (a path may come twice across pages: `SCAN` may repeat).
+    ///
+    /// A key is judged by its whole chain of links from the root: every ancestor's children
+    /// set, from `root` down, must name the next component. Run after a walk has rewritten
+    /// every children set, this finds in ONE pass everything deleted while no watch could
+    /// report it, however deep: the top of a deleted subtree is missing from its parent's set,
+    /// and so is a link in the chain of every key below it, although the deleted znodes' own
+    /// (stale) children sets still name their children. Judging by the parent's set alone
+    /// peeled one level per pass. Keys no children set ever pointed at are found too.
+    ///
+    /// A link whose parent the filter does not copy cannot be shown (that parent has no keys),
+    /// so keys below such a znode are always candidates: correct, at the price of confirming
+    /// them against ZooKeeper on every sweep.
+    ///
+    /// Cost: one `SISMEMBER` per distinct link of the page's paths, in one pipeline; memory is
+    /// the page (1000 keys) times the depth, never the tree.
+    pub async fn stray_page(
+        &self,
+        root: &str,
+        cursor: u64,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = self.keys.scan_pattern(root);
+        let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
+        let paths: HashSet<&str> = keys
+            .iter()
+            .filter_map(|key| self.keys.parse(key))
+            .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
+            .map(|(_, path)| path)
+            .collect();
+        let mut strays = Vec::new();
+        // Every link of the kept paths' chains, once: (parent, child name) -> index in the pipeline.
+        let mut links: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut judged: Vec<(&str, Vec<usize>)> = Vec::new();
+        for p in paths {
+            if !keep(p) {
+                strays.push(p.to_owned());
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut provable = true;
+            for (parent, name) in chain_links(root, p) {
+                if !keep(parent) && parent != root {
+                    provable = false;
+                    break;
+                }
+                let n = links.len();
+                chain.push(*links.entry((parent, name)).or_insert(n));
+            }
+            if provable {
+                judged.push((p, chain));
+            } else {
+                strays.push(p.to_owned());
+            }
+        }
+        if !links.is_empty() {
+            let mut ordered: Vec<(&(&str, &str), &usize)> = links.iter().collect();
+            ordered.sort_by_key(|(_, i)| **i);
+            let mut pipe = redis::pipe();
+            for ((parent, name), _) in ordered {
+                pipe.cmd("SISMEMBER").arg(self.keys.children(parent)).arg(*name);
+            }
+            let member: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            for (p, chain) in judged {
+                if !chain.iter().all(|i| member.get(*i).copied().unwrap_or(false)) {
+                    strays.push(p.to_owned());
+                }
+            }
+        }
+        Ok((next, strays))
     }
 
     /// Whether Redis may hold keys of znodes at or below `root` (tombstones aside): false only
@@ -343,5 +396,30 @@ impl Store {
     pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+}
+
+/// The links from `root` down to `path` (below it): each ancestor, from `root` on, with the name
+/// of the next component. `/r/a/b` below `/r` gives `(/r, a)`, `(/r/a, b)`.
+fn chain_links<'p>(root: &'p str, path: &'p str) -> impl Iterator<Item = (&'p str, &'p str)> + 'p {
+    let mut links: Vec<(&str, &str)> = std::iter::successors(Some(path), |p| path::parent(p))
+        .take_while(move |p| *p != root && path::is_within(p, root))
+        .filter_map(|p| path::parent(p).map(|parent| (parent, path::name(p))))
+        .collect();
+    links.reverse();
+    links.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_runs_from_the_root_to_the_path() {
+        let links: Vec<_> = chain_links("/r", "/r/a/b/c").collect();
+        assert_eq!(links, [("/r", "a"), ("/r/a", "b"), ("/r/a/b", "c")]);
+        let links: Vec<_> = chain_links("/", "/a/b").collect();
+        assert_eq!(links, [("/", "a"), ("/a", "b")]);
+        assert_eq!(chain_links("/r", "/r").count(), 0);
     }
 }
