@@ -9,12 +9,16 @@
 --     long after any read that could still be in flight;
 --   * an applied delete appends one `del` entry to the change stream in the same step.
 --   * mode `hide` (the mirror lost READ permission) removes the keys without a tombstone: the
---     znode still exists, and a later readable read must be accepted.
+--     znode still exists, and a later readable read must be accepted;
+--   * all or nothing even when a key holds the wrong type: the stream's type and the
+--     tombstone ttl are checked up front, a wrong-typed meta or tombstone fails its read
+--     before any write, and DEL removes keys of any type.
 --
 -- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
 --       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete` or `hide`)
--- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored)
+-- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored);
+--          an error reply, with nothing written, when a key holds the wrong type
 
 local function cmp(a, b)
   if #a ~= #b then
@@ -22,6 +26,16 @@ local function cmp(a, b)
   end
   if a == b then return 0 end
   if a < b then return -1 else return 1 end
+end
+
+local stream_type = redis.call('TYPE', KEYS[5])['ok']
+if stream_type ~= 'stream' and stream_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
+    ', not the change stream: nothing deleted for ' .. ARGV[3] .. '; delete or rename the key')
+end
+if ARGV[5] == 'delete' and (tonumber(ARGV[2]) or 0) < 1 then
+  return redis.error_reply('ERR tombstone ttl ' .. ARGV[2] .. ' ms is below 1 ms: nothing deleted for ' ..
+    ARGV[3] .. '; raise --tombstone-ttl')
 end
 
 local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version')

@@ -762,11 +762,28 @@ impl Engine {
         Counters::add(&self.counters.batches, 1);
         self.metrics.batches.increment(1);
         self.metrics.batch_size.record(batch.writes.len() as f64);
-        let send = self.store.apply(&batch.writes, batch.applied_zxid, now_ms());
+        let send = self.store.apply(&batch.writes, None, now_ms());
         let (sent, round_trip) = (Instant::now(), self.metrics.redis_write.clone());
+        let store = self.store.clone();
         self.batch = Some(Box::pin(async move {
             let result = send.await;
             round_trip.record(sent.elapsed().as_secs_f64());
+            let result = match result {
+                Ok(applied) => {
+                    for (i, why) in applied.failures() {
+                        let path = batch.writes.get(i).map_or("?", |w| w.path());
+                        warn!(%path, "cannot write {path} to Redis: {why}; skipping it");
+                    }
+                    let counts = applied.counts();
+                    // The zxid may not claim a batch that has a failed write (issue 10, defect 14).
+                    if counts.failed == 0 && batch.applied_zxid > 0 {
+                        store.advance_zxid(batch.applied_zxid).await.map(|()| counts)
+                    } else {
+                        Ok(counts)
+                    }
+                }
+                Err(error) => Err(error),
+            };
             (batch, result)
         }));
     }

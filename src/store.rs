@@ -59,6 +59,91 @@ pub struct BatchOutcome {
     pub refused: u64,
     /// Znodes whose keys were removed.
     pub deleted: u64,
+    /// Writes whose script failed (a key of the wrong type, say): nothing of them was written.
+    pub failed: u64,
+}
+
+/// Why a script refused a write: Redis already holds something newer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stored read is newer by `(czxid, mzxid, pzxid, aversion)`.
+    Older,
+    /// A tombstone says every incarnation up to this read's `czxid` is dead.
+    Tombstoned,
+    /// A delete found a newer incarnation stored (its `czxid` is above the tombstone zxid).
+    NewerIncarnation,
+}
+
+/// What became of one [`Write`] of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Redis was already exact: nothing written, nothing appended to the stream.
+    Unchanged,
+    Refused(Refusal),
+    /// The znode's keys were removed (delete or hide).
+    Deleted,
+    /// The script failed for this znode only (for example a key of the layout holding the
+    /// wrong type, or `P:changes` not a stream); the text is Redis's answer and names the key
+    /// where the script could. Nothing of this write was applied: every script checks what can
+    /// fail before its first write. Retrying gives the same answer until someone repairs the
+    /// key, so it is this znode's problem (log, count, skip), not Redis being down.
+    Failed(String),
+}
+
+/// The answer to [`Store::apply`]: one outcome per write, in the order given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub outcomes: Vec<WriteOutcome>,
+    /// Why raising the status `zxid` failed, when it was asked for and did (the status key of
+    /// the wrong type, say). The writes' outcomes stand regardless.
+    pub zxid_failure: Option<String>,
+}
+
+impl Applied {
+    pub fn counts(&self) -> BatchOutcome {
+        let mut counts = BatchOutcome::default();
+        for outcome in &self.outcomes {
+            match outcome {
+                WriteOutcome::Written => counts.written += 1,
+                WriteOutcome::Unchanged => counts.unchanged += 1,
+                WriteOutcome::Refused(_) => counts.refused += 1,
+                WriteOutcome::Deleted => counts.deleted += 1,
+                WriteOutcome::Failed(_) => counts.failed += 1,
+            }
+        }
+        counts
+    }
+
+    /// The writes that failed: their index in the batch and Redis's answer.
+    pub fn failures(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.outcomes.iter().enumerate().filter_map(|(i, outcome)| match outcome {
+            WriteOutcome::Failed(why) => Some((i, why.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// Whether an error answered to one command of a pipeline is Redis's state rather than the
+/// command's keys: the same command would succeed later or elsewhere, so the whole batch
+/// fails (the caller treats Redis as down, or reloads the scripts for `NOSCRIPT`). Anything
+/// else (`WRONGTYPE`, a script's own error) concerns the one write.
+fn is_server_state(error: &redis::ServerError) -> bool {
+    use redis::ServerErrorKind as K;
+    match error.kind() {
+        Some(K::NoScript | K::BusyLoading | K::ReadOnly | K::MasterDown | K::TryAgain | K::ClusterDown) => true,
+        Some(K::Moved | K::Ask | K::CrossSlot | K::NoPerm | K::ExecAbort) => true,
+        Some(_) => false,
+        None => matches!(error.code(), "OOM" | "BUSY" | "MISCONF" | "NOREPLICAS" | "LOADING" | "NOAUTH"),
+    }
+}
+
+/// A pipeline answer's text for a log line: code and detail, as Redis sent them.
+fn describe(error: &redis::ServerError) -> String {
+    match error.details() {
+        Some(detail) => format!("{} {detail}", error.code()),
+        None => error.code().to_owned(),
+    }
 }
 
 /// A handle on the mirror's Redis. Cheap to clone: clones share one multiplexed connection.
@@ -130,44 +215,88 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `writes` in order in one pipeline (one round trip), then raises the status
-    /// `zxid` to `applied_zxid`. The pipeline is built now; the returned future only sends it.
+    /// Applies `writes` in order in one pipeline (one round trip) and answers one
+    /// [`WriteOutcome`] per write. The pipeline is built now; the returned future only sends it.
+    ///
+    /// A script failing on one znode (a key of the wrong type) fails that write alone. Only a
+    /// connection error, or an answer that says Redis itself cannot take writes now (`NOSCRIPT`,
+    /// `LOADING`, `READONLY`, `OOM`, ...), fails the whole call.
+    ///
+    /// `advance_to`, when given, raises the status `zxid` (never lowers it) after the writes,
+    /// in the same pipeline, whatever the writes answer: the store does not judge it. It is the
+    /// caller's decision, and the caller must only send a zxid every change at or below which
+    /// Redis has already acknowledged (a watermark over earlier outcomes), never one that
+    /// counts on writes of this very pipeline, which may fail or be refused. To cover this
+    /// batch's own writes, check its outcomes, then call [`Store::advance_zxid`].
     pub fn apply(
         &self,
         writes: &[Write],
-        applied_zxid: i64,
+        advance_to: Option<i64>,
         now_ms: u64,
-    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send + 'static {
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for write in writes {
             self.add_write(&mut pipe, write, now_ms);
         }
-        if applied_zxid > 0 {
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.advance_zxid.get_hash())
-                .arg(1)
-                .arg(&self.status_key)
-                .arg(applied_zxid.to_string())
-                .ignore();
+        if let Some(zxid) = advance_to {
+            self.add_advance(&mut pipe, zxid);
         }
         let store = self.clone();
         let kinds: Vec<bool> = writes.iter().map(|w| matches!(w, Write::Put(_))).collect();
         async move {
             let mut conn = store.conn.clone();
-            let answers: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
-            let mut outcome = BatchOutcome::default();
-            for (is_put, answer) in kinds.into_iter().zip(answers) {
-                match (is_put, answer) {
-                    (true, 0) => outcome.unchanged += 1,
-                    (true, 1) => outcome.written += 1,
-                    (true, _) => outcome.refused += 1,
-                    (false, 1) => outcome.deleted += 1,
-                    (false, 2) => outcome.refused += 1,
-                    (false, _) => outcome.unchanged += 1,
-                }
+            let mut answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
+            let expected = kinds.len() + usize::from(advance_to.is_some());
+            if answers.len() != expected {
+                return Err(
+                    store.unexpected("a write pipeline", format!("{} answers to {expected} commands", answers.len()))
+                );
             }
-            Ok(outcome)
+            if let Some(error) = answers.iter().find_map(|a| match a {
+                Value::ServerError(e) if is_server_state(e) => Some(e.clone()),
+                _ => None,
+            }) {
+                return Err(store.error(error.into()));
+            }
+            let advance_answer = if advance_to.is_some() { answers.pop() } else { None };
+            let zxid_failure = match advance_answer {
+                Some(Value::ServerError(e)) => Some(describe(&e)),
+                _ => None,
+            };
+            let outcomes = kinds
+                .into_iter()
+                .zip(answers)
+                .map(|(is_put, answer)| match answer {
+                    Value::ServerError(e) => WriteOutcome::Failed(describe(&e)),
+                    Value::Int(code) => outcome_of(is_put, code),
+                    other => WriteOutcome::Failed(format!("unexpected answer {other:?}")),
+                })
+                .collect();
+            Ok(Applied { outcomes, zxid_failure })
         }
+    }
+
+    /// Raises the status `zxid` to `zxid` (never lowers it): `advance_zxid.lua`, alone. For a
+    /// caller that has checked the outcomes of the writes this zxid counts on.
+    pub async fn advance_zxid(&self, zxid: i64) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        self.add_advance(&mut pipe, zxid);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
+    }
+
+    fn add_advance(&self, pipe: &mut Pipeline, zxid: i64) {
+        // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.advance_zxid.get_hash())
+            .arg(1)
+            .arg(&self.status_key)
+            .arg(zxid.to_string());
+    }
+
+    fn unexpected(&self, what: &'static str, detail: String) -> StoreError {
+        StoreError::Unexpected { server: self.server.clone(), what, detail }
     }
 
     fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64) {
@@ -396,6 +525,21 @@ impl Store {
     pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+}
+
+/// A script's numeric answer as an outcome (the codes are in each script's header).
+fn outcome_of(is_put: bool, code: i64) -> WriteOutcome {
+    match (is_put, code) {
+        (true, 0) => WriteOutcome::Unchanged,
+        (true, 1) => WriteOutcome::Written,
+        (true, 2) => WriteOutcome::Refused(Refusal::Older),
+        (true, 3) => WriteOutcome::Refused(Refusal::Tombstoned),
+        (false, 0) => WriteOutcome::Unchanged,
+        (false, 1) => WriteOutcome::Deleted,
+        (false, 2) => WriteOutcome::Refused(Refusal::NewerIncarnation),
+        (false, 3) => WriteOutcome::Refused(Refusal::Older),
+        (_, code) => WriteOutcome::Failed(format!("unexpected script answer {code}")),
     }
 }
 

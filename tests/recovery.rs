@@ -1,5 +1,6 @@
-//! The sweep after a walk, against real ZooKeeper and Redis: whatever was deleted while no
-//! watch could report it is gone from Redis when the first walk ends, however deep it was.
+//! Recovery from what the world did behind the mirror's back, against real ZooKeeper and
+//! Redis: a subtree deleted while the mirror was down is gone when the first walk ends,
+//! however deep; a key of the wrong type inside the layout costs its znode, not the mirror.
 
 mod common;
 
@@ -102,4 +103,75 @@ async fn a_subtree_deleted_while_the_mirror_was_down_is_gone_after_the_first_wal
     let report = zkmirror::verify::compare(&client, &mut conn, "zk", &root).await.expect("verify");
     assert!(report.is_exact(), "Redis is not exact after the first walk: {report}");
     restarted.stop().await;
+}
+
+/// Defect 14 of issue 10: a key of the wrong type inside the layout made every pipeline that
+/// carried its znode fail, which the mirror took for "Redis down": it dropped its work and
+/// started a walk that failed the same way, for ever, and no other change got through. Now
+/// the bad znode is skipped (and logged) and the mirror stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_does_not_wedge_the_mirror() {
+    let zk = ZkServer::shared();
+    let redis = RedisServer::start();
+    let client = zk_client(&zk.connect_string()).await;
+    let root = unique_root("wrong-type");
+    for leaf in ["x", "y", "z"] {
+        create_all(&client, &format!("{root}/{leaf}"), b"v1").await;
+    }
+    let mut config = test_config(&zk.connect_string(), &redis.url(), &root);
+    config.session_timeout = Duration::from_secs(20);
+    let mirror = RunningMirror::start(config);
+    mirror.wait_for_phase(Phase::Live).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let data = |leaf: &str| format!("zk:{{{root}/{leaf}}}");
+    wait_until(CONVERGE, "x is mirrored", || {
+        let mut conn = conn.clone();
+        let key = format!("{}:meta", data("x"));
+        async move {
+            let n: u64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        }
+    })
+    .await;
+    let _: () = redis::pipe()
+        .del(format!("{}:meta", data("x")))
+        .set(format!("{}:meta", data("x")), "not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // x and y change in one transaction: their reads and writes travel together.
+    let mut writer = client.new_multi_writer();
+    writer.add_set_data(&format!("{root}/x"), b"v2", None).unwrap();
+    writer.add_set_data(&format!("{root}/y"), b"v2", None).unwrap();
+    writer.commit().await.unwrap();
+    client.set_data(&format!("{root}/z"), b"v2", None).await.unwrap();
+    for leaf in ["y", "z"] {
+        let key = data(leaf);
+        wait_until(CONVERGE, &format!("{leaf}'s change is mirrored"), || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let value: Option<String> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                if value.as_deref() == Some("v2") {
+                    Ok(())
+                } else {
+                    Err(format!("{key} = {value:?}"))
+                }
+            }
+        })
+        .await;
+    }
+    let status = mirror.handle.status();
+    assert_eq!(status.phase, Phase::Live, "{status:?}");
+    assert!(status.redis_connected, "a bad key was taken for Redis being down: {status:?}");
+    // x was skipped, not half-written.
+    let x: Option<String> = redis::cmd("GET").arg(data("x")).query_async(&mut conn).await.unwrap();
+    assert_eq!(x.as_deref(), Some("v1"));
+    mirror.stop().await;
 }
