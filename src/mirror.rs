@@ -680,7 +680,7 @@ impl Engine {
                     // Walked through (an include below it may match) or left behind by an old
                     // filter: it must hold no keys.
                     self.metrics.skipped_filtered.increment(1);
-                    self.ready.push_back((Write::Hide { path: znode.path }, walk_generation));
+                    self.ready.push_back((Write::Exclude { path: znode.path }, walk_generation));
                     return None;
                 }
                 if self.unreadable_logged.remove(&znode.path) {
@@ -694,13 +694,13 @@ impl Engine {
                 }
                 Write::Delete { path, tomb_zxid }
             }
-            Fetched::Unreadable { path } => {
+            Fetched::Unreadable { path, stat } => {
                 Counters::add(&self.counters.unreadable, 1);
                 self.metrics.skipped_noauth.increment(1);
                 if self.unreadable_logged.insert(path.clone()) {
                     warn!(%path, "cannot read {path} (NoAuth): skipping it and its subtree; grant READ to the mirror's identity to mirror it");
                 }
-                Write::Hide { path }
+                Write::Hide { path, stat }
             }
         };
         self.ready.push_back((write, walk_generation));
@@ -738,7 +738,7 @@ impl Engine {
                         root_written = Some(false);
                     }
                 }
-                Write::Hide { path } => {
+                Write::Hide { path, .. } | Write::Exclude { path } => {
                     if *path == self.config.root {
                         root_written = Some(false);
                     }

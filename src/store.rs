@@ -16,7 +16,7 @@ use crate::config::{mask_url, MirrorConfig};
 use crate::error::StoreError;
 use crate::path;
 use crate::schema::{KeyKind, Keys, Scripts};
-use crate::znode::Znode;
+use crate::znode::{Znode, ZnodeStat};
 
 /// One change to make in Redis for one znode.
 #[derive(Debug)]
@@ -25,15 +25,21 @@ pub enum Write {
     Put(Znode),
     /// The znode is gone: remove its keys, leave a tombstone at `tomb_zxid`.
     Delete { path: String, tomb_zxid: Option<i64> },
-    /// The mirror may not read the znode: remove its keys, no tombstone.
-    Hide { path: String },
+    /// The mirror may not read the znode (`NoAuth`): remove its keys, no tombstone, unless
+    /// Redis holds a read newer than `stat` (the znode's `Stat` when it was found unreadable):
+    /// ordered by `(czxid, mzxid, pzxid, aversion)` like a put, so a stale `NoAuth` cannot
+    /// remove what a newer readable read wrote (opening an ACL bumps `aversion`).
+    Hide { path: String, stat: ZnodeStat },
+    /// The filter leaves the znode out: remove its keys, no tombstone, whatever Redis holds.
+    /// Unconditional because it follows from the configuration, not from a read.
+    Exclude { path: String },
 }
 
 impl Write {
     pub fn path(&self) -> &str {
         match self {
             Write::Put(znode) => &znode.path,
-            Write::Delete { path, .. } | Write::Hide { path } => path,
+            Write::Delete { path, .. } | Write::Hide { path, .. } | Write::Exclude { path } => path,
         }
     }
 
@@ -43,7 +49,7 @@ impl Write {
             Write::Put(znode) => {
                 256 + znode.path.len() + znode.data.len() + znode.children.iter().map(|c| c.len() + 8).sum::<usize>()
             }
-            Write::Delete { path, .. } | Write::Hide { path } => 128 + path.len(),
+            Write::Delete { path, .. } | Write::Hide { path, .. } | Write::Exclude { path } => 128 + path.len(),
         }
     }
 }
@@ -304,7 +310,7 @@ impl Store {
         let path = write.path();
         let script = match write {
             Write::Put(_) => &self.scripts.put,
-            Write::Delete { .. } | Write::Hide { .. } => &self.scripts.delete,
+            Write::Delete { .. } | Write::Hide { .. } | Write::Exclude { .. } => &self.scripts.delete,
         };
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         let cmd = pipe
@@ -332,8 +338,12 @@ impl Store {
                     .arg(self.changes_maxlen)
                     .arg("delete");
             }
-            Write::Hide { .. } => {
+            Write::Hide { stat, .. } => {
                 cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide");
+                cmd.arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
+            }
+            Write::Exclude { .. } => {
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude");
             }
         }
     }

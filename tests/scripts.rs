@@ -4,7 +4,7 @@
 mod common;
 
 use common::RedisServer;
-use zkmirror::store::{BatchOutcome, Store, Write, WriteOutcome};
+use zkmirror::store::{BatchOutcome, Refusal, Store, Write, WriteOutcome};
 use zkmirror::znode::{Znode, ZnodeStat};
 use zkmirror::MirrorConfig;
 
@@ -19,6 +19,12 @@ fn znode(path: &str, data: &str, czxid: i64, mzxid: i64) -> Znode {
         stat: ZnodeStat { czxid, mzxid, pzxid: czxid, data_length: data.len() as i32, ..ZnodeStat::default() },
         children: Vec::new(),
     }
+}
+
+/// The Stat of the same znode after a `setACL` (which bumps `aversion` and nothing else).
+fn closed(mut stat: ZnodeStat) -> ZnodeStat {
+    stat.aversion += 1;
+    stat
 }
 
 async fn apply(store: &Store, writes: Vec<Write>) -> BatchOutcome {
@@ -95,7 +101,7 @@ async fn hiding_an_unreadable_znode_leaves_no_tombstone() {
     let store = store(&redis);
     store.load_scripts().await.unwrap();
     apply(&store, vec![Write::Put(znode("/app/x", "v", 10, 10))]).await;
-    apply(&store, vec![Write::Hide { path: "/app/x".into() }]).await;
+    apply(&store, vec![Write::Hide { path: "/app/x".into(), stat: closed(znode("/app/x", "v", 10, 10).stat) }]).await;
     assert_eq!(get(&store, "zk:{/app/x}".into()).await, None);
     assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await, None);
     // Readable again, same incarnation: accepted.
@@ -221,4 +227,64 @@ async fn a_tombstone_ttl_below_a_millisecond_fails_deletes_without_touching_keys
         store.apply(&[Write::Delete { path: "/app/x".into(), tomb_zxid: Some(12) }], None, 1).await.expect("batch");
     assert!(matches!(&applied.outcomes[0], WriteOutcome::Failed(why) if why.contains("tombstone ttl")), "{applied:?}");
     assert!(exists(&store, "zk:{/app/x}:meta").await);
+}
+
+async fn last_entry_reason(store: &Store) -> Option<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(
+        store.query(redis::cmd("XREVRANGE").arg("zk:changes").arg("+").arg("-").arg("COUNT").arg(1)).await.unwrap(),
+    )
+    .expect("stream entries");
+    entries.into_iter().next()?.1.into_iter().find(|(k, _)| k == "reason").map(|(_, v)| v)
+}
+
+/// Defect 12 of issue 10: `hide` removed keys without any comparison, so a stale `NoAuth`
+/// answer (another mirror, a lagging server) removed a znode whose ACL had been opened and
+/// which a newer readable read had already written; no watch brings it back. A hide is now
+/// ordered by the Stat of the unreadable znode, like a put.
+#[tokio::test]
+async fn a_stale_hide_never_removes_a_newer_readable_read() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let secret = znode("/app/x", "v", 10, 10);
+    // Unreadable at aversion 0; the ACL was opened (aversion 1) and that read was written.
+    let opened = Znode { stat: closed(secret.stat), ..secret.clone() };
+    apply(&store, vec![Write::Put(opened.clone())]).await;
+    let stale = store.apply(&[Write::Hide { path: "/app/x".into(), stat: secret.stat }], None, 1).await.unwrap();
+    assert_eq!(stale.outcomes, [WriteOutcome::Refused(Refusal::Older)]);
+    assert_eq!(get(&store, "zk:{/app/x}".into()).await.as_deref(), Some("v"), "a stale hide removed a newer read");
+    // Closed again (aversion 2): that hide is newer and removes the keys.
+    let fresh =
+        store.apply(&[Write::Hide { path: "/app/x".into(), stat: closed(opened.stat) }], None, 1).await.unwrap();
+    assert_eq!(fresh.outcomes, [WriteOutcome::Deleted]);
+    assert_eq!(get(&store, "zk:{/app/x}".into()).await, None);
+    assert_eq!(last_entry_reason(&store).await.as_deref(), Some("hide"));
+}
+
+/// A hide at the very Stat a readable read was written at (two identities, one state) hides:
+/// what this mirror may not read stays out.
+#[tokio::test]
+async fn a_hide_at_the_stored_stat_hides() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let x = znode("/app/x", "v", 10, 10);
+    apply(&store, vec![Write::Put(x.clone())]).await;
+    let out = store.apply(&[Write::Hide { path: "/app/x".into(), stat: x.stat }], None, 1).await.unwrap();
+    assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
+}
+
+/// A path the filter leaves out loses its keys whatever Redis holds: the configuration, not a
+/// read, decided it, so there is nothing to order by.
+#[tokio::test]
+async fn an_excluded_path_loses_its_keys_unconditionally() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    apply(&store, vec![Write::Put(znode("/app/x", "v", 50, 90))]).await;
+    let out = store.apply(&[Write::Exclude { path: "/app/x".into() }], None, 1).await.unwrap();
+    assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
+    assert_eq!(get(&store, "zk:{/app/x}:meta".into()).await, None);
+    assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await, None);
+    assert_eq!(last_entry_reason(&store).await.as_deref(), Some("hide"));
 }
