@@ -152,6 +152,14 @@ fn describe(error: &redis::ServerError) -> String {
     }
 }
 
+/// What [`Store::write_status`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusWrite {
+    /// Whether the status hash existed just before this write; false after the first write of
+    /// a run means Redis lost the mirror's keys.
+    pub existed: bool,
+}
+
 /// A handle on the mirror's Redis. Cheap to clone: clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Store {
@@ -348,9 +356,31 @@ impl Store {
         }
     }
 
-    /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`).
-    pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
-        self.write_hash(&self.status_key, fields).await
+    /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`) and tells
+    /// whether the hash existed just before (`status.lua`): Redis's loss detector.
+    ///
+    /// Once a run has written its status, [`StatusWrite::existed`] false means Redis lost the
+    /// mirror's keys since the previous write (a flush, a restart without persistence, someone
+    /// deleting them), seen on the next heartbeat whatever the filter admits. The first write
+    /// of a run may well find no hash (a first start, a new prefix): only the caller knows
+    /// which write is its first. A Redis restarted from an older snapshot brings the hash back
+    /// and is not seen here (its missing scripts are: `NOSCRIPT`).
+    ///
+    /// Works without [`Store::load_scripts`]: the script is loaded on `NOSCRIPT` and sent again.
+    pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
+        let mut conn = self.conn.clone();
+        if fields.is_empty() {
+            // HSET needs a field; there is nothing to write, only the question to answer.
+            let existed: bool =
+                redis::cmd("EXISTS").arg(&self.status_key).query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            return Ok(StatusWrite { existed });
+        }
+        let mut invocation = self.scripts.status.key(&self.status_key);
+        for (field, value) in fields {
+            invocation.arg(*field).arg(value);
+        }
+        let existed: i64 = invocation.invoke_async(&mut conn).await.map_err(|e| self.error(e))?;
+        Ok(StatusWrite { existed: existed == 1 })
     }
 
     /// Sets fields of a hash.

@@ -288,3 +288,25 @@ async fn an_excluded_path_loses_its_keys_unconditionally() {
     assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await, None);
     assert_eq!(last_entry_reason(&store).await.as_deref(), Some("hide"));
 }
+
+/// Defect 16 of issue 10: Redis loss was noticed only through the root's `:meta` key, absent
+/// when the filter does not admit the root. The status write itself now says whether the
+/// status hash existed before it, so a flush is seen on the next heartbeat; the write needs
+/// no prior `load_scripts` (a Redis restarted empty has none).
+#[tokio::test]
+async fn a_status_write_tells_whether_redis_lost_the_status_since_the_last_one() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    let fields = |state: &str| vec![("state", state.to_owned()), ("heartbeat", "1".to_owned())];
+    assert!(!store.write_status(&fields("syncing")).await.expect("first write").existed, "a fresh Redis held a status");
+    assert!(store.write_status(&fields("live")).await.expect("second write").existed);
+    store.query(&redis::cmd("FLUSHALL")).await.unwrap();
+    store.query(redis::cmd("SCRIPT").arg("FLUSH")).await.unwrap();
+    let after_flush = store.write_status(&fields("live")).await.expect("a write after the flush");
+    assert!(!after_flush.existed, "the flush went unnoticed");
+    assert!(store.write_status(&fields("live")).await.expect("the next write").existed);
+    let state: Option<String> =
+        redis::from_redis_value(store.query(redis::cmd("HGET").arg("zk:mirror").arg("state")).await.expect("HGET"))
+            .expect("string");
+    assert_eq!(state.as_deref(), Some("live"));
+}
