@@ -9,12 +9,25 @@
 --     long after any read that could still be in flight;
 --   * an applied delete appends one `del` entry to the change stream in the same step.
 --   * mode `hide` (the mirror lost READ permission) removes the keys without a tombstone: the
---     znode still exists, and a later readable read must be accepted.
+--     znode still exists, and a later readable read must be accepted. It is ordered like a
+--     put: ARGV[6..9] are the znode's (czxid, mzxid, pzxid, aversion) when it was found
+--     unreadable, and a hide older than the stored read is refused, so a stale NoAuth
+--     cannot remove a znode already written from a newer readable read (opening an ACL bumps
+--     aversion). An equal tuple hides: the same state, readable to one identity and not to
+--     this one, stays out;
+--   * mode `exclude` (the filter leaves the path out) removes the keys without a tombstone
+--     and without comparing: it follows from the configuration, not from a read;
+--   * all or nothing even when a key holds the wrong type: the stream's type and the
+--     tombstone ttl are checked up front, a wrong-typed meta or tombstone fails its read
+--     before any write, and DEL removes keys of any type.
 --
 -- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
---       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete` or `hide`)
--- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored)
+--       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete`, `hide`, `exclude`),
+--       6..9 (mode `hide` only) czxid, mzxid, pzxid, aversion of the unreadable znode
+-- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored),
+--          3 refused (mode `hide`: the stored read is newer);
+--          an error reply, with nothing written, when a key holds the wrong type
 
 local function cmp(a, b)
   if #a ~= #b then
@@ -24,8 +37,27 @@ local function cmp(a, b)
   if a < b then return -1 else return 1 end
 end
 
-local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version')
+local stream_type = redis.call('TYPE', KEYS[5])['ok']
+if stream_type ~= 'stream' and stream_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
+    ', not the change stream: nothing deleted for ' .. ARGV[3] .. '; delete or rename the key')
+end
+if ARGV[5] == 'delete' and (tonumber(ARGV[2]) or 0) < 1 then
+  return redis.error_reply('ERR tombstone ttl ' .. ARGV[2] .. ' ms is below 1 ms: nothing deleted for ' ..
+    ARGV[3] .. '; raise --tombstone-ttl')
+end
+
+local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version', 'pzxid', 'aversion')
 local t = ARGV[1]
+if ARGV[5] == 'hide' and stored[1] then
+  local order = cmp(ARGV[6], stored[1])
+  if order == 0 then order = cmp(ARGV[7], stored[2] or '') end
+  if order == 0 then order = cmp(ARGV[8], stored[4] or '') end
+  if order == 0 then order = cmp(ARGV[9], stored[5] or '') end
+  if order < 0 then
+    return 3
+  end
+end
 if ARGV[5] == 'delete' then
   if t == '' then t = stored[1] or '' end
   if stored[1] and t ~= '' and cmp(stored[1], t) > 0 then
@@ -44,5 +76,5 @@ if removed == 0 then
 end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
   'op', 'del', 'path', ARGV[3], 'mzxid', stored[2] or '', 'version', stored[3] or '',
-  'zxid', t, 'reason', ARGV[5])
+  'zxid', t, 'reason', ARGV[5] == 'delete' and 'delete' or 'hide')
 return 1

@@ -13,13 +13,19 @@
 --     includes the stored data bytes, every Stat field and the children set, so keys altered
 --     by another writer are repaired by the next walk;
 --   * every applied write appends one entry to the change stream (KEYS[5]) in the same step, so
---     a reader that sees the entry finds the change already in the keys.
+--     a reader that sees the entry finds the change already in the keys;
+--   * all or nothing even when a key holds the wrong type: Redis does not undo a script's
+--     writes when a later command fails, so everything that can fail runs before the first
+--     write. The stream's type is checked up front (its XADD comes last); a wrong-typed tomb,
+--     meta or children key fails its read (GET, HMGET, SCARD) before any write; the data key is
+--     only read where it is checked, and SET replaces whatever it held.
 --
 -- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM)
 -- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
 --       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
 --       13 path, 14 stream max length (approximate), 15 data bytes, 16.. child names
--- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned)
+-- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned);
+--          an error reply, with nothing written, when a key holds the wrong type
 
 -- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
 local function cmp(a, b)
@@ -28,6 +34,12 @@ local function cmp(a, b)
   end
   if a == b then return 0 end
   if a < b then return -1 else return 1 end
+end
+
+local stream_type = redis.call('TYPE', KEYS[5])['ok']
+if stream_type ~= 'stream' and stream_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
+    ', not the change stream: nothing written for ' .. ARGV[13] .. '; delete or rename the key')
 end
 
 local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]

@@ -28,6 +28,8 @@ pub struct Scripts {
     pub delete: Script,
     /// Raises `P:mirror` `zxid`, never lowers it.
     pub advance_zxid: Script,
+    /// Writes status fields and says whether the status hash existed before: Redis loss.
+    pub status: Script,
 }
 
 impl Scripts {
@@ -36,11 +38,12 @@ impl Scripts {
             put: Script::new(include_str!("../schema/put.lua")),
             delete: Script::new(include_str!("../schema/delete.lua")),
             advance_zxid: Script::new(include_str!("../schema/advance_zxid.lua")),
+            status: Script::new(include_str!("../schema/status.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 3] {
-        [&self.put, &self.delete, &self.advance_zxid]
+    pub fn all(&self) -> [&Script; 4] {
+        [&self.put, &self.delete, &self.advance_zxid, &self.status]
     }
 }
 

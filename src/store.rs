@@ -4,7 +4,7 @@
 //! Architecture invariant: this module never imports `zookeeper_client`; it only sees the
 //! [`crate::znode`] types. It names no key itself: [`Keys`] does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::config::{mask_url, MirrorConfig};
 use crate::error::StoreError;
 use crate::path;
 use crate::schema::{KeyKind, Keys, Scripts};
-use crate::znode::Znode;
+use crate::znode::{Znode, ZnodeStat};
 
 /// One change to make in Redis for one znode.
 #[derive(Debug)]
@@ -25,15 +25,21 @@ pub enum Write {
     Put(Znode),
     /// The znode is gone: remove its keys, leave a tombstone at `tomb_zxid`.
     Delete { path: String, tomb_zxid: Option<i64> },
-    /// The mirror may not read the znode: remove its keys, no tombstone.
-    Hide { path: String },
+    /// The mirror may not read the znode (`NoAuth`): remove its keys, no tombstone, unless
+    /// Redis holds a read newer than `stat` (the znode's `Stat` when it was found unreadable):
+    /// ordered by `(czxid, mzxid, pzxid, aversion)` like a put, so a stale `NoAuth` cannot
+    /// remove what a newer readable read wrote (opening an ACL bumps `aversion`).
+    Hide { path: String, stat: ZnodeStat },
+    /// The filter leaves the znode out: remove its keys, no tombstone, whatever Redis holds.
+    /// Unconditional because it follows from the configuration, not from a read.
+    Exclude { path: String },
 }
 
 impl Write {
     pub fn path(&self) -> &str {
         match self {
             Write::Put(znode) => &znode.path,
-            Write::Delete { path, .. } | Write::Hide { path } => path,
+            Write::Delete { path, .. } | Write::Hide { path, .. } | Write::Exclude { path } => path,
         }
     }
 
@@ -43,7 +49,7 @@ impl Write {
             Write::Put(znode) => {
                 256 + znode.path.len() + znode.data.len() + znode.children.iter().map(|c| c.len() + 8).sum::<usize>()
             }
-            Write::Delete { path, .. } | Write::Hide { path } => 128 + path.len(),
+            Write::Delete { path, .. } | Write::Hide { path, .. } | Write::Exclude { path } => 128 + path.len(),
         }
     }
 }
@@ -59,6 +65,99 @@ pub struct BatchOutcome {
     pub refused: u64,
     /// Znodes whose keys were removed.
     pub deleted: u64,
+    /// Writes whose script failed (a key of the wrong type, say): nothing of them was written.
+    pub failed: u64,
+}
+
+/// Why a script refused a write: Redis already holds something newer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stored read is newer by `(czxid, mzxid, pzxid, aversion)`.
+    Older,
+    /// A tombstone says every incarnation up to this read's `czxid` is dead.
+    Tombstoned,
+    /// A delete found a newer incarnation stored (its `czxid` is above the tombstone zxid).
+    NewerIncarnation,
+}
+
+/// What became of one [`Write`] of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Redis was already exact: nothing written, nothing appended to the stream.
+    Unchanged,
+    Refused(Refusal),
+    /// The znode's keys were removed (delete or hide).
+    Deleted,
+    /// The script failed for this znode only (for example a key of the layout holding the
+    /// wrong type, or `P:changes` not a stream); the text is Redis's answer and names the key
+    /// where the script could. Nothing of this write was applied: every script checks what can
+    /// fail before its first write. Retrying gives the same answer until someone repairs the
+    /// key, so it is this znode's problem (log, count, skip), not Redis being down.
+    Failed(String),
+}
+
+/// The answer to [`Store::apply`]: one outcome per write, in the order given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub outcomes: Vec<WriteOutcome>,
+    /// Why raising the status `zxid` failed, when it was asked for and did (the status key of
+    /// the wrong type, say). The writes' outcomes stand regardless.
+    pub zxid_failure: Option<String>,
+}
+
+impl Applied {
+    pub fn counts(&self) -> BatchOutcome {
+        let mut counts = BatchOutcome::default();
+        for outcome in &self.outcomes {
+            match outcome {
+                WriteOutcome::Written => counts.written += 1,
+                WriteOutcome::Unchanged => counts.unchanged += 1,
+                WriteOutcome::Refused(_) => counts.refused += 1,
+                WriteOutcome::Deleted => counts.deleted += 1,
+                WriteOutcome::Failed(_) => counts.failed += 1,
+            }
+        }
+        counts
+    }
+
+    /// The writes that failed: their index in the batch and Redis's answer.
+    pub fn failures(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.outcomes.iter().enumerate().filter_map(|(i, outcome)| match outcome {
+            WriteOutcome::Failed(why) => Some((i, why.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// Whether an error answered to one command of a pipeline is Redis's state rather than the
+/// command's keys: the same command would succeed later or elsewhere, so the whole batch
+/// fails (the caller treats Redis as down, or reloads the scripts for `NOSCRIPT`). Anything
+/// else (`WRONGTYPE`, a script's own error) concerns the one write.
+fn is_server_state(error: &redis::ServerError) -> bool {
+    use redis::ServerErrorKind as K;
+    match error.kind() {
+        Some(K::NoScript | K::BusyLoading | K::ReadOnly | K::MasterDown | K::TryAgain | K::ClusterDown) => true,
+        Some(K::Moved | K::Ask | K::CrossSlot | K::NoPerm | K::ExecAbort) => true,
+        Some(_) => false,
+        None => matches!(error.code(), "OOM" | "BUSY" | "MISCONF" | "NOREPLICAS" | "LOADING" | "NOAUTH"),
+    }
+}
+
+/// A pipeline answer's text for a log line: code and detail, as Redis sent them.
+fn describe(error: &redis::ServerError) -> String {
+    match error.details() {
+        Some(detail) => format!("{} {detail}", error.code()),
+        None => error.code().to_owned(),
+    }
+}
+
+/// What [`Store::write_status`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusWrite {
+    /// Whether the status hash existed just before this write; false after the first write of
+    /// a run means Redis lost the mirror's keys.
+    pub existed: bool,
 }
 
 /// A handle on the mirror's Redis. Cheap to clone: clones share one multiplexed connection.
@@ -130,44 +229,88 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `writes` in order in one pipeline (one round trip), then raises the status
-    /// `zxid` to `applied_zxid`. The pipeline is built now; the returned future only sends it.
+    /// Applies `writes` in order in one pipeline (one round trip) and answers one
+    /// [`WriteOutcome`] per write. The pipeline is built now; the returned future only sends it.
+    ///
+    /// A script failing on one znode (a key of the wrong type) fails that write alone. Only a
+    /// connection error, or an answer that says Redis itself cannot take writes now (`NOSCRIPT`,
+    /// `LOADING`, `READONLY`, `OOM`, ...), fails the whole call.
+    ///
+    /// `advance_to`, when given, raises the status `zxid` (never lowers it) after the writes,
+    /// in the same pipeline, whatever the writes answer: the store does not judge it. It is the
+    /// caller's decision, and the caller must only send a zxid every change at or below which
+    /// Redis has already acknowledged (a watermark over earlier outcomes), never one that
+    /// counts on writes of this very pipeline, which may fail or be refused. To cover this
+    /// batch's own writes, check its outcomes, then call [`Store::advance_zxid`].
     pub fn apply(
         &self,
         writes: &[Write],
-        applied_zxid: i64,
+        advance_to: Option<i64>,
         now_ms: u64,
-    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send + 'static {
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for write in writes {
             self.add_write(&mut pipe, write, now_ms);
         }
-        if applied_zxid > 0 {
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.advance_zxid.get_hash())
-                .arg(1)
-                .arg(&self.status_key)
-                .arg(applied_zxid.to_string())
-                .ignore();
+        if let Some(zxid) = advance_to {
+            self.add_advance(&mut pipe, zxid);
         }
         let store = self.clone();
         let kinds: Vec<bool> = writes.iter().map(|w| matches!(w, Write::Put(_))).collect();
         async move {
             let mut conn = store.conn.clone();
-            let answers: Vec<i64> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
-            let mut outcome = BatchOutcome::default();
-            for (is_put, answer) in kinds.into_iter().zip(answers) {
-                match (is_put, answer) {
-                    (true, 0) => outcome.unchanged += 1,
-                    (true, 1) => outcome.written += 1,
-                    (true, _) => outcome.refused += 1,
-                    (false, 1) => outcome.deleted += 1,
-                    (false, 2) => outcome.refused += 1,
-                    (false, _) => outcome.unchanged += 1,
-                }
+            let mut answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
+            let expected = kinds.len() + usize::from(advance_to.is_some());
+            if answers.len() != expected {
+                return Err(
+                    store.unexpected("a write pipeline", format!("{} answers to {expected} commands", answers.len()))
+                );
             }
-            Ok(outcome)
+            if let Some(error) = answers.iter().find_map(|a| match a {
+                Value::ServerError(e) if is_server_state(e) => Some(e.clone()),
+                _ => None,
+            }) {
+                return Err(store.error(error.into()));
+            }
+            let advance_answer = if advance_to.is_some() { answers.pop() } else { None };
+            let zxid_failure = match advance_answer {
+                Some(Value::ServerError(e)) => Some(describe(&e)),
+                _ => None,
+            };
+            let outcomes = kinds
+                .into_iter()
+                .zip(answers)
+                .map(|(is_put, answer)| match answer {
+                    Value::ServerError(e) => WriteOutcome::Failed(describe(&e)),
+                    Value::Int(code) => outcome_of(is_put, code),
+                    other => WriteOutcome::Failed(format!("unexpected answer {other:?}")),
+                })
+                .collect();
+            Ok(Applied { outcomes, zxid_failure })
         }
+    }
+
+    /// Raises the status `zxid` to `zxid` (never lowers it): `advance_zxid.lua`, alone. For a
+    /// caller that has checked the outcomes of the writes this zxid counts on.
+    pub async fn advance_zxid(&self, zxid: i64) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        self.add_advance(&mut pipe, zxid);
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
+    }
+
+    fn add_advance(&self, pipe: &mut Pipeline, zxid: i64) {
+        // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.advance_zxid.get_hash())
+            .arg(1)
+            .arg(&self.status_key)
+            .arg(zxid.to_string());
+    }
+
+    fn unexpected(&self, what: &'static str, detail: String) -> StoreError {
+        StoreError::Unexpected { server: self.server.clone(), what, detail }
     }
 
     fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64) {
@@ -175,7 +318,7 @@ impl Store {
         let path = write.path();
         let script = match write {
             Write::Put(_) => &self.scripts.put,
-            Write::Delete { .. } | Write::Hide { .. } => &self.scripts.delete,
+            Write::Delete { .. } | Write::Hide { .. } | Write::Exclude { .. } => &self.scripts.delete,
         };
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         let cmd = pipe
@@ -203,15 +346,41 @@ impl Store {
                     .arg(self.changes_maxlen)
                     .arg("delete");
             }
-            Write::Hide { .. } => {
+            Write::Hide { stat, .. } => {
                 cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide");
+                cmd.arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
+            }
+            Write::Exclude { .. } => {
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude");
             }
         }
     }
 
-    /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`).
-    pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
-        self.write_hash(&self.status_key, fields).await
+    /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`) and tells
+    /// whether the hash existed just before (`status.lua`): Redis's loss detector.
+    ///
+    /// Once a run has written its status, [`StatusWrite::existed`] false means Redis lost the
+    /// mirror's keys since the previous write (a flush, a restart without persistence, someone
+    /// deleting them), seen on the next heartbeat whatever the filter admits. The first write
+    /// of a run may well find no hash (a first start, a new prefix): only the caller knows
+    /// which write is its first. A Redis restarted from an older snapshot brings the hash back
+    /// and is not seen here (its missing scripts are: `NOSCRIPT`).
+    ///
+    /// Works without [`Store::load_scripts`]: the script is loaded on `NOSCRIPT` and sent again.
+    pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
+        let mut conn = self.conn.clone();
+        if fields.is_empty() {
+            // HSET needs a field; there is nothing to write, only the question to answer.
+            let existed: bool =
+                redis::cmd("EXISTS").arg(&self.status_key).query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            return Ok(StatusWrite { existed });
+        }
+        let mut invocation = self.scripts.status.key(&self.status_key);
+        for (field, value) in fields {
+            invocation.arg(*field).arg(value);
+        }
+        let existed: i64 = invocation.invoke_async(&mut conn).await.map_err(|e| self.error(e))?;
+        Ok(StatusWrite { existed: existed == 1 })
     }
 
     /// Sets fields of a hash.
@@ -227,42 +396,95 @@ impl Store {
         redis::cmd("EXISTS").arg(self.keys.meta(path)).query_async(&mut conn).await.map_err(|e| self.error(e))
     }
 
-    /// Lists stored znodes below `root` (not `root` itself) that their parent's children set no
-    /// longer names, or that `keep` rejects (a filter changed): candidates for deletion, to be
-    /// confirmed against ZooKeeper.
-    ///
-    /// Run after a walk has rewritten every children set, this finds what was deleted while no
-    /// watch could report it, including keys no children set ever pointed at. It pages through
-    /// `SCAN`, so its memory is the candidates, not the tree.
+    /// Lists stored znodes below `root` (not `root` itself) that Redis cannot show to be linked
+    /// from the root, or that `keep` rejects (a filter changed): candidates for deletion, to be
+    /// confirmed against ZooKeeper. All pages of [`Store::stray_page`] at once; a caller that
+    /// bounds its memory by the page, not by what is stray, pages itself.
     pub async fn stray_paths(&self, root: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let pattern = self.keys.scan_pattern(root);
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut strays = Vec::new();
         loop {
-            let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
-            let paths: HashSet<&str> = keys
-                .iter()
-                .filter_map(|key| self.keys.parse(key))
-                .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
-                .map(|(_, path)| path)
-                .collect();
-            let (paths, unwanted): (Vec<&str>, Vec<&str>) = paths.into_iter().partition(|p| keep(p));
-            strays.extend(unwanted.into_iter().map(str::to_owned));
-            if !paths.is_empty() {
-                let mut pipe = redis::pipe();
-                for p in &paths {
-                    let parent = path::parent(p).unwrap_or("/");
-                    pipe.cmd("SISMEMBER").arg(self.keys.children(parent)).arg(path::name(p));
-                }
-                let member: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
-                strays.extend(paths.iter().zip(member).filter(|(_, m)| !m).map(|(p, _)| (*p).to_owned()));
-            }
+            let (next, page) = self.stray_page(root, cursor, &keep).await?;
+            strays.extend(page);
             if next == 0 {
                 return Ok(strays);
             }
             cursor = next;
         }
+    }
+
+    /// One `SCAN` page of [`Store::stray_paths`]: the next cursor (0 at the end) and the stray
+    /// paths among the page's keys (a path may come twice across pages: `SCAN` may repeat).
+    ///
+    /// A key is judged by its whole chain of links from the root: every ancestor's children
+    /// set, from `root` down, must name the next component. Run after a walk has rewritten
+    /// every children set, this finds in ONE pass everything deleted while no watch could
+    /// report it, however deep: the top of a deleted subtree is missing from its parent's set,
+    /// and so is a link in the chain of every key below it, although the deleted znodes' own
+    /// (stale) children sets still name their children. Judging by the parent's set alone
+    /// peeled one level per pass. Keys no children set ever pointed at are found too.
+    ///
+    /// A link whose parent the filter does not copy cannot be shown (that parent has no keys),
+    /// so keys below such a znode are always candidates: correct, at the price of confirming
+    /// them against ZooKeeper on every sweep.
+    ///
+    /// Cost: one `SISMEMBER` per distinct link of the page's paths, in one pipeline; memory is
+    /// the page (1000 keys) times the depth, never the tree.
+    pub async fn stray_page(
+        &self,
+        root: &str,
+        cursor: u64,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = self.keys.scan_pattern(root);
+        let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
+        let paths: HashSet<&str> = keys
+            .iter()
+            .filter_map(|key| self.keys.parse(key))
+            .filter(|(kind, path)| *kind != KeyKind::Tomb && *path != root && path::is_within(path, root))
+            .map(|(_, path)| path)
+            .collect();
+        let mut strays = Vec::new();
+        // Every link of the kept paths' chains, once: (parent, child name) -> index in the pipeline.
+        let mut links: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut judged: Vec<(&str, Vec<usize>)> = Vec::new();
+        for p in paths {
+            if !keep(p) {
+                strays.push(p.to_owned());
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut provable = true;
+            for (parent, name) in chain_links(root, p) {
+                if !keep(parent) && parent != root {
+                    provable = false;
+                    break;
+                }
+                let n = links.len();
+                chain.push(*links.entry((parent, name)).or_insert(n));
+            }
+            if provable {
+                judged.push((p, chain));
+            } else {
+                strays.push(p.to_owned());
+            }
+        }
+        if !links.is_empty() {
+            let mut ordered: Vec<(&(&str, &str), &usize)> = links.iter().collect();
+            ordered.sort_by_key(|(_, i)| **i);
+            let mut pipe = redis::pipe();
+            for ((parent, name), _) in ordered {
+                pipe.cmd("SISMEMBER").arg(self.keys.children(parent)).arg(*name);
+            }
+            let member: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            for (p, chain) in judged {
+                if !chain.iter().all(|i| member.get(*i).copied().unwrap_or(false)) {
+                    strays.push(p.to_owned());
+                }
+            }
+        }
+        Ok((next, strays))
     }
 
     /// Whether Redis may hold keys of znodes at or below `root` (tombstones aside): false only
@@ -343,5 +565,45 @@ impl Store {
     pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+}
+
+/// A script's numeric answer as an outcome (the codes are in each script's header).
+fn outcome_of(is_put: bool, code: i64) -> WriteOutcome {
+    match (is_put, code) {
+        (true, 0) => WriteOutcome::Unchanged,
+        (true, 1) => WriteOutcome::Written,
+        (true, 2) => WriteOutcome::Refused(Refusal::Older),
+        (true, 3) => WriteOutcome::Refused(Refusal::Tombstoned),
+        (false, 0) => WriteOutcome::Unchanged,
+        (false, 1) => WriteOutcome::Deleted,
+        (false, 2) => WriteOutcome::Refused(Refusal::NewerIncarnation),
+        (false, 3) => WriteOutcome::Refused(Refusal::Older),
+        (_, code) => WriteOutcome::Failed(format!("unexpected script answer {code}")),
+    }
+}
+
+/// The links from `root` down to `path` (below it): each ancestor, from `root` on, with the name
+/// of the next component. `/r/a/b` below `/r` gives `(/r, a)`, `(/r/a, b)`.
+fn chain_links<'p>(root: &'p str, path: &'p str) -> impl Iterator<Item = (&'p str, &'p str)> + 'p {
+    let mut links: Vec<(&str, &str)> = std::iter::successors(Some(path), |p| path::parent(p))
+        .take_while(move |p| *p != root && path::is_within(p, root))
+        .filter_map(|p| path::parent(p).map(|parent| (parent, path::name(p))))
+        .collect();
+    links.reverse();
+    links.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_runs_from_the_root_to_the_path() {
+        let links: Vec<_> = chain_links("/r", "/r/a/b/c").collect();
+        assert_eq!(links, [("/r", "a"), ("/r/a", "b"), ("/r/a/b", "c")]);
+        let links: Vec<_> = chain_links("/", "/a/b").collect();
+        assert_eq!(links, [("/", "a"), ("/a", "b")]);
+        assert_eq!(chain_links("/r", "/r").count(), 0);
     }
 }

@@ -102,24 +102,20 @@ impl ZkSession {
                 Err(error) => return paths.into_iter().map(|p| (p, Err(error.clone()))).collect(),
             };
             let mut answers = answers.into_iter();
-            let settled: Vec<(String, Option<Result<Fetched, ZkError>>)> = paths
+            let settled: Vec<(String, Settled)> = paths
                 .into_iter()
                 .map(|path| {
                     let result = settle_next(&path, &mut answers);
                     (path, result)
                 })
                 .collect();
-            // Paths found absent need their ancestors' Stats and one more read; all at once.
-            let completions = settled.into_iter().map(|(path, result)| {
+            // Paths found absent need their ancestors' Stats and one more read, unreadable
+            // ones their Stat; all at once.
+            let completions = settled.into_iter().map(|(path, settled)| {
                 let client = &client;
                 async move {
-                    match result {
-                        Some(result) => (path, result),
-                        None => {
-                            let result = absent(client, path.clone()).await;
-                            (path, result)
-                        }
-                    }
+                    let result = complete(client, path.clone(), settled).await;
+                    (path, result)
                 }
             });
             futures::future::join_all(completions).await
@@ -127,26 +123,47 @@ impl ZkSession {
     }
 }
 
-/// [`settle`] on the next two answers of a multi-read (a path's `getData`, then its
-/// `getChildren`).
-fn settle_next(path: &str, answers: &mut impl Iterator<Item = MultiReadResult>) -> Option<Result<Fetched, ZkError>> {
-    match (answers.next(), answers.next()) {
-        (Some(data), Some(children)) => settle(path, data, children),
-        _ => Some(Err(read_error(path.to_owned(), ZkClientError::UnexpectedError("missing answer".to_owned())))),
+/// What one path's answers in a multi-read say, before any follow-up read.
+#[derive(Debug)]
+enum Settled {
+    Done(Result<Fetched, ZkError>),
+    /// `NoNode`: [`absent`] finds the tombstone zxid.
+    Absent,
+    /// `NoAuth`: [`unreadable`] finds the `Stat` that orders the hide.
+    Unreadable,
+}
+
+/// The follow-up read a settled answer needs, if any.
+async fn complete(client: &Client, path: String, settled: Settled) -> Result<Fetched, ZkError> {
+    match settled {
+        Settled::Done(result) => result,
+        Settled::Absent => absent(client, path).await,
+        Settled::Unreadable => unreadable(client, path).await,
     }
 }
 
-/// A path's `getData` and `getChildren` answers, from one multi-read, as a snapshot; `None`
-/// when the znode does not exist (the caller then finds its tombstone zxid with [`absent`]).
-fn settle(path: &str, data: MultiReadResult, children: MultiReadResult) -> Option<Result<Fetched, ZkError>> {
+/// [`settle`] on the next two answers of a multi-read (a path's `getData`, then its
+/// `getChildren`).
+fn settle_next(path: &str, answers: &mut impl Iterator<Item = MultiReadResult>) -> Settled {
+    match (answers.next(), answers.next()) {
+        (Some(data), Some(children)) => settle(path, data, children),
+        _ => {
+            Settled::Done(Err(read_error(path.to_owned(), ZkClientError::UnexpectedError("missing answer".to_owned()))))
+        }
+    }
+}
+
+/// A path's `getData` and `getChildren` answers, from one multi-read, as a snapshot, or the
+/// follow-up it needs (absent: its tombstone zxid; unreadable: its `Stat`).
+fn settle(path: &str, data: MultiReadResult, children: MultiReadResult) -> Settled {
     let path = path.to_owned();
-    Some(match (data, children) {
+    Settled::Done(match (data, children) {
         (MultiReadResult::Data { data, stat }, MultiReadResult::Children { children }) => {
             Ok(Fetched::Present(Znode { path, data, stat: convert(&stat), children }))
         }
-        (MultiReadResult::Error { err: ZkClientError::NoNode }, _) => return None,
+        (MultiReadResult::Error { err: ZkClientError::NoNode }, _) => return Settled::Absent,
         (MultiReadResult::Error { err: ZkClientError::NoAuth }, _)
-        | (_, MultiReadResult::Error { err: ZkClientError::NoAuth }) => Ok(Fetched::Unreadable { path }),
+        | (_, MultiReadResult::Error { err: ZkClientError::NoAuth }) => return Settled::Unreadable,
         (MultiReadResult::Error { err }, _) | (_, MultiReadResult::Error { err }) => Err(read_error(path, err)),
         other => Err(read_error(path, ZkClientError::UnexpectedError(format!("multi-read answered {other:?}")))),
     })
@@ -159,10 +176,45 @@ async fn snapshot(client: &Client, path: String) -> Result<Fetched, ZkError> {
         return Err(read_error(path, source));
     }
     let results = reader.commit().await.map_err(|source| read_error(path.clone(), source))?;
-    match settle_next(&path, &mut results.into_iter()) {
-        Some(result) => result,
-        None => absent(client, path).await,
+    let settled = settle_next(&path, &mut results.into_iter());
+    complete(client, path, settled).await
+}
+
+/// Attempts [`unreadable`] makes before it gives up on a znode that keeps changing.
+const UNREADABLE_ATTEMPTS: usize = 3;
+
+/// The path answered `NoAuth`: find the `Stat` at which it is unreadable, so that the hide is
+/// ordered like every other write (issue 10, defect 12: an unordered hide let a stale `NoAuth`
+/// remove a znode already written from a newer, readable read).
+///
+/// `exists()` needs no READ permission. Three requests leave at once and one session answers
+/// them in order: `exists`, `getData`, `exists`. When both Stats are equal and `getData` is
+/// still refused, nothing changed in between (every change bumps a Stat field; `setACL` bumps
+/// `aversion`), so the znode is unreadable at exactly that Stat: neither older (a hide that
+/// would lose to a read made while it was briefly open) nor newer (one that would beat a
+/// readable read of the same state). When they differ the znode is changing: try again.
+async fn unreadable(client: &Client, path: String) -> Result<Fetched, ZkError> {
+    for _ in 0..UNREADABLE_ATTEMPTS {
+        let before = client.check_stat(&path);
+        let again = client.get_data(&path);
+        let after = client.check_stat(&path);
+        let (before, again, after) = (before.await, again.await, after.await);
+        match again {
+            Err(ZkClientError::NoAuth) => {}
+            Err(ZkClientError::NoNode) => return Box::pin(absent(client, path)).await,
+            Ok(_) => return Box::pin(snapshot(client, path)).await,
+            Err(source) => return Err(read_error(path, source)),
+        }
+        match (before, after) {
+            (Ok(Some(before)), Ok(Some(after))) if before == after => {
+                return Ok(Fetched::Unreadable { path, stat: convert(&before) })
+            }
+            (Err(source), _) | (_, Err(source)) => return Err(read_error(path, source)),
+            _ => continue,
+        }
     }
+    let why = format!("unreadable, and its Stat changed on each of {UNREADABLE_ATTEMPTS} reads");
+    Err(read_error(path, ZkClientError::UnexpectedError(why)))
 }
 
 /// The path was found absent: read it again, after reading its ancestors' `Stat`s.
@@ -193,7 +245,7 @@ async fn absent(client: &Client, path: String) -> Result<Fetched, ZkError> {
                 return Ok(Fetched::Absent { path, tomb_zxid })
             }
             Err(ZkClientError::NoNode) => continue,
-            Err(ZkClientError::NoAuth) => return Ok(Fetched::Unreadable { path }),
+            Err(ZkClientError::NoAuth) => return Box::pin(unreadable(client, path)).await,
             Err(source) => return Err(read_error(path, source)),
         }
     }
@@ -253,7 +305,7 @@ mod tests {
         let data = MultiReadResult::Data { data: b"x".to_vec(), stat: stat(2) };
         let children = MultiReadResult::Children { children: vec!["a".into(), "b".into()] };
         match settle("/r/p", data, children) {
-            Some(Ok(Fetched::Present(znode))) => {
+            Settled::Done(Ok(Fetched::Present(znode))) => {
                 assert_eq!(znode.path, "/r/p");
                 assert_eq!(znode.data, b"x");
                 assert_eq!((znode.stat.mzxid, znode.stat.num_children), (7, 2));
@@ -266,18 +318,21 @@ mod tests {
     #[test]
     fn absent_unreadable_and_failed_reads_are_told_apart() {
         let children = || MultiReadResult::Children { children: Vec::new() };
-        assert!(settle("/r/gone", error(ZkClientError::NoNode), error(ZkClientError::NoNode)).is_none());
+        assert!(matches!(
+            settle("/r/gone", error(ZkClientError::NoNode), error(ZkClientError::NoNode)),
+            Settled::Absent
+        ));
         assert!(matches!(
             settle("/r/secret", error(ZkClientError::NoAuth), error(ZkClientError::NoAuth)),
-            Some(Ok(Fetched::Unreadable { path })) if path == "/r/secret"
+            Settled::Unreadable
         ));
         let data = MultiReadResult::Data { data: Vec::new(), stat: stat(0) };
-        assert!(matches!(settle("/r/half", data, error(ZkClientError::NoAuth)), Some(Ok(Fetched::Unreadable { .. }))));
+        assert!(matches!(settle("/r/half", data, error(ZkClientError::NoAuth)), Settled::Unreadable));
         assert!(matches!(
             settle("/r/lost", error(ZkClientError::ConnectionLoss), children()),
-            Some(Err(ZkError::Read { path, .. })) if path == "/r/lost"
+            Settled::Done(Err(ZkError::Read { path, .. })) if path == "/r/lost"
         ));
         let swapped = settle("/r/odd", children(), MultiReadResult::Data { data: Vec::new(), stat: stat(0) });
-        assert!(matches!(swapped, Some(Err(ZkError::Read { .. }))));
+        assert!(matches!(swapped, Settled::Done(Err(ZkError::Read { .. }))));
     }
 }

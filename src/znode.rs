@@ -62,9 +62,12 @@ pub enum Fetched {
         path: String,
         tomb_zxid: Option<i64>,
     },
-    /// ZooKeeper refused to show it (`NoAuth`): it must not be in Redis.
+    /// ZooKeeper refused to show it (`NoAuth`): it must not be in Redis. `stat` is its `Stat`
+    /// (from `exists()`, which needs no permission) at the moment it was found unreadable: the
+    /// hide is ordered by it against what Redis holds, like a put.
     Unreadable {
         path: String,
+        stat: ZnodeStat,
     },
 }
 
@@ -72,7 +75,7 @@ impl Fetched {
     pub fn path(&self) -> &str {
         match self {
             Fetched::Present(znode) => &znode.path,
-            Fetched::Absent { path, .. } | Fetched::Unreadable { path } => path,
+            Fetched::Absent { path, .. } | Fetched::Unreadable { path, .. } => path,
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{Change, Core, Effect, Input};
 use crate::config::MirrorConfig;
 use crate::error::{MirrorError, StoreError, ZkError};
 use crate::shutdown::Shutdown;
-use crate::store::{BatchOutcome, Store};
+use crate::store::{Applied, Store};
 use crate::zk::ZkSession;
 use crate::znode::Fetched;
 
@@ -34,7 +34,7 @@ struct InFlight {
     connect: Option<BoxFuture<Result<ZkSession, ZkError>>>,
     add_watch: Option<BoxFuture<Result<PersistentWatcher, ZkError>>>,
     reads: FuturesOrdered<BoxFuture<ReadResults>>,
-    batch: Option<BoxFuture<Result<BatchOutcome, StoreError>>>,
+    batch: Option<BoxFuture<Result<Applied, StoreError>>>,
     scripts: Option<BoxFuture<Result<(), StoreError>>>,
     subtree_check: Option<BoxFuture<(u64, Result<bool, StoreError>)>>,
     sweep: Option<BoxFuture<SweepResult>>,
@@ -213,7 +213,7 @@ fn start(
             }
         },
         Effect::Write { writes, zxid } => {
-            let send = store.apply(&writes, zxid.unwrap_or(0), super::now_ms());
+            let send = store.apply(&writes, zxid, super::now_ms());
             f.batch = Some(Box::pin(send));
         }
         Effect::LoadScripts => {
@@ -234,16 +234,9 @@ fn start(
                 (generation, store.stray_paths(&root, keep).await)
             }));
         }
-        Effect::WriteStatus { fields, check_root } => {
-            let (store, root) = (store.clone(), config.root.clone());
-            f.status = Some(Box::pin(async move {
-                store.write_status(&fields).await?;
-                if check_root {
-                    store.holds(&root).await
-                } else {
-                    Ok(true)
-                }
-            }));
+        Effect::WriteStatus { fields } => {
+            let store = store.clone();
+            f.status = Some(Box::pin(async move { store.write_status(&fields).await.map(|w| w.existed) }));
         }
     }
 }

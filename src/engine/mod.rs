@@ -45,7 +45,7 @@ use crate::error::{StoreError, ZkError};
 use crate::filter::Filter;
 use crate::path;
 use crate::status::Phase;
-use crate::store::{BatchOutcome, Write};
+use crate::store::{Applied, Write, WriteOutcome};
 use crate::znode::Fetched;
 
 use reads::{DirtyPaths, ReadMode, ReadRoom};
@@ -70,6 +70,8 @@ pub(crate) const SUBTREE_CHECK_PAGES: usize = 16;
 /// Bytes charged per path in flight beyond its data: Stat, path, children names of a typical
 /// znode, and the client's decoding.
 const READ_OVERHEAD_BYTES: usize = 4096;
+/// How long a write whose script failed waits before it is read and written again.
+const FAILED_WRITE_RETRY: Duration = Duration::from_secs(10);
 /// Share of the memory budget that dirty paths may take before they are dropped for a
 /// reconcile walk (which reads everything they named, with bounded memory).
 const DIRTY_SHARE: usize = 4;
@@ -96,8 +98,8 @@ pub(crate) enum Input {
     },
     /// The oldest read request in flight was answered (requests are answered in order).
     ReadDone(Vec<(String, Result<Fetched, ZkError>)>),
-    /// The pipeline in flight was answered.
-    WriteDone(Result<BatchOutcome, StoreError>),
+    /// The pipeline in flight was answered: one outcome per write.
+    WriteDone(Result<Applied, StoreError>),
     ScriptsLoaded(Result<(), StoreError>),
     SubtreeChecked {
         generation: u64,
@@ -107,7 +109,7 @@ pub(crate) enum Input {
         generation: u64,
         result: Result<Vec<String>, StoreError>,
     },
-    /// The status hash was written; `Ok(false)`: Redis no longer holds the root.
+    /// The status hash was written; `Ok(false)`: it did not exist before this write.
     StatusWritten(Result<bool, StoreError>),
 }
 
@@ -144,10 +146,9 @@ pub(crate) enum Effect {
     Sweep {
         generation: u64,
     },
-    /// Set these status fields; also check that Redis still holds the root if asked.
+    /// Set these status fields; answered with whether the status hash existed before.
     WriteStatus {
         fields: Vec<(&'static str, String)>,
-        check_root: bool,
     },
 }
 
@@ -243,8 +244,13 @@ pub(crate) struct Core {
     status_in_flight: bool,
     published_phase: Option<Phase>,
     first_sync_done: bool,
-    /// Whether Redis should hold the root: if it stops doing so, Redis lost our data.
-    root_in_redis: bool,
+    /// Whether this run has written the status hash: from then on, finding it gone means Redis
+    /// lost the mirror's keys.
+    status_written: bool,
+    /// Writes whose script failed (a key of the wrong type): read and written again later,
+    /// their marks kept open so the watermark does not claim them.
+    failed_writes: Vec<(String, Option<u64>)>,
+    failed_retry_at: Option<Instant>,
     /// Znodes found unreadable (NoAuth). ACLs are not inherited, but the rule is that nothing
     /// below an unreadable znode is mirrored, readable or not: the walk cannot list its
     /// children, so a copy of some of them could never be kept exact, and `verify` checks the
@@ -300,7 +306,9 @@ impl Core {
             status_in_flight: false,
             published_phase: None,
             first_sync_done: false,
-            root_in_redis: false,
+            status_written: false,
+            failed_writes: Vec::new(),
+            failed_retry_at: None,
             unreadable: HashSet::new(),
             heartbeat_at: now,
             anti_entropy_at: now + config.anti_entropy_interval,
@@ -340,6 +348,9 @@ impl Core {
         if let Some(t) = self.read_retry_at {
             at = at.min(t);
         }
+        if let Some(t) = self.failed_retry_at {
+            at = at.min(t);
+        }
         at
     }
 
@@ -359,6 +370,12 @@ impl Core {
         }
         if self.read_retry_at.is_some_and(|t| now >= t) {
             self.read_retry_at = None;
+        }
+        if self.failed_retry_at.is_some_and(|t| now >= t) {
+            self.failed_retry_at = None;
+            for (path, mark) in std::mem::take(&mut self.failed_writes) {
+                self.dirty.push(&path, mark);
+            }
         }
         if let RedisLink::Down { retry_at } = self.redis {
             if now >= retry_at {
@@ -714,11 +731,11 @@ impl Core {
                     // Walked through (an include below it may match) or left behind by an old
                     // filter: it must hold no keys.
                     self.record.filtered();
-                    Write::Hide { path: znode.path }
+                    Write::Exclude { path: znode.path }
                 } else if self.below_unreadable(&znode.path) {
                     // Found through the watch or the sweep below a znode the mirror cannot
                     // read: not mirrored (see `unreadable`).
-                    Write::Hide { path: znode.path }
+                    Write::Exclude { path: znode.path }
                 } else {
                     Write::Put(znode)
                 }
@@ -730,10 +747,10 @@ impl Core {
                 }
                 Write::Delete { path, tomb_zxid }
             }
-            Fetched::Unreadable { path } => {
+            Fetched::Unreadable { path, stat } => {
                 self.record.unreadable();
                 self.note_unreadable(&path);
-                Write::Hide { path }
+                Write::Hide { path, stat }
             }
         };
         self.writes.push(Pending { write, walk: walk_generation, mark: item.mark });
@@ -763,20 +780,23 @@ impl Core {
             return;
         }
         let zxid = Some(self.watermark.value()).filter(|z| *z > self.published_zxid);
-        if let Some(writes) = self.writes.start_batch(&self.root, zxid) {
+        if let Some(writes) = self.writes.start_batch(zxid) {
             self.record.batch_sent(writes.len());
             self.batch_sent = Some(now);
             self.effects.push_back(Effect::Write { writes, zxid });
         }
     }
 
-    fn on_batch(&mut self, result: Result<BatchOutcome, StoreError>, now: Instant) {
+    fn on_batch(&mut self, result: Result<Applied, StoreError>, now: Instant) {
         let Some(batch) = self.writes.finish_batch() else { return };
         let round_trip = self.batch_sent.take().map_or(Duration::ZERO, |t| now.duration_since(t));
         match result {
-            Ok(outcome) => {
-                self.record.batch_done(&outcome, round_trip);
-                if let Some(zxid) = batch.zxid {
+            Ok(applied) => {
+                let counts = applied.counts();
+                self.record.batch_done(&counts, round_trip);
+                if let Some(why) = &applied.zxid_failure {
+                    warn!(why = %why, "cannot raise P:mirror zxid; the status hash needs repair");
+                } else if let Some(zxid) = batch.zxid {
                     self.published_zxid = self.published_zxid.max(zxid);
                     self.record.applied_zxid(zxid);
                 }
@@ -789,16 +809,38 @@ impl Core {
                         self.record.propagation(delay_ms);
                     }
                 }
-                if let Some(present) = batch.root_written {
-                    self.root_in_redis = present;
-                }
                 for (generation, n) in &batch.walk_writes {
                     if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == *generation) {
                         walk.open = walk.open.saturating_sub(*n);
                     }
                 }
-                for mark in &batch.marks {
-                    self.watermark.close(*mark);
+                let mut failed = 0;
+                for ((write, mark), outcome) in batch.writes.iter().zip(&batch.marks).zip(&applied.outcomes) {
+                    match outcome {
+                        WriteOutcome::Failed(why) => {
+                            if failed == 0 {
+                                warn!(path = %write.path(), why = %why, failed = counts.failed,
+                                      "Redis refused the write of {} (a key of the layout holds the wrong type?); \
+                                       other znodes go on, this one is retried later", write.path());
+                            }
+                            failed += 1;
+                            if self.failed_writes.len() < 10_000 {
+                                self.failed_writes.push((write.path().to_owned(), *mark));
+                            } else if let Some(mark) = mark {
+                                // Past that many broken keys, stop claiming anything at all.
+                                self.watermark.block();
+                                self.watermark.close(*mark);
+                            }
+                        }
+                        _ => {
+                            if let Some(mark) = mark {
+                                self.watermark.close(*mark);
+                            }
+                        }
+                    }
+                }
+                if failed > 0 && self.failed_retry_at.is_none() {
+                    self.failed_retry_at = Some(now + FAILED_WRITE_RETRY);
                 }
                 self.watermark.release();
             }
@@ -995,24 +1037,27 @@ impl Core {
             ("started_at", self.started_at_ms.to_string()),
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ];
-        self.effects.push_back(Effect::WriteStatus { fields, check_root: self.root_in_redis });
+        self.effects.push_back(Effect::WriteStatus { fields });
     }
 
     fn on_status_written(&mut self, result: Result<bool, StoreError>, now: Instant) {
         self.status_in_flight = false;
         match result {
-            Ok(true) => {}
-            Ok(false) => {
-                if self.root_in_redis && self.redis == RedisLink::Up {
+            Ok(existed) => {
+                // The status hash is this mirror's own key, whatever the filter admits: once
+                // written, its absence means Redis lost the mirror's keys (flushed, restarted
+                // empty, or deleted by hand).
+                if !existed && self.status_written && self.redis == RedisLink::Up {
                     warn!("Redis no longer holds the mirror's keys (flushed, restarted empty or deleted): resyncing");
-                    self.root_in_redis = false;
                     // A restarted Redis has no scripts either.
                     self.redis = RedisLink::Loading { was_down: false };
                     self.effects.push_back(Effect::LoadScripts);
+                    self.published_phase = None;
                     if self.watch_active() {
                         self.start_walk(WalkReason::RedisLost, now);
                     }
                 }
+                self.status_written = true;
             }
             Err(error) => {
                 self.published_phase = None;

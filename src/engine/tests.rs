@@ -95,6 +95,12 @@ impl Script {
         (reads, writes)
     }
 
+    /// Redis answers the pipeline in flight: every write written.
+    fn ack(&mut self) {
+        let n = self.core.writes_in_flight().len();
+        self.feed(Input::WriteDone(Ok(Applied { outcomes: vec![WriteOutcome::Written; n], zxid_failure: None })));
+    }
+
     /// Acknowledges every pipeline until none is asked for; returns the reads asked meanwhile.
     fn ack_writes(&mut self) -> Vec<Vec<String>> {
         let mut all = Vec::new();
@@ -104,7 +110,7 @@ impl Script {
             if writes.is_empty() {
                 return all;
             }
-            self.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+            self.ack();
         }
     }
 
@@ -176,7 +182,7 @@ fn a_watch_that_cannot_be_added_again_is_not_live_and_is_retried() {
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
     let first = s.reads();
     s.feed(answer(&first[0], |p| znode(p, 5, &[])));
-    s.feed(Input::WriteDone(Ok(BatchOutcome { written: 1, ..BatchOutcome::default() })));
+    s.ack();
     assert_eq!(s.phase(), Phase::Live);
     s.feed(Input::Reconnected);
     s.feed(Input::WatchFailed(ZkError::Watch { path: "/r".into(), source: zookeeper_client::Error::ConnectionLoss }));
@@ -235,7 +241,7 @@ fn a_burst_of_ten_thousand_changes_is_read_in_few_large_requests() {
             if writes.is_empty() {
                 break;
             }
-            s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+            s.ack();
         }
     }
     assert_eq!(
@@ -274,7 +280,7 @@ fn a_failed_multi_read_is_logged_once_and_retried_after_a_pause() {
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
     let root = s.reads();
     s.feed(answer(&root[0], |p| znode(p, 5, &[])));
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     s.take();
     s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
     let sent = s.reads();
@@ -297,7 +303,7 @@ fn session_expiry_drops_reads_held_and_writes_waiting() {
     s.feed(Input::ReadDone(vec![("/r/a".into(), Ok(znode("/r/a", 6, &[])))]));
     s.feed(Input::SessionEnded);
     assert!(s.take().iter().any(|e| matches!(e, Effect::DropSession)));
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     assert!(writes_of(&s.take()).is_empty(), "a read from the old session is never written");
 }
 
@@ -309,10 +315,10 @@ fn the_watermark_never_claims_a_change_not_yet_written() {
     s.feed(answer(&root[0], |p| znode(p, 100, &[])));
     let w = writes_of(&s.take());
     assert_eq!(w[0].1, None, "nothing is claimed during the cold sync");
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     // The walk is done: the watermark is published with the next pipeline.
     assert_eq!(writes_of(&s.take()), [(vec![], Some(100))]);
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     // a changes at 101, b at 102; a's read is in flight when b's event arrives.
     s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
     let a = s.reads();
@@ -321,12 +327,12 @@ fn the_watermark_never_claims_a_change_not_yet_written() {
     let (b, w) = s.split();
     assert_eq!(b.concat(), ["/r/b"]);
     assert_eq!(w, [(vec!["/r/a".to_owned()], None)]);
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     assert!(writes_of(&s.take()).is_empty(), "101 is not claimed while b's event (earlier than a's reply) is open");
     assert_eq!(s.core.watermark.open_marks(), 1);
     s.feed(answer(&b[0], |p| znode(p, 102, &[])));
     assert_eq!(writes_of(&s.take()), [(vec!["/r/b".to_owned()], None)], "b's write carries no claim");
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     assert_eq!(writes_of(&s.take()), [(vec![], Some(102))], "once written, 102 is claimed");
 }
 
@@ -336,7 +342,7 @@ fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
     let root = s.reads();
     s.feed(answer(&root[0], |p| znode(p, 5, &[])));
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     let effects = s.take();
     assert!(effects.iter().any(|e| matches!(e, Effect::Sweep { generation: 1 })), "{effects:?}");
     s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/gone".into(), "/r/gone/deep".into()]) });
@@ -346,7 +352,7 @@ fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
         confirm[0].iter().map(|p| (p.clone(), Ok(Fetched::Absent { path: p.clone(), tomb_zxid: Some(9) }))).collect(),
     ));
     assert_eq!(writes_of(&s.take())[0].0.len(), 2);
-    s.feed(Input::WriteDone(Ok(BatchOutcome { deleted: 2, ..BatchOutcome::default() })));
+    s.ack();
     assert_eq!(s.phase(), Phase::Live);
 }
 
@@ -358,7 +364,10 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     s.feed(answer(&root[0], |p| znode(p, 5, &["x"])));
     let x = s.ack_writes();
     assert_eq!(x.concat(), ["/r/x"]);
-    s.feed(Input::ReadDone(vec![("/r/x".into(), Ok(Fetched::Unreadable { path: "/r/x".into() }))]));
+    s.feed(Input::ReadDone(vec![(
+        "/r/x".into(),
+        Ok(Fetched::Unreadable { path: "/r/x".into(), stat: ZnodeStat::default() }),
+    )]));
     s.ack_writes();
     // The sweep finds /r/x/c (its parent's children set is gone) and it reads fine: hidden.
     s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/x/c".into()]) });
@@ -366,18 +375,18 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     s.feed(answer(&confirm[0], |p| znode(p, 6, &[])));
     let (_, writes) = s.split();
     assert_eq!(writes.len(), 1);
-    assert!(matches!(s.core.writes_in_flight()[0], Write::Hide { path } if path == "/r/x/c"), "a hide, not a put");
+    assert!(matches!(s.core.writes_in_flight()[0], Write::Exclude { path } if path == "/r/x/c"), "removed, not put");
     // A change below it, reported by the watch, is not mirrored either.
-    s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+    s.ack();
     s.feed(Input::Changed { path: "/r/x/c".into(), kind: Change::Data });
     let again = s.reads();
     s.feed(answer(&again[0], |p| znode(p, 7, &[])));
     for _ in 0..3 {
         if let Some(write) = s.core.writes_in_flight().into_iter().find(|w| w.path() == "/r/x/c") {
-            assert!(matches!(write, Write::Hide { .. }), "{write:?}");
+            assert!(matches!(write, Write::Exclude { .. }), "{write:?}");
             return;
         }
-        s.feed(Input::WriteDone(Ok(BatchOutcome::default())));
+        s.ack();
     }
     panic!("the change below the unreadable znode was never written");
 }

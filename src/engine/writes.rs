@@ -27,9 +27,8 @@ pub(crate) struct Batch {
     pub writes: Arc<Vec<Write>>,
     /// Writes per walk generation, to close the walk's accounting when Redis acknowledges.
     pub walk_writes: Vec<(u64, usize)>,
-    pub marks: Vec<u64>,
-    /// Whether this batch writes (Some(true)) or removes (Some(false)) the root.
-    pub root_written: Option<bool>,
+    /// The mark each write answers, in write order (see [`super::watermark`]).
+    pub marks: Vec<Option<u64>>,
     /// `mtime` of the live (event-driven) puts, for the propagation-delay histogram.
     pub live_mtimes: Vec<i64>,
     /// The watermark this batch raises `P:mirror` `zxid` to, after its writes.
@@ -72,7 +71,7 @@ impl WriteQueue {
 
     /// Takes everything ready, up to the batch bounds, as the next pipeline. `zxid`: the
     /// watermark to publish after the writes, if it moved.
-    pub fn start_batch(&mut self, root: &str, zxid: Option<i64>) -> Option<Arc<Vec<Write>>> {
+    pub fn start_batch(&mut self, zxid: Option<i64>) -> Option<Arc<Vec<Write>>> {
         if self.in_flight.is_some() || (self.ready.is_empty() && zxid.is_none()) {
             return None;
         }
@@ -80,7 +79,6 @@ impl WriteQueue {
             writes: Arc::new(Vec::new()),
             walk_writes: Vec::new(),
             marks: Vec::new(),
-            root_written: None,
             live_mtimes: Vec::new(),
             zxid,
             bytes: 0,
@@ -91,20 +89,8 @@ impl WriteQueue {
             let weight = pending.write.weight();
             self.ready_bytes -= weight;
             batch.bytes += weight;
-            match &pending.write {
-                Write::Put(znode) => {
-                    if pending.walk.is_none() {
-                        batch.live_mtimes.push(znode.stat.mtime);
-                    }
-                    if znode.path == root {
-                        batch.root_written = Some(true);
-                    }
-                }
-                Write::Delete { path, .. } | Write::Hide { path } => {
-                    if path == root {
-                        batch.root_written = Some(false);
-                    }
-                }
+            if let (Write::Put(znode), None) = (&pending.write, pending.walk) {
+                batch.live_mtimes.push(znode.stat.mtime);
             }
             if let Some(generation) = pending.walk {
                 match batch.walk_writes.last_mut() {
@@ -112,7 +98,7 @@ impl WriteQueue {
                     _ => batch.walk_writes.push((generation, 1)),
                 }
             }
-            batch.marks.extend(pending.mark);
+            batch.marks.push(pending.mark);
             writes.push(pending.write);
             if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= MAX_BATCH_BYTES {
                 break;
@@ -166,11 +152,11 @@ mod tests {
         }
         let held = q.bytes();
         assert!(held > 20 << 20);
-        let writes = q.start_batch("/r", None).map(|w| w.len());
+        let writes = q.start_batch(None).map(|w| w.len());
         assert_eq!(writes, Some(8), "8 MiB per pipeline");
         // The pipeline in flight counts twice; the rest stays ready.
         assert!(q.bytes() > held);
-        assert!(q.start_batch("/r", None).is_none(), "one pipeline at a time");
+        assert!(q.start_batch(None).is_none(), "one pipeline at a time");
         let batch = q.finish_batch().map(|b| b.walk_writes);
         assert_eq!(batch, Some(vec![(1, 8)]));
         assert_eq!(q.ready_len(), 12);
@@ -179,8 +165,8 @@ mod tests {
     #[test]
     fn a_watermark_alone_makes_a_batch() {
         let mut q = WriteQueue::default();
-        assert!(q.start_batch("/r", None).is_none());
-        assert_eq!(q.start_batch("/r", Some(7)).map(|w| w.len()), Some(0));
+        assert!(q.start_batch(None).is_none());
+        assert_eq!(q.start_batch(Some(7)).map(|w| w.len()), Some(0));
         assert_eq!(q.finish_batch().and_then(|b| b.zxid), Some(7));
     }
 }
