@@ -23,6 +23,7 @@
 //! - [`observe`]: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`nodelay`]: turns off Nagle's algorithm on the ZooKeeper client's sockets (the client
 //!   cannot).
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
 //! - [`status`], [`shutdown`], [`path`], [`error`]: the small pieces.
 //!
 //! # Embedding
@@ -38,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod filter;
