@@ -321,7 +321,7 @@ fn now_ms() -> u64 {
 impl Engine {
     fn new(config: MirrorConfig, store: Store, counters: Arc<Counters>, shutdown: Shutdown) -> Engine {
         Engine {
-            metrics: EngineMetrics::new(&config.root),
+            metrics: EngineMetrics::new(&config.prefix, &config.root),
             config,
             store,
             counters,
