@@ -107,14 +107,24 @@ impl MirrorConfig {
         }
     }
 
+    /// What identifies this mirror in a process: two mirrors with the same key would write the
+    /// same keys, so a process runs at most one per key.
+    pub fn key(&self) -> MirrorKey {
+        MirrorKey { prefix: self.prefix.clone(), root: self.root.clone() }
+    }
+
     /// Checks every field; the first problem found is returned, naming the field and value.
+    ///
+    /// A value is refused here when something downstream would choke on it on every write
+    /// (a script error repeats for ever) or panic (timer arithmetic), so that it is an error at
+    /// load, naming the setting, and never a mirror wedged at run time.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::path::validate(&self.root)?;
         validate_prefix(&self.prefix)?;
         validate_zk_servers(&self.zk_servers)?;
         validate_redis_url(&self.redis_url)?;
         if self.read_window == 0 {
-            return Err(ConfigError::BadSetting { name: "read_window", why: "must be at least 1".into() });
+            return Err(ConfigError::BadSetting { name: "read_window", why: "0: must be at least 1".into() });
         }
         if self.memory_budget < self.max_znode_bytes + (8 << 20) {
             return Err(ConfigError::BadSetting {
@@ -125,13 +135,64 @@ impl MirrorConfig {
                 ),
             });
         }
-        if self.heartbeat_interval.is_zero() || self.anti_entropy_interval.is_zero() {
+        // `SET ... PX n` takes whole milliseconds above zero: `PX 0` is an error, and 0.5 ms
+        // rounds to it.
+        if self.tombstone_ttl < Duration::from_millis(1) {
             return Err(ConfigError::BadSetting {
-                name: "intervals",
-                why: "heartbeat and anti-entropy intervals must be above zero".into(),
+                name: "tombstone_ttl",
+                why: format!(
+                    "{:?}: must be at least 1ms (Redis expires keys in whole milliseconds)",
+                    self.tombstone_ttl
+                ),
+            });
+        }
+        // The connect request carries the timeout as a 32-bit count of milliseconds; zero would
+        // silently mean the client's default.
+        if self.session_timeout.is_zero() || self.session_timeout.as_millis() > i32::MAX as u128 {
+            return Err(ConfigError::BadSetting {
+                name: "session_timeout",
+                why: format!("{:?}: must be above zero and at most {}ms", self.session_timeout, i32::MAX),
+            });
+        }
+        for (name, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("anti_entropy_interval", self.anti_entropy_interval),
+            ("tombstone_ttl", self.tombstone_ttl),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return Err(ConfigError::BadSetting {
+                    name,
+                    why: format!("{value:?}: must be above zero and at most {} days", MAX_DURATION.as_secs() / 86_400),
+                });
+            }
+        }
+        // `XADD ... MAXLEN ~ n` parses n as a signed 64-bit integer.
+        if self.changes_maxlen > i64::MAX as u64 {
+            return Err(ConfigError::BadSetting {
+                name: "changes_maxlen",
+                why: format!("{}: must be at most {}", self.changes_maxlen, i64::MAX),
             });
         }
         Ok(())
+    }
+}
+
+/// The longest interval or TTL accepted. Longer would mean "never" anyway, and timers built on
+/// such a period overflow (`Instant + period` panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A mirror's identity within a process: its prefix and its root. Two `[[roots]]` with the same
+/// path and different prefixes are two mirrors (each has its own copy); the same pair twice is
+/// refused at load.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MirrorKey {
+    pub prefix: String,
+    pub root: String,
+}
+
+impl std::fmt::Display for MirrorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (prefix {})", self.root, self.prefix)
     }
 }
 
@@ -220,6 +281,52 @@ mod tests {
         let mut c = config();
         c.zk_servers = "localhost".into();
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));
+    }
+
+    /// `SET ... PX 0` is an error inside delete.lua: before this check, a `tombstone_ttl` of
+    /// 0 (or 0.5 ms) failed every delete, for ever.
+    #[test]
+    fn settings_a_script_or_timer_would_choke_on_are_refused_naming_them() {
+        let bad = |change: &dyn Fn(&mut MirrorConfig)| {
+            let mut c = config();
+            change(&mut c);
+            c.validate().expect_err("refused").to_string()
+        };
+        let err = bad(&|c| c.tombstone_ttl = Duration::ZERO);
+        assert!(err.contains("tombstone_ttl") && err.contains("0ns") && err.contains("1ms"), "{err}");
+        let err = bad(&|c| c.tombstone_ttl = Duration::from_micros(500));
+        assert!(err.contains("tombstone_ttl") && err.contains("500"), "{err}");
+        let err = bad(&|c| c.tombstone_ttl = Duration::from_secs(400 * 86_400));
+        assert!(err.contains("tombstone_ttl") && err.contains("365 days"), "{err}");
+        let err = bad(&|c| c.anti_entropy_interval = Duration::from_secs(u64::MAX / 2));
+        assert!(err.contains("anti_entropy_interval"), "{err}");
+        let err = bad(&|c| c.anti_entropy_interval = Duration::ZERO);
+        assert!(err.contains("anti_entropy_interval") && err.contains("0ns"), "{err}");
+        let err = bad(&|c| c.heartbeat_interval = Duration::ZERO);
+        assert!(err.contains("heartbeat_interval"), "{err}");
+        let err = bad(&|c| c.session_timeout = Duration::ZERO);
+        assert!(err.contains("session_timeout"), "{err}");
+        let err = bad(&|c| c.session_timeout = Duration::from_secs(30 * 86_400));
+        assert!(err.contains("session_timeout") && err.contains("2147483647ms"), "{err}");
+        let err = bad(&|c| c.changes_maxlen = u64::MAX);
+        assert!(err.contains("changes_maxlen") && err.contains(&u64::MAX.to_string()), "{err}");
+        let err = bad(&|c| c.read_window = 0);
+        assert!(err.contains("read_window"), "{err}");
+        let mut edge = config();
+        edge.tombstone_ttl = Duration::from_millis(1);
+        edge.changes_maxlen = 0;
+        edge.validate().expect("1 ms and an empty stream are accepted");
+    }
+
+    #[test]
+    fn a_mirror_is_known_by_its_prefix_and_root() {
+        let mut a = config();
+        let mut b = config();
+        b.prefix = "other".into();
+        assert_ne!(a.key(), b.key());
+        a.filter = crate::filter::Filter::new(&[], &[], Some(1)).expect("valid filter");
+        assert_eq!(a.key(), config().key(), "the filter is not part of the identity");
+        assert_eq!(b.key().to_string(), "/app (prefix other)");
     }
 
     #[test]

@@ -47,12 +47,12 @@ impl Filter {
         self.include.is_none() && self.exclude.is_none() && self.max_depth.is_none()
     }
 
-    /// Whether `path` (at or below `root`) is copied.
+    /// Whether `path` is copied. A path that is not `root` or below it never is (it comes from
+    /// a watch event or a key, so it is input: no answer may panic).
     pub fn admits(&self, root: &str, path: &str) -> bool {
-        if let Some(max) = self.max_depth {
-            if depth(root, path) > max {
-                return false;
-            }
+        let Some(depth) = depth(root, path) else { return false };
+        if self.max_depth.is_some_and(|max| depth > max) {
+            return false;
         }
         if self.exclude.as_ref().is_some_and(|set| set.is_match(path)) {
             return false;
@@ -60,9 +60,11 @@ impl Filter {
         self.include.as_ref().is_none_or(|set| set.is_match(path))
     }
 
-    /// Whether anything below `path` can be copied: the walk stops descending where not.
+    /// Whether anything below `path` can be copied: the walk stops descending where not (and
+    /// never outside `root`).
     pub fn may_descend(&self, root: &str, path: &str) -> bool {
-        if self.max_depth.is_some_and(|max| depth(root, path) >= max) {
+        let Some(depth) = depth(root, path) else { return false };
+        if self.max_depth.is_some_and(|max| depth >= max) {
             return false;
         }
         // An excluded `path/**` rules out every descendant: one pattern matching both a probe
@@ -103,10 +105,15 @@ impl Filter {
     }
 }
 
-/// Depth of `path` below `root`: the root is 0, its children 1.
-fn depth(root: &str, path: &str) -> usize {
-    let rest = if root == "/" { path } else { &path[root.len().min(path.len())..] };
-    rest.split('/').filter(|s| !s.is_empty()).count()
+/// Depth of `path` below `root` (the root is 0, its children 1), or `None` when `path` is not
+/// `root` or below it. `strip_prefix` rather than slicing at `root.len()`: that byte may lie
+/// inside a multi-byte character of a path outside the root.
+fn depth(root: &str, path: &str) -> Option<usize> {
+    if !crate::path::is_within(path, root) {
+        return None;
+    }
+    let rest = if root == "/" { Some(path) } else { path.strip_prefix(root) }?;
+    Some(rest.split('/').filter(|s| !s.is_empty()).count())
 }
 
 fn build(patterns: &[String], what: &'static str) -> Result<Option<GlobSet>, ConfigError> {
@@ -180,5 +187,64 @@ mod tests {
     fn bad_glob_is_named() {
         let err = Filter::new(&["/app/[".to_string()], &[], None).unwrap_err().to_string();
         assert!(err.contains("/app/["), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod outside_the_root {
+    use super::*;
+
+    fn depth_limited() -> Filter {
+        Filter::new(&[], &[], Some(1)).expect("valid filter")
+    }
+
+    /// `path[root.len()..]` on a path that is not under the root cut a multi-byte character in
+    /// half: `/ab` is 3 bytes, and byte 3 of `/aé` is inside `é`.
+    #[test]
+    fn a_path_outside_the_root_is_not_admitted_and_does_not_panic() {
+        let f = depth_limited();
+        assert!(!f.admits("/ab", "/aé"));
+        assert!(!f.may_descend("/ab", "/aé"));
+        assert!(!f.copies("/ab", "/aé"));
+        assert!(!f.admits("/é", "/x"));
+        assert!(!f.admits("/app", "/"));
+        assert!(!f.admits("/app", ""));
+        // A sibling that merely starts with the root's text is outside it too.
+        assert!(!f.admits("/app", "/apple/x/y"));
+        assert!(!Filter::all().admits("/app", "/apple"));
+    }
+
+    #[test]
+    fn non_ascii_paths_under_the_root_count_their_depth_in_segments() {
+        let f = depth_limited();
+        assert!(f.admits("/é", "/é"));
+        assert!(f.admits("/é", "/é/日本"));
+        assert!(!f.admits("/é", "/é/日本/語"));
+        assert!(f.may_descend("/é", "/é"));
+        assert!(!f.may_descend("/é", "/é/日本"));
+        assert!(f.admits("/", "/ü"));
+        assert!(!f.admits("/", "/ü/ß"));
+        let globbed = Filter::new(&[], &["/é/日本/**".to_owned()], None).expect("valid filter");
+        assert!(globbed.admits("/é", "/é/日本"));
+        assert!(!globbed.admits("/é", "/é/日本/x"));
+        assert!(!globbed.may_descend("/é", "/é/日本"));
+    }
+
+    /// Every split point of a non-ASCII path, as root and path both ways: never a panic.
+    #[test]
+    fn no_pair_of_strings_panics() {
+        let f = depth_limited();
+        let g = Filter::new(&["/**".to_owned()], &["/a*/**".to_owned()], Some(2)).expect("valid filter");
+        let cuts: Vec<&str> = ["/aé/日本/x", "/ab/日x/本é", "/é"]
+            .iter()
+            .flat_map(|text| (0..=text.len()).filter_map(|i| text.get(..i)))
+            .collect();
+        for root in &cuts {
+            for path in &cuts {
+                for filter in [&f, &g] {
+                    let _ = (filter.admits(root, path), filter.may_descend(root, path), filter.copies(root, path));
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! same walk again. The Redis layout is a public contract, documented in `schema/layout.md`.
 //!
 //! # Layout
-//! - [`service`]: the daemon — one mirror per root, reloads, metrics endpoint, progress.
+//! - [`service`]: the daemon — one mirror per (prefix, root), reloads, metrics endpoint, progress.
 //! - [`settings`]: TOML file, environment and flags, layered; errors name file, line, key.
 //! - [`mirror`]: the engine — phases, the event loop, the hand-off from walk to live.
 //! - [`zk`]: the ZooKeeper side — session, watch, whole-znode reads. Never writes to ZooKeeper.
@@ -23,6 +23,7 @@
 //! - [`observe`]: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`nodelay`]: turns off Nagle's algorithm on the ZooKeeper client's sockets (the client
 //!   cannot).
+//! - [`backoff`]: exponential backoff with jitter for every retry loop.
 //! - [`status`], [`shutdown`], [`path`], [`error`]: the small pieces.
 //!
 //! # Embedding
@@ -38,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoff;
 pub mod config;
 mod engine;
 pub mod error;

@@ -81,7 +81,11 @@ impl Mirror {
     /// only a rejected ZooKeeper credential ends it with an error.
     pub async fn run(self) -> Result<(), MirrorError> {
         let store = Store::new(&self.config)?;
-        let core = Core::new(&self.config, Recorder::new(self.counters, &self.config.root), std::time::Instant::now());
+        let core = Core::new(
+            &self.config,
+            Recorder::new(self.counters, &self.config.prefix, &self.config.root),
+            std::time::Instant::now(),
+        );
         driver::drive(self.config, store, core, self.shutdown).await
     }
 }

@@ -16,7 +16,7 @@ use tracing::info;
 use crate::mirror::MirrorHandle;
 use crate::shutdown::Shutdown;
 
-/// The handles one engine records into, registered once with its `root` label.
+/// The handles one engine records into, registered once with its `root` and `prefix` labels.
 pub(crate) struct EngineMetrics {
     pub events: Counter,
     pub reads: Counter,
@@ -39,37 +39,47 @@ pub(crate) struct EngineMetrics {
     pub redis_connected: Gauge,
     pub walk_duration: Histogram,
     root: String,
+    prefix: String,
 }
 
 impl EngineMetrics {
-    pub fn new(root: &str) -> EngineMetrics {
-        let r = root.to_owned();
+    /// Every series carries `root` and `prefix`: one process may mirror the same root under two
+    /// prefixes (two copies, two mirrors), and their series must not collide.
+    pub fn new(prefix: &str, root: &str) -> EngineMetrics {
+        let labels = [("root", root.to_owned()), ("prefix", prefix.to_owned())];
+        let with = |name: &'static str, value: &'static str| {
+            let mut l: Vec<(&'static str, String)> = labels.to_vec();
+            l.push((name, value.to_owned()));
+            l
+        };
         EngineMetrics {
-            events: counter!("zkmirror_events_received_total", "root" => r.clone()),
-            reads: counter!("zkmirror_zookeeper_reads_total", "root" => r.clone()),
-            written: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "written"),
-            unchanged: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "unchanged"),
-            refused: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "refused"),
-            deleted: counter!("zkmirror_znode_writes_total", "root" => r.clone(), "outcome" => "deleted"),
-            skipped_noauth: counter!("zkmirror_skipped_znodes_total", "root" => r.clone(), "reason" => "noauth"),
-            skipped_filtered: counter!("zkmirror_skipped_znodes_total", "root" => r.clone(), "reason" => "filtered"),
-            batches: counter!("zkmirror_redis_batches_total", "root" => r.clone()),
-            batch_size: histogram!("zkmirror_redis_batch_size", "root" => r.clone()),
-            propagation: histogram!("zkmirror_propagation_delay_seconds", "root" => r.clone()),
-            zk_read: histogram!(ZK_READ_SECONDS, "root" => r.clone()),
-            redis_write: histogram!(REDIS_WRITE_SECONDS, "root" => r.clone()),
-            applied_zxid: gauge!("zkmirror_applied_zxid", "root" => r.clone()),
-            nodes: gauge!("zkmirror_znodes_mirrored", "root" => r.clone()),
-            zk_connected: gauge!("zkmirror_zookeeper_connected", "root" => r.clone()),
-            redis_connected: gauge!("zkmirror_redis_connected", "root" => r.clone()),
-            walk_duration: histogram!("zkmirror_walk_duration_seconds", "root" => r.clone()),
-            root: r,
+            events: counter!("zkmirror_events_received_total", &labels),
+            reads: counter!("zkmirror_zookeeper_reads_total", &labels),
+            written: counter!("zkmirror_znode_writes_total", &with("outcome", "written")),
+            unchanged: counter!("zkmirror_znode_writes_total", &with("outcome", "unchanged")),
+            refused: counter!("zkmirror_znode_writes_total", &with("outcome", "refused")),
+            deleted: counter!("zkmirror_znode_writes_total", &with("outcome", "deleted")),
+            skipped_noauth: counter!("zkmirror_skipped_znodes_total", &with("reason", "noauth")),
+            skipped_filtered: counter!("zkmirror_skipped_znodes_total", &with("reason", "filtered")),
+            batches: counter!("zkmirror_redis_batches_total", &labels),
+            batch_size: histogram!("zkmirror_redis_batch_size", &labels),
+            propagation: histogram!("zkmirror_propagation_delay_seconds", &labels),
+            zk_read: histogram!(ZK_READ_SECONDS, &labels),
+            redis_write: histogram!(REDIS_WRITE_SECONDS, &labels),
+            applied_zxid: gauge!("zkmirror_applied_zxid", &labels),
+            nodes: gauge!("zkmirror_znodes_mirrored", &labels),
+            zk_connected: gauge!("zkmirror_zookeeper_connected", &labels),
+            redis_connected: gauge!("zkmirror_redis_connected", &labels),
+            walk_duration: histogram!("zkmirror_walk_duration_seconds", &labels),
+            root: root.to_owned(),
+            prefix: prefix.to_owned(),
         }
     }
 
     /// Counts a finished walk (cold sync, reconcile, anti-entropy) by its reason.
     pub fn walk_done(&self, reason: &'static str, seconds: f64) {
-        counter!("zkmirror_walks_total", "root" => self.root.clone(), "reason" => reason).increment(1);
+        counter!("zkmirror_walks_total", "root" => self.root.clone(), "prefix" => self.prefix.clone(), "reason" => reason)
+            .increment(1);
         self.walk_duration.record(seconds);
     }
 }

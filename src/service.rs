@@ -1,27 +1,42 @@
-//! The daemon: one [`Mirror`] per configured root, a control channel for reloads, and the
-//! process-wide pieces (metrics endpoint, aggregate status of shared prefixes, progress).
+//! The daemon: one [`Mirror`] per configured (prefix, root), a control channel for reloads, and
+//! the process-wide pieces (metrics endpoint, aggregate status of shared prefixes, progress,
+//! the check of Redis's eviction policy).
 //!
 //! Reload follows one path whatever asked for it: the file watcher and SIGHUP only send
-//! [`Control::Reload`]; [`Service::apply`] compares the new settings with the running ones and
-//! returns a [`ReloadOutcome`], which is logged. An invalid file never stops what runs.
+//! [`Control::Reload`]; [`plan`] compares the running configs with the new ones (pure, unit
+//! tested) and [`Service::apply`] carries the plan out, returning a [`ReloadOutcome`] that says
+//! what happened, failures included. An invalid file never stops what runs.
+//!
+//! Every task the service spawns is owned: mirrors by their `JoinHandle`, everything else in a
+//! `JoinSet`. On shutdown each is joined, or aborted and then joined; none is left detached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::MirrorConfig;
-use crate::error::MirrorError;
+pub use crate::config::MirrorKey;
+use crate::error::{MirrorError, StoreError};
 use crate::mirror::{Mirror, MirrorHandle};
 use crate::settings::{Overrides, Settings, SettingsError};
 use crate::shutdown::{self, Shutdown};
 use crate::status::Phase;
 use crate::store::Store;
+
+/// How long a mirror has to stop (let its last pipeline land, write `stopped`) before its task
+/// is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A root whose heartbeat is older than this many heartbeat intervals makes its prefix's
+/// aggregate `degraded` (5 s by default, `zkmirror status`'s default limit).
+const STALE_HEARTBEATS: u32 = 5;
 
 /// Messages on the control channel.
 #[derive(Debug)]
@@ -30,17 +45,135 @@ pub enum Control {
     Reload { why: &'static str },
 }
 
+// ---------------------------------------------------------------------------------------------
+// The plan: what a reload must do, from the configs alone
+// ---------------------------------------------------------------------------------------------
+
+/// What it takes to go from one set of mirrors to another. Keys are listed in key order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// New (prefix, root) pairs: cold-synced.
+    pub start: Vec<MirrorKey>,
+    /// Pairs no longer configured.
+    pub stop: Vec<Stop>,
+    /// Pairs whose config changed (filter, timings, servers, sharing of the prefix): stopped,
+    /// then started again; the first walk reconciles, so what a new filter excludes loses its
+    /// keys. Their keys are never purged: the same prefix and root stay mirrored.
+    pub restart: Vec<MirrorKey>,
+    /// Pairs whose config is unchanged: left running.
+    pub keep: Vec<MirrorKey>,
+}
+
+/// A mirror to stop, and whether its keys go with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub key: MirrorKey,
+    /// Remove its keys once it stopped. False when a new mirror with the same prefix covers its
+    /// root (the root or an ancestor of it): that mirror's first walk reconciles those keys,
+    /// and purging them first would only blank what readers see meanwhile. False for every
+    /// stop under `keep_keys_on_remove` ([`Plan::keeping_keys`]).
+    pub purge: bool,
+}
+
+impl Plan {
+    /// The plan under `keep_keys_on_remove = true`: stopped mirrors keep their keys.
+    pub fn keeping_keys(mut self, keep: bool) -> Plan {
+        if keep {
+            for stop in &mut self.stop {
+                stop.purge = false;
+            }
+        }
+        self
+    }
+
+    /// Whether nothing starts, stops or restarts.
+    pub fn changes_nothing(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty() && self.restart.is_empty()
+    }
+}
+
+/// Compares the running configs (`old`) with the wanted ones (`new`), mirror by (prefix, root).
+/// Pure: it decides, [`Service::apply`] does. A changed prefix is a different mirror: the old
+/// one stops (its keys purged unless covered), the new one starts.
+pub fn plan(old: &[MirrorConfig], new: &[MirrorConfig]) -> Plan {
+    let old_by: BTreeMap<MirrorKey, &MirrorConfig> = old.iter().map(|c| (c.key(), c)).collect();
+    let new_by: BTreeMap<MirrorKey, &MirrorConfig> = new.iter().map(|c| (c.key(), c)).collect();
+    let mut plan = Plan::default();
+    for (key, running) in &old_by {
+        match new_by.get(key) {
+            Some(wanted) if *wanted == *running => plan.keep.push(key.clone()),
+            Some(_) => plan.restart.push(key.clone()),
+            None => {
+                let covered =
+                    new_by.keys().any(|n| n.prefix == key.prefix && crate::path::is_within(&key.root, &n.root));
+                plan.stop.push(Stop { key: key.clone(), purge: !covered });
+            }
+        }
+    }
+    plan.start = new_by.keys().filter(|k| !old_by.contains_key(*k)).cloned().collect();
+    plan
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outcome: what a reload did
+// ---------------------------------------------------------------------------------------------
+
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
     Unchanged,
-    Applied {
-        started: Vec<String>,
-        stopped: Vec<String>,
-        restarted: Vec<String>,
-    },
+    Applied(Applied),
     /// The new settings were invalid; the running ones stay.
     Rejected(String),
+}
+
+/// What an applied reload did. A mirror that failed to start is listed in `failed` only, never
+/// as started or restarted; the next reload tries it again.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub started: Vec<MirrorKey>,
+    pub stopped: Vec<MirrorKey>,
+    pub restarted: Vec<MirrorKey>,
+    /// What did not go as planned, each with why: a mirror that cannot start (not running
+    /// now), one that did not stop in time (aborted), keys that could not be removed.
+    pub failed: Vec<(MirrorKey, String)>,
+}
+
+impl Applied {
+    /// Whether everything planned happened.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+fn list(keys: &[MirrorKey]) -> String {
+    keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The running mirrors
+// ---------------------------------------------------------------------------------------------
+
+/// The handles of the running mirrors, shared with `/readyz`, the aggregate and the progress
+/// reporter. A poisoned lock (a panic while it was held) still holds a valid list, so it is
+/// read through: before, it read as "no root configured".
+#[derive(Clone, Default)]
+pub struct Observers {
+    inner: Arc<Mutex<Vec<(MirrorKey, MirrorHandle)>>>,
+}
+
+impl Observers {
+    pub fn snapshot(&self) -> Vec<(MirrorKey, MirrorHandle)> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn handles(&self) -> Vec<MirrorHandle> {
+        self.snapshot().into_iter().map(|(_, h)| h).collect()
+    }
+
+    fn replace(&self, running: Vec<(MirrorKey, MirrorHandle)>) {
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = running;
+    }
 }
 
 struct Running {
@@ -49,126 +182,136 @@ struct Running {
     task: JoinHandle<Result<(), MirrorError>>,
 }
 
-/// The mirrors of this process, keyed by root.
+/// The mirrors of this process, keyed by (prefix, root).
 pub struct Service {
-    running: BTreeMap<String, Running>,
-    keep_keys_on_remove: bool,
-    /// Shared with `/readyz` and the status aggregator.
-    handles: Arc<Mutex<Vec<MirrorHandle>>>,
+    running: BTreeMap<MirrorKey, Running>,
+    observers: Observers,
+    /// Best-effort Redis chores of reloads (clearing what a shared prefix left behind): owned
+    /// here, reaped as they end, aborted by [`Service::stop`].
+    chores: JoinSet<()>,
+    stop_grace: Duration,
 }
 
 impl Service {
     pub fn new() -> Service {
-        Service { running: BTreeMap::new(), keep_keys_on_remove: false, handles: Arc::new(Mutex::new(Vec::new())) }
+        Service {
+            running: BTreeMap::new(),
+            observers: Observers::default(),
+            chores: JoinSet::new(),
+            stop_grace: STOP_GRACE,
+        }
     }
 
     /// The handles of the running mirrors, for observers.
-    pub fn handles(&self) -> Arc<Mutex<Vec<MirrorHandle>>> {
-        self.handles.clone()
+    pub fn observers(&self) -> Observers {
+        self.observers.clone()
     }
 
-    /// Brings the running mirrors in line with `settings`: new roots start (cold sync), removed
-    /// roots stop (and lose their keys unless `keep_keys_on_remove`), changed roots restart
-    /// (their first walk reconciles, so a filter change removes what is now excluded).
+    /// The configs of the running mirrors.
+    pub fn configs(&self) -> Vec<MirrorConfig> {
+        self.running.values().map(|r| r.config.clone()).collect()
+    }
+
+    /// Brings the running mirrors in line with `settings` ([`plan`]): stops first (and their
+    /// purges), then restarts, then starts, so that no two mirrors of one (prefix, root) ever
+    /// run together and a purge never races a new mirror's writes.
     pub async fn apply(&mut self, settings: &Settings) -> ReloadOutcome {
-        self.keep_keys_on_remove = settings.keep_keys_on_remove;
-        let wanted: BTreeMap<&str, &MirrorConfig> = settings.mirrors.iter().map(|m| (m.root.as_str(), m)).collect();
-        let (mut started, mut stopped, mut restarted) = (Vec::new(), Vec::new(), Vec::new());
-        let roots: Vec<String> = self.running.keys().cloned().collect();
-        for root in roots {
-            match wanted.get(root.as_str()) {
-                Some(config) if **config == self.running[&root].config => {}
-                Some(config) => {
-                    let old = self.stop_root(&root).await;
-                    if let Some(old) = old {
-                        if old.prefix != config.prefix && !self.keep_keys_on_remove {
-                            purge(&old).await;
-                        }
+        while self.chores.try_join_next().is_some() {}
+        let plan = plan(&self.configs(), &settings.mirrors).keeping_keys(settings.keep_keys_on_remove);
+        if plan.changes_nothing() {
+            return ReloadOutcome::Unchanged;
+        }
+        let wanted: BTreeMap<MirrorKey, &MirrorConfig> = settings.mirrors.iter().map(|c| (c.key(), c)).collect();
+        let mut applied = Applied::default();
+        for stop in plan.stop {
+            if let Some(config) = self.stop_one(&stop.key, &mut applied).await {
+                if stop.purge {
+                    if let Err(e) = purge(&config).await {
+                        applied.failed.push((stop.key.clone(), format!("its keys could not be removed: {e}")));
                     }
-                    self.start_root((*config).clone());
-                    restarted.push(root);
                 }
-                None => {
-                    if let Some(old) = self.stop_root(&root).await {
-                        if !self.keep_keys_on_remove {
-                            purge(&old).await;
-                        }
-                    }
-                    stopped.push(root);
+            }
+            applied.stopped.push(stop.key);
+        }
+        for key in plan.restart {
+            self.stop_one(&key, &mut applied).await;
+            if let Some(config) = wanted.get(&key) {
+                match self.start_one((*config).clone()) {
+                    Ok(()) => applied.restarted.push(key),
+                    Err(e) => applied.failed.push((key, format!("cannot start: {e}"))),
                 }
             }
         }
-        for (root, config) in wanted {
-            if !self.running.contains_key(root) {
-                self.start_root(config.clone());
-                started.push(root.to_owned());
+        for key in plan.start {
+            if let Some(config) = wanted.get(&key) {
+                match self.start_one((*config).clone()) {
+                    Ok(()) => applied.started.push(key),
+                    Err(e) => applied.failed.push((key, format!("cannot start: {e}"))),
+                }
             }
         }
-        self.publish_handles();
-        if started.is_empty() && stopped.is_empty() && restarted.is_empty() {
-            ReloadOutcome::Unchanged
-        } else {
-            ReloadOutcome::Applied { started, stopped, restarted }
-        }
+        self.publish();
+        ReloadOutcome::Applied(applied)
     }
 
-    fn start_root(&mut self, config: MirrorConfig) {
-        let root = config.root.clone();
+    fn start_one(&mut self, config: MirrorConfig) -> Result<(), MirrorError> {
+        let mirror = Mirror::new(config.clone())?;
         if !config.shared_prefix {
-            tokio::spawn(forget_shared_status(config.clone()));
+            self.chores.spawn(forget_shared_status(config.clone()));
         }
-        match Mirror::new(config.clone()) {
-            Ok(mirror) => {
-                let handle = mirror.handle();
-                let task = tokio::spawn(mirror.run());
-                self.running.insert(root, Running { config, handle, task });
-            }
-            // Settings were validated before; this would be a bug, not bad input.
-            Err(e) => error!(%root, error = %e, "cannot start mirror"),
-        }
+        let handle = mirror.handle();
+        let task = tokio::spawn(mirror.run());
+        self.running.insert(config.key(), Running { config, handle, task });
+        Ok(())
     }
 
-    async fn stop_root(&mut self, root: &str) -> Option<MirrorConfig> {
-        let running = self.running.remove(root)?;
+    /// Stops one mirror and waits for its task; returns its config if it was running.
+    async fn stop_one(&mut self, key: &MirrorKey, applied: &mut Applied) -> Option<MirrorConfig> {
+        let running = self.running.remove(key)?;
         running.handle.stop();
-        match tokio::time::timeout(Duration::from_secs(10), running.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!(%root, error = %e, "mirror ended with an error"),
-            Ok(Err(e)) => warn!(%root, error = %e, "mirror task failed"),
-            Err(_) => warn!(%root, "mirror did not stop within 10 s; abandoned"),
+        if let Some(problem) = report_end(key, stop_task(running.task, self.stop_grace).await, self.stop_grace) {
+            applied.failed.push((key.clone(), problem));
         }
         Some(running.config)
     }
 
-    fn publish_handles(&self) {
-        let handles: Vec<MirrorHandle> = self.running.values().map(|r| r.handle.clone()).collect();
-        if let Ok(mut shared) = self.handles.lock() {
-            *shared = handles;
-        }
+    fn publish(&self) {
+        self.observers.replace(self.running.iter().map(|(k, r)| (k.clone(), r.handle.clone())).collect());
     }
 
     /// A mirror whose task ended on its own (only a fatal error does that), if any.
-    async fn reap_failed(&mut self) -> Option<(String, MirrorError)> {
-        let finished: Vec<String> =
+    async fn reap_failed(&mut self) -> Option<(MirrorKey, MirrorError)> {
+        while self.chores.try_join_next().is_some() {}
+        let finished: Vec<MirrorKey> =
             self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(k, _)| k.clone()).collect();
-        for root in finished {
-            if let Some(running) = self.running.remove(&root) {
-                self.publish_handles();
+        for key in finished {
+            if let Some(running) = self.running.remove(&key) {
+                self.publish();
                 match running.task.await {
-                    Ok(Err(e)) => return Some((root, e)),
+                    Ok(Err(e)) => return Some((key, e)),
                     Ok(Ok(())) => {}
-                    Err(e) => error!(%root, error = %e, "mirror task panicked"),
+                    Err(e) => error!(mirror = %key, error = %e, "mirror task panicked"),
                 }
             }
         }
         None
     }
 
+    /// Stops every mirror (all asked at once, then each awaited, aborted past the grace) and
+    /// ends the chores.
     pub async fn stop(mut self) {
-        let roots: Vec<String> = self.running.keys().cloned().collect();
-        for root in roots {
-            self.stop_root(&root).await;
+        let running = std::mem::take(&mut self.running);
+        self.publish();
+        for r in running.values() {
+            r.handle.stop();
         }
+        let grace = self.stop_grace;
+        let ends = running.into_iter().map(|(key, r)| async move {
+            let end = stop_task(r.task, grace).await;
+            report_end(&key, end, grace);
+        });
+        futures::future::join_all(ends).await;
+        self.chores.shutdown().await;
     }
 }
 
@@ -178,16 +321,57 @@ impl Default for Service {
     }
 }
 
-async fn purge(config: &MirrorConfig) {
-    match Store::new(config) {
-        Ok(store) => match store.purge(&config.root).await {
-            Ok(n) => {
-                info!(root = %config.root, prefix = %config.prefix, keys = n, "root no longer mirrored: its keys were removed")
+/// How a task ended when asked to stop.
+#[derive(Debug)]
+enum Ended<T> {
+    Returned(T),
+    Panicked(String),
+    /// It did not end within the grace period and was aborted (and has ended since).
+    Aborted,
+}
+
+/// Waits `grace` for `task` to end; past it aborts the task and waits until it has ended. An
+/// abandoned handle would leave the old engine writing while its replacement starts.
+async fn stop_task<T>(mut task: JoinHandle<T>, grace: Duration) -> Ended<T> {
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(Ok(value)) => Ended::Returned(value),
+        Ok(Err(e)) => Ended::Panicked(e.to_string()),
+        Err(_) => {
+            task.abort();
+            match task.await {
+                // It ended by itself between the timeout and the abort.
+                Ok(value) => Ended::Returned(value),
+                Err(e) if e.is_panic() => Ended::Panicked(e.to_string()),
+                Err(_) => Ended::Aborted,
             }
-            Err(e) => warn!(root = %config.root, error = %e, "cannot remove the keys of a root no longer mirrored"),
-        },
-        Err(e) => warn!(root = %config.root, error = %e, "cannot remove the keys of a root no longer mirrored"),
+        }
     }
+}
+
+/// Logs how a mirror ended; returns the problem, if any, for the reload's outcome.
+fn report_end(key: &MirrorKey, end: Ended<Result<(), MirrorError>>, grace: Duration) -> Option<String> {
+    match end {
+        Ended::Returned(Ok(())) => None,
+        Ended::Returned(Err(e)) => {
+            warn!(mirror = %key, error = %e, "mirror ended with an error");
+            None
+        }
+        Ended::Panicked(e) => {
+            error!(mirror = %key, error = %e, "mirror task panicked");
+            Some(format!("its task panicked: {e}"))
+        }
+        Ended::Aborted => {
+            warn!(mirror = %key, "mirror did not stop within {grace:?}: aborted");
+            Some(format!("did not stop within {grace:?}: aborted"))
+        }
+    }
+}
+
+async fn purge(config: &MirrorConfig) -> Result<u64, StoreError> {
+    let store = Store::new(config)?;
+    let n = store.purge(&config.root).await?;
+    info!(root = %config.root, prefix = %config.prefix, keys = n, "root no longer mirrored: its keys were removed");
+    Ok(n)
 }
 
 /// A root whose prefix is not shared (any more) writes `P:mirror` itself: the `roots` field an
@@ -209,6 +393,96 @@ async fn forget_shared_status(config: MirrorConfig) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// What Redis must promise: no eviction
+// ---------------------------------------------------------------------------------------------
+
+/// Why a `maxmemory-policy` endangers the copy, or `None` for `noeviction`.
+pub fn eviction_risk(policy: &str) -> Option<&'static str> {
+    match policy {
+        "noeviction" => None,
+        p if p.starts_with("volatile-") => Some(
+            "under memory pressure Redis evicts keys that have a TTL, and the mirror's only such keys are \
+             its tombstones: a late write of a deleted znode then finds no tombstone and brings it back",
+        ),
+        p if p.starts_with("allkeys-") => Some(
+            "under memory pressure Redis evicts any key, so a znode's data, meta and children can be torn apart \
+             (a reader finds data without meta, or the reverse) and deleted znodes can come back",
+        ),
+        _ => Some("it is not noeviction, the only policy under which Redis never drops the mirror's keys"),
+    }
+}
+
+/// What [`check_eviction_policy`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PolicyCheck {
+    /// `maxmemory-policy` is `noeviction`.
+    Safe,
+    /// Another policy, and why it is a risk.
+    Risky { policy: String, why: &'static str },
+    /// Redis refused to say (ACLs, managed Redis that renames or forbids `CONFIG`).
+    Unknown(String),
+}
+
+/// Asks Redis for its `maxmemory-policy` (`CONFIG GET`). `Err` only when Redis could not be
+/// reached; a refusal is [`PolicyCheck::Unknown`].
+pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<PolicyCheck, StoreError> {
+    let store = Store::new(config)?;
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
+    let answer = match store.query(&cmd).await {
+        Ok(answer) => answer,
+        Err(StoreError::Redis { source, .. })
+            if matches!(source.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
+        {
+            return Ok(PolicyCheck::Unknown(source.to_string()));
+        }
+        Err(e) => return Err(e),
+    };
+    let pairs: HashMap<String, String> = redis::from_redis_value(answer).unwrap_or_default();
+    Ok(match pairs.get("maxmemory-policy") {
+        None => PolicyCheck::Unknown("CONFIG GET maxmemory-policy answered nothing".to_owned()),
+        Some(policy) => match eviction_risk(policy) {
+            None => PolicyCheck::Safe,
+            Some(why) => PolicyCheck::Risky { policy: policy.clone(), why },
+        },
+    })
+}
+
+/// Checks the policy of the Redis `config` names, retrying while it cannot be reached, and
+/// logs the verdict once: a warning for a policy that may evict the mirror's keys.
+async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
+    let server = crate::config::mask_url(&config.redis_url);
+    let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match check_eviction_policy(&config).await {
+            Ok(PolicyCheck::Safe) => {
+                info!(redis = %server, "Redis's maxmemory-policy is noeviction: it never evicts the mirror's keys");
+                return;
+            }
+            Ok(PolicyCheck::Risky { policy, why }) => {
+                warn!(redis = %server,
+                      "Redis's maxmemory-policy is {policy}, not noeviction: {why}; set `maxmemory-policy noeviction` \
+                       (see \"What Redis must promise\" in schema/layout.md)");
+                return;
+            }
+            Ok(PolicyCheck::Unknown(why)) => {
+                debug!(redis = %server, %why, "cannot read Redis's maxmemory-policy; not checked");
+                return;
+            }
+            Err(e) => debug!(redis = %server, error = %e, "cannot check Redis's maxmemory-policy yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.fired() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
 /// Runs the daemon until `shutdown` fires or a mirror fails for good (rejected credentials).
 pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shutdown) -> Result<(), RunError> {
     // Listen for SIGHUP first: until a handler exists, SIGHUP would terminate the process.
@@ -217,37 +491,47 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     let metrics_addr = settings.metrics_addr;
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
     let mut service = Service::new();
-    let (observers_stop, observers_shutdown) = shutdown::channel();
+    // Everything but the mirrors and the aggregate: each ends when `background_stop` fires (or
+    // its input ends), and is aborted if it does not.
+    let mut background: JoinSet<()> = JoinSet::new();
+    let (background_stop, background_shutdown) = shutdown::channel();
 
     if let Some(addr) = settings.metrics_addr {
         let prometheus = crate::observe::install_prometheus().map_err(RunError::Metrics)?;
-        let handles = service.handles();
-        let readiness = crate::observe::readiness_of(move || handles.lock().map(|h| h.clone()).unwrap_or_default());
+        let observers = service.observers();
+        let readiness = crate::observe::readiness_of(move || observers.handles());
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunError::Listen(addr, e))?;
-        tokio::spawn({
-            let shutdown = observers_shutdown.clone();
-            async move {
-                if let Err(e) = crate::observe::serve(listener, prometheus, readiness, shutdown).await {
-                    error!(%addr, error = %e, "metrics endpoint failed");
-                }
+        let stop = background_shutdown.clone();
+        background.spawn(async move {
+            if let Err(e) = crate::observe::serve(listener, prometheus, readiness, stop).await {
+                error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
     }
-    let _watcher = match &file {
-        Some(path) => Some(watch_file(path, control_tx.clone())?),
+    let watcher = match &file {
+        Some(path) => Some(watch_file(path, control_tx.clone(), &mut background)?),
         None => None,
     };
-    tokio::spawn(forward_sighup(hangups, control_tx.clone()));
-    tokio::spawn(report_progress(service.handles(), observers_shutdown.clone()));
+    background.spawn(forward_sighup(hangups, control_tx.clone(), background_shutdown.clone()));
+    background.spawn(report_progress(service.observers(), background_shutdown.clone()));
+    let mut policy_checked: BTreeSet<String> = BTreeSet::new();
+    let mut check_policies = |mirrors: &[MirrorConfig], background: &mut JoinSet<()>| {
+        for m in mirrors {
+            if policy_checked.insert(m.redis_url.clone()) {
+                background.spawn(warn_about_eviction(m.clone(), background_shutdown.clone()));
+            }
+        }
+    };
+    check_policies(&settings.mirrors, &mut background);
     let started_at = now_ms();
-    let handles = service.handles();
+    let observers = service.observers();
     let aggregate = |mirrors: &[MirrorConfig]| {
         let (stop, stopped) = shutdown::channel();
-        (stop, tokio::spawn(aggregate_shared_status(handles.clone(), mirrors.to_vec(), started_at, stopped)))
+        (stop, tokio::spawn(aggregate_shared_status(observers.clone(), mirrors.to_vec(), started_at, stopped)))
     };
     let (mut aggregator_stop, mut aggregator) = aggregate(&settings.mirrors);
 
-    service.apply(&settings).await;
+    log_outcome(&service.apply(&settings).await);
     let mut reap = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
@@ -259,6 +543,7 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                         if new.metrics_addr != metrics_addr {
                             warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
                         }
+                        check_policies(&new.mirrors, &mut background);
                         // One aggregator, for the new set of roots; the old one must not write
                         // while mirrors stop and start.
                         aggregator.abort();
@@ -269,19 +554,13 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                     }
                     Err(e) => ReloadOutcome::Rejected(e.to_string()),
                 };
-                match &outcome {
-                    ReloadOutcome::Unchanged => info!("reload: nothing changed"),
-                    ReloadOutcome::Applied { started, stopped, restarted } => {
-                        info!(?started, ?stopped, ?restarted, "reload applied")
-                    }
-                    ReloadOutcome::Rejected(why) => {
-                        error!("reload rejected, the running configuration stays: {why}")
-                    }
-                }
+                log_outcome(&outcome);
             }
             _ = reap.tick() => {
-                if let Some((root, e)) = service.reap_failed().await {
-                    break Err(RunError::Mirror(root, e));
+                // A finished background task (the endpoint failed, a check is done) is reaped.
+                while background.try_join_next().is_some() {}
+                if let Some((key, e)) = service.reap_failed().await {
+                    break Err(RunError::Mirror(key.to_string(), e));
                 }
             }
         }
@@ -291,9 +570,32 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     aggregator_stop.fire();
     if tokio::time::timeout(Duration::from_secs(5), &mut aggregator).await.is_err() {
         aggregator.abort();
+        let _ = aggregator.await;
     }
-    observers_stop.fire();
+    background_stop.fire();
+    drop(watcher); // ends the debounce task: its channel closes
+    let joined =
+        tokio::time::timeout(Duration::from_secs(5), async { while background.join_next().await.is_some() {} }).await;
+    if joined.is_err() {
+        background.shutdown().await;
+    }
     result
+}
+
+fn log_outcome(outcome: &ReloadOutcome) {
+    match outcome {
+        ReloadOutcome::Unchanged => info!("reload: nothing changed"),
+        ReloadOutcome::Applied(a) => {
+            let (started, stopped, restarted) = (list(&a.started), list(&a.stopped), list(&a.restarted));
+            if a.is_complete() {
+                info!(%started, %stopped, %restarted, "reload applied");
+            } else {
+                let failed: Vec<String> = a.failed.iter().map(|(k, why)| format!("{k}: {why}")).collect();
+                error!(%started, %stopped, %restarted, failed = %failed.join("; "), "reload applied in part");
+            }
+        }
+        ReloadOutcome::Rejected(why) => error!("reload rejected, the running configuration stays: {why}"),
+    }
 }
 
 /// Why the daemon stopped with an error.
@@ -312,23 +614,30 @@ pub enum RunError {
 }
 
 /// Watches the config file's folder (editors replace files rather than write them) and sends a
-/// reload when the file changes, after a short quiet period so one save is one reload.
-fn watch_file(path: &Path, control: mpsc::Sender<Control>) -> Result<notify::RecommendedWatcher, RunError> {
+/// reload when the file changes, after a short quiet period so one save is one reload. The
+/// debounce task ends when the returned watcher is dropped.
+fn watch_file(
+    path: &Path,
+    control: mpsc::Sender<Control>,
+    tasks: &mut JoinSet<()>,
+) -> Result<notify::RecommendedWatcher, RunError> {
     use notify::{RecursiveMode, Watcher};
     let name = path.file_name().map(|n| n.to_owned());
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // Capacity 1: a pending "something changed" is all the debounce needs (bounded memory
+    // however fast the file changes).
+    let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
             if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
         }
     })
     .map_err(|e| RunError::Watch(path.to_owned(), e))?;
     watcher.watch(&folder, RecursiveMode::NonRecursive).map_err(|e| RunError::Watch(path.to_owned(), e))?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until the file has been quiet for 200 ms.
             while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
@@ -340,14 +649,23 @@ fn watch_file(path: &Path, control: mpsc::Sender<Control>) -> Result<notify::Rec
     Ok(watcher)
 }
 
-async fn forward_sighup(hangups: std::io::Result<tokio::signal::unix::Signal>, control: mpsc::Sender<Control>) {
+async fn forward_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    control: mpsc::Sender<Control>,
+    mut shutdown: Shutdown,
+) {
     let Ok(mut hangups) = hangups else {
         warn!("cannot listen for SIGHUP; reload by editing the config file instead");
         return;
     };
-    while hangups.recv().await.is_some() {
-        if control.send(Control::Reload { why: "SIGHUP" }).await.is_err() {
-            return;
+    loop {
+        tokio::select! {
+            _ = shutdown.fired() => return,
+            hangup = hangups.recv() => {
+                if hangup.is_none() || control.send(Control::Reload { why: "SIGHUP" }).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -356,25 +674,91 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// For prefixes shared by several roots, `P:mirror` is the aggregate: the worst state, the
-/// lowest applied zxid (everything up to it is in, for every root), the list of roots. Each
-/// root's own status is in `P:mirror:{ROOT}`. One runs at a time: a reload aborts it and starts
-/// one for the new set of roots. When `stop` fires (after the mirrors stopped) it writes
+// ---------------------------------------------------------------------------------------------
+// The aggregate status of shared prefixes
+// ---------------------------------------------------------------------------------------------
+
+/// What one root of a shared prefix contributes to the aggregate: its phase (in process) and
+/// its own status hash's `zxid` and `heartbeat` (as read from Redis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RootReport {
+    phase: Phase,
+    zxid: Option<i64>,
+    heartbeat: Option<u64>,
+}
+
+/// The fields of a shared prefix's `P:mirror`, or `None` while a root is (re)starting (`None`
+/// in `reports`): no aggregate without every root.
+///
+/// - `zxid`: the lowest of the roots' own `zxid` *as stored in Redis* (absent counts as 0).
+///   Each root's own `zxid` is its claim about the keys and survives restarts; the lowest is
+///   true for every root. (The in-process counters it came from before restart at 0, so the
+///   aggregate dropped to 0 on every restart; carrying them over would not survive a process
+///   restart, and could only repeat what Redis holds.) A root's value only grows between the
+///   read and the write, so the aggregate never claims more than any root has applied.
+/// - `heartbeat`: the oldest of the roots' heartbeats: a wedged root does not hide behind a
+///   fresh aggregate. Left out (not refreshed) while a root has none.
+/// - `state`: the worst of the roots' phases, and at least `degraded` while a root's heartbeat
+///   is older than `stale_after_ms` or absent.
+fn aggregate_fields(
+    roots: &[&str],
+    reports: &[Option<RootReport>],
+    now_ms: u64,
+    stale_after_ms: u64,
+    started_at: &str,
+) -> Option<Vec<(&'static str, String)>> {
+    let reports: Vec<RootReport> = reports.iter().copied().collect::<Option<_>>()?;
+    let mut worst = reports.iter().map(|r| r.phase).max_by_key(|p| phase_rank(*p)).unwrap_or(Phase::Syncing);
+    let stale = reports.iter().any(|r| r.heartbeat.is_none_or(|h| now_ms.saturating_sub(h) > stale_after_ms));
+    if stale && phase_rank(worst) < phase_rank(Phase::Degraded) {
+        worst = Phase::Degraded;
+    }
+    let zxid = reports.iter().map(|r| r.zxid.unwrap_or(0)).min().unwrap_or(0);
+    let heartbeat = reports.iter().map(|r| r.heartbeat).collect::<Option<Vec<u64>>>().and_then(|h| h.into_iter().min());
+    let mut fields = vec![("state", worst.as_str().to_owned()), ("zxid", zxid.to_string())];
+    if let Some(heartbeat) = heartbeat {
+        fields.push(("heartbeat", heartbeat.to_string()));
+    }
+    fields.extend([
+        ("roots", roots.join(",")),
+        ("root", roots.join(",")),
+        ("started_at", started_at.to_owned()),
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+    ]);
+    Some(fields)
+}
+
+/// Reads `zxid` and `heartbeat` of a root's own status hash.
+async fn read_root_status(store: &Store, root: &str) -> Result<(Option<i64>, Option<u64>), StoreError> {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(store.keys().root_status(root)).arg("zxid").arg("heartbeat");
+    let answer = store.query(&cmd).await?;
+    let fields: Vec<Option<String>> = redis::from_redis_value(answer).unwrap_or_default();
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    Ok((field(0).and_then(|z| z.parse().ok()), field(1).and_then(|h| h.parse().ok())))
+}
+
+/// For prefixes shared by several roots, `P:mirror` is the aggregate ([`aggregate_fields`]);
+/// each root's own status is in `P:mirror:{ROOT}`. One runs at a time: a reload aborts it and
+/// starts one for the new set of roots. When `stop` fires (after the mirrors stopped) it writes
 /// `stopped` once more and ends.
 async fn aggregate_shared_status(
-    handles: Arc<Mutex<Vec<MirrorHandle>>>,
+    observers: Observers,
     mirrors: Vec<MirrorConfig>,
     started_at: u64,
     mut stop: Shutdown,
 ) {
-    let mut by_prefix: HashMap<&str, Vec<&MirrorConfig>> = HashMap::new();
+    let mut by_prefix: BTreeMap<&str, Vec<&MirrorConfig>> = BTreeMap::new();
     for m in mirrors.iter().filter(|m| m.shared_prefix) {
         by_prefix.entry(m.prefix.as_str()).or_default().push(m);
     }
-    let groups: Vec<(Store, Vec<&str>)> = by_prefix
+    let groups: Vec<(Store, Vec<&str>, u64)> = by_prefix
         .values()
         .filter_map(|group| {
-            Store::new(group[0]).ok().map(|store| (store, group.iter().map(|m| m.root.as_str()).collect()))
+            let stale_after =
+                group.iter().map(|m| m.heartbeat_interval).max().unwrap_or(Duration::from_secs(1)) * STALE_HEARTBEATS;
+            let roots = group.iter().map(|m| m.root.as_str()).collect();
+            Store::new(group[0]).ok().map(|store| (store, roots, stale_after.as_millis() as u64))
         })
         .collect();
     let started_at = started_at.to_string();
@@ -385,36 +769,44 @@ async fn aggregate_shared_status(
             _ = stop.fired() => true,
             _ = tick.tick() => false,
         };
-        let snapshot = handles.lock().map(|h| h.clone()).unwrap_or_default();
-        for (store, roots) in &groups {
-            let statuses: Vec<_> = snapshot.iter().filter(|h| roots.contains(&h.root())).map(|h| h.status()).collect();
-            let mut fields = vec![("state", Phase::Stopped.as_str().to_owned()), ("heartbeat", now_ms().to_string())];
-            if !stopping {
-                if statuses.len() != roots.len() {
-                    continue; // a root is (re)starting: no aggregate without it
+        let snapshot = observers.snapshot();
+        for (store, roots, stale_after) in &groups {
+            let prefix = store.keys().prefix();
+            let fields = if stopping {
+                Ok(Some(vec![("state", Phase::Stopped.as_str().to_owned()), ("heartbeat", now_ms().to_string())]))
+            } else {
+                let mut reports = Vec::with_capacity(roots.len());
+                let mut read = Ok(());
+                for root in roots {
+                    let phase = snapshot
+                        .iter()
+                        .find(|(k, _)| k.prefix == prefix && k.root == *root)
+                        .map(|(_, h)| h.status().phase);
+                    match read_root_status(store, root).await {
+                        Ok((zxid, heartbeat)) => reports.push(phase.map(|phase| RootReport { phase, zxid, heartbeat })),
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    }
                 }
-                let worst = statuses.iter().map(|s| s.phase).max_by_key(|p| phase_rank(*p)).unwrap_or(Phase::Syncing);
-                let zxid = statuses.iter().map(|s| s.applied_zxid).min().unwrap_or(0);
-                fields = vec![
-                    ("state", worst.as_str().to_owned()),
-                    ("zxid", zxid.to_string()),
-                    ("heartbeat", now_ms().to_string()),
-                    ("roots", roots.join(",")),
-                    ("root", roots.join(",")),
-                    ("started_at", started_at.clone()),
-                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
-                ];
-            }
-            match store.write_hash(&store.keys().status(), &fields).await {
+                read.map(|()| aggregate_fields(roots, &reports, now_ms(), *stale_after, &started_at))
+            };
+            let written = match fields {
+                Ok(Some(fields)) => store.write_hash(&store.keys().status(), &fields).await,
+                Ok(None) => Ok(()), // a root is (re)starting: no aggregate without it
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(()) if failing => {
                     failing = false;
-                    info!(prefix = %store.keys().prefix(), "the aggregate status is written again");
+                    info!(%prefix, "the aggregate status is written again");
                 }
                 Ok(()) => {}
                 // Once per outage: the mirrors report Redis themselves.
                 Err(e) if !failing => {
                     failing = true;
-                    warn!(prefix = %store.keys().prefix(), error = %e, "cannot write the aggregate status");
+                    warn!(%prefix, error = %e, "cannot write the aggregate status");
                 }
                 Err(_) => {}
             }
@@ -435,24 +827,27 @@ fn phase_rank(phase: Phase) -> u8 {
     }
 }
 
-/// During walks, shows progress: a bar per root when stderr is a terminal, a log line every
+// ---------------------------------------------------------------------------------------------
+// Progress
+// ---------------------------------------------------------------------------------------------
+
+/// During walks, shows progress: a bar per mirror when stderr is a terminal, a log line every
 /// five seconds otherwise.
-async fn report_progress(handles: Arc<Mutex<Vec<MirrorHandle>>>, mut shutdown: Shutdown) {
+async fn report_progress(observers: Observers, mut shutdown: Shutdown) {
     let terminal = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::new();
-    let mut shown: HashMap<String, indicatif::ProgressBar> = HashMap::new();
+    let mut shown: HashMap<MirrorKey, indicatif::ProgressBar> = HashMap::new();
     let mut tick = tokio::time::interval(if terminal { Duration::from_millis(200) } else { Duration::from_secs(5) });
     loop {
         tokio::select! {
             _ = shutdown.fired() => break,
             _ = tick.tick() => {}
         }
-        let snapshot = handles.lock().map(|h| h.clone()).unwrap_or_default();
-        for handle in &snapshot {
+        for (key, handle) in observers.snapshot() {
             let status = handle.status();
             let walking = matches!(status.phase, Phase::Syncing | Phase::Reconciling) && status.walk_progress > 0;
             if terminal {
-                match (walking, shown.get(handle.root())) {
+                match (walking, shown.get(&key)) {
                     (true, Some(bar)) => bar.set_position(status.walk_progress),
                     (true, None) => {
                         let bar = bars.add(indicatif::ProgressBar::new_spinner());
@@ -462,24 +857,234 @@ async fn report_progress(handles: Arc<Mutex<Vec<MirrorHandle>>>, mut shutdown: S
                             )
                             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                         );
-                        bar.set_prefix(handle.root().to_owned());
+                        bar.set_prefix(key.to_string());
                         bar.set_message(status.phase.as_str());
                         bar.set_position(status.walk_progress);
-                        shown.insert(handle.root().to_owned(), bar);
+                        shown.insert(key, bar);
                     }
                     (false, Some(_)) => {
-                        if let Some(bar) = shown.remove(handle.root()) {
+                        if let Some(bar) = shown.remove(&key) {
                             bar.finish_and_clear();
                         }
                     }
                     (false, None) => {}
                 }
             } else if walking {
-                info!(root = %handle.root(), state = %status.phase, znodes = status.walk_progress, "walk in progress");
+                info!(root = %key.root, prefix = %key.prefix, state = %status.phase, znodes = status.walk_progress,
+                      "walk in progress");
             }
         }
     }
     for bar in shown.into_values() {
         bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Filter;
+
+    /// Servers nobody listens on: a mirror started here retries quietly until stopped.
+    fn config(prefix: &str, root: &str) -> MirrorConfig {
+        let mut c = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1/", root);
+        c.prefix = prefix.to_owned();
+        c
+    }
+
+    fn key(prefix: &str, root: &str) -> MirrorKey {
+        MirrorKey { prefix: prefix.to_owned(), root: root.to_owned() }
+    }
+
+    fn stop(prefix: &str, root: &str, purge: bool) -> Stop {
+        Stop { key: key(prefix, root), purge }
+    }
+
+    #[test]
+    fn the_same_configs_plan_nothing() {
+        let both = [config("zk", "/a"), config("zk", "/b")];
+        let p = plan(&both, &both);
+        assert!(p.changes_nothing());
+        assert_eq!(p.keep, [key("zk", "/a"), key("zk", "/b")]);
+    }
+
+    /// Defect 3: keyed by root, the second entry replaced the first.
+    #[test]
+    fn one_root_under_two_prefixes_is_two_mirrors() {
+        let p = plan(&[], &[config("a", "/app"), config("b", "/app")]);
+        assert_eq!(p.start, [key("a", "/app"), key("b", "/app")]);
+        let p = plan(&[config("a", "/app")], &[config("a", "/app"), config("b", "/app")]);
+        assert_eq!((p.start, p.keep), (vec![key("b", "/app")], vec![key("a", "/app")]));
+    }
+
+    #[test]
+    fn a_changed_config_restarts_and_keeps_its_keys() {
+        let mut filtered = config("zk", "/a");
+        filtered.filter = Filter::new(&[], &["/a/locks/**".to_owned()], None).expect("valid filter");
+        let p = plan(&[config("zk", "/a")], &[filtered]);
+        assert_eq!(p.restart, [key("zk", "/a")]);
+        assert!(p.stop.is_empty() && p.start.is_empty());
+    }
+
+    #[test]
+    fn a_removed_root_stops_and_loses_its_keys_unless_asked_to_keep_them() {
+        let p = plan(&[config("zk", "/a"), config("zk", "/b")], &[config("zk", "/a")]);
+        assert_eq!(p.stop, [stop("zk", "/b", true)]);
+        let p = plan(&[config("zk", "/a"), config("zk", "/b")], &[config("zk", "/a")]).keeping_keys(true);
+        assert_eq!(p.stop, [stop("zk", "/b", false)]);
+    }
+
+    #[test]
+    fn a_changed_prefix_is_another_mirror() {
+        let p = plan(&[config("old", "/a")], &[config("new", "/a")]);
+        assert_eq!(p.stop, [stop("old", "/a", true)]);
+        assert_eq!(p.start, [key("new", "/a")]);
+    }
+
+    /// A new mirror of an ancestor under the same prefix reconciles the old root's keys: purging
+    /// them first would only blank them for readers. A new descendant covers only part of them.
+    #[test]
+    fn keys_a_new_mirror_covers_are_not_purged() {
+        let p = plan(&[config("zk", "/a/b")], &[config("zk", "/a")]);
+        assert_eq!(p.stop, [stop("zk", "/a/b", false)]);
+        let p = plan(&[config("zk", "/a/b")], &[config("zk", "/a/b/c")]);
+        assert_eq!(p.stop, [stop("zk", "/a/b", true)]);
+        let p = plan(&[config("zk", "/a/b")], &[config("other", "/a")]);
+        assert_eq!(p.stop, [stop("zk", "/a/b", true)]);
+    }
+
+    fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
+        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, file: None }
+    }
+
+    /// A root that cannot start is reported as failed, never as started or restarted, and the
+    /// next reload tries it again. (Settings validate every config at load; an embedder's may
+    /// not have.)
+    #[tokio::test]
+    async fn a_mirror_that_cannot_start_is_reported_failed_not_started() {
+        let mut service = Service::new();
+        let bad = config("zk", "relative");
+        let outcome = service.apply(&settings(vec![config("zk", "/good"), bad.clone()])).await;
+        let ReloadOutcome::Applied(applied) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(applied.started, [key("zk", "/good")]);
+        assert!(!applied.is_complete());
+        assert_eq!(applied.failed.len(), 1, "{:?}", applied.failed);
+        assert_eq!(applied.failed[0].0, key("zk", "relative"));
+        assert!(applied.failed[0].1.contains("cannot start") && applied.failed[0].1.contains("relative"));
+        assert_eq!(service.observers().handles().len(), 1);
+
+        // Restarting it fails the same way: it is not "restarted".
+        let mut good = config("zk", "/good");
+        good.anti_entropy_interval = Duration::from_secs(60);
+        let outcome = service.apply(&settings(vec![good, bad])).await;
+        let ReloadOutcome::Applied(applied) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(applied.restarted, [key("zk", "/good")]);
+        assert_eq!(applied.started, Vec::<MirrorKey>::new());
+        assert_eq!(applied.failed.len(), 1, "{:?}", applied.failed);
+        service.stop().await;
+    }
+
+    /// Defect 17: a mirror that does not stop within the grace period was left running (its
+    /// handle dropped) while its replacement started.
+    #[tokio::test]
+    async fn a_task_that_does_not_stop_in_time_is_aborted_and_awaited() {
+        let alive = Arc::new(());
+        let held = alive.clone();
+        let task = tokio::spawn(async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        });
+        let end = stop_task(task, Duration::from_millis(20)).await;
+        assert!(matches!(end, Ended::Aborted), "{end:?}");
+        assert_eq!(Arc::strong_count(&alive), 1, "the task is still alive after stop_task returned");
+
+        let quick = tokio::spawn(async { 7 });
+        assert!(matches!(stop_task(quick, Duration::from_secs(60)).await, Ended::Returned(7)));
+    }
+
+    /// Defect 8: `lock().unwrap_or_default()` read a poisoned lock as "no root configured".
+    #[test]
+    fn a_poisoned_lock_still_lists_the_running_mirrors() {
+        let observers = Observers::default();
+        let mirror = Mirror::new(config("zk", "/app")).expect("valid config");
+        observers.replace(vec![(key("zk", "/app"), mirror.handle())]);
+        let inner = observers.inner.clone();
+        let poisoner = std::thread::spawn(move || {
+            let _guard = inner.lock();
+            panic!("poisoning the observers' lock on purpose");
+        });
+        assert!(poisoner.join().is_err());
+        assert!(observers.inner.is_poisoned());
+        assert_eq!(observers.handles().len(), 1);
+        let readiness = crate::observe::readiness_of({
+            let observers = observers.clone();
+            move || observers.handles()
+        });
+        let verdict = readiness().expect_err("not synced");
+        assert!(verdict.contains("/app") && !verdict.contains("no root configured"), "{verdict}");
+        // And writing through it works too.
+        observers.replace(Vec::new());
+        assert!(observers.snapshot().is_empty());
+    }
+
+    const NOW: u64 = 1_000_000;
+    const STALE: u64 = 5_000;
+
+    fn report(phase: Phase, zxid: Option<i64>, heartbeat: Option<u64>) -> Option<RootReport> {
+        Some(RootReport { phase, zxid, heartbeat })
+    }
+
+    fn field(fields: &[(&'static str, String)], name: &str) -> Option<String> {
+        fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+    }
+
+    /// Defect 17: the aggregate's zxid came from in-process counters, 0 after every restart.
+    #[test]
+    fn the_aggregate_zxid_is_the_lowest_of_the_roots_stored_ones() {
+        let reports = [report(Phase::Live, Some(500), Some(NOW)), report(Phase::Live, Some(400), Some(NOW - 100))];
+        let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
+        assert_eq!(field(&fields, "zxid").as_deref(), Some("400"));
+        assert_eq!(field(&fields, "state").as_deref(), Some("live"));
+        assert_eq!(field(&fields, "roots").as_deref(), Some("/a,/b"));
+        // A root that has applied nothing yet: the aggregate claims nothing.
+        let reports = [report(Phase::Live, Some(500), Some(NOW)), report(Phase::Syncing, None, Some(NOW))];
+        let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
+        assert_eq!(field(&fields, "zxid").as_deref(), Some("0"));
+        assert_eq!(field(&fields, "state").as_deref(), Some("syncing"));
+    }
+
+    /// Defect 17: a wedged root kept a fresh aggregate heartbeat (written by another task).
+    #[test]
+    fn a_stale_root_ages_the_aggregate_and_degrades_it() {
+        let wedged = NOW - 60_000;
+        let reports = [report(Phase::Live, Some(5), Some(NOW)), report(Phase::Live, Some(5), Some(wedged))];
+        let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
+        assert_eq!(field(&fields, "heartbeat"), Some(wedged.to_string()));
+        assert_eq!(field(&fields, "state").as_deref(), Some("degraded"));
+        // No heartbeat at all: not refreshed, and degraded.
+        let reports = [report(Phase::Live, Some(5), Some(NOW)), report(Phase::Live, Some(5), None)];
+        let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
+        assert_eq!(field(&fields, "heartbeat"), None);
+        assert_eq!(field(&fields, "state").as_deref(), Some("degraded"));
+        // Worse than degraded stays worse.
+        let reports = [report(Phase::Stopped, Some(5), Some(wedged)), report(Phase::Live, Some(5), Some(NOW))];
+        let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
+        assert_eq!(field(&fields, "state").as_deref(), Some("stopped"));
+    }
+
+    #[test]
+    fn no_aggregate_while_a_root_restarts() {
+        let reports = [report(Phase::Live, Some(5), Some(NOW)), None];
+        assert_eq!(aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1"), None);
+    }
+
+    #[test]
+    fn only_noeviction_keeps_every_key() {
+        assert_eq!(eviction_risk("noeviction"), None);
+        assert!(eviction_risk("volatile-lru").is_some_and(|why| why.contains("tombstones")));
+        assert!(eviction_risk("volatile-ttl").is_some_and(|why| why.contains("tombstones")));
+        assert!(eviction_risk("allkeys-lru").is_some_and(|why| why.contains("torn")));
+        assert!(eviction_risk("allkeys-random").is_some_and(|why| why.contains("torn")));
+        assert!(eviction_risk("something-new").is_some());
     }
 }

@@ -92,8 +92,8 @@ struct MirrorSection {
     prefix: Option<Spanned<String>>,
     anti_entropy_interval: Option<Spanned<String>>,
     tombstone_ttl: Option<Spanned<String>>,
-    changes_maxlen: Option<u64>,
-    read_window: Option<usize>,
+    changes_maxlen: Option<Spanned<u64>>,
+    read_window: Option<Spanned<usize>>,
     keep_keys_on_remove: Option<bool>,
 }
 
@@ -134,6 +134,19 @@ enum Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// Where the value came from, for a message about another entry: `zkmirror.toml:14
+    /// (roots[0].path)`, `--root`.
+    fn describe(&self) -> String {
+        match self {
+            Origin::File(source, offset, key) => {
+                let line = source.text.get(..*offset).unwrap_or(source.text).matches('\n').count() + 1;
+                format!("{}:{line} ({key})", source.file.display())
+            }
+            Origin::Flag(flag) => (*flag).to_owned(),
+            Origin::Default => "the default".to_owned(),
+        }
+    }
+
     fn error(&self, why: impl Into<String>) -> SettingsError {
         match self {
             Origin::File(source, offset, key) => source.error(*offset, key, why),
@@ -297,40 +310,59 @@ fn build(
         ),
         _ => None,
     };
+    // Each value with where it came from: `validate` may refuse it, and the error must name
+    // the file's line or the flag.
     let duration = |flag: Option<&Duration>,
+                    flag_name: &'static str,
                     spanned: Option<&Spanned<String>>,
                     key: &str,
                     default: Duration|
-     -> Result<Duration, SettingsError> {
+     -> Result<(Duration, Origin<'_>), SettingsError> {
         if let Some(d) = flag {
-            return Ok(*d);
+            return Ok((*d, Origin::Flag(flag_name)));
         }
         match (spanned, source) {
             (Some(s), Some(source)) => {
-                parse_duration(s.get_ref(), &Origin::File(source, s.span().start, key.to_owned()))
+                let origin = Origin::File(source, s.span().start, key.to_owned());
+                Ok((parse_duration(s.get_ref(), &origin)?, origin))
             }
-            _ => Ok(default),
+            _ => Ok((default, Origin::Default)),
         }
     };
+    let number = |flag: Option<u64>, flag_name: &'static str, spanned: Option<&Spanned<u64>>, key: &str| match (
+        flag, spanned, source,
+    ) {
+        (Some(n), _, _) => Some((n, Origin::Flag(flag_name))),
+        (None, Some(s), Some(source)) => Some((*s.get_ref(), Origin::File(source, s.span().start, key.to_owned()))),
+        _ => None,
+    };
     let defaults = MirrorConfig::new("", "", "/");
-    let session_timeout = duration(
+    let (session_timeout, session_timeout_origin) = duration(
         o.session_timeout.as_ref(),
+        "--session-timeout",
         file.zookeeper.session_timeout.as_ref(),
         "zookeeper.session_timeout",
         defaults.session_timeout,
     )?;
-    let anti_entropy = duration(
+    let (anti_entropy, anti_entropy_origin) = duration(
         o.anti_entropy_interval.as_ref(),
+        "--anti-entropy-interval",
         file.mirror.anti_entropy_interval.as_ref(),
         "mirror.anti_entropy_interval",
         defaults.anti_entropy_interval,
     )?;
-    let tombstone_ttl = duration(
+    let (tombstone_ttl, tombstone_ttl_origin) = duration(
         o.tombstone_ttl.as_ref(),
+        "--tombstone-ttl",
         file.mirror.tombstone_ttl.as_ref(),
         "mirror.tombstone_ttl",
         defaults.tombstone_ttl,
     )?;
+    let changes_maxlen =
+        number(o.changes_maxlen, "--changes-maxlen", file.mirror.changes_maxlen.as_ref(), "mirror.changes_maxlen");
+    let read_window_file = file.mirror.read_window.as_ref().map(|s| Spanned::new(s.span(), *s.get_ref() as u64));
+    let read_window =
+        number(o.read_window.map(|n| n as u64), "--read-window", read_window_file.as_ref(), "mirror.read_window");
     let default_prefix = layer(o.prefix.as_ref(), "--prefix", file.mirror.prefix.as_ref(), source, "mirror.prefix");
 
     // Roots: `--root` replaces the file's list (flags win); otherwise the file's `[[roots]]`.
@@ -383,18 +415,50 @@ fn build(
         config.session_timeout = session_timeout;
         config.anti_entropy_interval = anti_entropy;
         config.tombstone_ttl = tombstone_ttl;
-        config.changes_maxlen = o.changes_maxlen.or(file.mirror.changes_maxlen).unwrap_or(config.changes_maxlen);
-        config.read_window = o.read_window.or(file.mirror.read_window).unwrap_or(config.read_window);
+        if let Some((n, _)) = &changes_maxlen {
+            config.changes_maxlen = *n;
+        }
+        if let Some((n, _)) = &read_window {
+            config.read_window = usize::try_from(*n).unwrap_or(usize::MAX);
+        }
         config.filter = spec.filter.clone();
         config.validate().map_err(|e| match e {
             ConfigError::BadRoot { .. } => spec.path.1.error(e.to_string()),
             ConfigError::BadPrefix { .. } => prefix_origin.error(e.to_string()),
             ConfigError::BadRedisUrl { .. } => redis_origin.error(e.to_string()),
             ConfigError::BadZkAddress { .. } => zk_origin.error(e.to_string()),
+            ConfigError::BadSetting { name, .. } => {
+                let origin = match name {
+                    "tombstone_ttl" => Some(&tombstone_ttl_origin),
+                    "session_timeout" => Some(&session_timeout_origin),
+                    "anti_entropy_interval" => Some(&anti_entropy_origin),
+                    "changes_maxlen" => changes_maxlen.as_ref().map(|(_, o)| o),
+                    "read_window" => read_window.as_ref().map(|(_, o)| o),
+                    _ => None,
+                };
+                match origin {
+                    Some(origin) => origin.error(e.to_string()),
+                    None => SettingsError::Other { origin: "settings".into(), why: e.to_string() },
+                }
+            }
             other => SettingsError::Other { origin: "settings".into(), why: other.to_string() },
         })?;
         *prefix_users.entry(config.prefix.clone()).or_default() += 1;
         mirrors.push(config);
+    }
+    // One mirror per (prefix, root): a second would write the same keys, and the service keys
+    // its mirrors by that pair.
+    for (i, a) in mirrors.iter().enumerate() {
+        for (j, b) in mirrors.iter().enumerate().skip(i + 1) {
+            if a.key() == b.key() {
+                return Err(specs[j].path.1.error(format!(
+                    "root {} with prefix {:?} is already mirrored by {}: remove one, or give one another prefix",
+                    b.root,
+                    b.prefix,
+                    specs[i].path.1.describe()
+                )));
+            }
+        }
     }
     // Roots that share a prefix must not overlap: their keys would collide.
     for (i, a) in mirrors.iter().enumerate() {
@@ -513,6 +577,50 @@ max_depth = 2
         assert!(err.contains("overlaps root /app"), "{err}");
         let ok = bad.replace("path = \"/app/sub\"", "path = \"/app/sub\"\nprefix = \"sub\"");
         load_text(&ok, &Overrides::default()).expect("different prefixes may overlap");
+    }
+
+    /// Two entries for one root with different prefixes are two mirrors, each its own copy.
+    #[test]
+    fn one_root_under_two_prefixes_is_two_mirrors() {
+        let text = GOOD.replace("path = \"/other\"", "path = \"/app\"\nprefix = \"second\"");
+        let s = load_text(&text, &Overrides::default()).expect("valid");
+        let keys: Vec<_> = s.mirrors.iter().map(|m| m.key().to_string()).collect();
+        assert_eq!(keys, ["/app (prefix cfg)", "/app (prefix second)"]);
+        assert!(s.mirrors.iter().all(|m| !m.shared_prefix));
+    }
+
+    #[test]
+    fn the_same_root_and_prefix_twice_is_rejected_naming_both_entries() {
+        let text = GOOD.replace("path = \"/other\"", "path = \"/app\"");
+        let err = load_text(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("zkmirror.toml:18: roots[1].path"), "{err}");
+        assert!(err.contains("already mirrored by") && err.contains("zkmirror.toml:14 (roots[0].path)"), "{err}");
+        assert!(err.contains("/app") && err.contains("\"cfg\""), "{err}");
+    }
+
+    /// Values a script would fail on at every write are refused at load, naming where the value
+    /// came from (before: `tombstone_ttl = "0ms"` loaded, and every delete failed `SET PX 0`).
+    #[test]
+    fn settings_a_script_would_choke_on_are_rejected_at_load() {
+        let with = |line: &str| GOOD.replace("anti_entropy_interval = \"10s\"", line);
+        let err = load_text(&with("tombstone_ttl = \"0ms\""), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":11: mirror.tombstone_ttl: bad setting tombstone_ttl: 0ns"), "{err}");
+        let err = load_text(&with("tombstone_ttl = \"0.2ms\""), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("mirror.tombstone_ttl") && err.contains("200µs") && err.contains("1ms"), "{err}");
+        let err =
+            load_text(&with("changes_maxlen = 18446744073709551615"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":11: mirror.changes_maxlen") && err.contains("18446744073709551615"), "{err}");
+        let err = load_text(&with("read_window = 0"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":11: mirror.read_window"), "{err}");
+        let err = load_text(&with("anti_entropy_interval = \"9000h\""), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":11: mirror.anti_entropy_interval") && err.contains("365 days"), "{err}");
+        let session = GOOD.replace("auth = ", "session_timeout = \"0s\"\nauth = ");
+        let err = load_text(&session, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(":4: zookeeper.session_timeout"), "{err}");
+        let flag = Overrides { tombstone_ttl: Some(Duration::ZERO), ..Overrides::default() };
+        let err = load_text(GOOD, &flag).unwrap_err().to_string();
+        assert!(err.starts_with("--tombstone-ttl: bad setting tombstone_ttl: 0ns"), "{err}");
+        load_text(&with("tombstone_ttl = \"1ms\""), &Overrides::default()).expect("1 ms is enough");
     }
 
     #[test]

@@ -374,8 +374,10 @@ async fn get_and_ls_read_the_copy_like_an_application() {
 
 #[tokio::test]
 async fn run_rejects_bad_arguments_naming_them() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (&["--root", "app"], "\"app\""),
+        // `SET ... PX 0` would fail every delete: refused at start, naming the flag.
+        (&["--root", "/app", "--tombstone-ttl", "0ms"], "--tombstone-ttl: bad setting tombstone_ttl"),
         (&["--root", "/app", "--redis", "redis//nohost:6379"], "redis//nohost:6379"),
         (&["--root", "/app", "--prefix", "z{k}"], "\"z{k}\""),
     ];

@@ -598,7 +598,7 @@ async fn metrics_health_and_readiness_follow_the_mirror() {
         client.set_data(&format!("{root}/x"), b"2", None).await.expect("set_data");
         converges(&client, &conn, "zk", &root, &Filter::all()).await;
     }
-    let label = format!("root=\"{root}\"");
+    let label = format!("root=\"{root}\",prefix=\"zk\"");
     let names = [
         "zkmirror_events_received_total",
         "zkmirror_znode_writes_total",
@@ -711,5 +711,159 @@ async fn check_config_masks_secrets_and_names_bad_lines() {
         let at = format!("{file}:{}: {key}", line_of(&bad, needle));
         assert!(err.contains(&at), "stderr does not name {at}:\n{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service: mirrors keyed by (prefix, root), the shared-prefix aggregate, Redis's promises
+// ---------------------------------------------------------------------------------------------
+
+/// The text of `GET /metrics` once it has a line starting with `name` and containing every
+/// one of `labels`.
+async fn metrics_with(addr: &str, name: &str, labels: &[String]) -> String {
+    wait_until(CONVERGE, &format!("/metrics has {name} with {labels:?}"), || async move {
+        let (code, body) = http_get(addr, "/metrics").map_err(|e| e.to_string())?;
+        let found = body.lines().any(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label.as_str())));
+        if code == 200 && found {
+            Ok(body)
+        } else {
+            Err(format!("{code}:\n{body}"))
+        }
+    })
+    .await
+}
+
+/// Defect 3: two `[[roots]]` with one path and two prefixes are two mirrors, each with its own
+/// copy and its own metric series. Keyed by root, the service ran only one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_root_under_two_prefixes_is_mirrored_twice() {
+    let zk = ZkServer::shared().connect_string();
+    let client = zk_client(&zk).await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let conn = redis_conn(&url).await;
+    let root = unique_root("two-prefixes");
+    create_all(&client, &format!("{root}/a/b"), b"1").await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let roots = [
+        Root { path: &root, prefix: Some("first"), exclude: &[], max_depth: None },
+        Root { path: &root, prefix: Some("second"), exclude: &[], max_depth: None },
+    ];
+    let scratch = Scratch::new();
+    scratch.write_atomically(&settings(&zk, &url, "", Some(&addr), &roots));
+    let mut daemon = Daemon::start(&scratch.config(), &scratch.log(), "text", &[]);
+
+    for prefix in ["first", "second"] {
+        converges(&client, &conn, prefix, &root, &Filter::all()).await;
+        wait_for_field(&conn, &format!("{prefix}:mirror"), "state", "live").await;
+    }
+    client.set_data(&format!("{root}/a"), b"2", None).await.expect("set_data");
+    for prefix in ["first", "second"] {
+        converges(&client, &conn, prefix, &root, &Filter::all()).await;
+    }
+    // One series per mirror: the same root, told apart by the prefix label.
+    let root_label = format!("root=\"{root}\"");
+    for prefix in ["first", "second"] {
+        let labels = [root_label.clone(), format!("prefix=\"{prefix}\"")];
+        metrics_with(&addr, "zkmirror_redis_connected", &labels).await;
+        metrics_with(&addr, "zkmirror_walks_total", &labels).await;
+    }
+    daemon.assert_running();
+    let exit = daemon.stop();
+    assert!(exit.success(), "zkmirror exited with {exit}");
+    for prefix in ["first", "second"] {
+        assert_eq!(hget(&conn, &format!("{prefix}:mirror"), "state").await.as_deref(), Some("stopped"));
+    }
+}
+
+/// Defect 17: the aggregate of a shared prefix claims no more than every root: its `zxid` is
+/// the lowest of the roots' own `zxid` in Redis (not in-process counters, which start at 0 on
+/// every restart), its heartbeat the oldest of theirs (a wedged root does not hide behind a
+/// fresh aggregate), and a stale root makes it `degraded`.
+///
+/// The roots' statuses are left by an earlier run; ZooKeeper is unreachable, so the roots
+/// write nothing new to their zxid. Before the fix the aggregate wrote `zxid` 0 and a fresh
+/// heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_prefix_aggregate_never_claims_more_than_its_roots() {
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let conn = redis_conn(&url).await;
+    let (a, b) = (unique_root("agg-a"), unique_root("agg-b"));
+    let an_hour_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis()
+            as u64
+            - 3_600_000;
+    let mut writer = conn.clone();
+    for (root, zxid) in [(&a, 500), (&b, 400)] {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("zk:mirror:{{{root}}}"))
+            .arg(&[("state", "live".to_owned()), ("zxid", zxid.to_string()), ("heartbeat", an_hour_ago.to_string())])
+            .query_async(&mut writer)
+            .await
+            .expect("HSET");
+    }
+    let scratch = Scratch::new();
+    scratch.write_atomically(&settings(&nobody, &url, "", None, &[Root::plain(&a), Root::plain(&b)]));
+    let mut daemon = Daemon::start(&scratch.config(), &scratch.log(), "text", &[]);
+
+    // Each write of the aggregate sets every field at once: the first one is enough to judge.
+    wait_until(CONVERGE, "zk:mirror is the aggregate of both roots", || async {
+        match hget(&conn, "zk:mirror", "roots").await {
+            Some(roots) if roots.contains(&a) && roots.contains(&b) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let zxid = hget(&conn, "zk:mirror", "zxid").await;
+    assert_eq!(zxid.as_deref(), Some("400"), "the aggregate's zxid is the lowest of its roots'");
+    let aggregate: u64 = hget(&conn, "zk:mirror", "heartbeat").await.and_then(|h| h.parse().ok()).unwrap_or(0);
+    let mut oldest = u64::MAX;
+    for root in [&a, &b] {
+        let beat = hget(&conn, &format!("zk:mirror:{{{root}}}"), "heartbeat").await;
+        oldest = oldest.min(beat.and_then(|h| h.parse().ok()).unwrap_or(0));
+    }
+    assert!(aggregate <= oldest, "aggregate heartbeat {aggregate} is fresher than its oldest root's {oldest}");
+    assert_eq!(hget(&conn, "zk:mirror", "state").await.as_deref(), Some("degraded"));
+    daemon.assert_running();
+    let exit = daemon.stop();
+    assert!(exit.success(), "zkmirror exited with {exit}");
+}
+
+/// Defect 18: a Redis that may evict keys is named at start, with the reason; `noeviction`
+/// is not warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_redis_is_warned_about_at_start() {
+    let zk = ZkServer::shared().connect_string();
+    for (policy, warned) in [("allkeys-lru", true), ("volatile-ttl", true), ("noeviction", false)] {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        let mut conn = redis_conn(&url).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET");
+        let root = unique_root("policy");
+        let scratch = Scratch::new();
+        scratch.write_atomically(&settings(&zk, &url, "", None, &[Root::plain(&root)]));
+        let mut daemon = Daemon::start(&scratch.config(), &scratch.log(), "text", &[]);
+        let line = daemon.wait_for_log(&[&format!("maxmemory-policy is {policy}")], 1).await;
+        if warned {
+            assert!(line.contains("WARN") && line.contains("noeviction"), "{line}");
+            assert!(line.contains("schema/layout.md"), "{line}");
+        } else {
+            assert!(!line.contains("WARN"), "{line}");
+        }
+        daemon.wait_for_log(&["cold sync done"], 1).await;
+        let log = daemon.log_text();
+        let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
+        assert_eq!(warnings, usize::from(warned), "{policy}:\n{log}");
+        daemon.assert_running();
+        let exit = daemon.stop();
+        assert!(exit.success(), "zkmirror exited with {exit}");
     }
 }

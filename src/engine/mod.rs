@@ -40,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::MirrorConfig;
 use crate::error::{StoreError, ZkError};
 use crate::filter::Filter;
@@ -287,7 +288,7 @@ impl Core {
             watch_epoch: 0,
             next_walk: WalkReason::ColdSync,
             redis: RedisLink::Loading { was_down: false },
-            redis_backoff: Backoff::new(),
+            redis_backoff: Backoff::between(Duration::from_millis(100), Duration::from_secs(5)),
             last_redis_error_log: None,
             dirty: DirtyPaths::default(),
             walk: None,
@@ -409,14 +410,14 @@ impl Core {
             }
             Input::ConnectFailed(ZkError::AuthFailed) | Input::AuthFailed => self.fatal = Some(ZkError::AuthFailed),
             Input::ConnectFailed(error) => {
-                let wait = self.zk_backoff.next();
+                let wait = self.zk_backoff.next_delay();
                 warn!(%error, retry_in = ?wait, "ZooKeeper unreachable; retrying");
                 self.zk = ZkLink::Waiting { until: now + wait };
             }
             Input::WatchAdded => self.on_watch_added(now),
             Input::WatchFailed(error) => {
                 if matches!(self.zk, ZkLink::Connected { .. }) {
-                    let wait = self.zk_backoff.next();
+                    let wait = self.zk_backoff.next_delay();
                     warn!(%error, retry_in = ?wait, root = %self.root,
                           "cannot add the watch on the root: not live until it is back; retrying");
                     self.zk = ZkLink::Connected { watch: WatchState::RetryAt(now + wait) };
@@ -695,7 +696,7 @@ impl Core {
         }
         if let Some((count, first, error)) = failed {
             // One line per failed request, however many paths it carried.
-            let wait = self.read_backoff.next();
+            let wait = self.read_backoff.next_delay();
             if self.watch_active() {
                 warn!(paths = count, first = %first, %error, retry_in = ?wait, "ZooKeeper read failed; retrying");
             }
@@ -889,7 +890,7 @@ impl Core {
     /// Redis is unreachable or failing: drop what was to be written (a reconcile rewrites it
     /// once Redis answers again) and probe it with backoff.
     fn redis_failed(&mut self, error: StoreError, now: Instant) {
-        let wait = self.redis_backoff.next().min(Duration::from_secs(5));
+        let wait = self.redis_backoff.next_delay();
         if !matches!(self.redis, RedisLink::Down { .. }) {
             warn!(%error, retry_in = ?wait, "Redis write failed; pausing, will reconcile when it is back");
             self.last_redis_error_log = Some(now);
@@ -1082,28 +1083,6 @@ impl Core {
 /// [`ANTI_ENTROPY_MAX_POSTPONED`] intervals in a row.
 fn anti_entropy_postponed(changes_per_s: f64, postponed_so_far: u32) -> bool {
     changes_per_s > ANTI_ENTROPY_BUSY_RATE && postponed_so_far < ANTI_ENTROPY_MAX_POSTPONED
-}
-
-/// Exponential backoff from 100 ms to 10 s.
-#[derive(Debug)]
-struct Backoff {
-    current: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff { current: Duration::from_millis(100) }
-    }
-
-    fn next(&mut self) -> Duration {
-        let now = self.current;
-        self.current = (self.current * 2).min(Duration::from_secs(10));
-        now
-    }
-
-    fn reset(&mut self) {
-        *self = Backoff::new();
-    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ impl Script {
         configure(&mut config);
         let counters = Arc::new(Counters::default());
         let now = Instant::now();
-        let core = Core::new(&config, Recorder::new(counters.clone(), "/r"), now);
+        let core = Core::new(&config, Recorder::new(counters.clone(), "zk", "/r"), now);
         let mut s = Script { core, now, counters, effects: Vec::new() };
         s.drain();
         s
@@ -205,7 +205,7 @@ fn redis_down_mid_batch_drops_the_work_and_reconciles_when_it_returns() {
     s.feed(Input::WriteDone(Err(error)));
     assert_eq!(s.phase(), Phase::Degraded);
     assert!(s.reads().is_empty(), "no reads while Redis is down");
-    s.wait(Duration::from_millis(150));
+    s.wait(Duration::from_millis(301)); // the first backoff is 100–300 ms
     assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)), "Redis is probed after the backoff");
     s.feed(Input::ScriptsLoaded(Ok(())));
     assert_eq!(s.phase(), Phase::Syncing);
@@ -287,7 +287,7 @@ fn a_failed_multi_read_is_logged_once_and_retried_after_a_pause() {
     let error = ZkError::Read { path: "/r/a".into(), source: zookeeper_client::Error::UnexpectedError("boom".into()) };
     s.feed(Input::ReadDone(sent[0].iter().map(|p| (p.clone(), Err(error.clone()))).collect()));
     assert!(s.reads().is_empty(), "not re-read at once");
-    s.wait(Duration::from_millis(150));
+    s.wait(Duration::from_millis(301)); // the first backoff is 100–300 ms
     assert_eq!(s.reads().concat(), ["/r/a"], "re-read after the backoff");
 }
 
