@@ -24,9 +24,10 @@
 -- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
 --       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete`, `hide`, `exclude`),
---       6..9 (mode `hide` only) czxid, mzxid, pzxid, aversion of the unreadable znode
+--       6 read deadline (unix ms by Redis's clock, or empty for none; see put.lua),
+--       7..10 (mode `hide` only) czxid, mzxid, pzxid, aversion of the unreadable znode
 -- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored),
---          3 refused (mode `hide`: the stored read is newer);
+--          3 refused (mode `hide`: the stored read is newer), 4 refused (stale read);
 --          an error reply, with nothing written, when a key holds the wrong type
 
 local function cmp(a, b)
@@ -47,13 +48,20 @@ if ARGV[5] == 'delete' and (tonumber(ARGV[2]) or 0) < 1 then
     ARGV[3] .. '; raise --tombstone-ttl')
 end
 
+if ARGV[6] and ARGV[6] ~= '' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[6]) then
+    return 4
+  end
+end
+
 local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version', 'pzxid', 'aversion')
 local t = ARGV[1]
 if ARGV[5] == 'hide' and stored[1] then
-  local order = cmp(ARGV[6], stored[1])
-  if order == 0 then order = cmp(ARGV[7], stored[2] or '') end
-  if order == 0 then order = cmp(ARGV[8], stored[4] or '') end
-  if order == 0 then order = cmp(ARGV[9], stored[5] or '') end
+  local order = cmp(ARGV[7], stored[1])
+  if order == 0 then order = cmp(ARGV[8], stored[2] or '') end
+  if order == 0 then order = cmp(ARGV[9], stored[4] or '') end
+  if order == 0 then order = cmp(ARGV[10], stored[5] or '') end
   if order < 0 then
     return 3
   end

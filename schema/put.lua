@@ -14,6 +14,11 @@
 --     by another writer are repaired by the next walk;
 --   * every applied write appends one entry to the change stream (KEYS[5]) in the same step, so
 --     a reader that sees the entry finds the change already in the keys;
+--   * a read held too long is never written: a tombstone lives only so long (its ttl), so a
+--     read older than that could resurrect what it no longer remembers. The mirror sends the
+--     deadline (when the read was sent + a bound below the tombstone ttl) and the script
+--     judges it by Redis's own clock (TIME), where a pause of the mirror (GC, SIGSTOP, a VM
+--     migration, a pipeline stuck in retransmission) cannot hide;
 --   * all or nothing even when a key holds the wrong type: Redis does not undo a script's
 --     writes when a later command fails, so everything that can fail runs before the first
 --     write. The stream's type is checked up front (its XADD comes last); a wrong-typed tomb,
@@ -23,8 +28,10 @@
 -- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM)
 -- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
 --       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
---       13 path, 14 stream max length (approximate), 15 data bytes, 16.. child names
--- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned);
+--       13 path, 14 stream max length (approximate), 15 read deadline (unix ms by Redis's own
+--       clock, or empty for none), 16 data bytes, 17.. child names
+-- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned),
+--          4 refused (stale: Redis's clock is past the read deadline);
 --          an error reply, with nothing written, when a key holds the wrong type
 
 -- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
@@ -40,6 +47,13 @@ local stream_type = redis.call('TYPE', KEYS[5])['ok']
 if stream_type ~= 'stream' and stream_type ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
     ', not the change stream: nothing written for ' .. ARGV[13] .. '; delete or rename the key')
+end
+
+if ARGV[15] ~= '' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[15]) then
+    return 4
+  end
 end
 
 local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
@@ -62,12 +76,12 @@ if stored[1] then
   if order < 0 then
     return 2
   end
-  local children = #ARGV - 15
+  local children = #ARGV - 16
   children_fresh = stored[1] == czxid and stored[3] == pzxid
     and redis.call('SCARD', KEYS[3]) == children
   if children_fresh and children > 0 then
     -- Same size; make sure it is the same set (someone else may have written it).
-    for i = 16, #ARGV do
+    for i = 17, #ARGV do
       if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
         children_fresh = false
         break
@@ -76,7 +90,7 @@ if stored[1] then
   end
   if order == 0 and children_fresh then
     -- The same version: unchanged unless a key was altered behind the mirror's back.
-    local same = redis.call('GET', KEYS[1]) == ARGV[15]
+    local same = redis.call('GET', KEYS[1]) == ARGV[16]
     for i = 1, #FIELDS do
       if stored[i] ~= ARGV[i] then same = false end
     end
@@ -86,7 +100,7 @@ if stored[1] then
   end
 end
 
-redis.call('SET', KEYS[1], ARGV[15])
+redis.call('SET', KEYS[1], ARGV[16])
 redis.call('HSET', KEYS[2],
   'czxid', czxid, 'mzxid', mzxid, 'pzxid', pzxid, 'ctime', ARGV[4], 'mtime', ARGV[5],
   'version', ARGV[6], 'cversion', ARGV[7], 'aversion', aversion,
@@ -95,7 +109,7 @@ redis.call('HSET', KEYS[2],
 if not children_fresh then
   redis.call('DEL', KEYS[3])
   -- SADD in chunks: unpack() of tens of thousands of values overflows Lua's C stack.
-  local i = 16
+  local i = 17
   while i <= #ARGV do
     local last = math.min(i + 4999, #ARGV)
     redis.call('SADD', KEYS[3], unpack(ARGV, i, last))

@@ -78,6 +78,9 @@ pub enum Refusal {
     Tombstoned,
     /// A delete found a newer incarnation stored (its `czxid` is above the tombstone zxid).
     NewerIncarnation,
+    /// Redis's clock was past the read's deadline: the read was held too long (the mirror was
+    /// paused?) and may predate a tombstone that has expired since. Read it again.
+    Stale,
 }
 
 /// What became of one [`Write`] of a batch.
@@ -242,16 +245,22 @@ impl Store {
     /// Redis has already acknowledged (a watermark over earlier outcomes), never one that
     /// counts on writes of this very pipeline, which may fail or be refused. To cover this
     /// batch's own writes, check its outcomes, then call [`Store::advance_zxid`].
+    ///
+    /// `read_deadline_ms`, when given, is a unix time in ms by Redis's clock past which every
+    /// write of the batch is refused as stale ([`Refusal::Stale`]): the caller passes the time
+    /// its oldest read was sent plus a bound below the tombstone ttl.
     pub fn apply(
         &self,
         writes: &[Write],
         advance_to: Option<i64>,
         now_ms: u64,
+        read_deadline_ms: Option<u64>,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send + 'static {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let deadline = read_deadline_ms.map(|d| d.to_string()).unwrap_or_default();
         for write in writes {
-            self.add_write(&mut pipe, write, now_ms);
+            self.add_write(&mut pipe, write, now_ms, &deadline);
         }
         if let Some(zxid) = advance_to {
             self.add_advance(&mut pipe, zxid);
@@ -313,7 +322,7 @@ impl Store {
         StoreError::Unexpected { server: self.server.clone(), what, detail }
     }
 
-    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64) {
+    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64, deadline: &str) {
         let keys = &self.keys;
         let path = write.path();
         let script = match write {
@@ -336,6 +345,7 @@ impl Store {
                     .arg(now_ms)
                     .arg(path)
                     .arg(self.changes_maxlen)
+                    .arg(deadline)
                     .arg(znode.data.as_slice())
                     .arg(&znode.children);
             }
@@ -344,14 +354,15 @@ impl Store {
                     .arg(self.tombstone_ttl_ms)
                     .arg(path)
                     .arg(self.changes_maxlen)
-                    .arg("delete");
+                    .arg("delete")
+                    .arg(deadline);
             }
             Write::Hide { stat, .. } => {
-                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide");
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide").arg(deadline);
                 cmd.arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
             }
             Write::Exclude { .. } => {
-                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude");
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude").arg(deadline);
             }
         }
     }
@@ -575,6 +586,7 @@ fn outcome_of(is_put: bool, code: i64) -> WriteOutcome {
         (true, 1) => WriteOutcome::Written,
         (true, 2) => WriteOutcome::Refused(Refusal::Older),
         (true, 3) => WriteOutcome::Refused(Refusal::Tombstoned),
+        (_, 4) => WriteOutcome::Refused(Refusal::Stale),
         (false, 0) => WriteOutcome::Unchanged,
         (false, 1) => WriteOutcome::Deleted,
         (false, 2) => WriteOutcome::Refused(Refusal::NewerIncarnation),

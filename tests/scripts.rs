@@ -28,7 +28,7 @@ fn closed(mut stat: ZnodeStat) -> ZnodeStat {
 }
 
 async fn apply(store: &Store, writes: Vec<Write>) -> BatchOutcome {
-    let applied = store.apply(&writes, None, 1).await.expect("batch applies");
+    let applied = store.apply(&writes, None, 1, None).await.expect("batch applies");
     applied.counts()
 }
 
@@ -113,7 +113,8 @@ async fn hiding_an_unreadable_znode_leaves_no_tombstone() {
 async fn without_scripts_loaded_the_batch_fails_with_noscript() {
     let redis = RedisServer::start();
     let store = store(&redis);
-    let error = store.apply(&[Write::Put(znode("/app", "v", 1, 1))], None, 1).await.expect_err("no scripts loaded");
+    let error =
+        store.apply(&[Write::Put(znode("/app", "v", 1, 1))], None, 1, None).await.expect_err("no scripts loaded");
     assert!(error.is_noscript(), "{error}");
 }
 
@@ -173,7 +174,7 @@ async fn a_key_of_the_wrong_type_fails_its_own_write_and_no_other() {
         Write::Put(znode("/app/y", "v2", 11, 30)),
         Write::Put(znode("/app/b", "b", 21, 21)),
     ];
-    let applied = store.apply(&writes, None, 1).await.expect("a bad key fails its write, not the batch");
+    let applied = store.apply(&writes, None, 1, None).await.expect("a bad key fails its write, not the batch");
     assert_eq!(applied.outcomes[0], WriteOutcome::Written);
     assert!(matches!(&applied.outcomes[1], WriteOutcome::Failed(why) if why.contains("WRONGTYPE")), "{applied:?}");
     assert!(matches!(&applied.outcomes[2], WriteOutcome::Failed(why) if why.contains("WRONGTYPE")), "{applied:?}");
@@ -200,7 +201,7 @@ async fn a_change_stream_of_the_wrong_type_is_named_and_nothing_is_half_written(
     store.query(redis::cmd("HSET").arg("zk:changes").arg("not").arg("a stream")).await.unwrap();
     let writes =
         vec![Write::Put(znode("/app/new", "v", 10, 10)), Write::Delete { path: "/app/old".into(), tomb_zxid: Some(9) }];
-    let applied = store.apply(&writes, None, 1).await.expect("a bad stream fails the writes, not the batch");
+    let applied = store.apply(&writes, None, 1, None).await.expect("a bad stream fails the writes, not the batch");
     for outcome in &applied.outcomes {
         assert!(
             matches!(outcome, WriteOutcome::Failed(why) if why.contains("zk:changes") && why.contains("WRONGTYPE")),
@@ -223,8 +224,10 @@ async fn a_tombstone_ttl_below_a_millisecond_fails_deletes_without_touching_keys
     let store = Store::new(&config).expect("store");
     store.load_scripts().await.unwrap();
     apply(&store, vec![Write::Put(znode("/app/x", "v", 10, 10))]).await;
-    let applied =
-        store.apply(&[Write::Delete { path: "/app/x".into(), tomb_zxid: Some(12) }], None, 1).await.expect("batch");
+    let applied = store
+        .apply(&[Write::Delete { path: "/app/x".into(), tomb_zxid: Some(12) }], None, 1, None)
+        .await
+        .expect("batch");
     assert!(matches!(&applied.outcomes[0], WriteOutcome::Failed(why) if why.contains("tombstone ttl")), "{applied:?}");
     assert!(exists(&store, "zk:{/app/x}:meta").await);
 }
@@ -250,12 +253,12 @@ async fn a_stale_hide_never_removes_a_newer_readable_read() {
     // Unreadable at aversion 0; the ACL was opened (aversion 1) and that read was written.
     let opened = Znode { stat: closed(secret.stat), ..secret.clone() };
     apply(&store, vec![Write::Put(opened.clone())]).await;
-    let stale = store.apply(&[Write::Hide { path: "/app/x".into(), stat: secret.stat }], None, 1).await.unwrap();
+    let stale = store.apply(&[Write::Hide { path: "/app/x".into(), stat: secret.stat }], None, 1, None).await.unwrap();
     assert_eq!(stale.outcomes, [WriteOutcome::Refused(Refusal::Older)]);
     assert_eq!(get(&store, "zk:{/app/x}".into()).await.as_deref(), Some("v"), "a stale hide removed a newer read");
     // Closed again (aversion 2): that hide is newer and removes the keys.
     let fresh =
-        store.apply(&[Write::Hide { path: "/app/x".into(), stat: closed(opened.stat) }], None, 1).await.unwrap();
+        store.apply(&[Write::Hide { path: "/app/x".into(), stat: closed(opened.stat) }], None, 1, None).await.unwrap();
     assert_eq!(fresh.outcomes, [WriteOutcome::Deleted]);
     assert_eq!(get(&store, "zk:{/app/x}".into()).await, None);
     assert_eq!(last_entry_reason(&store).await.as_deref(), Some("hide"));
@@ -270,7 +273,7 @@ async fn a_hide_at_the_stored_stat_hides() {
     store.load_scripts().await.unwrap();
     let x = znode("/app/x", "v", 10, 10);
     apply(&store, vec![Write::Put(x.clone())]).await;
-    let out = store.apply(&[Write::Hide { path: "/app/x".into(), stat: x.stat }], None, 1).await.unwrap();
+    let out = store.apply(&[Write::Hide { path: "/app/x".into(), stat: x.stat }], None, 1, None).await.unwrap();
     assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
 }
 
@@ -282,7 +285,7 @@ async fn an_excluded_path_loses_its_keys_unconditionally() {
     let store = store(&redis);
     store.load_scripts().await.unwrap();
     apply(&store, vec![Write::Put(znode("/app/x", "v", 50, 90))]).await;
-    let out = store.apply(&[Write::Exclude { path: "/app/x".into() }], None, 1).await.unwrap();
+    let out = store.apply(&[Write::Exclude { path: "/app/x".into() }], None, 1, None).await.unwrap();
     assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
     assert_eq!(get(&store, "zk:{/app/x}:meta".into()).await, None);
     assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await, None);
@@ -309,4 +312,37 @@ async fn a_status_write_tells_whether_redis_lost_the_status_since_the_last_one()
         redis::from_redis_value(store.query(redis::cmd("HGET").arg("zk:mirror").arg("state")).await.expect("HGET"))
             .expect("string");
     assert_eq!(state.as_deref(), Some("live"));
+}
+
+/// Redis's own clock, in unix ms.
+async fn redis_now_ms(store: &Store) -> u64 {
+    let (secs, micros): (u64, u64) = redis::from_redis_value(store.query(&redis::cmd("TIME")).await.expect("TIME"))
+        .expect("TIME answers two numbers");
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn a_read_held_past_its_deadline_is_never_written() {
+    // A mirror paused past the tombstone ttl still holds reads from before the pause: the
+    // delete they predate has left no tombstone by now, so only their age can refuse them.
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let now = redis_now_ms(&store).await;
+    let past = Some(now - 1_000);
+    let future = Some(now + 60_000);
+    let put = || vec![Write::Put(znode("/app/gone", "stale", 10, 10))];
+    let applied = store.apply(&put(), None, 1, past).await.unwrap();
+    assert_eq!(applied.outcomes, [WriteOutcome::Refused(Refusal::Stale)]);
+    assert_eq!(get(&store, "zk:{/app/gone}".into()).await, None, "a stale put writes nothing");
+    assert_eq!(stream_len(&store).await, 0, "and announces nothing");
+    let applied = store.apply(&put(), None, 1, future).await.unwrap();
+    assert_eq!(applied.outcomes, [WriteOutcome::Written]);
+    // A delete or hide read too long ago is refused as well: the znode may exist again.
+    let delete = vec![Write::Delete { path: "/app/gone".into(), tomb_zxid: Some(11) }];
+    let applied = store.apply(&delete, None, 1, past).await.unwrap();
+    assert_eq!(applied.outcomes, [WriteOutcome::Refused(Refusal::Stale)]);
+    assert_eq!(get(&store, "zk:{/app/gone}".into()).await.as_deref(), Some("stale"));
+    let applied = store.apply(&delete, None, 1, future).await.unwrap();
+    assert_eq!(applied.outcomes, [WriteOutcome::Deleted]);
 }

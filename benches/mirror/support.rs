@@ -295,7 +295,8 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
             Some(zkmirror::store::Write::Put(znode)) => znode.stat.last_zxid(),
             _ => 0,
         };
-        let outcome = store.apply(&writes, Some(applied), SYNTHETIC_NOW_MS).await.expect("the scripted write").counts();
+        let outcome =
+            store.apply(&writes, Some(applied), SYNTHETIC_NOW_MS, None).await.expect("the scripted write").counts();
         assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
     }
     started.elapsed()

@@ -212,8 +212,8 @@ fn start(
                 f.reads.push_back(Box::pin(std::future::ready(results)));
             }
         },
-        Effect::Write { writes, zxid } => {
-            let send = store.apply(&writes, zxid, super::now_ms());
+        Effect::Write { writes, zxid, read_deadline_ms } => {
+            let send = store.apply(&writes, zxid, super::now_ms(), read_deadline_ms);
             f.batch = Some(Box::pin(send));
         }
         Effect::LoadScripts => {

@@ -46,7 +46,7 @@ use crate::error::{StoreError, ZkError};
 use crate::filter::Filter;
 use crate::path;
 use crate::status::Phase;
-use crate::store::{Applied, Write, WriteOutcome};
+use crate::store::{Applied, Refusal, Write, WriteOutcome};
 use crate::znode::Fetched;
 
 use reads::{DirtyPaths, ReadMode, ReadRoom};
@@ -135,10 +135,12 @@ pub(crate) enum Effect {
     DisableNagle,
     /// One multi-read of these paths; answered with [`Input::ReadDone`] in send order.
     Read(Vec<String>),
-    /// One pipeline of writes, then the watermark; answered with [`Input::WriteDone`].
+    /// One pipeline of writes, then the watermark; answered with [`Input::WriteDone`]. Redis
+    /// refuses every write of it once its clock is past `read_deadline_ms`.
     Write {
         writes: Arc<Vec<Write>>,
         zxid: Option<i64>,
+        read_deadline_ms: Option<u64>,
     },
     LoadScripts,
     CheckSubtree {
@@ -192,6 +194,7 @@ enum RedisLink {
 struct ReadRequest {
     items: Vec<ReadItem>,
     sent: Instant,
+    sent_ms: u64,
     /// The watch epoch it was sent in: only replies sent under the current watch count for
     /// the watermark.
     watch_epoch: u64,
@@ -212,6 +215,10 @@ pub(crate) struct Core {
     read_window: usize,
     memory_budget: usize,
     read_charge: usize,
+    /// How long a read may be held before Redis refuses its write: half the tombstone ttl, so
+    /// that a read older than any tombstone it could meet is never written (and clocks of the
+    /// mirror's host and Redis may differ by up to the other half).
+    max_read_age_ms: u64,
     started_at_ms: u64,
     record: Recorder,
 
@@ -281,6 +288,7 @@ impl Core {
             read_window: config.read_window,
             memory_budget: config.memory_budget,
             read_charge: config.max_znode_bytes + READ_OVERHEAD_BYTES,
+            max_read_age_ms: (config.tombstone_ttl.as_millis() as u64 / 2).max(1),
             started_at_ms: now_ms(),
             record,
             zk: ZkLink::Connecting,
@@ -646,7 +654,7 @@ impl Core {
                 return;
             }
             self.paths_in_flight += paths.len();
-            self.reads.push_back(ReadRequest { items, sent: now, watch_epoch: self.watch_epoch });
+            self.reads.push_back(ReadRequest { items, sent: now, sent_ms: now_ms(), watch_epoch: self.watch_epoch });
             self.effects.push_back(Effect::Read(paths));
         }
     }
@@ -666,7 +674,7 @@ impl Core {
                         Fetched::Unreadable { .. } => None,
                     };
                     highest_zxid = highest_zxid.max(zxid);
-                    self.on_read(fetched, item);
+                    self.on_read(fetched, item, request.sent_ms);
                 }
                 Err(ZkError::SessionExpired) => {
                     self.on_session_ended();
@@ -711,7 +719,7 @@ impl Core {
         }
     }
 
-    fn on_read(&mut self, fetched: Fetched, item: ReadItem) {
+    fn on_read(&mut self, fetched: Fetched, item: ReadItem, read_at_ms: u64) {
         let current = self.walk.as_ref().map(|w| w.generation);
         let walk_generation = item.walk.map(|(generation, _)| generation).filter(|g| Some(*g) == current);
         let write = match fetched {
@@ -754,7 +762,7 @@ impl Core {
                 Write::Hide { path, stat }
             }
         };
-        self.writes.push(Pending { write, walk: walk_generation, mark: item.mark });
+        self.writes.push(Pending { write, walk: walk_generation, mark: item.mark, read_at_ms });
     }
 
     /// Whether a proper ancestor of `path` (below the root or the root itself) is unreadable.
@@ -781,10 +789,11 @@ impl Core {
             return;
         }
         let zxid = Some(self.watermark.value()).filter(|z| *z > self.published_zxid);
-        if let Some(writes) = self.writes.start_batch(zxid) {
+        if let Some((writes, oldest_read_ms)) = self.writes.start_batch(zxid) {
             self.record.batch_sent(writes.len());
             self.batch_sent = Some(now);
-            self.effects.push_back(Effect::Write { writes, zxid });
+            let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
+            self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
         }
     }
 
@@ -815,9 +824,14 @@ impl Core {
                         walk.open = walk.open.saturating_sub(*n);
                     }
                 }
-                let mut failed = 0;
+                let (mut failed, mut stale) = (0, 0);
                 for ((write, mark), outcome) in batch.writes.iter().zip(&batch.marks).zip(&applied.outcomes) {
                     match outcome {
+                        WriteOutcome::Refused(Refusal::Stale) => {
+                            // Held past its deadline (the mirror was paused?): read it again.
+                            stale += 1;
+                            self.dirty.push(write.path(), *mark);
+                        }
                         WriteOutcome::Failed(why) => {
                             if failed == 0 {
                                 warn!(path = %write.path(), why = %why, failed = counts.failed,
@@ -839,6 +853,13 @@ impl Core {
                             }
                         }
                     }
+                }
+                if stale > 0 {
+                    warn!(
+                        writes = stale,
+                        max_age_ms = self.max_read_age_ms,
+                        "Redis refused writes of reads held too long (was the mirror paused?); reading them again"
+                    );
                 }
                 if failed > 0 && self.failed_retry_at.is_none() {
                     self.failed_retry_at = Some(now + FAILED_WRITE_RETRY);
@@ -868,9 +889,10 @@ impl Core {
                 if let Some(mut batch) = self.noscript_batch.take() {
                     batch.retried = true;
                     let zxid = batch.zxid;
-                    let writes = self.writes.resend(batch);
+                    let (writes, oldest_read_ms) = self.writes.resend(batch);
                     self.batch_sent = Some(now);
-                    self.effects.push_back(Effect::Write { writes, zxid });
+                    let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
+                    self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
                 }
                 if was_down {
                     info!("Redis is reachable again: reconciling");

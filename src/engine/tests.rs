@@ -136,7 +136,7 @@ fn writes_of(effects: &[Effect]) -> Vec<WriteSummary> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Write { writes, zxid } => Some((writes.iter().map(|w| w.path().to_owned()).collect(), *zxid)),
+            Effect::Write { writes, zxid, .. } => Some((writes.iter().map(|w| w.path().to_owned()).collect(), *zxid)),
             _ => None,
         })
         .collect()

@@ -20,6 +20,8 @@ pub(crate) struct Pending {
     pub walk: Option<u64>,
     /// The watch event this read answers (see [`super::watermark`]).
     pub mark: Option<u64>,
+    /// When the read was sent (unix ms): Redis refuses the write once it is too old.
+    pub read_at_ms: u64,
 }
 
 /// The pipeline in flight and what it settles.
@@ -34,6 +36,8 @@ pub(crate) struct Batch {
     /// The watermark this batch raises `P:mirror` `zxid` to, after its writes.
     pub zxid: Option<i64>,
     pub bytes: usize,
+    /// When the batch's oldest read was sent (unix ms), if it has any write.
+    pub oldest_read_ms: Option<u64>,
     /// Sent again after Redis answered NOSCRIPT once.
     pub retried: bool,
 }
@@ -71,7 +75,7 @@ impl WriteQueue {
 
     /// Takes everything ready, up to the batch bounds, as the next pipeline. `zxid`: the
     /// watermark to publish after the writes, if it moved.
-    pub fn start_batch(&mut self, zxid: Option<i64>) -> Option<Arc<Vec<Write>>> {
+    pub fn start_batch(&mut self, zxid: Option<i64>) -> Option<(Arc<Vec<Write>>, Option<u64>)> {
         if self.in_flight.is_some() || (self.ready.is_empty() && zxid.is_none()) {
             return None;
         }
@@ -82,6 +86,7 @@ impl WriteQueue {
             live_mtimes: Vec::new(),
             zxid,
             bytes: 0,
+            oldest_read_ms: None,
             retried: false,
         };
         let mut writes = Vec::new();
@@ -99,15 +104,16 @@ impl WriteQueue {
                 }
             }
             batch.marks.push(pending.mark);
+            batch.oldest_read_ms = Some(batch.oldest_read_ms.map_or(pending.read_at_ms, |t| t.min(pending.read_at_ms)));
             writes.push(pending.write);
             if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= MAX_BATCH_BYTES {
                 break;
             }
         }
         batch.writes = Arc::new(writes);
-        let writes = batch.writes.clone();
+        let sent = (batch.writes.clone(), batch.oldest_read_ms);
         self.in_flight = Some(batch);
-        Some(writes)
+        Some(sent)
     }
 
     #[cfg(test)]
@@ -121,10 +127,10 @@ impl WriteQueue {
     }
 
     /// Puts a batch back in flight (sent again after NOSCRIPT).
-    pub fn resend(&mut self, batch: Batch) -> Arc<Vec<Write>> {
-        let writes = batch.writes.clone();
+    pub fn resend(&mut self, batch: Batch) -> (Arc<Vec<Write>>, Option<u64>) {
+        let sent = (batch.writes.clone(), batch.oldest_read_ms);
         self.in_flight = Some(batch);
-        writes
+        sent
     }
 
     /// Drops every ready write (Redis lost, session expired: a walk rewrites them). Returns
@@ -148,11 +154,11 @@ mod tests {
     fn a_batch_stops_at_the_byte_bound_and_counts_what_it_holds() {
         let mut q = WriteQueue::default();
         for i in 0..20 {
-            q.push(Pending { write: put(&format!("/r/{i}"), 1 << 20), walk: Some(1), mark: None });
+            q.push(Pending { write: put(&format!("/r/{i}"), 1 << 20), walk: Some(1), mark: None, read_at_ms: 1 });
         }
         let held = q.bytes();
         assert!(held > 20 << 20);
-        let writes = q.start_batch(None).map(|w| w.len());
+        let writes = q.start_batch(None).map(|(w, _)| w.len());
         assert_eq!(writes, Some(8), "8 MiB per pipeline");
         // The pipeline in flight counts twice; the rest stays ready.
         assert!(q.bytes() > held);
@@ -166,7 +172,7 @@ mod tests {
     fn a_watermark_alone_makes_a_batch() {
         let mut q = WriteQueue::default();
         assert!(q.start_batch(None).is_none());
-        assert_eq!(q.start_batch(Some(7)).map(|w| w.len()), Some(0));
+        assert_eq!(q.start_batch(Some(7)).map(|(w, oldest)| (w.len(), oldest)), Some((0, None)));
         assert_eq!(q.finish_batch().and_then(|b| b.zxid), Some(7));
     }
 }
