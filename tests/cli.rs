@@ -502,3 +502,32 @@ async fn no_color_turns_colour_off_on_a_terminal() {
     let plain = run_on_a_pty(true).await;
     assert!(!plain.contains(&0x1b), "colour despite NO_COLOR: {}", String::from_utf8_lossy(&plain));
 }
+
+#[tokio::test]
+async fn every_command_defaults_to_the_standard_local_ports_and_says_so() {
+    let zk_default = "[default: 127.0.0.1:2181]";
+    let redis_default = "[default: redis://127.0.0.1:6379/]";
+    for (command, defaults) in [
+        ("run", &[zk_default, redis_default][..]),
+        ("check-config", &[zk_default, redis_default]),
+        ("verify", &[zk_default, redis_default]),
+        ("status", &[zk_default, redis_default]),
+        ("get", &[redis_default]),
+        ("ls", &[redis_default]),
+        ("import", &[zk_default]),
+        ("export", &[zk_default]),
+    ] {
+        let help = zkmirror(&[command, "--help"]).await.expect(0).out();
+        for default in defaults {
+            assert!(help.contains(default), "`zkmirror {command} --help` does not show {default}:\n{help}");
+        }
+    }
+    // Nothing given: the default is used (Redis at 6379 answers, or its absence is named).
+    let outcome = zkmirror(&["ls", "/no/such/znode"]).await;
+    assert!(
+        outcome.code == 1 || outcome.stderr.contains("redis://127.0.0.1:6379/"),
+        "exit {}: {}",
+        outcome.code,
+        outcome.stderr
+    );
+}
