@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// Where ZooKeeper is when nothing says otherwise: what `zkCli.sh` connects to by itself.
+pub const DEFAULT_ZK_SERVERS: &str = "127.0.0.1:2181";
+/// Where Redis is when nothing says otherwise: what `redis-cli` connects to by itself.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
 /// One mirror: a ZooKeeper subtree copied into Redis under one prefix.
 #[derive(Clone, PartialEq)]
 pub struct MirrorConfig {
@@ -228,11 +233,23 @@ pub fn validate_zk_servers(servers: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What a Redis URL looks like, for messages about one that is not.
+const REDIS_URL_FORM: &str =
+    "a Redis URL is redis://HOST:PORT/, rediss://HOST:PORT/ for TLS, redis://USER:PASSWORD@HOST:PORT/DB in full";
+
 pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let bad = |why: String| ConfigError::BadRedisUrl { url: mask_url(url), why };
-    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    // `HOST:PORT` is what redis-cli users type first; the url crate then reports "relative URL
+    // without a base" or takes the host for a scheme, neither of which says what to write.
+    let host_port = !url.contains("://")
+        && !url.contains('@')
+        && url.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if host_port {
+        return Err(bad(format!("it is HOST:PORT, not a URL: write redis://{url}/ ({REDIS_URL_FORM})")));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {REDIS_URL_FORM}")))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-        return Err(bad(format!("scheme {:?} is not redis:// or rediss://", parsed.scheme())));
+        return Err(bad(format!("the scheme {:?} is not redis:// or rediss://; {REDIS_URL_FORM}", parsed.scheme())));
     }
     redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
     Ok(())
@@ -278,6 +295,16 @@ mod tests {
         let mut c = config();
         c.redis_url = "http://x".into();
         assert!(c.validate().unwrap_err().to_string().contains("Redis URL"));
+        let mut c = config();
+        c.zk_servers = "localhost".into();
+        assert!(c.validate().unwrap_err().to_string().contains("host:port"));
+        for given in ["127.0.0.1:6379", "localhost:6379"] {
+            let why = validate_redis_url(given).unwrap_err().to_string();
+            assert!(why.contains(given) && why.contains(&format!("write redis://{given}/")), "{why}");
+            assert!(why.contains("rediss://"), "{why}");
+        }
+        let why = validate_redis_url("http://x/").unwrap_err().to_string();
+        assert!(why.contains("redis://HOST:PORT/"), "{why}");
         let mut c = config();
         c.zk_servers = "localhost".into();
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));

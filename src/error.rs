@@ -24,6 +24,12 @@ pub enum ConfigError {
 pub enum ZkError {
     #[error("cannot connect to ZooKeeper at {servers}: {source}")]
     Connect { servers: String, source: zookeeper_client::Error },
+    /// No server accepted a TCP connection; `why` holds each one's io error (refused, DNS, ...).
+    #[error("cannot connect to ZooKeeper at {servers}: {why}")]
+    Unreachable { servers: String, why: String },
+    /// A server accepted the connection but no session was established in time.
+    #[error("cannot connect to ZooKeeper at {servers}: no session within {within:?} (the port answers; is it ZooKeeper, and is it serving?)")]
+    NoSession { servers: String, within: std::time::Duration },
     /// The session is gone for good: a new session, a new watch and a reconcile are needed.
     #[error("ZooKeeper session expired")]
     SessionExpired,

@@ -47,17 +47,26 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
+    // zookeeper-client warns about every failed connection attempt, including those it retries
+    // and then succeeds with (a one-shot command's first attempt while the server is still
+    // opening sessions), and the mirror logs each failure itself with its cause. So its target
+    // is at `error` unless RUST_LOG says otherwise.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Colours only for a terminal: a journal or a log file would keep the escape codes.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},zookeeper_client=error")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colours only for a terminal (a journal or a log file would keep the escape codes), and
+/// never when `NO_COLOR` is set to anything but the empty string (https://no-color.org).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -86,14 +95,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if is_run {
+            // Said once: with JSON logs stderr carries only JSON lines (a journal's reader
+            // expects them), otherwise one plain line as every other command prints.
+            if is_run && json_logs {
                 error!("{e:#}");
-            }
-            // With JSON logs, stderr carries only JSON lines: the log line above says it.
-            if !(is_run && json_logs) {
+            } else {
                 eprintln!("zkmirror: {e:#}");
             }
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())), "an empty NO_COLOR does not count");
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
     }
 }

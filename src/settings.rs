@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{mask_url, MirrorConfig, ZkDigest};
+use crate::config::{mask_url, MirrorConfig, ZkDigest, DEFAULT_REDIS_URL, DEFAULT_ZK_SERVERS};
 use crate::error::ConfigError;
 use crate::filter::Filter;
 use crate::path;
@@ -297,10 +297,13 @@ fn build(
             flag.trim_start_matches("--").to_uppercase().replace('-', "_")
         ),
     };
+    // Like zkCli.sh and redis-cli, the servers default to the standard local ports. The
+    // defaults sit here, below the file, rather than in clap: a clap default would count as a
+    // flag and always win over the file.
     let (zk, zk_origin) = layer(o.zk.as_ref(), "--zk", file.zookeeper.servers.as_ref(), source, "zookeeper.servers")
-        .ok_or_else(|| missing("ZooKeeper servers", "--zk", "zookeeper.servers"))?;
+        .unwrap_or_else(|| (DEFAULT_ZK_SERVERS.to_owned(), Origin::Default));
     let (redis, redis_origin) = layer(o.redis.as_ref(), "--redis", file.redis.url.as_ref(), source, "redis.url")
-        .ok_or_else(|| missing("Redis URL", "--redis", "redis.url"))?;
+        .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
     let zk_auth = match (&o.zk_auth, &file.zookeeper.auth, source) {
         (Some(digest), _, _) => Some(digest.clone()),
         (None, Some(auth), Some(source)) => Some(
@@ -624,8 +627,20 @@ max_depth = 2
     }
 
     #[test]
-    fn missing_servers_are_explained() {
+    fn servers_default_to_the_standard_local_ports_below_file_and_flags() {
+        let o = Overrides { root: Some("/app".into()), ..Overrides::default() };
+        let s = Settings::load(None, &o).expect("defaults suffice");
+        assert_eq!(s.mirrors[0].zk_servers, DEFAULT_ZK_SERVERS);
+        assert_eq!(s.mirrors[0].redis_url, DEFAULT_REDIS_URL);
+        let s = load_text(GOOD, &Overrides::default()).expect("valid");
+        assert_eq!(s.mirrors[0].redis_url, "redis://user:pw@127.0.0.1:6379/", "the file lost to the default");
+        let o = Overrides { zk: Some("zk1:2181".into()), ..o };
+        assert_eq!(Settings::load(None, &o).expect("valid").mirrors[0].zk_servers, "zk1:2181");
+    }
+
+    #[test]
+    fn a_missing_root_is_explained() {
         let err = Settings::load(None, &Overrides::default()).unwrap_err().to_string();
-        assert!(err.contains("--zk"), "{err}");
+        assert!(err.contains("--root") && err.contains("ZKMIRROR_ROOT"), "{err}");
     }
 }

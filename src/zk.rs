@@ -22,15 +22,26 @@ pub struct ZkSession {
 }
 
 impl ZkSession {
-    /// Opens a session (with digest auth when configured). Fails after about one session
-    /// timeout if no server answers; the caller retries with backoff.
+    /// Opens a session (with digest auth when configured). Fails at once, naming each server's
+    /// io error, when no server accepts a TCP connection; after about one session timeout when
+    /// one does but no session comes. The caller retries with backoff.
     pub async fn connect(config: &MirrorConfig) -> Result<ZkSession, ZkError> {
+        // zookeeper-client 0.11.2 turns a failed TCP connect into `ConnectionLoss` (the io error
+        // is logged at debug and dropped) and retries until the session timeout, then reports
+        // `Timeout`: a refused port looked like 10 s of silence, then "timeout". The probe finds
+        // the real cause first, at the cost of one extra connection per session.
+        probe(&config.zk_servers, config.session_timeout * 2 / 5)
+            .await
+            .map_err(|why| ZkError::Unreachable { servers: config.zk_servers.clone(), why })?;
         let mut connector = Client::connector().with_session_timeout(config.session_timeout);
         if let Some(digest) = &config.zk_auth {
             connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
         }
         let client = connector.connect(&config.zk_servers).await.map_err(|source| match source {
             ZkClientError::AuthFailed => ZkError::AuthFailed,
+            ZkClientError::Timeout => {
+                ZkError::NoSession { servers: config.zk_servers.clone(), within: config.session_timeout }
+            }
             source => ZkError::Connect { servers: config.zk_servers.clone(), source },
         })?;
         let session = ZkSession {
@@ -121,6 +132,28 @@ impl ZkSession {
             futures::future::join_all(completions).await
         }
     }
+}
+
+/// Opens, and at once closes, a TCP connection to each server of the connect string
+/// (`[tcp://]host:port[,...][/chroot]`) until one accepts. The error names every server with
+/// its own cause: the OS's text for a refused connection or an unknown host, or no answer
+/// within `timeout` (each server is given `timeout`, as the client gives each connection).
+pub async fn probe(servers: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for server in servers.split(',').map(str::trim) {
+        let (scheme, rest) = server.split_once("://").unwrap_or(("tcp", server));
+        let host_port = rest.split('/').next().unwrap_or(rest);
+        if scheme != "tcp" {
+            failures.push(format!("{host_port}: {scheme}:// is not supported (this build speaks plain tcp:// only)"));
+            continue;
+        }
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(host_port)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => failures.push(format!("{host_port}: {error}")),
+            Err(_) => failures.push(format!("{host_port}: no answer within {timeout:?}")),
+        }
+    }
+    Err(failures.join("; "))
 }
 
 /// What one path's answers in a multi-read say, before any follow-up read.

@@ -409,3 +409,127 @@ async fn import_names_the_file_it_cannot_use() {
         zkmirror(&["import", dir.to_str().expect("utf-8"), "--zk", "127.0.0.1:1", "--root", "/x"]).await.expect(2);
     assert!(outcome.stderr.contains("svc/.data"), "{}", outcome.stderr);
 }
+
+#[tokio::test]
+async fn a_redis_address_without_a_scheme_is_answered_with_what_a_redis_url_looks_like() {
+    for given in ["127.0.0.1:6379", "localhost:6379"] {
+        for args in [vec!["get", "/app", "--redis", given], vec!["run", "--root", "/app", "--redis", given]] {
+            let outcome = zkmirror(&args).await.expect(2);
+            let said = &outcome.stderr;
+            assert!(said.contains(given), "{args:?}: the value is not named: {said}");
+            assert!(said.contains(&format!("redis://{given}/")), "{args:?}: no URL to write instead: {said}");
+            assert!(said.contains("redis://HOST:PORT/") && said.contains("rediss://"), "{args:?}: {said}");
+            // `run` logs at info by default: the error still comes once, not as a log line too.
+            assert_eq!(said.matches("bad Redis URL").count(), 1, "{args:?}: said more than once: {said}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_says_a_bad_argument_once() {
+    let mut command = command(&["run", "--root", "app"]);
+    command.env("RUST_LOG", "info");
+    let outcome = finish(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")).await.expect(2);
+    assert_eq!(outcome.stderr.matches("\"app\"").count(), 1, "{}", outcome.stderr);
+}
+
+#[tokio::test]
+async fn a_dead_redis_is_named_with_its_os_error_once() {
+    let mut gone = RedisServer::start();
+    let url = gone.url();
+    gone.stop();
+    let outcome = zkmirror(&["get", "/app", "--redis", &url]).await.expect(2);
+    assert!(outcome.stderr.contains(&url), "{}", outcome.stderr);
+    assert_eq!(outcome.stderr.matches("Connection refused").count(), 1, "{}", outcome.stderr);
+}
+
+/// `zkmirror run` against a port where nothing listens, logging to a file as a service would.
+fn run_against_a_closed_port(log: &Path) -> tokio::process::Child {
+    let closed = format!("127.0.0.1:{}", common::servers::free_port());
+    let file = std::fs::File::create(log).expect("log file");
+    let mut command = command(&["run", "--zk", &closed, "--redis", "redis://127.0.0.1:1/", "--root", "/app"]);
+    command.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    command.stdout(Stdio::null()).stderr(file).spawn().expect("starting zkmirror run")
+}
+
+async fn first_line_containing(log: &Path, needle: &str) -> String {
+    wait_until(Duration::from_secs(60), &format!("the log has a line with {needle:?}"), || async {
+        let text = std::fs::read_to_string(log).map_err(|e| e.to_string())?;
+        text.lines().find(|l| l.contains(needle)).map(str::to_owned).ok_or(text)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_unreachable_zookeeper_is_logged_with_the_real_cause_and_logs_to_a_file_have_no_colour() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let log = scratch.path().join("mirror.log");
+    let mut mirror = run_against_a_closed_port(&log);
+    // The first failure is logged as soon as it happens, naming the cause (not `timeout`).
+    let first = first_line_containing(&log, "ZooKeeper unreachable").await;
+    assert!(first.contains("refused"), "the first failure does not name its cause: {first}");
+    mirror.start_kill().expect("kill");
+    let _ = mirror.wait().await;
+    let text = std::fs::read(&log).expect("read log");
+    assert!(!text.contains(&0x1b), "escape codes in a log file: {}", String::from_utf8_lossy(&text));
+}
+
+/// On a terminal (a pty, through util-linux `script`) logs are coloured unless `NO_COLOR` is set.
+#[tokio::test]
+async fn no_color_turns_colour_off_on_a_terminal() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let run_on_a_pty = |no_color: bool| {
+        let transcript = scratch.path().join(format!("pty-{no_color}.log"));
+        let inner = format!(
+            "timeout 2 {} run --zk 127.0.0.1:{} --redis redis://127.0.0.1:1/ --root /app",
+            env!("CARGO_BIN_EXE_zkmirror"),
+            common::servers::free_port()
+        );
+        let mut command = tokio::process::Command::new("script");
+        command.args(["-qec", &inner]).arg(&transcript).env("RUST_LOG", "info").stdin(Stdio::null());
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        if no_color {
+            command.env("NO_COLOR", "1");
+        } else {
+            command.env_remove("NO_COLOR");
+        }
+        async move {
+            command.status().await.expect("running script(1)");
+            std::fs::read(&transcript).expect("transcript")
+        }
+    };
+    // `run` logs its start-up line and the first failure at once; `timeout` then stops it.
+    let coloured = run_on_a_pty(false).await;
+    assert!(coloured.contains(&0x1b), "no colour on a terminal: the check below could not fail");
+    let plain = run_on_a_pty(true).await;
+    assert!(!plain.contains(&0x1b), "colour despite NO_COLOR: {}", String::from_utf8_lossy(&plain));
+}
+
+#[tokio::test]
+async fn every_command_defaults_to_the_standard_local_ports_and_says_so() {
+    let zk_default = "[default: 127.0.0.1:2181]";
+    let redis_default = "[default: redis://127.0.0.1:6379/]";
+    for (command, defaults) in [
+        ("run", &[zk_default, redis_default][..]),
+        ("check-config", &[zk_default, redis_default]),
+        ("verify", &[zk_default, redis_default]),
+        ("status", &[zk_default, redis_default]),
+        ("get", &[redis_default]),
+        ("ls", &[redis_default]),
+        ("import", &[zk_default]),
+        ("export", &[zk_default]),
+    ] {
+        let help = zkmirror(&[command, "--help"]).await.expect(0).out();
+        for default in defaults {
+            assert!(help.contains(default), "`zkmirror {command} --help` does not show {default}:\n{help}");
+        }
+    }
+    // Nothing given: the default is used (Redis at 6379 answers, or its absence is named).
+    let outcome = zkmirror(&["ls", "/no/such/znode"]).await;
+    assert!(
+        outcome.code == 1 || outcome.stderr.contains("redis://127.0.0.1:6379/"),
+        "exit {}: {}",
+        outcome.code,
+        outcome.stderr
+    );
+}

@@ -37,8 +37,8 @@ const CONNECT_RETRY: Duration = Duration::from_millis(250);
 /// Where the copy is.
 #[derive(Args)]
 pub struct RedisArgs {
-    /// Redis URL, redis://[user:password@]host:port[/db].
-    #[arg(long, env = "ZKMIRROR_REDIS")]
+    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS).
+    #[arg(long, env = "ZKMIRROR_REDIS", default_value = zkmirror::config::DEFAULT_REDIS_URL)]
     pub redis: String,
     /// Key prefix in Redis.
     #[arg(long, env = "ZKMIRROR_PREFIX", default_value = "zk")]
@@ -49,7 +49,7 @@ pub struct RedisArgs {
 #[derive(Args)]
 pub struct ZkArgs {
     /// ZooKeeper servers, host:port[,host:port...].
-    #[arg(long, env = "ZKMIRROR_ZK")]
+    #[arg(long, env = "ZKMIRROR_ZK", default_value = zkmirror::config::DEFAULT_ZK_SERVERS)]
     pub zk: String,
     /// ZooKeeper digest credentials, user:password.
     #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
@@ -78,7 +78,12 @@ pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Resul
             Ok(Err(error @ zookeeper_client::Error::AuthFailed)) => {
                 return Err(error).with_context(|| format!("ZooKeeper at {servers} refused --zk-auth"))
             }
-            Ok(Err(error)) => error.to_string(),
+            // The client says only "no hosts" when no server accepted the connection: ask
+            // the OS why (refused, unknown host, ...).
+            Ok(Err(error)) => match zkmirror::zk::probe(servers, CONNECT_RETRY * 8).await {
+                Err(why) => why,
+                Ok(()) => error.to_string(),
+            },
             Err(_) => "no session".to_owned(),
         };
         if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
@@ -95,10 +100,12 @@ pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<(MultiplexedConne
     validate_redis_url(&args.redis)?;
     let server = mask_url(&args.redis);
     let client = redis::Client::open(args.redis.as_str()).with_context(|| format!("bad Redis URL {server}"))?;
+    // Not `.context()`: a RedisError's text already ends with its io error's, which `{:#}`
+    // would print a second time as the source.
     let conn = client
         .get_multiplexed_async_connection()
         .await
-        .with_context(|| format!("cannot connect to Redis at {server}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {server}: {e}"))?;
     Ok((conn, server))
 }
 

@@ -32,10 +32,11 @@ struct SettingsArgs {
     /// TOML settings file (watched: a valid change applies without a restart; SIGHUP reloads).
     #[arg(long, env = "ZKMIRROR_CONFIG")]
     config: Option<PathBuf>,
-    /// ZooKeeper servers, host:port[,host:port...].
+    /// ZooKeeper servers, host:port[,host:port...] [default: 127.0.0.1:2181].
     #[arg(long, env = "ZKMIRROR_ZK")]
     zk: Option<String>,
-    /// Redis URL, redis://[user:password@]host:port[/db].
+    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
+    /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
     redis: Option<String>,
     /// The subtree to mirror (an absolute ZooKeeper path); replaces the file's [[roots]].

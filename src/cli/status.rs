@@ -1,5 +1,5 @@
 //! `zkmirror status`: what the mirror last wrote to `P:mirror`, judged: live and a recent
-//! heartbeat, or not. With `--zk`, also how far the copy is behind ZooKeeper
+//! heartbeat, or not. With `--lag` (or `--zk`), also how far the copy is behind ZooKeeper
 //! ([`zkmirror::lag`]).
 //!
 //! When several roots share the prefix, `P:mirror` is their aggregate and lists them in
@@ -31,8 +31,12 @@ use zkmirror::settings::parse_duration_text;
 pub struct StatusArgs {
     #[command(flatten)]
     redis: RedisArgs,
-    /// ZooKeeper servers: also report how far the copy is behind ZooKeeper. This reads the Stat
-    /// of every znode under the mirrored root (as one anti-entropy pass does).
+    /// Also report how far the copy is behind ZooKeeper (at --zk). This reads the Stat of
+    /// every znode under the mirrored root (as one anti-entropy pass does).
+    #[arg(long)]
+    lag: bool,
+    /// ZooKeeper servers, host:port[,host:port...]; giving them implies --lag
+    /// [default: 127.0.0.1:2181].
     #[arg(long, env = "ZKMIRROR_ZK")]
     zk: Option<String>,
     /// ZooKeeper digest credentials, user:password.
@@ -41,8 +45,9 @@ pub struct StatusArgs {
     /// A heartbeat older than this makes the mirror stale (exit 1), e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration_text)]
     max_heartbeat_age: Duration,
-    /// With --zk: a change not yet mirrored after this long makes the mirror stale (exit 1).
-    #[arg(long, requires = "zk", value_parser = parse_duration_text)]
+    /// With --lag (or --zk): a change not yet mirrored after this long makes the mirror stale
+    /// (exit 1).
+    #[arg(long, value_parser = parse_duration_text)]
     max_lag: Option<Duration>,
     /// Print one JSON object (see the README, "Operating it") instead of text.
     #[arg(long)]
@@ -70,7 +75,22 @@ struct Section {
     problems: Vec<String>,
 }
 
+impl StatusArgs {
+    /// The ZooKeeper servers to measure the lag against, if the lag is asked for: `--zk` (or
+    /// `ZKMIRROR_ZK`) asks by itself, `--lag` alone uses the default servers.
+    fn lag_servers(&self) -> Option<&str> {
+        match (&self.zk, self.lag) {
+            (Some(servers), _) => Some(servers),
+            (None, true) => Some(zkmirror::config::DEFAULT_ZK_SERVERS),
+            (None, false) => None,
+        }
+    }
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.max_lag.is_some() && args.lag_servers().is_none() {
+        anyhow::bail!("--max-lag needs --lag (or --zk): the lag is measured against ZooKeeper");
+    }
     let (mut conn, server) = connect_redis(&args.redis).await?;
     let keys = Keys::new(&args.redis.prefix);
     let Some(state) = read_state(&mut conn, &keys, None, &server).await? else {
@@ -87,7 +107,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(no());
     };
-    let zk = match &args.zk {
+    let zk = match args.lag_servers() {
         Some(servers) => Some(connect_zk(servers, args.zk_auth.as_ref()).await?),
         None => None,
     };
@@ -235,7 +255,7 @@ fn text_section(section: &Section, ctx: &Inquiry<'_>, each: &[Section], shared: 
         format!("{} ago (stale after {})", human_ms(age), human_ms(ctx.args.max_heartbeat_age.as_millis() as i64))
     });
     let behind = match &section.lag {
-        None if ctx.args.zk.is_none() => "unknown (pass --zk to ask ZooKeeper)".to_owned(),
+        None if ctx.args.lag_servers().is_none() => "unknown (pass --lag to ask ZooKeeper)".to_owned(),
         None => "unknown (the status names no root)".to_owned(),
         Some(lag) => {
             let ms = lag.ms.map_or_else(|| "time unknown (only deletes pending)".to_owned(), human_ms);

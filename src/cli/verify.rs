@@ -28,10 +28,11 @@ pub struct VerifyArgs {
     /// other flags and the environment override the file as they do for `run`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["include", "exclude", "max_depth"])]
     config: Option<PathBuf>,
-    /// ZooKeeper servers, host:port[,host:port...].
+    /// ZooKeeper servers, host:port[,host:port...] [default: 127.0.0.1:2181].
     #[arg(long, env = "ZKMIRROR_ZK")]
     zk: Option<String>,
-    /// Redis URL, redis://[user:password@]host:port[/db].
+    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
+    /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
     redis: Option<String>,
     /// The mirrored subtree (an absolute ZooKeeper path); with --config, replaces the file's
