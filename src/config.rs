@@ -131,11 +131,12 @@ impl MirrorConfig {
         if self.read_window == 0 {
             return Err(ConfigError::BadSetting { name: "read_window", why: "0: must be at least 1".into() });
         }
-        if self.memory_budget < self.max_znode_bytes + (8 << 20) {
+        if self.max_znode_bytes == 0 || self.memory_budget < 6 * self.max_znode_bytes {
             return Err(ConfigError::BadSetting {
                 name: "memory_budget",
                 why: format!(
-                    "{} bytes is below the largest znode ({} bytes) plus one Redis pipeline (8 MiB)",
+                    "{} bytes: must be at least 6 × the largest znode ({} bytes): a read in flight is \
+                     held three times while it is decoded, and its write three times while it is sent",
                     self.memory_budget, self.max_znode_bytes
                 ),
             });

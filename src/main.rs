@@ -69,7 +69,23 @@ fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
+/// Large buffers (a 1 MB znode, a pipeline of them) are given back to the system when freed.
+///
+/// glibc serves allocations above its mmap threshold with `mmap` and returns them on free, but
+/// it raises that threshold each time such a block is freed (up to 32 MiB), after which 1 MB
+/// buffers come from the heap and stay resident when freed. A tree of large values then grows
+/// the process well past what the mirror holds by its memory budget. A fixed threshold turns
+/// that adjustment off.
+fn keep_large_buffers_returnable() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_buffers_returnable();
     let cli = Cli::parse();
     // The one-shot operator commands answer on stdout; their logs would only be noise.
     let is_run = matches!(cli.command, Command::Run(_));

@@ -43,6 +43,11 @@ pub struct Overrides {
     pub tombstone_ttl: Option<Duration>,
     pub changes_maxlen: Option<u64>,
     pub read_window: Option<usize>,
+    /// Bytes the mirror may hold at once (`--memory-budget`).
+    pub memory_budget: Option<u64>,
+    /// The largest znode the ZooKeeper servers accept, their `jute.maxbuffer`
+    /// (`--max-znode-size`).
+    pub max_znode_size: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -94,6 +99,9 @@ struct MirrorSection {
     tombstone_ttl: Option<Spanned<String>>,
     changes_maxlen: Option<Spanned<u64>>,
     read_window: Option<Spanned<usize>>,
+    /// A size: bytes, or a number with a unit (`64MiB`, `512 KB`).
+    memory_budget: Option<Spanned<String>>,
+    max_znode_size: Option<Spanned<String>>,
     keep_keys_on_remove: Option<bool>,
 }
 
@@ -232,11 +240,13 @@ impl Settings {
                 mask_url(&m.redis_url),
             ));
             out.push_str(&format!(
-                "[mirror]\nanti_entropy_interval = \"{}ms\"\ntombstone_ttl = \"{}ms\"\nchanges_maxlen = {}\nread_window = {}\nkeep_keys_on_remove = {}\n\n",
+                "[mirror]\nanti_entropy_interval = \"{}ms\"\ntombstone_ttl = \"{}ms\"\nchanges_maxlen = {}\nread_window = {}\nmemory_budget = \"{}\"\nmax_znode_size = \"{}\"\nkeep_keys_on_remove = {}\n\n",
                 m.anti_entropy_interval.as_millis(),
                 m.tombstone_ttl.as_millis(),
                 m.changes_maxlen,
                 m.read_window,
+                m.memory_budget,
+                m.max_znode_bytes,
                 self.keep_keys_on_remove,
             ));
         }
@@ -366,6 +376,23 @@ fn build(
     let read_window_file = file.mirror.read_window.as_ref().map(|s| Spanned::new(s.span(), *s.get_ref() as u64));
     let read_window =
         number(o.read_window.map(|n| n as u64), "--read-window", read_window_file.as_ref(), "mirror.read_window");
+    let size = |flag: Option<u64>, flag_name: &'static str, spanned: Option<&Spanned<String>>, key: &str| match (
+        flag, spanned, source,
+    ) {
+        (Some(n), _, _) => Ok(Some((n, Origin::Flag(flag_name)))),
+        (None, Some(s), Some(source)) => {
+            let origin = Origin::File(source, s.span().start, key.to_owned());
+            match parse_size(s.get_ref()) {
+                Ok(n) => Ok(Some((n, origin))),
+                Err(why) => Err(origin.error(why)),
+            }
+        }
+        _ => Ok(None),
+    };
+    let memory_budget =
+        size(o.memory_budget, "--memory-budget", file.mirror.memory_budget.as_ref(), "mirror.memory_budget")?;
+    let max_znode_size =
+        size(o.max_znode_size, "--max-znode-size", file.mirror.max_znode_size.as_ref(), "mirror.max_znode_size")?;
     let default_prefix = layer(o.prefix.as_ref(), "--prefix", file.mirror.prefix.as_ref(), source, "mirror.prefix");
 
     // Roots: `--root` replaces the file's list (flags win); otherwise the file's `[[roots]]`.
@@ -424,6 +451,12 @@ fn build(
         if let Some((n, _)) = &read_window {
             config.read_window = usize::try_from(*n).unwrap_or(usize::MAX);
         }
+        if let Some((n, _)) = &memory_budget {
+            config.memory_budget = usize::try_from(*n).unwrap_or(usize::MAX);
+        }
+        if let Some((n, _)) = &max_znode_size {
+            config.max_znode_bytes = usize::try_from(*n).unwrap_or(usize::MAX);
+        }
         config.filter = spec.filter.clone();
         config.validate().map_err(|e| match e {
             ConfigError::BadRoot { .. } => spec.path.1.error(e.to_string()),
@@ -437,6 +470,7 @@ fn build(
                     "anti_entropy_interval" => Some(&anti_entropy_origin),
                     "changes_maxlen" => changes_maxlen.as_ref().map(|(_, o)| o),
                     "read_window" => read_window.as_ref().map(|(_, o)| o),
+                    "memory_budget" => memory_budget.as_ref().or(max_znode_size.as_ref()).map(|(_, o)| o),
                     _ => None,
                 };
                 match origin {
@@ -490,6 +524,14 @@ fn build(
         metrics_addr,
         file: path_of_file.map(Path::to_owned),
     })
+}
+
+/// A size: a count of bytes, or a number with a unit (`64MiB`, `512 KB`, `1.5GiB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|why| format!("{text:?} is not a size (write bytes, or e.g. 64MiB): {why}"))
 }
 
 #[cfg(test)]

@@ -65,6 +65,13 @@ struct SettingsArgs {
     /// Most znode reads in flight at once [default: 1024].
     #[arg(long, env = "ZKMIRROR_READ_WINDOW")]
     read_window: Option<usize>,
+    /// Bytes the mirror may hold at once: reads in flight (each counted as the largest
+    /// znode), writes waiting for Redis, changed paths not yet read [default: 64MiB].
+    #[arg(long, env = "ZKMIRROR_MEMORY_BUDGET", value_parser = parse_size_text, value_name = "SIZE")]
+    memory_budget: Option<u64>,
+    /// The largest znode the ZooKeeper servers accept (their jute.maxbuffer) [default: 1MiB].
+    #[arg(long, env = "ZKMIRROR_MAX_ZNODE_SIZE", value_parser = parse_size_text, value_name = "SIZE")]
+    max_znode_size: Option<u64>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
     #[arg(long, env = "ZKMIRROR_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -83,6 +90,8 @@ impl SettingsArgs {
             tombstone_ttl: self.tombstone_ttl,
             changes_maxlen: self.changes_maxlen,
             read_window: self.read_window,
+            memory_budget: self.memory_budget,
+            max_znode_size: self.max_znode_size,
             metrics_addr: self.metrics_addr,
         };
         (self.config, overrides)
@@ -116,4 +125,8 @@ pub async fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     println!("# {}: valid; effective settings (secrets masked):\n", args.file.display());
     print!("{}", settings.render_masked());
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_size_text(text: &str) -> Result<u64, String> {
+    zkmirror::settings::parse_size(text)
 }

@@ -10,8 +10,12 @@ use crate::store::Write;
 
 /// Most writes in one Redis pipeline.
 pub(crate) const MAX_BATCH_WRITES: usize = 1000;
-/// Most payload bytes in one Redis pipeline (a few 1 MB znodes at most).
+/// Most payload bytes in one Redis pipeline (a few 1 MB znodes at most), unless the memory
+/// budget asks for less (see [`WriteQueue::new`]).
 pub(crate) const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Copies of a pipeline alive while it is in flight: the writes, the encoded pipeline, and
+/// the connection's send buffer.
+const IN_FLIGHT_COPIES: usize = 3;
 
 /// A write waiting for Redis, with what it settles once acknowledged.
 pub(crate) struct Pending {
@@ -42,14 +46,32 @@ pub(crate) struct Batch {
     pub retried: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct WriteQueue {
     ready: VecDeque<Pending>,
     ready_bytes: usize,
     in_flight: Option<Batch>,
+    max_batch_bytes: usize,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        WriteQueue::new(64 << 20)
+    }
 }
 
 impl WriteQueue {
+    /// A queue for a mirror with this memory budget: one pipeline takes at most an eighth of
+    /// it (and at most [`MAX_BATCH_BYTES`]), so the copies of the one in flight leave room for
+    /// reads.
+    pub fn new(memory_budget: usize) -> WriteQueue {
+        WriteQueue {
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            in_flight: None,
+            max_batch_bytes: (memory_budget / 8).clamp(64 << 10, MAX_BATCH_BYTES),
+        }
+    }
+
     pub fn push(&mut self, pending: Pending) {
         self.ready_bytes += pending.write.weight();
         self.ready.push_back(pending);
@@ -67,10 +89,9 @@ impl WriteQueue {
         self.in_flight.is_some()
     }
 
-    /// Bytes held: ready writes, and the pipeline in flight twice (the writes and the encoded
-    /// pipeline both live until Redis answers).
+    /// Bytes held: ready writes, and the pipeline in flight [`IN_FLIGHT_COPIES`] times.
     pub fn bytes(&self) -> usize {
-        self.ready_bytes + self.in_flight.as_ref().map_or(0, |b| 2 * b.bytes)
+        self.ready_bytes + self.in_flight.as_ref().map_or(0, |b| IN_FLIGHT_COPIES * b.bytes)
     }
 
     /// Takes everything ready, up to the batch bounds, as the next pipeline. `zxid`: the
@@ -106,7 +127,7 @@ impl WriteQueue {
             batch.marks.push(pending.mark);
             batch.oldest_read_ms = Some(batch.oldest_read_ms.map_or(pending.read_at_ms, |t| t.min(pending.read_at_ms)));
             writes.push(pending.write);
-            if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= MAX_BATCH_BYTES {
+            if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= self.max_batch_bytes {
                 break;
             }
         }
