@@ -57,6 +57,7 @@ pub mod store;
 pub mod transfer;
 pub mod verify;
 pub mod zk;
+pub mod zkwalk;
 pub mod znode;
 
 pub use config::{MirrorConfig, ZkDigest};

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use futures::future::FutureExt;
 use serde::Serialize;
+use zkmirror::zkwalk::{Walk, WalkLimits};
 use zookeeper_client::{Acls, Client, CreateMode, MultiReadResult};
 
 use crate::common::ZkServer;
@@ -115,33 +115,31 @@ pub async fn populate(client: &Client, nodes: usize) -> Duration {
 }
 
 /// The reference: reads every znode's data and, for inner nodes, its children, with up to 1024
-/// reads in flight on one session — the least any copy must read. Returns the znodes read.
+/// reads in flight on one session — the least any copy must read. Returns the znodes read. The
+/// walk is zkmirror's own depth-first walker ([`Walk`]); the reads are the reference's.
 pub async fn raw_walk(client: &Client, root: &str) -> usize {
-    let mut stack = vec![root.to_owned()];
-    let mut reads = FuturesOrdered::new();
-    let mut count = 0;
-    loop {
-        while reads.len() < 1024 {
-            let Some(path) = stack.pop() else { break };
-            let data = client.get_data(&path);
-            let client = client.clone();
-            reads.push_back(async move {
-                let (_, stat) = data.await.expect("get_data");
-                let children = if stat.num_children > 0 {
-                    client.get_children(&path).await.expect("get_children").0
-                } else {
-                    Vec::new()
-                };
-                (path, children)
-            });
-        }
-        let Some((path, children)) = reads.next().await else {
-            break;
-        };
-        count += 1;
-        stack.extend(children.into_iter().map(|c| format!("{path}/{c}")));
-    }
-    count
+    let client = client.clone();
+    let limits = WalkLimits { batch: 1, requests: 1024, bytes: usize::MAX };
+    let walk = Walk::new(root, limits, move |paths| {
+        let reads: Vec<_> = paths
+            .into_iter()
+            .map(|path| {
+                let data = client.get_data(&path);
+                let client = client.clone();
+                async move {
+                    let (_, stat) = data.await.expect("get_data");
+                    let children = if stat.num_children > 0 {
+                        client.get_children(&path).await.expect("get_children").0
+                    } else {
+                        Vec::new()
+                    };
+                    (path, children)
+                }
+            })
+            .collect();
+        futures::future::join_all(reads).boxed()
+    });
+    count_walk(walk).await
 }
 
 /// Paths per multi-read in [`raw_walk_batched`] (the mirror's own batch size today).
@@ -152,60 +150,53 @@ pub const READ_BATCH: usize = 64;
 /// many reads in flight as [`raw_walk`] (1024). ZooKeeper then handles one request per batch
 /// instead of one per znode, which is the fastest way this client can read a tree.
 pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
-    enum Answer {
-        Data(Vec<String>, Vec<MultiReadResult>),
-        Children(Vec<String>, Vec<MultiReadResult>),
-    }
-    let window = 1024 / READ_BATCH;
-    let mut stack = vec![root.to_owned()];
-    let mut inflight: FuturesUnordered<BoxFuture<'_, Answer>> = FuturesUnordered::new();
-    let mut count = 0;
-    loop {
-        while inflight.len() < window && !stack.is_empty() {
-            let paths = stack.split_off(stack.len().saturating_sub(READ_BATCH));
+    let client = client.clone();
+    let limits = WalkLimits { batch: READ_BATCH, requests: 1024 / READ_BATCH, bytes: usize::MAX };
+    let walk = Walk::new(root, limits, move |paths| {
+        let client = client.clone();
+        async move {
             let mut reader = client.new_multi_reader();
             for path in &paths {
                 reader.add_get_data(path).expect("a valid path");
             }
-            let commit = reader.commit();
-            inflight.push(async move { Answer::Data(paths, commit.await.expect("multi-read getData")) }.boxed());
-        }
-        let Some(answer) = inflight.next().await else {
-            break;
-        };
-        match answer {
-            Answer::Data(paths, results) => {
-                count += paths.len();
-                let inner: Vec<String> = paths
-                    .into_iter()
-                    .zip(results)
-                    .filter_map(|(path, result)| match result {
-                        MultiReadResult::Data { stat, .. } => (stat.num_children > 0).then_some(path),
-                        other => panic!("multi-read getData {path}: {other:?}"),
-                    })
-                    .collect();
-                if !inner.is_empty() {
-                    let mut reader = client.new_multi_reader();
-                    for path in &inner {
-                        reader.add_get_children(path).expect("a valid path");
-                    }
-                    let commit = reader.commit();
-                    inflight.push(
-                        async move { Answer::Children(inner, commit.await.expect("multi-read getChildren")) }.boxed(),
-                    );
+            let results = reader.commit().await.expect("multi-read getData");
+            // Every path with no children yet; the inner ones get theirs from one more multi-read.
+            let mut read: Vec<(String, Vec<String>)> = Vec::with_capacity(paths.len());
+            let mut inner: Vec<usize> = Vec::new();
+            for (path, result) in paths.into_iter().zip(results) {
+                match result {
+                    MultiReadResult::Data { stat, .. } if stat.num_children > 0 => inner.push(read.len()),
+                    MultiReadResult::Data { .. } => {}
+                    other => panic!("multi-read getData {path}: {other:?}"),
                 }
+                read.push((path, Vec::new()));
             }
-            Answer::Children(paths, results) => {
-                for (path, result) in paths.into_iter().zip(results) {
+            if !inner.is_empty() {
+                let mut reader = client.new_multi_reader();
+                for &i in &inner {
+                    reader.add_get_children(&read[i].0).expect("a valid path");
+                }
+                let results = reader.commit().await.expect("multi-read getChildren");
+                for (i, result) in inner.into_iter().zip(results) {
                     match result {
-                        MultiReadResult::Children { children } => {
-                            stack.extend(children.into_iter().map(|c| format!("{path}/{c}")))
-                        }
-                        other => panic!("multi-read getChildren {path}: {other:?}"),
+                        MultiReadResult::Children { children } => read[i].1 = children,
+                        other => panic!("multi-read getChildren {}: {other:?}", read[i].0),
                     }
                 }
             }
+            read
         }
+        .boxed()
+    });
+    count_walk(walk).await
+}
+
+/// Runs a reference walk to the end, descending everywhere; the znodes read.
+async fn count_walk(mut walk: Walk<Vec<String>>) -> usize {
+    let mut count = 0;
+    while let Some((path, children)) = walk.next().await {
+        count += 1;
+        walk.descend(&path, &children);
     }
     count
 }
