@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::common::TcpProxy;
 use crate::support::{self, info_field, median, CpuSample, Guarded, Servers, Verdict, PREFIX};
+use zkmirror_testkit::TcpProxy;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Reconcile {

@@ -2,7 +2,7 @@
 //! percentiles, the machine and server versions, and how a figure is judged against its target.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::FutureExt;
@@ -10,7 +10,8 @@ use serde::Serialize;
 use zkmirror::zkwalk::{Walk, WalkLimits};
 use zookeeper_client::{Acls, Client, CreateMode, MultiReadResult};
 
-use crate::common::ZkServer;
+use zkmirror_testkit::{world, RedisServer, ZkServer};
+pub use zkmirror_testkit::{zk_client, Guarded};
 
 /// Bytes of data in every znode of the benchmark tree.
 pub const DATA_LEN: usize = 100;
@@ -292,14 +293,6 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
     started.elapsed()
 }
 
-pub async fn zk_client(connect: &str) -> Client {
-    Client::connector()
-        .with_session_timeout(Duration::from_secs(4))
-        .connect(connect)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to ZooKeeper at {connect}: {e}"))
-}
-
 /// Starts Redis's latency monitor afresh: every event (a command, a fork, an expiry cycle)
 /// that takes at least 1 ms is recorded from now on.
 pub async fn redis_stalls_reset(conn: &mut redis::aio::MultiplexedConnection) {
@@ -326,12 +319,7 @@ pub async fn redis_stall_max_ms(conn: &mut redis::aio::MultiplexedConnection) ->
 /// The benchmark's own Redis connection. redis-rs answers "timed out" after 500 ms by default;
 /// `FLUSHALL` of a 200,000-znode copy or a verify's large pipelines take longer.
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+    world::redis_conn_with_response_timeout(url, Duration::from_secs(120)).await
 }
 
 /// A blocking Redis connection with TCP_NODELAY, for the tight polling loops (one request at a
@@ -351,75 +339,6 @@ pub fn redis_sync_conn(url: &str) -> redis::Connection {
 // ---------------------------------------------------------------------------------------------
 // Processes: the mirror and the benchmark's own helper roles
 // ---------------------------------------------------------------------------------------------
-
-/// A child process that is stopped when dropped (SIGTERM, then SIGKILL after 5 s), and that the
-/// kernel kills if the benchmark dies (PR_SET_PDEATHSIG; children are spawned from the main
-/// thread, which lives as long as the benchmark).
-pub struct Guarded {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Guarded {
-    pub fn spawn(name: &str, mut command: Command) -> Guarded {
-        crate::common::servers::die_with_parent(&mut command);
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Guarded { child, name: name.to_owned() }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics (naming the process) if it has exited.
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited unexpectedly: {status}", self.name);
-        }
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 5 s).
-    pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: a plain signal to our own, not yet reaped child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Blocks until the process has exited, without reaping it: its /proc entry (and CPU
-    /// times) stay readable until [`Guarded::wait_success`].
-    pub fn wait_exited_unreaped(&self) {
-        // SAFETY: waitid with WNOWAIT on our own child only observes its state.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PID, self.child.id(), &mut info, libc::WEXITED | libc::WNOWAIT);
-        }
-    }
-
-    /// Waits for a process that ends by itself; panics if it fails.
-    pub fn wait_success(&mut self) {
-        let status = self.child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name));
-        assert!(status.success(), "{} failed: {status}", self.name);
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Where the mirror's log of each section goes.
 pub fn log_dir() -> PathBuf {
@@ -535,7 +454,7 @@ pub fn role_command(role: &str, args: &[String]) -> Command {
 
 /// Reads `P:mirror` `state`.
 pub async fn mirror_state(conn: &mut redis::aio::MultiplexedConnection) -> Option<String> {
-    redis::cmd("HGET").arg(format!("{PREFIX}:mirror")).arg("state").query_async(conn).await.expect("HGET state")
+    world::mirror_state(conn, PREFIX).await
 }
 
 /// Polls `P:mirror` `state` every 0.5 ms until it is `want`; returns when it was seen.
@@ -545,15 +464,7 @@ pub async fn wait_state(
     want: &str,
     timeout: Duration,
 ) -> Option<Instant> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if mirror_state(conn).await.as_deref() == Some(want) {
-            return Some(Instant::now());
-        }
-        mirror.assert_running();
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    None
+    world::wait_for_state(conn, PREFIX, mirror, want, timeout).await
 }
 
 /// Compares Redis with ZooKeeper (zkmirror's independent `verify`) and returns the report and
@@ -867,13 +778,13 @@ static SERVER_VERSIONS: std::sync::OnceLock<(String, String)> = std::sync::OnceL
 /// redis-server, both on loopback, both killed when dropped.
 pub struct Servers {
     pub zk: ZkServer,
-    pub redis: crate::common::RedisServer,
+    pub redis: RedisServer,
 }
 
 impl Servers {
     pub async fn start() -> Servers {
         let zk = ZkServer::start_for_benchmark();
-        let redis = crate::common::RedisServer::start();
+        let redis = RedisServer::start();
         if SERVER_VERSIONS.get().is_none() {
             let mut conn = redis_conn(&redis.url()).await;
             let _ = SERVER_VERSIONS.set((zookeeper_version(&zk), redis_version(&mut conn).await));
@@ -896,7 +807,7 @@ pub fn versions() -> Versions {
 /// Quantiles (ms) of a Prometheus histogram the mirror serves at `addr`, interpolated linearly
 /// inside the bucket that holds each rank: as precise as the buckets (50 µs steps below 0.5 ms).
 pub fn scrape_histogram_ms(addr: &str, name: &str) -> Option<HistogramQuantiles> {
-    let (200, body) = crate::common::http_get(addr, "/metrics").ok()? else { return None };
+    let (200, body) = zkmirror_testkit::http_get(addr, "/metrics").ok()? else { return None };
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = body
         .lines()
