@@ -110,14 +110,6 @@ impl Tree {
         self.nodes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    pub fn data(&self, relative: &str) -> Option<&[u8]> {
-        self.nodes.get(relative).map(Vec::as_slice)
-    }
-
     /// Whether `relative` has children in the tree.
     pub fn has_children(&self, relative: &str) -> bool {
         if relative == "/" {

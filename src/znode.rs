@@ -67,12 +67,3 @@ pub enum Fetched {
         path: String,
     },
 }
-
-impl Fetched {
-    pub fn path(&self) -> &str {
-        match self {
-            Fetched::Present(znode) => &znode.path,
-            Fetched::Absent { path, .. } | Fetched::Unreadable { path } => path,
-        }
-    }
-}

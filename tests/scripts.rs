@@ -4,8 +4,7 @@
 mod common;
 
 use common::RedisServer;
-use zkmirror::store::{BatchOutcome, Store, Write};
-use zkmirror::znode::{Znode, ZnodeStat};
+use zkmirror::testing::{BatchOutcome, Store, Write, Znode, ZnodeStat};
 use zkmirror::MirrorConfig;
 
 fn store(redis: &RedisServer) -> Store {

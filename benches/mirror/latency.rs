@@ -35,7 +35,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zkmirror::schema::Keys;
+use zkmirror::testing::Keys;
 
 use crate::support::{self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::FutureExt;
 use serde::Serialize;
-use zkmirror::zkwalk::{Walk, WalkLimits};
+use zkmirror::testing::{Walk, WalkLimits};
 use zookeeper_client::{Acls, Client, CreateMode, MultiReadResult};
 
 use zkmirror_testkit::{world, RedisServer, ZkServer};
@@ -214,17 +214,17 @@ pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Dur
 /// Znode `i` of the benchmark tree (`paths` = [`tree_paths`]) as a copy holds it, for the
 /// writes that bypass ZooKeeper ([`raw_write`], [`scripted_write`]): [`DATA_LEN`] bytes, every
 /// zxid `2^32 + i`, its children's names.
-fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::znode::Znode {
+fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::testing::Znode {
     const FIRST_ZXID: i64 = 1 << 32;
     const TIME_MS: i64 = 1_764_000_000_000;
     let zxid = FIRST_ZXID + i as i64;
     let first_child = i * FANOUT + 1;
     let children: Vec<String> =
         (0..FANOUT).filter(|c| first_child + c < paths.len()).map(|c| format!("n{c}")).collect();
-    zkmirror::znode::Znode {
+    zkmirror::testing::Znode {
         path: paths[i].clone(),
         data: vec![b'v'; DATA_LEN],
-        stat: zkmirror::znode::ZnodeStat {
+        stat: zkmirror::testing::ZnodeStat {
             czxid: zxid,
             mzxid: zxid,
             pzxid: zxid,
@@ -246,7 +246,7 @@ const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
 /// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. Leaves the
 /// keys in place; the caller flushes.
 pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize) -> Duration {
-    let keys = zkmirror::schema::Keys::new(PREFIX);
+    let keys = zkmirror::testing::Keys::new(PREFIX);
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
@@ -255,7 +255,7 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
             let znode = synthetic_znode(&paths, i);
             pipe.set(keys.data(&znode.path), &znode.data).ignore();
             pipe.cmd("HSET").arg(keys.meta(&znode.path));
-            for (field, value) in zkmirror::schema::STAT_FIELDS.iter().zip(znode.stat.fields()) {
+            for (field, value) in zkmirror::testing::STAT_FIELDS.iter().zip(znode.stat.fields()) {
                 pipe.arg(*field).arg(value);
             }
             pipe.arg("mirrored_at").arg(SYNTHETIC_NOW_MS).ignore();
@@ -269,22 +269,22 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
 }
 
 /// Context for the cold sync: the mirror's own Redis stage alone. The same znodes go through
-/// zkmirror's [`Store::apply`](zkmirror::store::Store::apply) (the schema's `put.lua`, one
+/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (the schema's `put.lua`, one
 /// pipeline of 1000 in flight, as the mirror sends them) into an empty Redis, with no
 /// ZooKeeper at all. A cold sync cannot finish sooner than this; the gap between the two is
 /// what reading ZooKeeper adds. Leaves the keys in place; the caller flushes.
 pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
     let config = zkmirror::MirrorConfig::new("127.0.0.1:1", redis_url, ROOT);
-    let store = zkmirror::store::Store::new(&config).expect("a store for the scripted write");
+    let store = zkmirror::testing::Store::new(&config).expect("a store for the scripted write");
     store.load_scripts().await.expect("loading the schema's scripts");
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
-        let writes: Vec<zkmirror::store::Write> = (chunk_index * 1000..chunk_index * 1000 + chunk.len())
-            .map(|i| zkmirror::store::Write::Put(synthetic_znode(&paths, i)))
+        let writes: Vec<zkmirror::testing::Write> = (chunk_index * 1000..chunk_index * 1000 + chunk.len())
+            .map(|i| zkmirror::testing::Write::Put(synthetic_znode(&paths, i)))
             .collect();
         let applied = match writes.last() {
-            Some(zkmirror::store::Write::Put(znode)) => znode.stat.last_zxid(),
+            Some(zkmirror::testing::Write::Put(znode)) => znode.stat.last_zxid(),
             _ => 0,
         };
         let outcome = store.apply(&writes, applied, SYNTHETIC_NOW_MS).await.expect("the scripted write");

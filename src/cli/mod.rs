@@ -20,11 +20,11 @@ pub mod verify;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
+use crate::ZkDigest;
 use anyhow::Context;
 use clap::Args;
 use redis::aio::MultiplexedConnection;
-use zkmirror::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
-use zkmirror::ZkDigest;
 
 /// The answer is "no": differences, a stale mirror, a missing znode.
 pub const NO: u8 = 1;
@@ -35,6 +35,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
 /// Where the copy is.
+// Its field docs are `--help` text (clap), not rustdoc: `[user:password@]` is not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args)]
 pub struct RedisArgs {
     /// Redis URL, redis://[user:password@]host:port[/db].
@@ -61,7 +63,7 @@ pub fn no() -> ExitCode {
 }
 
 /// A one-shot ZooKeeper session. Each attempt fails fast (`fail_eagerly`) when no server
-/// answers; attempts repeat until [`CONNECT_TIMEOUT`], so a server that is still starting (its
+/// answers; attempts repeat until `CONNECT_TIMEOUT`, so a server that is still starting (its
 /// port open, sessions not yet served) is waited for. The error names the servers.
 pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Result<zookeeper_client::Client> {
     validate_zk_servers(servers)?;
