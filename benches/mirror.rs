@@ -21,17 +21,16 @@
 //! are this binary again, started with the hidden `role NAME` subcommand.
 //!
 //! # Layout
-//! - `mirror/support.rs`: clock, tree, processes, /proc, percentiles, machine, verdicts.
+//! - `mirror/support.rs`: clock, tree, processes, /proc, percentiles, machine, verdicts. The
+//!   servers, processes, clients and waits it shares with the tests come from the dev-only
+//!   `zkmirror-testkit` crate (`testkit/`).
 //! - `mirror/cold_sync.rs`, `mirror/latency.rs`, `mirror/ceiling.rs`, `mirror/reconcile.rs`:
 //!   one section each: its orchestration, its helper roles, its table and its verdicts.
 
-// The harness allows its own dead code (each user needs only part of it).
 #[path = "mirror/ceiling.rs"]
 mod ceiling;
 #[path = "mirror/cold_sync.rs"]
 mod cold_sync;
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "mirror/latency.rs"]
 mod latency;
 #[path = "mirror/reconcile.rs"]

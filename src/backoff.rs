@@ -43,6 +43,7 @@ impl Backoff {
     }
 
     /// Like [`Backoff::between`], with a fixed seed: the same seed gives the same delays.
+    #[cfg(test)]
     pub fn with_seed(base: Duration, cap: Duration, seed: u64) -> Backoff {
         Backoff::seeded(base, cap, fastrand::Rng::with_seed(seed))
     }
@@ -56,6 +57,7 @@ impl Backoff {
     }
 
     /// The delay the next [`Backoff::next_delay`] returns, without advancing.
+    #[cfg(test)]
     pub fn peek(&self) -> Duration {
         self.upcoming
     }

@@ -12,13 +12,14 @@
 //! mirror's `zxid` *after* the walk, so a change the mirror applied while we walked does not
 //! count as lag.
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use zookeeper_client::{Client, Error as ZkClientError};
+use futures::FutureExt;
+use zookeeper_client::{Client, Error as ZkClientError, Stat};
 
-use crate::path;
+use crate::zkwalk::{Walk, WalkLimits};
 
-/// ZooKeeper reads kept in flight at once.
-const WINDOW: usize = 256;
+/// One `getChildren` per path (it answers the `Stat` too, without the data a multi-read's
+/// `getData` would carry), 256 in flight.
+const LIMITS: WalkLimits = WalkLimits { batch: 1, requests: 256, bytes: usize::MAX };
 
 /// A failure that stops the walk.
 #[derive(Debug, thiserror::Error)]
@@ -65,24 +66,19 @@ impl SubtreeClock {
 /// Reads the `Stat` of every znode at or below `root` (with its children, in one request).
 pub async fn read_clock(zk: &Client, root: &str) -> Result<SubtreeClock, LagError> {
     let mut clock = SubtreeClock::default();
-    let mut stack = vec![root.to_owned()];
-    let mut reads = FuturesUnordered::new();
-    loop {
-        while reads.len() < WINDOW {
-            let Some(path) = stack.pop() else { break };
-            let client = zk.clone();
-            reads.push(async move {
-                let read = client.get_children(&path).await;
-                (path, read)
-            });
-        }
-        let Some((path, read)) = reads.next().await else { break };
+    let zk = zk.clone();
+    let mut walk: Walk<Result<(Vec<String>, Stat), ZkClientError>> = Walk::new(root, LIMITS, move |paths| {
+        let reads: Vec<_> =
+            paths.into_iter().map(|path| zk.get_children(&path).map(move |read| (path, read))).collect();
+        futures::future::join_all(reads).boxed()
+    });
+    while let Some((path, read)) = walk.next().await {
         match read {
             Ok((children, stat)) => {
                 clock.znodes += 1;
                 clock.head = clock.head.max(stat.mzxid).max(stat.pzxid);
                 clock.changes.push((stat.mzxid, stat.mtime));
-                stack.extend(children.iter().map(|c| path::child(&path, c)));
+                walk.descend(&path, &children);
             }
             // Deleted while we walked (or the root does not exist yet).
             Err(ZkClientError::NoNode) => {}

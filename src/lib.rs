@@ -6,25 +6,43 @@
 //! marks a path to read and write again. Reconnects, session expiry and Redis losses run the
 //! same walk again. The Redis layout is a public contract, documented in `schema/layout.md`.
 //!
+//! # Public API
+//! What an embedder needs, and nothing else: [`Mirror`], [`MirrorConfig`] (with [`ZkDigest`]
+//! and [`filter::Filter`]), [`MirrorHandle`], the status types [`MirrorStatus`] and [`Phase`],
+//! the errors ([`ConfigError`], [`MirrorError`], [`ZkError`], [`StoreError`]), [`reader`] (read
+//! the copy as an application does) and [`verify`] (the independent comparison, which
+//! `zkmirror verify` and the tests use too). Everything else is `pub(crate)`.
+//!
+//! Two modules are public only for this package's own targets and are hidden from the docs;
+//! neither is a stable API:
+//! - `cli`: the operator commands, compiled into the library so that the binary
+//!   (`src/main.rs`, a separate crate target) needs nothing else public. It is the binary's
+//!   edge: the one place in the library that uses `anyhow`.
+//! - `testing`: what only the integration tests and the benchmark reach into (the Redis
+//!   writer, key names, the ZooKeeper walker), re-exported from the private modules.
+//!
 //! # Layout
-//! - [`service`]: the daemon — one mirror per (prefix, root), reloads, metrics endpoint, progress.
-//! - [`settings`]: TOML file, environment and flags, layered; errors name file, line, key.
+//! - `service`: the daemon — one mirror per (prefix, root), reloads, metrics endpoint, progress.
+//! - `settings`: TOML file, environment and flags, layered; errors name file, line, key.
 //! - [`mirror`]: the engine — phases, the event loop, the hand-off from walk to live.
-//! - [`zk`]: the ZooKeeper side — session, watch, whole-znode reads. Never writes to ZooKeeper.
-//! - [`store`]: the Redis side — batched writes through the Lua scripts, status, sweep.
-//! - [`schema`]: every key name and script; mirrors `schema/layout.md`.
-//! - [`znode`]: the small types crossing from the ZooKeeper side to the Redis side.
-//! - [`config`]: what a mirror needs to know, validated before anything connects.
+//! - `zk`: the ZooKeeper side — session, watch, whole-znode reads. Never writes to ZooKeeper.
+//! - `zkwalk`: the one depth-first walk of a subtree outside the engine (verify, lag, export,
+//!   the benchmark), bounded in paths and bytes.
+//! - `store`: the Redis side — batched writes through the Lua scripts, status, sweep.
+//! - `schema`: every key name and script; mirrors `schema/layout.md`.
+//! - `znode`: the small types crossing from the ZooKeeper side to the Redis side.
+//! - `config`: what a mirror needs to know, validated before anything connects.
 //! - [`filter`]: which znodes below a root are copied (globs, depth).
 //! - [`verify`]: an independent comparison of a subtree with its copy, key by key.
 //! - [`reader`]: reads the copy the way an application does (`get`, `ls`, the status hash).
-//! - [`lag`]: how far the copy is behind ZooKeeper, measured on the subtree itself.
-//! - [`transfer`]: import a tree into ZooKeeper from a directory or a tree file; export one.
-//! - [`observe`]: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
-//! - [`nodelay`]: turns off Nagle's algorithm on the ZooKeeper client's sockets (the client
+//! - `lag`: how far the copy is behind ZooKeeper, measured on the subtree itself.
+//! - `transfer`: import a tree into ZooKeeper from a directory or a tree file; export one.
+//! - `observe`: Prometheus metric names and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - `nodelay`: turns off Nagle's algorithm on the ZooKeeper client's sockets (the client
 //!   cannot).
-//! - [`backoff`]: exponential backoff with jitter for every retry loop.
-//! - [`status`], [`shutdown`], [`path`], [`error`]: the small pieces.
+//! - `backoff`: exponential backoff with jitter for every retry loop.
+//! - `cli`: the `zkmirror` commands (see above).
+//! - `status`, `shutdown`, `path`, `error`: the small pieces.
 //!
 //! # Embedding
 //! ```no_run
@@ -39,29 +57,44 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
-pub mod config;
+mod backoff;
+#[doc(hidden)]
+pub mod cli;
+mod config;
 mod engine;
-pub mod error;
+mod error;
 pub mod filter;
-pub mod lag;
+mod lag;
 pub mod mirror;
-pub mod nodelay;
-pub mod observe;
-pub mod path;
+mod nodelay;
+mod observe;
+mod path;
 pub mod reader;
-pub mod schema;
-pub mod service;
-pub mod settings;
-pub mod shutdown;
-pub mod status;
-pub mod store;
-pub mod transfer;
+mod schema;
+mod service;
+mod settings;
+mod shutdown;
+mod status;
+mod store;
+mod transfer;
 pub mod verify;
-pub mod zk;
-pub mod znode;
+mod zk;
+mod zkwalk;
+mod znode;
 
 pub use config::{MirrorConfig, ZkDigest};
 pub use error::{ConfigError, MirrorError, StoreError, ZkError};
 pub use mirror::{Mirror, MirrorHandle};
 pub use status::{MirrorStatus, Phase};
+
+/// What only this package's integration tests and benchmark use; not a stable API (see the
+/// crate docs). Re-exported here so that the modules themselves stay private.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::path::is_within;
+    pub use crate::schema::{KeyKind, Keys, STAT_FIELDS};
+    pub use crate::store::{Applied, BatchOutcome, Refusal, Store, Write, WriteOutcome};
+    pub use crate::zk::ZkSession;
+    pub use crate::zkwalk::{Walk, WalkLimits};
+    pub use crate::znode::{Fetched, Znode, ZnodeStat};
+}

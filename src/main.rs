@@ -3,7 +3,7 @@
 //! lives in [`cli`]. Errors become messages
 //! and exit codes here, at the edge; the library below uses typed errors.
 
-mod cli;
+use zkmirror::cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;

@@ -1,5 +1,5 @@
 //! The mirror's public face: [`Mirror`] to configure and run one, [`MirrorHandle`] to observe
-//! and stop it. The work itself is the engine ([`crate::engine`]): an I/O-free core that holds
+//! and stop it. The work itself is the engine (`src/engine`): an I/O-free core that holds
 //! every decision, and a driver that does the I/O it asks for.
 
 use std::sync::Arc;

@@ -954,7 +954,7 @@ mod tests {
     }
 
     fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
-        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, file: None }
+        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None }
     }
 
     /// A root that cannot start is reported as failed, never as started or restarted, and the

@@ -58,8 +58,6 @@ pub struct Settings {
     /// When a root is removed from the file: keep its keys in Redis (true) or delete them.
     pub keep_keys_on_remove: bool,
     pub metrics_addr: Option<SocketAddr>,
-    /// The file the settings came from, if any (watched for hot reload).
-    pub file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -224,7 +222,7 @@ impl Settings {
             })?,
             None => FileSettings::default(),
         };
-        build(parsed, source.as_ref(), overrides, file)
+        build(parsed, source.as_ref(), overrides)
     }
 
     /// The effective settings as TOML, with secrets masked: what `check-config` prints.
@@ -294,12 +292,7 @@ fn describe_toml_key(text: &str, offset: usize) -> String {
     }
 }
 
-fn build(
-    file: FileSettings,
-    source: Option<&Source<'_>>,
-    o: &Overrides,
-    path_of_file: Option<&Path>,
-) -> Result<Settings, SettingsError> {
+fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Result<Settings, SettingsError> {
     let missing = |what: &str, flag: &str, key: &str| SettingsError::Other {
         origin: "settings".into(),
         why: format!(
@@ -518,12 +511,7 @@ fn build(
         })?),
         _ => None,
     };
-    Ok(Settings {
-        mirrors,
-        keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false),
-        metrics_addr,
-        file: path_of_file.map(Path::to_owned),
-    })
+    Ok(Settings { mirrors, keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false), metrics_addr })
 }
 
 /// A size: a count of bytes, or a number with a unit (`64MiB`, `512 KB`, `1.5GiB`).

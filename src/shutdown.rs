@@ -28,10 +28,6 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    pub fn is_fired(&self) -> bool {
-        *self.receiver.borrow()
-    }
-
     /// Completes once the trigger fired (or was dropped: nobody can stop us any more, but the
     /// owner is gone, so stopping is right).
     pub async fn fired(&mut self) {

@@ -28,9 +28,12 @@ use std::pin::Pin;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::TryFutureExt;
 use serde::Deserialize;
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkClientError, MultiReadResult};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkClientError};
 
+use crate::error::ZkError;
 use crate::path;
+use crate::zkwalk;
+use crate::znode::Fetched;
 
 /// The file inside a folder that holds the folder znode's own data.
 pub const DATA_FILE: &str = ".data";
@@ -65,6 +68,9 @@ pub enum TransferError {
     NoSuchZnode { path: String },
     #[error("cannot read {path} from ZooKeeper: {source}")]
     ZkRead { path: String, source: ZkClientError },
+    /// A read of the export's walk failed (it names the path).
+    #[error(transparent)]
+    Zk(#[from] ZkError),
     #[error("cannot {action} {path} in ZooKeeper: {source}{hint}")]
     ZkWrite { action: &'static str, path: String, source: ZkClientError, hint: &'static str },
 }
@@ -102,14 +108,6 @@ impl Tree {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    pub fn data(&self, relative: &str) -> Option<&[u8]> {
-        self.nodes.get(relative).map(Vec::as_slice)
     }
 
     /// Whether `relative` has children in the tree.
@@ -421,37 +419,29 @@ pub struct Exported {
 pub async fn export(zk: &Client, top: &str) -> Result<Exported, TransferError> {
     path::validate(top).map_err(|e| TransferError::BadPath { path: top.to_owned(), why: e.to_string() })?;
     let mut exported = Exported { tree: Tree::new(), ephemeral_skipped: Vec::new() };
-    let mut stack = vec![top.to_owned()];
-    let mut reads = FuturesOrdered::new();
+    let mut walk = zkwalk::snapshots(zk, top);
     let mut found_top = false;
-    loop {
-        while reads.len() < WINDOW {
-            let Some(path) = stack.pop() else { break };
-            let client = zk.clone();
-            reads.push_back(async move {
-                let read = read_whole(&client, &path).await;
-                (path, read)
-            });
-        }
-        let Some((path, read)) = reads.next().await else { break };
-        let relative = relative_to(top, &path);
-        if path == ZOOKEEPER_SYSTEM && path != top {
-            continue;
-        }
-        match read {
-            Ok(Some((data, children, ephemeral))) => {
+    while let Some((path, read)) = walk.next().await {
+        match read? {
+            Fetched::Present(znode) => {
                 found_top |= path == top;
-                if ephemeral && path != top {
+                if znode.stat.ephemeral_owner != 0 && path != top {
                     exported.ephemeral_skipped.push(path);
                     continue;
                 }
-                exported.tree.insert(&relative, data);
-                stack.extend(children.iter().map(|c| path::child(&path, c)));
+                // ZooKeeper's own subtree is not configuration (it is exported only when asked
+                // for by name, as the top).
+                let children = znode.children.iter().filter(|c| path != "/" || path::child("/", c) != ZOOKEEPER_SYSTEM);
+                walk.descend(&path, children);
+                exported.tree.insert(&relative_to(top, &path), znode.data);
             }
             // Deleted while we walked: not part of the tree any more.
-            Ok(None) if path != top => {}
-            Ok(None) => return Err(TransferError::NoSuchZnode { path }),
-            Err(source) => return Err(TransferError::ZkRead { path, source }),
+            Fetched::Absent { .. } if path != top => {}
+            Fetched::Absent { .. } => return Err(TransferError::NoSuchZnode { path }),
+            // An export that silently missed part of the tree would look complete.
+            Fetched::Unreadable { .. } => {
+                return Err(TransferError::ZkRead { path, source: ZkClientError::NoAuth });
+            }
         }
     }
     if !found_top {
@@ -469,22 +459,6 @@ fn relative_to(top: &str, path: &str) -> String {
         return path.to_owned();
     }
     path[top.len()..].to_owned()
-}
-
-/// Data, children and whether it is ephemeral, from one atomic multi-read; `None` if absent.
-async fn read_whole(client: &Client, path: &str) -> Result<Option<(Vec<u8>, Vec<String>, bool)>, ZkClientError> {
-    let mut reader = client.new_multi_reader();
-    reader.add_get_data(path)?;
-    reader.add_get_children(path)?;
-    let mut results = reader.commit().await?.into_iter();
-    match (results.next(), results.next()) {
-        (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { children })) => {
-            Ok(Some((data, children, stat.ephemeral_owner != 0)))
-        }
-        (Some(MultiReadResult::Error { err: ZkClientError::NoNode }), _) => Ok(None),
-        (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => Err(err),
-        other => Err(ZkClientError::UnexpectedError(format!("multi-read answered {other:?}"))),
-    }
 }
 
 /// One write an import makes.

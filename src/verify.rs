@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionLike;
-use zookeeper_client::{Client, Error as ZkClientError, MultiReadResult};
+use zookeeper_client::Client;
 
+use crate::error::ZkError;
 use crate::filter::Filter;
 use crate::path;
 use crate::schema::{KeyKind, Keys, STAT_FIELDS};
-use crate::zk::convert;
+use crate::zkwalk;
+use crate::znode::{Fetched, Znode};
 
 /// One way in which Redis differs from ZooKeeper.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,8 +75,9 @@ impl std::fmt::Display for Report {
 /// Errors that stop a comparison (as opposed to differences, which it reports).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read {path} from ZooKeeper: {source}")]
-    Zk { path: String, source: ZkClientError },
+    /// A read failed (it names the path); `NoAuth` is not an error but counted as unreadable.
+    #[error(transparent)]
+    Zk(#[from] ZkError),
     #[error("cannot read from Redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -109,23 +111,13 @@ pub async fn compare_with_filter<C: ConnectionLike + Send>(
     let keys = Keys::new(prefix);
     let mut report = Report::default();
     let mut expected_keys: HashSet<String> = HashSet::new();
-    let mut stack = vec![root.to_owned()];
-    let mut reads = FuturesOrdered::new();
+    let mut walk = zkwalk::snapshots(zk, root);
     let mut batch: Vec<Expected> = Vec::new();
-    loop {
-        while reads.len() < 256 {
-            let Some(path) = stack.pop() else { break };
-            let client = zk.clone();
-            reads.push_back(async move {
-                let result = read_znode(&client, &path).await;
-                (path, result)
-            });
-        }
-        let Some((path, result)) = reads.next().await else { break };
-        match result {
-            Ok(Some(expected)) => {
+    while let Some((path, read)) = walk.next().await {
+        match read? {
+            Fetched::Present(znode) => {
                 if filter.may_descend(root, &path) {
-                    stack.extend(expected.children.iter().map(|c| path::child(&path, c)));
+                    walk.descend(&path, &znode.children);
                 }
                 if !filter.admits(root, &path) {
                     continue;
@@ -133,17 +125,18 @@ pub async fn compare_with_filter<C: ConnectionLike + Send>(
                 report.znodes += 1;
                 expected_keys.insert(keys.data(&path));
                 expected_keys.insert(keys.meta(&path));
-                if !expected.children.is_empty() {
+                if !znode.children.is_empty() {
                     expected_keys.insert(keys.children(&path));
                 }
-                batch.push(expected);
+                batch.push(Expected::from(znode));
                 if batch.len() >= 256 {
                     check_batch(redis, &keys, &mut batch, &mut report).await?;
                 }
             }
-            Ok(None) => {}
-            Err(ZkClientError::NoAuth) => report.unreadable += 1,
-            Err(source) => return Err(VerifyError::Zk { path, source }),
+            // Deleted while we walked.
+            Fetched::Absent { .. } => {}
+            // Nothing below it is looked at: its children are as hidden as its data.
+            Fetched::Unreadable { .. } => report.unreadable += 1,
         }
     }
     check_batch(redis, &keys, &mut batch, &mut report).await?;
@@ -211,17 +204,16 @@ async fn recheck<C: ConnectionLike + Send>(
     let mut out = Vec::new();
     let mut present = Vec::new();
     let mut absent = Vec::new();
-    for path in paths {
-        if !filter.copies(root, &path) {
-            // Left out by the filter: Redis must hold none of its keys, whatever ZooKeeper has.
-            absent.push(path);
-            continue;
-        }
-        match read_znode(zk, &path).await {
-            Ok(Some(expected)) => present.push(expected),
-            // Gone from ZooKeeper, or hidden from us: Redis must hold none of its keys.
-            Ok(None) | Err(ZkClientError::NoAuth) => absent.push(path),
-            Err(source) => return Err(VerifyError::Zk { path, source }),
+    // Left out by the filter: Redis must hold none of its keys, whatever ZooKeeper has.
+    let (copied, left_out): (Vec<String>, Vec<String>) = paths.into_iter().partition(|p| filter.copies(root, p));
+    absent.extend(left_out);
+    for chunk in copied.chunks(zkwalk::WalkLimits::SNAPSHOTS.batch) {
+        for (path, read) in zkwalk::read_snapshots(zk.clone(), chunk.to_vec()).await {
+            match read? {
+                Fetched::Present(znode) => present.push(Expected::from(znode)),
+                // Gone from ZooKeeper, or hidden from us: Redis must hold none of its keys.
+                Fetched::Absent { .. } | Fetched::Unreadable { .. } => absent.push(path),
+            }
         }
     }
     let mut report = Report::default();
@@ -250,20 +242,11 @@ async fn recheck<C: ConnectionLike + Send>(
     Ok(out)
 }
 
-/// `None` when the znode vanished while we walked.
-async fn read_znode(client: &Client, path: &str) -> Result<Option<Expected>, ZkClientError> {
-    let mut reader = client.new_multi_reader();
-    reader.add_get_data(path)?;
-    reader.add_get_children(path)?;
-    let mut results = reader.commit().await?.into_iter();
-    match (results.next(), results.next()) {
-        (Some(MultiReadResult::Data { data, stat }), Some(MultiReadResult::Children { mut children })) => {
-            children.sort();
-            Ok(Some(Expected { path: path.to_owned(), data, meta: convert(&stat).fields(), children }))
-        }
-        (Some(MultiReadResult::Error { err: ZkClientError::NoNode }), _) => Ok(None),
-        (Some(MultiReadResult::Error { err }), _) | (_, Some(MultiReadResult::Error { err })) => Err(err),
-        other => Err(ZkClientError::UnexpectedError(format!("multi-read answered {other:?}"))),
+impl From<Znode> for Expected {
+    fn from(znode: Znode) -> Expected {
+        let Znode { path, data, stat, mut children } = znode;
+        children.sort();
+        Expected { path, data, meta: stat.fields(), children }
     }
 }
 

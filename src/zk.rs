@@ -89,49 +89,52 @@ impl ZkSession {
         &self,
         paths: Vec<String>,
     ) -> impl Future<Output = Vec<(String, Result<Fetched, ZkError>)>> + Send + 'static {
-        let client = self.client.clone();
-        async move {
-            let mut reader = client.new_multi_reader();
-            let mut rejected = None;
-            for path in &paths {
-                if let Err(source) = reader.add_get_data(path).and_then(|()| reader.add_get_children(path)) {
-                    rejected = Some(read_error(path.clone(), source));
-                    break;
-                }
-            }
-            let answers = match rejected {
-                Some(error) => Err(error),
-                None => reader.commit().await.map_err(|source| read_error(paths.join(", "), source)),
-            };
-            let answers = match answers {
-                Ok(answers) if answers.len() == 2 * paths.len() => answers,
-                Ok(answers) => {
-                    let why = format!("multi-read answered {} results for {} reads", answers.len(), 2 * paths.len());
-                    let error = ZkError::Read { path: paths.join(", "), source: ZkClientError::UnexpectedError(why) };
-                    return paths.into_iter().map(|p| (p, Err(error.clone()))).collect();
-                }
-                Err(error) => return paths.into_iter().map(|p| (p, Err(error.clone()))).collect(),
-            };
-            let mut answers = answers.into_iter();
-            let settled: Vec<(String, Settled)> = paths
-                .into_iter()
-                .map(|path| {
-                    let result = settle_next(&path, &mut answers);
-                    (path, result)
-                })
-                .collect();
-            // Paths found absent need their ancestors' Stats and one more read, unreadable
-            // ones their Stat; all at once.
-            let completions = settled.into_iter().map(|(path, settled)| {
-                let client = &client;
-                async move {
-                    let result = complete(client, path.clone(), settled).await;
-                    (path, result)
-                }
-            });
-            futures::future::join_all(completions).await
+        fetch_many(self.client.clone(), paths)
+    }
+}
+
+/// [`ZkSession::fetch_many`] on any client: the one decoder of a `getData`+`getChildren`
+/// multi-read, shared by the engine and by every walk of [`crate::zkwalk`] (`verify`, `export`).
+pub async fn fetch_many(client: Client, paths: Vec<String>) -> Vec<(String, Result<Fetched, ZkError>)> {
+    let mut reader = client.new_multi_reader();
+    let mut rejected = None;
+    for path in &paths {
+        if let Err(source) = reader.add_get_data(path).and_then(|()| reader.add_get_children(path)) {
+            rejected = Some(read_error(path.clone(), source));
+            break;
         }
     }
+    let answers = match rejected {
+        Some(error) => Err(error),
+        None => reader.commit().await.map_err(|source| read_error(paths.join(", "), source)),
+    };
+    let answers = match answers {
+        Ok(answers) if answers.len() == 2 * paths.len() => answers,
+        Ok(answers) => {
+            let why = format!("multi-read answered {} results for {} reads", answers.len(), 2 * paths.len());
+            let error = ZkError::Read { path: paths.join(", "), source: ZkClientError::UnexpectedError(why) };
+            return paths.into_iter().map(|p| (p, Err(error.clone()))).collect();
+        }
+        Err(error) => return paths.into_iter().map(|p| (p, Err(error.clone()))).collect(),
+    };
+    let mut answers = answers.into_iter();
+    let settled: Vec<(String, Settled)> = paths
+        .into_iter()
+        .map(|path| {
+            let result = settle_next(&path, &mut answers);
+            (path, result)
+        })
+        .collect();
+    // Paths found absent need their ancestors' Stats and one more read, unreadable ones their
+    // Stat; all at once.
+    let completions = settled.into_iter().map(|(path, settled)| {
+        let client = &client;
+        async move {
+            let result = complete(client, path.clone(), settled).await;
+            (path, result)
+        }
+    });
+    futures::future::join_all(completions).await
 }
 
 /// Opens, and at once closes, a TCP connection to each server of the connect string

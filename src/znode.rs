@@ -70,12 +70,3 @@ pub enum Fetched {
         stat: ZnodeStat,
     },
 }
-
-impl Fetched {
-    pub fn path(&self) -> &str {
-        match self {
-            Fetched::Present(znode) => &znode.path,
-            Fetched::Absent { path, .. } | Fetched::Unreadable { path, .. } => path,
-        }
-    }
-}

@@ -1,11 +1,11 @@
-//! Smoke tests of the integration-test harness itself (`tests/common`): if these fail, every
-//! other integration test's failure is suspect.
+//! Smoke tests of the integration-test harness itself (`testkit/`, re-exported as
+//! `tests/common`): if these fail, every other integration test's failure is suspect.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, TcpProxy, ZkServer};
+use common::{create_all, unique_root, wait_until, zk_client, Guarded, RedisServer, TcpProxy, ZkServer};
 use zookeeper_client::{Client, SessionState};
 
 /// Generous deadline for conditions that normally hold within milliseconds.
@@ -185,4 +185,23 @@ async fn wait_until_reports_what_it_last_saw() {
         async move { Err::<(), _>(observed) }
     })
     .await;
+}
+
+#[test]
+fn a_guarded_process_is_stopped_by_pid_when_dropped() {
+    let mut command = std::process::Command::new("sleep");
+    command.arg("60");
+    let mut sleeper = Guarded::spawn("sleep 60", command);
+    let pid = sleeper.pid();
+    sleeper.assert_running();
+    drop(sleeper);
+    assert!(!process_exists(pid), "sleep (pid {pid}) outlived its guard");
+}
+
+#[test]
+#[should_panic(expected = "true exited unexpectedly")]
+fn a_guarded_process_that_exited_is_reported() {
+    let mut done = Guarded::spawn("true", std::process::Command::new("true"));
+    done.wait_exited_unreaped();
+    done.assert_running();
 }

@@ -21,7 +21,7 @@ use common::{create_all, http_get, unique_root, wait_until, zk_client, RedisServ
 use redis::aio::MultiplexedConnection;
 use tempfile::TempDir;
 use zkmirror::filter::Filter;
-use zkmirror::schema::Keys;
+use zkmirror::testing::Keys;
 use zkmirror::verify::{compare_with_filter, Report};
 use zookeeper_client::Client;
 
@@ -236,7 +236,7 @@ async fn keys_of(conn: &MultiplexedConnection, prefix: &str, root: &str) -> BTre
     let mut conn = conn.clone();
     let found: Vec<String> =
         redis::cmd("KEYS").arg(keys.scan_pattern(root)).query_async(&mut conn).await.expect("KEYS");
-    found.into_iter().filter(|k| keys.parse(k).is_some_and(|(_, p)| zkmirror::path::is_within(p, root))).collect()
+    found.into_iter().filter(|k| keys.parse(k).is_some_and(|(_, p)| zkmirror::testing::is_within(p, root))).collect()
 }
 
 async fn exists(conn: &MultiplexedConnection, key: &str) -> bool {

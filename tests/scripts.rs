@@ -4,8 +4,7 @@
 mod common;
 
 use common::RedisServer;
-use zkmirror::store::{BatchOutcome, Refusal, Store, Write, WriteOutcome};
-use zkmirror::znode::{Znode, ZnodeStat};
+use zkmirror::testing::{BatchOutcome, Refusal, Store, Write, WriteOutcome, Znode, ZnodeStat};
 use zkmirror::MirrorConfig;
 
 fn store(redis: &RedisServer) -> Store {

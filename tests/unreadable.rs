@@ -5,8 +5,8 @@ mod common;
 
 use common::world::test_config;
 use common::{create_all, unique_root, zk_client, ZkServer};
-use zkmirror::zk::ZkSession;
-use zkmirror::znode::Fetched;
+use zkmirror::testing::Fetched;
+use zkmirror::testing::ZkSession;
 use zookeeper_client::{Acls, CreateMode};
 
 /// Defect 12 of issue 10: `Fetched::Unreadable` carried no `Stat`, so a hide could not be

@@ -35,7 +35,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use zkmirror::schema::Keys;
+use zkmirror::testing::Keys;
 
 use crate::support::{self, mono_ns, CpuSample, CpuUse, Guarded, Percentiles, Rng, Servers, Verdict, DATA_LEN, PREFIX};
 
@@ -213,7 +213,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let reference_log: WriterLog = read_json(&reference_out);
 
     let mut conn = support::redis_conn(&redis_url).await;
-    let metrics_addr = format!("127.0.0.1:{}", crate::common::servers::free_port());
+    let metrics_addr = format!("127.0.0.1:{}", zkmirror_testkit::servers::free_port());
     let mut mirror = support::spawn_mirror_with(&zk, &redis_url, "latency", &["--metrics-addr", &metrics_addr]);
     support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
         .await

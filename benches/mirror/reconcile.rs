@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::common::TcpProxy;
 use crate::support::{self, info_field, median, CpuSample, Guarded, Servers, Verdict, PREFIX};
+use zkmirror_testkit::TcpProxy;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Reconcile {
@@ -236,7 +236,7 @@ fn stream_field(value: &redis::Value, name: &str) -> Option<i64> {
 
 /// `mirrored_at` of every znode, in `paths` order.
 async fn mirrored_at(conn: &mut redis::aio::MultiplexedConnection, paths: &[String]) -> Vec<Option<String>> {
-    let keys = zkmirror::schema::Keys::new(PREFIX);
+    let keys = zkmirror::testing::Keys::new(PREFIX);
     let mut all = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(1000) {
         let mut pipe = redis::pipe();

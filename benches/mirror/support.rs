@@ -2,15 +2,16 @@
 //! percentiles, the machine and server versions, and how a figure is judged against its target.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use futures::future::FutureExt;
 use serde::Serialize;
+use zkmirror::testing::{Walk, WalkLimits};
 use zookeeper_client::{Acls, Client, CreateMode, MultiReadResult};
 
-use crate::common::ZkServer;
+use zkmirror_testkit::{world, RedisServer, ZkServer};
+pub use zkmirror_testkit::{zk_client, Guarded};
 
 /// Bytes of data in every znode of the benchmark tree.
 pub const DATA_LEN: usize = 100;
@@ -115,33 +116,31 @@ pub async fn populate(client: &Client, nodes: usize) -> Duration {
 }
 
 /// The reference: reads every znode's data and, for inner nodes, its children, with up to 1024
-/// reads in flight on one session — the least any copy must read. Returns the znodes read.
+/// reads in flight on one session — the least any copy must read. Returns the znodes read. The
+/// walk is zkmirror's own depth-first walker ([`Walk`]); the reads are the reference's.
 pub async fn raw_walk(client: &Client, root: &str) -> usize {
-    let mut stack = vec![root.to_owned()];
-    let mut reads = FuturesOrdered::new();
-    let mut count = 0;
-    loop {
-        while reads.len() < 1024 {
-            let Some(path) = stack.pop() else { break };
-            let data = client.get_data(&path);
-            let client = client.clone();
-            reads.push_back(async move {
-                let (_, stat) = data.await.expect("get_data");
-                let children = if stat.num_children > 0 {
-                    client.get_children(&path).await.expect("get_children").0
-                } else {
-                    Vec::new()
-                };
-                (path, children)
-            });
-        }
-        let Some((path, children)) = reads.next().await else {
-            break;
-        };
-        count += 1;
-        stack.extend(children.into_iter().map(|c| format!("{path}/{c}")));
-    }
-    count
+    let client = client.clone();
+    let limits = WalkLimits { batch: 1, requests: 1024, bytes: usize::MAX };
+    let walk = Walk::new(root, limits, move |paths| {
+        let reads: Vec<_> = paths
+            .into_iter()
+            .map(|path| {
+                let data = client.get_data(&path);
+                let client = client.clone();
+                async move {
+                    let (_, stat) = data.await.expect("get_data");
+                    let children = if stat.num_children > 0 {
+                        client.get_children(&path).await.expect("get_children").0
+                    } else {
+                        Vec::new()
+                    };
+                    (path, children)
+                }
+            })
+            .collect();
+        futures::future::join_all(reads).boxed()
+    });
+    count_walk(walk).await
 }
 
 /// Paths per multi-read in [`raw_walk_batched`] (the mirror's own batch size today).
@@ -152,60 +151,53 @@ pub const READ_BATCH: usize = 64;
 /// many reads in flight as [`raw_walk`] (1024). ZooKeeper then handles one request per batch
 /// instead of one per znode, which is the fastest way this client can read a tree.
 pub async fn raw_walk_batched(client: &Client, root: &str) -> usize {
-    enum Answer {
-        Data(Vec<String>, Vec<MultiReadResult>),
-        Children(Vec<String>, Vec<MultiReadResult>),
-    }
-    let window = 1024 / READ_BATCH;
-    let mut stack = vec![root.to_owned()];
-    let mut inflight: FuturesUnordered<BoxFuture<'_, Answer>> = FuturesUnordered::new();
-    let mut count = 0;
-    loop {
-        while inflight.len() < window && !stack.is_empty() {
-            let paths = stack.split_off(stack.len().saturating_sub(READ_BATCH));
+    let client = client.clone();
+    let limits = WalkLimits { batch: READ_BATCH, requests: 1024 / READ_BATCH, bytes: usize::MAX };
+    let walk = Walk::new(root, limits, move |paths| {
+        let client = client.clone();
+        async move {
             let mut reader = client.new_multi_reader();
             for path in &paths {
                 reader.add_get_data(path).expect("a valid path");
             }
-            let commit = reader.commit();
-            inflight.push(async move { Answer::Data(paths, commit.await.expect("multi-read getData")) }.boxed());
-        }
-        let Some(answer) = inflight.next().await else {
-            break;
-        };
-        match answer {
-            Answer::Data(paths, results) => {
-                count += paths.len();
-                let inner: Vec<String> = paths
-                    .into_iter()
-                    .zip(results)
-                    .filter_map(|(path, result)| match result {
-                        MultiReadResult::Data { stat, .. } => (stat.num_children > 0).then_some(path),
-                        other => panic!("multi-read getData {path}: {other:?}"),
-                    })
-                    .collect();
-                if !inner.is_empty() {
-                    let mut reader = client.new_multi_reader();
-                    for path in &inner {
-                        reader.add_get_children(path).expect("a valid path");
-                    }
-                    let commit = reader.commit();
-                    inflight.push(
-                        async move { Answer::Children(inner, commit.await.expect("multi-read getChildren")) }.boxed(),
-                    );
+            let results = reader.commit().await.expect("multi-read getData");
+            // Every path with no children yet; the inner ones get theirs from one more multi-read.
+            let mut read: Vec<(String, Vec<String>)> = Vec::with_capacity(paths.len());
+            let mut inner: Vec<usize> = Vec::new();
+            for (path, result) in paths.into_iter().zip(results) {
+                match result {
+                    MultiReadResult::Data { stat, .. } if stat.num_children > 0 => inner.push(read.len()),
+                    MultiReadResult::Data { .. } => {}
+                    other => panic!("multi-read getData {path}: {other:?}"),
                 }
+                read.push((path, Vec::new()));
             }
-            Answer::Children(paths, results) => {
-                for (path, result) in paths.into_iter().zip(results) {
+            if !inner.is_empty() {
+                let mut reader = client.new_multi_reader();
+                for &i in &inner {
+                    reader.add_get_children(&read[i].0).expect("a valid path");
+                }
+                let results = reader.commit().await.expect("multi-read getChildren");
+                for (i, result) in inner.into_iter().zip(results) {
                     match result {
-                        MultiReadResult::Children { children } => {
-                            stack.extend(children.into_iter().map(|c| format!("{path}/{c}")))
-                        }
-                        other => panic!("multi-read getChildren {path}: {other:?}"),
+                        MultiReadResult::Children { children } => read[i].1 = children,
+                        other => panic!("multi-read getChildren {}: {other:?}", read[i].0),
                     }
                 }
             }
+            read
         }
+        .boxed()
+    });
+    count_walk(walk).await
+}
+
+/// Runs a reference walk to the end, descending everywhere; the znodes read.
+async fn count_walk(mut walk: Walk<Vec<String>>) -> usize {
+    let mut count = 0;
+    while let Some((path, children)) = walk.next().await {
+        count += 1;
+        walk.descend(&path, &children);
     }
     count
 }
@@ -222,17 +214,17 @@ pub async fn timed_raw_walk(client: &Client, nodes: usize, batched: bool) -> Dur
 /// Znode `i` of the benchmark tree (`paths` = [`tree_paths`]) as a copy holds it, for the
 /// writes that bypass ZooKeeper ([`raw_write`], [`scripted_write`]): [`DATA_LEN`] bytes, every
 /// zxid `2^32 + i`, its children's names.
-fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::znode::Znode {
+fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::testing::Znode {
     const FIRST_ZXID: i64 = 1 << 32;
     const TIME_MS: i64 = 1_764_000_000_000;
     let zxid = FIRST_ZXID + i as i64;
     let first_child = i * FANOUT + 1;
     let children: Vec<String> =
         (0..FANOUT).filter(|c| first_child + c < paths.len()).map(|c| format!("n{c}")).collect();
-    zkmirror::znode::Znode {
+    zkmirror::testing::Znode {
         path: paths[i].clone(),
         data: vec![b'v'; DATA_LEN],
-        stat: zkmirror::znode::ZnodeStat {
+        stat: zkmirror::testing::ZnodeStat {
             czxid: zxid,
             mzxid: zxid,
             pzxid: zxid,
@@ -254,7 +246,7 @@ const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
 /// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. Leaves the
 /// keys in place; the caller flushes.
 pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize) -> Duration {
-    let keys = zkmirror::schema::Keys::new(PREFIX);
+    let keys = zkmirror::testing::Keys::new(PREFIX);
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
@@ -263,7 +255,7 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
             let znode = synthetic_znode(&paths, i);
             pipe.set(keys.data(&znode.path), &znode.data).ignore();
             pipe.cmd("HSET").arg(keys.meta(&znode.path));
-            for (field, value) in zkmirror::schema::STAT_FIELDS.iter().zip(znode.stat.fields()) {
+            for (field, value) in zkmirror::testing::STAT_FIELDS.iter().zip(znode.stat.fields()) {
                 pipe.arg(*field).arg(value);
             }
             pipe.arg("mirrored_at").arg(SYNTHETIC_NOW_MS).ignore();
@@ -277,22 +269,22 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
 }
 
 /// Context for the cold sync: the mirror's own Redis stage alone. The same znodes go through
-/// zkmirror's [`Store::apply`](zkmirror::store::Store::apply) (the schema's `put.lua`, one
+/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (the schema's `put.lua`, one
 /// pipeline of 1000 in flight, as the mirror sends them) into an empty Redis, with no
 /// ZooKeeper at all. A cold sync cannot finish sooner than this; the gap between the two is
 /// what reading ZooKeeper adds. Leaves the keys in place; the caller flushes.
 pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
     let config = zkmirror::MirrorConfig::new("127.0.0.1:1", redis_url, ROOT);
-    let store = zkmirror::store::Store::new(&config).expect("a store for the scripted write");
+    let store = zkmirror::testing::Store::new(&config).expect("a store for the scripted write");
     store.load_scripts().await.expect("loading the schema's scripts");
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
-        let writes: Vec<zkmirror::store::Write> = (chunk_index * 1000..chunk_index * 1000 + chunk.len())
-            .map(|i| zkmirror::store::Write::Put(synthetic_znode(&paths, i)))
+        let writes: Vec<zkmirror::testing::Write> = (chunk_index * 1000..chunk_index * 1000 + chunk.len())
+            .map(|i| zkmirror::testing::Write::Put(synthetic_znode(&paths, i)))
             .collect();
         let applied = match writes.last() {
-            Some(zkmirror::store::Write::Put(znode)) => znode.stat.last_zxid(),
+            Some(zkmirror::testing::Write::Put(znode)) => znode.stat.last_zxid(),
             _ => 0,
         };
         let outcome =
@@ -300,14 +292,6 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
         assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
     }
     started.elapsed()
-}
-
-pub async fn zk_client(connect: &str) -> Client {
-    Client::connector()
-        .with_session_timeout(Duration::from_secs(4))
-        .connect(connect)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to ZooKeeper at {connect}: {e}"))
 }
 
 /// Starts Redis's latency monitor afresh: every event (a command, a fork, an expiry cycle)
@@ -336,12 +320,7 @@ pub async fn redis_stall_max_ms(conn: &mut redis::aio::MultiplexedConnection) ->
 /// The benchmark's own Redis connection. redis-rs answers "timed out" after 500 ms by default;
 /// `FLUSHALL` of a 200,000-znode copy or a verify's large pipelines take longer.
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(120)));
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+    world::redis_conn_with_response_timeout(url, Duration::from_secs(120)).await
 }
 
 /// A blocking Redis connection with TCP_NODELAY, for the tight polling loops (one request at a
@@ -361,75 +340,6 @@ pub fn redis_sync_conn(url: &str) -> redis::Connection {
 // ---------------------------------------------------------------------------------------------
 // Processes: the mirror and the benchmark's own helper roles
 // ---------------------------------------------------------------------------------------------
-
-/// A child process that is stopped when dropped (SIGTERM, then SIGKILL after 5 s), and that the
-/// kernel kills if the benchmark dies (PR_SET_PDEATHSIG; children are spawned from the main
-/// thread, which lives as long as the benchmark).
-pub struct Guarded {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Guarded {
-    pub fn spawn(name: &str, mut command: Command) -> Guarded {
-        crate::common::servers::die_with_parent(&mut command);
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Guarded { child, name: name.to_owned() }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics (naming the process) if it has exited.
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited unexpectedly: {status}", self.name);
-        }
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 5 s).
-    pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: a plain signal to our own, not yet reaped child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Blocks until the process has exited, without reaping it: its /proc entry (and CPU
-    /// times) stay readable until [`Guarded::wait_success`].
-    pub fn wait_exited_unreaped(&self) {
-        // SAFETY: waitid with WNOWAIT on our own child only observes its state.
-        unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PID, self.child.id(), &mut info, libc::WEXITED | libc::WNOWAIT);
-        }
-    }
-
-    /// Waits for a process that ends by itself; panics if it fails.
-    pub fn wait_success(&mut self) {
-        let status = self.child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.name));
-        assert!(status.success(), "{} failed: {status}", self.name);
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Where the mirror's log of each section goes.
 pub fn log_dir() -> PathBuf {
@@ -545,7 +455,7 @@ pub fn role_command(role: &str, args: &[String]) -> Command {
 
 /// Reads `P:mirror` `state`.
 pub async fn mirror_state(conn: &mut redis::aio::MultiplexedConnection) -> Option<String> {
-    redis::cmd("HGET").arg(format!("{PREFIX}:mirror")).arg("state").query_async(conn).await.expect("HGET state")
+    world::mirror_state(conn, PREFIX).await
 }
 
 /// Polls `P:mirror` `state` every 0.5 ms until it is `want`; returns when it was seen.
@@ -555,15 +465,7 @@ pub async fn wait_state(
     want: &str,
     timeout: Duration,
 ) -> Option<Instant> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if mirror_state(conn).await.as_deref() == Some(want) {
-            return Some(Instant::now());
-        }
-        mirror.assert_running();
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    None
+    world::wait_for_state(conn, PREFIX, mirror, want, timeout).await
 }
 
 /// Compares Redis with ZooKeeper (zkmirror's independent `verify`) and returns the report and
@@ -877,13 +779,13 @@ static SERVER_VERSIONS: std::sync::OnceLock<(String, String)> = std::sync::OnceL
 /// redis-server, both on loopback, both killed when dropped.
 pub struct Servers {
     pub zk: ZkServer,
-    pub redis: crate::common::RedisServer,
+    pub redis: RedisServer,
 }
 
 impl Servers {
     pub async fn start() -> Servers {
         let zk = ZkServer::start_for_benchmark();
-        let redis = crate::common::RedisServer::start();
+        let redis = RedisServer::start();
         if SERVER_VERSIONS.get().is_none() {
             let mut conn = redis_conn(&redis.url()).await;
             let _ = SERVER_VERSIONS.set((zookeeper_version(&zk), redis_version(&mut conn).await));
@@ -906,7 +808,7 @@ pub fn versions() -> Versions {
 /// Quantiles (ms) of a Prometheus histogram the mirror serves at `addr`, interpolated linearly
 /// inside the bucket that holds each rank: as precise as the buckets (50 µs steps below 0.5 ms).
 pub fn scrape_histogram_ms(addr: &str, name: &str) -> Option<HistogramQuantiles> {
-    let (200, body) = crate::common::http_get(addr, "/metrics").ok()? else { return None };
+    let (200, body) = zkmirror_testkit::http_get(addr, "/metrics").ok()? else { return None };
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = body
         .lines()

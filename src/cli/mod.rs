@@ -20,11 +20,11 @@ pub mod verify;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
+use crate::ZkDigest;
 use anyhow::Context;
 use clap::Args;
 use redis::aio::MultiplexedConnection;
-use zkmirror::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
-use zkmirror::ZkDigest;
 
 /// The answer is "no": differences, a stale mirror, a missing znode.
 pub const NO: u8 = 1;
@@ -35,10 +35,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
 /// Where the copy is.
+// Its field docs are `--help` text (clap), not rustdoc: `[user:password@]` is not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args)]
 pub struct RedisArgs {
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS).
-    #[arg(long, env = "ZKMIRROR_REDIS", default_value = zkmirror::config::DEFAULT_REDIS_URL)]
+    #[arg(long, env = "ZKMIRROR_REDIS", default_value = crate::config::DEFAULT_REDIS_URL)]
     pub redis: String,
     /// Key prefix in Redis.
     #[arg(long, env = "ZKMIRROR_PREFIX", default_value = "zk")]
@@ -49,7 +51,7 @@ pub struct RedisArgs {
 #[derive(Args)]
 pub struct ZkArgs {
     /// ZooKeeper servers, host:port[,host:port...].
-    #[arg(long, env = "ZKMIRROR_ZK", default_value = zkmirror::config::DEFAULT_ZK_SERVERS)]
+    #[arg(long, env = "ZKMIRROR_ZK", default_value = crate::config::DEFAULT_ZK_SERVERS)]
     pub zk: String,
     /// ZooKeeper digest credentials, user:password.
     #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
@@ -61,7 +63,7 @@ pub fn no() -> ExitCode {
 }
 
 /// A one-shot ZooKeeper session. Each attempt fails fast (`fail_eagerly`) when no server
-/// answers; attempts repeat until [`CONNECT_TIMEOUT`], so a server that is still starting (its
+/// answers; attempts repeat until `CONNECT_TIMEOUT`, so a server that is still starting (its
 /// port open, sessions not yet served) is waited for. The error names the servers.
 pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Result<zookeeper_client::Client> {
     validate_zk_servers(servers)?;
@@ -80,7 +82,7 @@ pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Resul
             }
             // The client says only "no hosts" when no server accepted the connection: ask
             // the OS why (refused, unknown host, ...).
-            Ok(Err(error)) => match zkmirror::zk::probe(servers, CONNECT_RETRY * 8).await {
+            Ok(Err(error)) => match crate::zk::probe(servers, CONNECT_RETRY * 8).await {
                 Err(why) => why,
                 Ok(()) => error.to_string(),
             },

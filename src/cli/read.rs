@@ -1,11 +1,11 @@
 //! `zkmirror get` and `zkmirror ls`: read one znode from Redis the way an application does
-//! ([`zkmirror::reader`]); ZooKeeper is not asked.
+//! ([`crate::reader`]); ZooKeeper is not asked.
 
 use std::process::ExitCode;
 
+use crate::reader;
+use crate::schema::Keys;
 use clap::Args;
-use zkmirror::reader;
-use zkmirror::schema::Keys;
 
 use super::{connect_redis, no, write_stdout, RedisArgs};
 
@@ -65,8 +65,8 @@ pub async fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check_path(path: &str) -> anyhow::Result<()> {
-    zkmirror::path::validate(path).map_err(|e| match e {
-        zkmirror::ConfigError::BadRoot { root, why } => anyhow::anyhow!("bad znode path {root:?}: {why}"),
+    crate::path::validate(path).map_err(|e| match e {
+        crate::ConfigError::BadRoot { root, why } => anyhow::anyhow!("bad znode path {root:?}: {why}"),
         other => other.into(),
     })
 }

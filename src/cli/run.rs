@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::settings::{parse_duration_text, Overrides, Settings};
+use crate::ZkDigest;
 use anyhow::Context;
 use clap::Args;
 use tracing::info;
-use zkmirror::settings::{parse_duration_text, Overrides, Settings};
-use zkmirror::ZkDigest;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -102,10 +102,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (file, overrides) = args.settings.split();
     // Fail fast on bad settings, before any signal handler or server is set up.
     Settings::load(file.as_deref(), &overrides)?;
-    let (trigger, shutdown) = zkmirror::shutdown::channel();
+    let (trigger, shutdown) = crate::shutdown::channel();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    let daemon = tokio::spawn(zkmirror::service::run(file, overrides, shutdown));
+    let daemon = tokio::spawn(crate::service::run(file, overrides, shutdown));
     tokio::pin!(daemon);
     tokio::select! {
         result = &mut daemon => { result.context("the daemon task panicked")??; return Ok(ExitCode::SUCCESS) }
@@ -128,5 +128,5 @@ pub async fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn parse_size_text(text: &str) -> Result<u64, String> {
-    zkmirror::settings::parse_size(text)
+    crate::settings::parse_size(text)
 }

@@ -1,6 +1,6 @@
 //! `zkmirror status`: what the mirror last wrote to `P:mirror`, judged: live and a recent
 //! heartbeat, or not. With `--lag` (or `--zk`), also how far the copy is behind ZooKeeper
-//! ([`zkmirror::lag`]).
+//! (`crate::lag`).
 //!
 //! When several roots share the prefix, `P:mirror` is their aggregate and lists them in
 //! `roots`; each root's own status is `P:mirror:{ROOT}`. Then every root is reported and judged
@@ -16,16 +16,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::lag::{read_clock, Behind, SubtreeClock};
+use crate::reader::{mirror_state, root_state, MirrorState};
+use crate::schema::Keys;
+use crate::ZkDigest;
 use clap::Args;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
-use zkmirror::lag::{read_clock, Behind, SubtreeClock};
-use zkmirror::reader::{mirror_state, root_state, MirrorState};
-use zkmirror::schema::Keys;
-use zkmirror::ZkDigest;
 
 use super::{connect_redis, connect_zk, human_ms, no, now_ms, write_stdout, RedisArgs};
-use zkmirror::settings::parse_duration_text;
+use crate::settings::parse_duration_text;
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -81,7 +81,7 @@ impl StatusArgs {
     fn lag_servers(&self) -> Option<&str> {
         match (&self.zk, self.lag) {
             (Some(servers), _) => Some(servers),
-            (None, true) => Some(zkmirror::config::DEFAULT_ZK_SERVERS),
+            (None, true) => Some(crate::config::DEFAULT_ZK_SERVERS),
             (None, false) => None,
         }
     }

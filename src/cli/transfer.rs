@@ -1,11 +1,11 @@
 //! `zkmirror import` and `zkmirror export`: a tree from a directory or a tree file into
-//! ZooKeeper, and a subtree out to either form ([`zkmirror::transfer`]).
+//! ZooKeeper, and a subtree out to either form (`crate::transfer`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::transfer::{self, Change, DiskOutcome, ImportPlan};
 use clap::{Args, ValueEnum};
-use zkmirror::transfer::{self, Change, DiskOutcome, ImportPlan};
 
 use super::{connect_zk, write_stdout, ZkArgs};
 
@@ -53,7 +53,7 @@ enum Form {
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    zkmirror::path::validate(&args.root)?;
+    crate::path::validate(&args.root)?;
     let tree = transfer::read_source(&args.source)?;
     let zk = connect_zk(&args.zk.zk, args.zk.zk_auth.as_ref()).await?;
     let plan = transfer::plan_import(&zk, &args.root, &tree).await?;
@@ -108,8 +108,8 @@ fn change_lines(plan: &ImportPlan, mood: &str) -> String {
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    zkmirror::path::validate(&args.path).map_err(|e| match e {
-        zkmirror::ConfigError::BadRoot { root, why } => anyhow::anyhow!("bad znode path {root:?}: {why}"),
+    crate::path::validate(&args.path).map_err(|e| match e {
+        crate::ConfigError::BadRoot { root, why } => anyhow::anyhow!("bad znode path {root:?}: {why}"),
         other => other.into(),
     })?;
     let form = args.format.unwrap_or(match &args.out {

@@ -1,5 +1,5 @@
 //! `zkmirror verify`: compares the subtree in ZooKeeper with its copy in Redis, key by key,
-//! independently of any running mirror ([`zkmirror::verify`]). Differences that settle within
+//! independently of any running mirror ([`crate::verify`]). Differences that settle within
 //! the grace period (changes in flight) are not reported.
 //!
 //! One root from flags (with `--include`/`--exclude`/`--max-depth` as its filter), or with
@@ -10,17 +10,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::filter::Filter;
+use crate::schema::{KeyKind, Keys};
+use crate::settings::{Overrides, Settings};
+use crate::verify::{compare_settled, Report};
+use crate::{MirrorConfig, ZkDigest};
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use zkmirror::filter::Filter;
-use zkmirror::schema::{KeyKind, Keys};
-use zkmirror::settings::{Overrides, Settings};
-use zkmirror::verify::{compare_settled, Report};
-use zkmirror::{MirrorConfig, ZkDigest};
 
 use super::{connect_redis, connect_zk, no, write_stdout, RedisArgs};
-use zkmirror::settings::parse_duration_text;
+use crate::settings::parse_duration_text;
 
 #[derive(Args)]
 pub struct VerifyArgs {

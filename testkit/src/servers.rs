@@ -5,7 +5,7 @@
 //! * A server owned by a test ([`ZkServer::start`], [`RedisServer::start`]) is killed by pid in
 //!   its `Drop`, also when the test panics.
 //! * [`ZkServer::shared`] lives in a `static`, which Rust never drops. Its pid (like every live
-//!   server pid) is recorded in [`LIVE_PIDS`] and an `atexit` handler kills what is left when
+//!   server pid) is recorded in `LIVE_PIDS` and an `atexit` handler kills what is left when
 //!   the binary exits (libtest ends through `process::exit` or a return from `main`; both run
 //!   `atexit` handlers).
 //! * If the binary dies without running `atexit` (SIGKILL, abort, Ctrl-C), the kernel kills the
@@ -73,7 +73,7 @@ fn register_pid(pid: i32) {
     assert!(registered, "more than {MAX_LIVE_SERVERS} live test servers; raise MAX_LIVE_SERVERS");
 }
 
-fn unregister_pid(pid: i32) {
+pub(crate) fn unregister_pid(pid: i32) {
     for slot in &LIVE_PIDS {
         if slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
             return;
@@ -153,7 +153,7 @@ pub fn die_with_parent(command: &mut Command) {
 
 /// Spawns `command` from the spawner thread with `PR_SET_PDEATHSIG(SIGKILL)` and registers its
 /// pid for the `atexit` handler. See the module docs for why.
-fn spawn_guarded(mut command: Command) -> io::Result<Child> {
+pub(crate) fn spawn_guarded(mut command: Command) -> io::Result<Child> {
     die_with_parent(&mut command);
     let (reply, result) = mpsc::channel();
     spawner().send(SpawnRequest { command, reply }).expect("test-server spawner thread is gone");

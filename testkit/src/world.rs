@@ -1,5 +1,6 @@
 //! Mirror-specific helpers: run a mirror in-process, build trees, and wait until Redis is the
-//! exact copy (judged by the independent `zkmirror::verify` comparison, key by key).
+//! exact copy (judged by the independent `zkmirror::verify` comparison, key by key) or until a
+//! mirror in another process reports a state.
 
 use std::time::Duration;
 
@@ -83,6 +84,42 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// [`redis_conn`] with another response timeout than redis-rs's default (500 ms): a benchmark's
+/// `FLUSHALL` of a large copy or a verify's large pipelines take longer.
+pub async fn redis_conn_with_response_timeout(url: &str, timeout: Duration) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// `P:mirror` `state`, as the mirror under `prefix` last wrote it; `None` when absent.
+pub async fn mirror_state(conn: &mut MultiplexedConnection, prefix: &str) -> Option<String> {
+    redis::cmd("HGET").arg(format!("{prefix}:mirror")).arg("state").query_async(conn).await.expect("HGET state")
+}
+
+/// Polls `P:mirror` `state` every 0.5 ms until it is `want`, and returns when it was seen;
+/// `None` after `timeout`. Panics as soon as `mirror` (the mirror's process) has exited.
+pub async fn wait_for_state(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    mirror: &mut crate::Guarded,
+    want: &str,
+    timeout: Duration,
+) -> Option<std::time::Instant> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if mirror_state(conn, prefix).await.as_deref() == Some(want) {
+            return Some(std::time::Instant::now());
+        }
+        mirror.assert_running();
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    None
 }
 
 /// Waits until Redis holds exactly the subtree at `root` under `prefix`; on timeout panics
