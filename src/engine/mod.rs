@@ -1110,4 +1110,6 @@ fn anti_entropy_postponed(changes_per_s: f64, postponed_so_far: u32) -> bool {
 }
 
 #[cfg(test)]
+mod review_tests;
+#[cfg(test)]
 mod tests;
