@@ -5,7 +5,7 @@
 --
 -- KEYS: 1 status (HASH)
 -- ARGV: 1 candidate zxid (decimal)
--- Returns: the stored zxid after the call
+-- Returns: the stored zxid after the call, or nil (nothing written) when the hash does not exist
 
 local function cmp(a, b)
   if #a ~= #b then
@@ -13,6 +13,13 @@ local function cmp(a, b)
   end
   if a == b then return 0 end
   if a < b then return -1 else return 1 end
+end
+
+-- A status hash that is gone was flushed (or deleted) since the mirror wrote it: creating it
+-- here would hide that from the next heartbeat's loss check (status.lua), and claim a zxid for
+-- keys Redis no longer holds. Answer nil instead; the mirror resyncs.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
 end
 
 local current = redis.call('HGET', KEYS[1], 'zxid')

@@ -42,6 +42,18 @@ pub enum ZkError {
     Read { path: String, source: zookeeper_client::Error },
 }
 
+impl ZkError {
+    /// Whether the session is gone for good, however the error reached us (a read, a watch).
+    pub fn is_session_expired(&self) -> bool {
+        matches!(
+            self,
+            ZkError::SessionExpired
+                | ZkError::Watch { source: zookeeper_client::Error::SessionExpired, .. }
+                | ZkError::Read { source: zookeeper_client::Error::SessionExpired, .. }
+        )
+    }
+}
+
 /// Failures talking to Redis.
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -107,6 +107,9 @@ pub struct Applied {
     /// Why raising the status `zxid` failed, when it was asked for and did (the status key of
     /// the wrong type, say). The writes' outcomes stand regardless.
     pub zxid_failure: Option<String>,
+    /// The status hash did not exist when the zxid was to be raised: Redis lost the mirror's
+    /// keys since the status was last written (nothing was written by `advance_zxid.lua`).
+    pub status_missing: bool,
 }
 
 impl Applied {
@@ -283,6 +286,7 @@ impl Store {
                 return Err(store.error(error.into()));
             }
             let advance_answer = if advance_to.is_some() { answers.pop() } else { None };
+            let status_missing = matches!(advance_answer, Some(Value::Nil));
             let zxid_failure = match advance_answer {
                 Some(Value::ServerError(e)) => Some(describe(&e)),
                 _ => None,
@@ -296,7 +300,7 @@ impl Store {
                     other => WriteOutcome::Failed(format!("unexpected answer {other:?}")),
                 })
                 .collect();
-            Ok(Applied { outcomes, zxid_failure })
+            Ok(Applied { outcomes, zxid_failure, status_missing })
         }
     }
 

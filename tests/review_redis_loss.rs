@@ -1,8 +1,7 @@
 //! Adversarial review: Redis losing the mirror's keys while changes keep coming, against real
 //! ZooKeeper and Redis.
-//!
-//! Run the ignored (bug-demonstrating) test with
-//! `cargo test --test review_redis_loss -- --ignored`.
+//! It failed before advance_zxid.lua stopped recreating a flushed status hash (commit 5455a06
+//! has it as an ignored, failing test).
 
 mod common;
 
@@ -25,7 +24,6 @@ use zkmirror::Phase;
 /// Interleaving: FLUSHALL → pipeline [put /hot, advance_zxid W] re-creates `P:mirror` →
 /// heartbeat `status.lua` EXISTS = 1 → no RedisLost walk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a FLUSHALL under load goes unnoticed: advance_zxid re-creates P:mirror before the heartbeat looks"]
 async fn a_flush_under_load_is_noticed_and_refilled() {
     let zk = ZkServer::shared();
     let redis = RedisServer::start();

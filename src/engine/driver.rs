@@ -25,7 +25,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What one multi-read answers: each path with what was found.
 type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
 /// A sweep's answer, tagged with the walk generation that asked.
-type SweepResult = (u64, Result<Vec<String>, StoreError>);
+type SweepResult = (u64, Result<(u64, Vec<String>), StoreError>);
 
 /// The futures of one kind the driver can have in flight; each `Option` holds at most one,
 /// because the core never asks for a second before the first is answered.
@@ -227,11 +227,11 @@ fn start(
                     async move { (generation, store.may_hold_subtree(&root, super::SUBTREE_CHECK_PAGES).await) },
                 ));
         }
-        Effect::Sweep { generation } => {
+        Effect::Sweep { generation, cursor } => {
             let (store, root, filter) = (store.clone(), config.root.clone(), config.filter.clone());
             f.sweep = Some(Box::pin(async move {
                 let keep = |path: &str| filter.copies(&root, path);
-                (generation, store.stray_paths(&root, keep).await)
+                (generation, store.stray_page(&root, cursor, keep).await)
             }));
         }
         Effect::WriteStatus { fields } => {

@@ -71,6 +71,8 @@ pub(crate) const SUBTREE_CHECK_PAGES: usize = 16;
 /// Bytes charged per path in flight beyond its data: Stat, path, children names of a typical
 /// znode, and the client's decoding.
 const READ_OVERHEAD_BYTES: usize = 4096;
+/// Writes whose script failed kept for a retry; past that, left to the next walk.
+const MAX_FAILED_WRITES: usize = 10_000;
 /// How long a write whose script failed waits before it is read and written again.
 const FAILED_WRITE_RETRY: Duration = Duration::from_secs(10);
 /// Share of the memory budget that dirty paths may take before they are dropped for a
@@ -106,9 +108,10 @@ pub(crate) enum Input {
         generation: u64,
         result: Result<bool, StoreError>,
     },
+    /// One page of the sweep: the cursor of the next page (0: the last) and its candidates.
     SweepDone {
         generation: u64,
-        result: Result<Vec<String>, StoreError>,
+        result: Result<(u64, Vec<String>), StoreError>,
     },
     /// The status hash was written; `Ok(false)`: it did not exist before this write.
     StatusWritten(Result<bool, StoreError>),
@@ -146,8 +149,10 @@ pub(crate) enum Effect {
     CheckSubtree {
         generation: u64,
     },
+    /// One page of the sweep, from `cursor` (a `SCAN` cursor; 0 starts it).
     Sweep {
         generation: u64,
+        cursor: u64,
     },
     /// Set these status fields; answered with whether the status hash existed before.
     WriteStatus {
@@ -385,7 +390,9 @@ impl Core {
         if self.failed_retry_at.is_some_and(|t| now >= t) {
             self.failed_retry_at = None;
             for (path, mark) in std::mem::take(&mut self.failed_writes) {
-                self.dirty.push(&path, mark);
+                if let Some(superseded) = self.dirty.push(&path, mark) {
+                    self.watermark.close(superseded);
+                }
             }
         }
         if let RedisLink::Down { retry_at } = self.redis {
@@ -425,6 +432,11 @@ impl Core {
                 self.zk = ZkLink::Waiting { until: now + wait };
             }
             Input::WatchAdded => self.on_watch_added(now),
+            Input::WatchFailed(error) if error.is_session_expired() => {
+                // Without a watch no session event reaches us: the watch's own answer is how
+                // we learn the session is gone.
+                self.on_session_ended();
+            }
             Input::WatchFailed(error) => {
                 if matches!(self.zk, ZkLink::Connected { .. }) {
                     let wait = self.zk_backoff.next_delay();
@@ -482,6 +494,9 @@ impl Core {
         self.zk = ZkLink::Connected { watch: WatchState::Active };
         self.watch_epoch += 1;
         self.zk_backoff.reset();
+        // Reads that failed with the connection are not the new watch's problem: read at once.
+        self.read_retry_at = None;
+        self.read_backoff.reset();
         let reason = self.next_walk;
         self.next_walk = WalkReason::WatchRestored;
         self.start_walk(reason, now);
@@ -548,8 +563,9 @@ impl Core {
         if self.dirty.is_marked(path) {
             return;
         }
-        self.dirty.push(path, Some(seq));
         self.watermark.open(seq);
+        // Not marked yet (checked above): nothing is superseded.
+        let _ = self.dirty.push(path, Some(seq));
     }
 
     /// Starts (or restarts) a walk from the root. Dirty paths stay: the walk does not replace
@@ -694,7 +710,9 @@ impl Core {
                             _ => {}
                         },
                         None => {
-                            self.dirty.push(&path, item.mark);
+                            if let Some(superseded) = self.dirty.push(&path, item.mark) {
+                                self.watermark.close(superseded);
+                            }
                         }
                     }
                     match &mut failed {
@@ -790,7 +808,7 @@ impl Core {
         if self.redis != RedisLink::Up || self.subtree_check.is_some() || self.writes.in_flight() {
             return;
         }
-        let zxid = Some(self.watermark.value()).filter(|z| *z > self.published_zxid);
+        let zxid = self.watermark.claimable().filter(|z| *z > self.published_zxid);
         if let Some((writes, oldest_read_ms)) = self.writes.start_batch(zxid) {
             self.record.batch_sent(writes.len());
             self.batch_sent = Some(now);
@@ -806,7 +824,11 @@ impl Core {
             Ok(applied) => {
                 let counts = applied.counts();
                 self.record.batch_done(&counts, round_trip);
-                if let Some(why) = &applied.zxid_failure {
+                if applied.status_missing && self.status_written {
+                    // The status hash is gone since the last heartbeat wrote it: Redis lost
+                    // our keys (FLUSHALL under load). The same as the heartbeat finding it.
+                    self.on_redis_lost(now);
+                } else if let Some(why) = &applied.zxid_failure {
                     warn!(why = %why, "cannot raise P:mirror zxid; the status hash needs repair");
                 } else if let Some(zxid) = batch.zxid {
                     self.published_zxid = self.published_zxid.max(zxid);
@@ -828,31 +850,38 @@ impl Core {
                 }
                 let (mut failed, mut stale) = (0, 0);
                 for ((write, mark), outcome) in batch.writes.iter().zip(&batch.marks).zip(&applied.outcomes) {
-                    match outcome {
-                        WriteOutcome::Refused(Refusal::Stale) => {
-                            // Held past its deadline (the mirror was paused?): read it again.
-                            stale += 1;
-                            self.dirty.push(write.path(), *mark);
+                    let landed = !matches!(outcome, WriteOutcome::Refused(Refusal::Stale) | WriteOutcome::Failed(_));
+                    if landed {
+                        if let Some(mark) = mark {
+                            self.watermark.close(*mark);
                         }
-                        WriteOutcome::Failed(why) => {
-                            if failed == 0 {
-                                warn!(path = %write.path(), why = %why, failed = counts.failed,
-                                      "Redis refused the write of {} (a key of the layout holds the wrong type?); \
-                                       other znodes go on, this one is retried later", write.path());
-                            }
-                            failed += 1;
-                            if self.failed_writes.len() < 10_000 {
-                                self.failed_writes.push((write.path().to_owned(), *mark));
-                            } else if let Some(mark) = mark {
-                                // Past that many broken keys, stop claiming anything at all.
-                                self.watermark.block();
-                                self.watermark.close(*mark);
-                            }
+                        continue;
+                    }
+                    // What this write carries is not in Redis: keep it out of the watermark until
+                    // a later write of the path lands. A walk's write answers no event; its mark
+                    // is 0, which holds back every claim (the walk may have been the only thing
+                    // to know of the change).
+                    let mark = mark.unwrap_or_else(|| {
+                        self.watermark.open(0);
+                        0
+                    });
+                    if let WriteOutcome::Failed(why) = outcome {
+                        if failed == 0 {
+                            warn!(path = %write.path(), why = %why, failed = counts.failed,
+                                  "Redis refused the write of {} (a key of the layout holds the wrong type?); \
+                                   other znodes go on, this one is retried later", write.path());
                         }
-                        _ => {
-                            if let Some(mark) = mark {
-                                self.watermark.close(*mark);
-                            }
+                        failed += 1;
+                        if self.failed_writes.len() < MAX_FAILED_WRITES {
+                            self.failed_writes.push((write.path().to_owned(), Some(mark)));
+                        }
+                        // Past that many broken keys the rest are left to the next walk, and their
+                        // marks stay open: nothing more is claimed until someone repairs Redis.
+                    } else {
+                        // Held past its deadline (the mirror was paused?): read it again.
+                        stale += 1;
+                        if let Some(superseded) = self.dirty.push(write.path(), Some(mark)) {
+                            self.watermark.close(superseded);
                         }
                     }
                 }
@@ -872,6 +901,7 @@ impl Core {
                 // Redis restarted (or SCRIPT FLUSH): load the scripts and send the same batch
                 // again; its reads are only milliseconds old.
                 info!(%error, "Redis has no scripts loaded (restarted?); loading them");
+                self.published_zxid = 0;
                 self.noscript_batch = Some(batch);
                 self.redis = RedisLink::Loading { was_down: false };
                 self.effects.push_back(Effect::LoadScripts);
@@ -890,6 +920,9 @@ impl Core {
                 self.redis_backoff.reset();
                 if let Some(mut batch) = self.noscript_batch.take() {
                     batch.retried = true;
+                    // Redis restarted: what the claim counted on may be gone; the resync walk
+                    // earns it again.
+                    batch.zxid = None;
                     let zxid = batch.zxid;
                     let (writes, oldest_read_ms) = self.writes.resend(batch);
                     self.batch_sent = Some(now);
@@ -923,6 +956,9 @@ impl Core {
             self.last_redis_error_log = Some(now);
         }
         self.redis = RedisLink::Down { retry_at: now + wait };
+        // Whatever Redis holds when it returns, the watermark is written again after the
+        // reconcile.
+        self.published_zxid = 0;
         self.writes.clear_ready();
         self.dirty.clear();
         self.walk = None;
@@ -948,7 +984,14 @@ impl Core {
                 );
                 walk.stage = WalkStage::Sweeping;
                 self.sweep = Some(walk.generation);
-                self.effects.push_back(Effect::Sweep { generation: walk.generation });
+                self.effects.push_back(Effect::Sweep { generation: walk.generation, cursor: 0 });
+            }
+            WalkStage::Confirming if walk.sweep_cursor != 0 => {
+                // The candidates of one page are confirmed: the next page. A page at a time
+                // keeps what the sweep holds small, however much was deleted meanwhile.
+                walk.stage = WalkStage::Sweeping;
+                self.sweep = Some(walk.generation);
+                self.effects.push_back(Effect::Sweep { generation: walk.generation, cursor: walk.sweep_cursor });
             }
             WalkStage::Reading | WalkStage::Confirming => {
                 if let Some(walk) = self.walk.take() {
@@ -959,14 +1002,15 @@ impl Core {
         }
     }
 
-    fn on_sweep(&mut self, generation: u64, result: Result<Vec<String>, StoreError>, now: Instant) {
+    fn on_sweep(&mut self, generation: u64, result: Result<(u64, Vec<String>), StoreError>, now: Instant) {
         if self.sweep != Some(generation) {
             return;
         }
         self.sweep = None;
         match result {
-            Ok(strays) => {
+            Ok((next_cursor, strays)) => {
                 if let Some(walk) = self.walk.as_mut().filter(|w| w.generation == generation) {
+                    walk.sweep_cursor = next_cursor;
                     if !strays.is_empty() {
                         debug!(count = strays.len(), "keys in Redis whose znode was not found by the walk; confirming");
                     }
@@ -1065,6 +1109,19 @@ impl Core {
         self.effects.push_back(Effect::WriteStatus { fields });
     }
 
+    /// Redis no longer holds the mirror's keys: load the scripts again (a restarted Redis has
+    /// none) and resync, claiming nothing until the walk has written everything again.
+    fn on_redis_lost(&mut self, now: Instant) {
+        warn!("Redis no longer holds the mirror's keys (flushed, restarted empty or deleted): resyncing");
+        self.published_zxid = 0;
+        self.redis = RedisLink::Loading { was_down: false };
+        self.effects.push_back(Effect::LoadScripts);
+        self.published_phase = None;
+        if self.watch_active() {
+            self.start_walk(WalkReason::RedisLost, now);
+        }
+    }
+
     fn on_status_written(&mut self, result: Result<bool, StoreError>, now: Instant) {
         self.status_in_flight = false;
         match result {
@@ -1073,14 +1130,7 @@ impl Core {
                 // written, its absence means Redis lost the mirror's keys (flushed, restarted
                 // empty, or deleted by hand).
                 if !existed && self.status_written && self.redis == RedisLink::Up {
-                    warn!("Redis no longer holds the mirror's keys (flushed, restarted empty or deleted): resyncing");
-                    // A restarted Redis has no scripts either.
-                    self.redis = RedisLink::Loading { was_down: false };
-                    self.effects.push_back(Effect::LoadScripts);
-                    self.published_phase = None;
-                    if self.watch_active() {
-                        self.start_walk(WalkReason::RedisLost, now);
-                    }
+                    self.on_redis_lost(now);
                 }
                 self.status_written = true;
             }

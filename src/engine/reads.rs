@@ -95,23 +95,38 @@ impl ReadRoom {
 pub(crate) struct DirtyPaths {
     order: VecDeque<String>,
     marks: HashMap<String, Option<u64>>,
+    /// Kept as paths come and go: summing on every event would make a burst quadratic.
+    bytes: usize,
+}
+
+/// What one dirty path costs, roughly: the path twice (queue and map) and their overhead.
+fn dirty_cost(path: &str) -> usize {
+    2 * path.len() + 64
 }
 
 impl DirtyPaths {
-    /// Marks `path` dirty; returns true if it was not dirty already. `mark` is the event
-    /// sequence number that asks for the read (None for a retry or a sweep candidate).
-    pub fn push(&mut self, path: &str, mark: Option<u64>) -> bool {
+    /// Marks `path` dirty. `mark` is the event sequence number that asks for the read (None
+    /// for a sweep candidate). One later read answers every mark of the path, so the path keeps
+    /// the earliest; the other one, if any, is returned: the caller closes it.
+    #[must_use = "a superseded mark must be closed"]
+    pub fn push(&mut self, path: &str, mark: Option<u64>) -> Option<u64> {
         match self.marks.get_mut(path) {
-            Some(existing) => {
-                if existing.is_none() {
-                    *existing = mark;
+            Some(existing) => match (*existing, mark) {
+                (Some(a), Some(b)) => {
+                    *existing = Some(a.min(b));
+                    Some(a.max(b))
                 }
-                false
-            }
+                (None, b) => {
+                    *existing = b;
+                    None
+                }
+                (Some(_), None) => None,
+            },
             None => {
                 self.marks.insert(path.to_owned(), mark);
                 self.order.push_back(path.to_owned());
-                true
+                self.bytes += dirty_cost(path);
+                None
             }
         }
     }
@@ -127,6 +142,7 @@ impl DirtyPaths {
 
     pub fn pop(&mut self) -> Option<(String, Option<u64>)> {
         let path = self.order.pop_front()?;
+        self.bytes -= dirty_cost(&path);
         let mark = self.marks.remove(&path).flatten();
         Some((path, mark))
     }
@@ -134,11 +150,12 @@ impl DirtyPaths {
     pub fn clear(&mut self) {
         self.order.clear();
         self.marks.clear();
+        self.bytes = 0;
     }
 
     /// Bytes held, roughly (for the memory budget's accounting of what the mirror holds).
     pub fn bytes(&self) -> usize {
-        self.order.iter().map(|p| 2 * p.len() + 64).sum()
+        self.bytes
     }
 }
 
@@ -206,12 +223,14 @@ mod tests {
     #[test]
     fn dirty_paths_are_read_once_and_keep_their_earliest_mark() {
         let mut dirty = DirtyPaths::default();
-        assert!(dirty.push("/r/a", Some(3)));
-        assert!(!dirty.push("/r/a", Some(5)));
-        assert!(dirty.push("/r/b", None));
-        assert!(!dirty.push("/r/b", Some(7)));
+        assert_eq!(dirty.push("/r/a", Some(3)), None);
+        assert_eq!(dirty.push("/r/a", Some(5)), Some(5), "the later mark is superseded");
+        assert_eq!(dirty.push("/r/a", Some(1)), Some(3), "an earlier one replaces it");
+        assert_eq!(dirty.push("/r/b", None), None);
+        assert_eq!(dirty.push("/r/b", Some(7)), None);
         assert!(dirty.is_marked("/r/b"));
-        assert_eq!(dirty.pop(), Some(("/r/a".to_owned(), Some(3))));
+        assert_eq!(dirty.bytes(), 2 * (2 * 4 + 64));
+        assert_eq!(dirty.pop(), Some(("/r/a".to_owned(), Some(1))));
         assert_eq!(dirty.pop(), Some(("/r/b".to_owned(), Some(7))));
         assert_eq!(dirty.pop(), None);
     }

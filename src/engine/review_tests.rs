@@ -1,7 +1,6 @@
-//! Adversarial review of the engine core: scripted interleavings that break a promise.
-//!
-//! Each test marked `#[ignore = "bug: ..."]` FAILS on the code it was written against; run them
-//! with `cargo test --lib engine::review_tests -- --ignored`.
+//! Scenarios an adversarial review of the engine found broken, kept as regression tests (each
+//! failed before its fix).
+//! Each was committed first as an ignored, failing test (commit 5455a06), then fixed.
 
 use super::*;
 use crate::status::Counters;
@@ -58,7 +57,7 @@ impl Script {
     /// Answers the pipeline in flight with these outcomes, in order (the rest written).
     fn answer_batch(&mut self, outcome: impl Fn(&Write) -> WriteOutcome) {
         let outcomes = self.core.writes_in_flight().into_iter().map(outcome).collect();
-        self.feed(Input::WriteDone(Ok(Applied { outcomes, zxid_failure: None })));
+        self.feed(Input::WriteDone(Ok(Applied { outcomes, zxid_failure: None, status_missing: false })));
     }
 
     fn ack(&mut self) {
@@ -130,7 +129,6 @@ fn cold_sync_up_to_the_childs_write() -> (Script, Vec<Effect>) {
 /// the change is not in Redis. `failed_writes` keeps *marks* open for this reason, but a walk's
 /// reads carry no mark.
 #[test]
-#[ignore = "bug: a walk whose write Failed still ends and P:mirror zxid claims the unwritten change"]
 fn a_walk_whose_write_failed_does_not_claim_the_unwritten_change() {
     let (mut s, mut seen) = cold_sync_up_to_the_childs_write();
     s.answer_batch(|w| {
@@ -157,7 +155,6 @@ fn a_walk_whose_write_failed_does_not_claim_the_unwritten_change() {
 /// walk counts it as written and ends, and the watermark claims 200 before `/r/a`'s re-read is
 /// written.
 #[test]
-#[ignore = "bug: a walk whose write was refused as Stale still ends and P:mirror zxid claims it"]
 fn a_walk_whose_write_was_refused_as_stale_does_not_claim_it_before_the_reread_lands() {
     let (mut s, mut seen) = cold_sync_up_to_the_childs_write();
     s.answer_batch(|w| if w.path() == "/r/a" { WriteOutcome::Refused(Refusal::Stale) } else { WriteOutcome::Written });
@@ -198,7 +195,6 @@ fn live_with_watermark_published() -> Script {
 /// into the restarted Redis, which does not hold what it claims, while the resync walk has only
 /// just started. The claim should wait for that walk.
 #[test]
-#[ignore = "bug: the batch resent after NOSCRIPT re-publishes the old watermark into a restarted (empty) Redis"]
 fn a_batch_resent_after_noscript_carries_no_claim_into_the_restarted_redis() {
     let mut s = Script::live(|_| {});
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
@@ -227,7 +223,6 @@ fn a_batch_resent_after_noscript_carries_no_claim_into_the_restarted_redis() {
 /// rewrites everything, but the watermark is only sent when it *moves* past what was published
 /// before the loss: on a quiet tree `P:mirror` `zxid` stays absent until ZooKeeper changes.
 #[test]
-#[ignore = "bug: after a Redis loss, P:mirror zxid is not written again until ZooKeeper changes"]
 fn the_watermark_is_written_again_after_redis_lost_the_keys() {
     let mut s = live_with_watermark_published();
     s.ack();
@@ -247,9 +242,11 @@ fn the_watermark_is_written_again_after_redis_lost_the_keys() {
     seen.extend(s.take());
     for _ in 0..4 {
         if s.core.writes_in_flight().is_empty() {
-            if let Some(Effect::Sweep { generation }) = seen.iter().rev().find(|e| matches!(e, Effect::Sweep { .. })) {
+            if let Some(Effect::Sweep { generation, .. }) =
+                seen.iter().rev().find(|e| matches!(e, Effect::Sweep { .. }))
+            {
                 let generation = *generation;
-                s.feed(Input::SweepDone { generation, result: Ok(vec![]) });
+                s.feed(Input::SweepDone { generation, result: Ok((0, vec![])) });
                 seen.extend(s.take());
             }
         }
@@ -267,7 +264,6 @@ fn the_watermark_is_written_again_after_redis_lost_the_keys() {
 /// `SessionExpired` (as `ZkError::Watch`), and the core retries `AddWatch` on the dead session
 /// for ever, `degraded`, with no `Connect`.
 #[test]
-#[ignore = "bug: WatchFailed(SessionExpired) is retried for ever on the dead session; no new session"]
 fn a_session_that_expires_before_its_watch_is_added_is_replaced() {
     let mut s = Script::new(|_| {});
     s.feed(Input::ScriptsLoaded(Ok(())));
@@ -294,7 +290,6 @@ fn a_session_that_expires_before_its_watch_is_added_is_replaced() {
 /// watch is back waits a random 0.1–10 s (measured 0.4–2.1 s in three runs of this script)
 /// before its first read, although the failures were all the one disconnect.
 #[test]
-#[ignore = "bug: reads stay paused after the watch is back, by a backoff escalated once per request the disconnect failed"]
 fn reads_resume_once_the_watch_is_back_after_a_disconnect() {
     // Small znodes, so that the budget lets the walk keep its 16 requests in flight.
     let mut s = Script::live(|c| c.max_znode_bytes = 16 << 10);
@@ -320,25 +315,60 @@ fn reads_resume_once_the_watch_is_back_after_a_disconnect() {
     );
 }
 
-/// Finding 6. The sweep's candidates are taken whole (`Store::stray_paths` collects every page)
-/// onto the walk's stack: a subtree deleted while the mirror was away is held entirely, beyond
-/// `memory_budget`.
+/// Finding 6 (fixed). The sweep's candidates were taken whole (`Store::stray_paths` collected
+/// every page) onto the walk's stack: a subtree deleted while the mirror was away was held
+/// entirely, beyond `memory_budget`. Now the sweep goes a `SCAN` page at a time: the next page
+/// is asked for only once the candidates of the last are confirmed.
 #[test]
-#[ignore = "bug: the sweep's stray list is held whole, beyond memory_budget"]
 fn the_sweeps_candidates_stay_within_the_memory_budget() {
-    let budget = (1 << 20) + (8 << 20); // the smallest budget the config accepts
+    let budget = 6 << 20; // the smallest budget the config accepts
     let mut s = Script::live(|c| c.memory_budget = budget);
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(true) });
     let root = reads_of(&s.take());
     s.feed(answer_all(&root[0], |p| present(p, 2, 5, &[])));
     s.ack();
-    assert!(s.take().iter().any(|e| matches!(e, Effect::Sweep { generation: 1 })));
-    // 200,000 keys of a subtree deleted while the mirror was away.
-    let strays: Vec<String> = (0..200_000).map(|i| format!("/r/gone/level-two/level-three/n{i:06}")).collect();
-    s.feed(Input::SweepDone { generation: 1, result: Ok(strays) });
-    assert!(
-        s.core.held_bytes() <= budget,
-        "the mirror holds {} bytes by its own account, over its budget of {budget}",
-        s.core.held_bytes()
-    );
+    assert!(s.take().iter().any(|e| matches!(e, Effect::Sweep { generation: 1, cursor: 0 })));
+    // 200,000 keys of a subtree deleted while the mirror was away, 1,000 per SCAN page.
+    let mut cursor = 0;
+    for page in 0..200u64 {
+        let strays: Vec<String> =
+            (0..1000).map(|i| format!("/r/gone/level-two/level-three/n{:06}", page * 1000 + i)).collect();
+        let next = if page == 199 { 0 } else { page + 1 };
+        s.feed(Input::SweepDone { generation: 1, result: Ok((next, strays)) });
+        assert!(
+            s.core.held_bytes() <= budget,
+            "the mirror holds {} bytes, over its budget of {budget}",
+            s.core.held_bytes()
+        );
+        // Confirm the page: every candidate is gone from ZooKeeper.
+        loop {
+            let effects = s.take();
+            let asked_next = effects.iter().find_map(|e| match e {
+                Effect::Sweep { cursor, .. } => Some(*cursor),
+                _ => None,
+            });
+            if let Some(asked) = asked_next {
+                cursor = asked;
+                break;
+            }
+            let reads = reads_of(&effects);
+            for read in &reads {
+                s.feed(Input::ReadDone(
+                    read.iter()
+                        .map(|p| (p.clone(), Ok(Fetched::Absent { path: p.clone(), tomb_zxid: Some(9) })))
+                        .collect(),
+                ));
+            }
+            if !s.core.writes_in_flight().is_empty() {
+                s.ack();
+            } else if reads.is_empty() {
+                break;
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        assert_eq!(cursor, next, "the next page is asked for only after this one is confirmed");
+    }
+    assert!(s.core.walk.is_none(), "the walk ends after the last page");
 }

@@ -98,7 +98,11 @@ impl Script {
     /// Redis answers the pipeline in flight: every write written.
     fn ack(&mut self) {
         let n = self.core.writes_in_flight().len();
-        self.feed(Input::WriteDone(Ok(Applied { outcomes: vec![WriteOutcome::Written; n], zxid_failure: None })));
+        self.feed(Input::WriteDone(Ok(Applied {
+            outcomes: vec![WriteOutcome::Written; n],
+            zxid_failure: None,
+            status_missing: false,
+        })));
     }
 
     /// Acknowledges every pipeline until none is asked for; returns the reads asked meanwhile.
@@ -346,8 +350,8 @@ fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
     s.feed(answer(&root[0], |p| znode(p, 5, &[])));
     s.ack();
     let effects = s.take();
-    assert!(effects.iter().any(|e| matches!(e, Effect::Sweep { generation: 1 })), "{effects:?}");
-    s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/gone".into(), "/r/gone/deep".into()]) });
+    assert!(effects.iter().any(|e| matches!(e, Effect::Sweep { generation: 1, cursor: 0 })), "{effects:?}");
+    s.feed(Input::SweepDone { generation: 1, result: Ok((0, vec!["/r/gone".into(), "/r/gone/deep".into()])) });
     let confirm = s.reads();
     assert_eq!(confirm.concat().len(), 2);
     s.feed(Input::ReadDone(
@@ -372,7 +376,7 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     )]));
     s.ack_writes();
     // The sweep finds /r/x/c (its parent's children set is gone) and it reads fine: hidden.
-    s.feed(Input::SweepDone { generation: 1, result: Ok(vec!["/r/x/c".into()]) });
+    s.feed(Input::SweepDone { generation: 1, result: Ok((0, vec!["/r/x/c".into()])) });
     let confirm = s.reads();
     s.feed(answer(&confirm[0], |p| znode(p, 6, &[])));
     let (_, writes) = s.split();

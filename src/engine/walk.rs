@@ -73,6 +73,8 @@ pub(crate) struct Walk {
     /// meanwhile by someone else, e.g. a second mirror that dies between writing a znode and
     /// deleting it, waits for the next anti-entropy pass.)
     pub sweep_needed: bool,
+    /// The `SCAN` cursor of the sweep's next page (0: none left).
+    pub sweep_cursor: u64,
     /// Written and deleted counters when the walk started, for its closing log line.
     pub before: (u64, u64),
 }
@@ -88,6 +90,7 @@ impl Walk {
             visited: 0,
             stage: WalkStage::Reading,
             sweep_needed: true,
+            sweep_cursor: 0,
             before,
         }
     }

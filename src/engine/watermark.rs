@@ -110,8 +110,15 @@ impl Watermark {
         moved
     }
 
+    #[cfg(test)]
     pub fn value(&self) -> i64 {
         self.released
+    }
+
+    /// The watermark, if it may be claimed now: not while a walk that covers lost events runs
+    /// (Redis may have lost what it counted on, e.g. after a flush).
+    pub fn claimable(&self) -> Option<i64> {
+        (!self.blocked).then_some(self.released)
     }
 
     /// Marks open now.
