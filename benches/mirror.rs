@@ -33,6 +33,8 @@ mod ceiling;
 mod cold_sync;
 #[path = "mirror/latency.rs"]
 mod latency;
+#[path = "mirror/memory.rs"]
+mod memory;
 #[path = "mirror/reconcile.rs"]
 mod reconcile;
 #[path = "mirror/support.rs"]
@@ -97,6 +99,7 @@ enum Section {
     Latency,
     Ceiling,
     Reconcile,
+    Memory,
 }
 
 /// The helper processes: this binary started again by the benchmark itself.
@@ -157,6 +160,7 @@ fn main() {
         .then(|| runtime.block_on(ceiling::run(cli.tree_nodes, &cli.rates, step_seconds, cli.window)));
     let reconcile =
         runs_section(Section::Reconcile).then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
+    let memory = runs_section(Section::Memory).then(|| runtime.block_on(memory::run()));
     let versions = support::versions();
     support::unpin_binaries();
     let loadavg_at_end = support::loadavg();
@@ -202,6 +206,11 @@ fn main() {
         reconcile::print(r, &v);
         verdicts.extend(v);
     }
+    if let Some(m) = &memory {
+        let v = memory::verdicts(m);
+        memory::print(m, &v);
+        verdicts.extend(v);
+    }
     println!();
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
@@ -233,6 +242,7 @@ fn main() {
             "latency": latency,
             "ceiling": ceiling,
             "reconcile": reconcile,
+            "memory": memory,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
