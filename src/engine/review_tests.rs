@@ -2,73 +2,9 @@
 //! failed before its fix).
 //! Each was committed first as an ignored, failing test (commit 5455a06), then fixed.
 
+use super::tests::Script;
 use super::*;
-use crate::status::Counters;
 use crate::znode::{Znode, ZnodeStat};
-
-/// A core with a test clock, and what it asked for so far (as in `tests.rs`).
-struct Script {
-    core: Core,
-    now: Instant,
-    effects: Vec<Effect>,
-}
-
-impl Script {
-    fn new(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
-        let mut config = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1/", "/r");
-        configure(&mut config);
-        let counters = Arc::new(Counters::default());
-        let now = Instant::now();
-        let core = Core::new(&config, Recorder::new(counters, "zk", "/r"), now);
-        let mut s = Script { core, now, effects: Vec::new() };
-        s.drain();
-        s
-    }
-
-    fn live(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
-        let mut s = Script::new(configure);
-        s.feed(Input::ScriptsLoaded(Ok(())));
-        s.feed(Input::Connected);
-        s.feed(Input::WatchAdded);
-        s
-    }
-
-    fn drain(&mut self) {
-        while let Some(e) = self.core.poll_effect() {
-            self.effects.push(e);
-        }
-    }
-
-    fn feed(&mut self, input: Input) {
-        self.core.handle(input, self.now);
-        self.drain();
-    }
-
-    fn wait(&mut self, d: Duration) {
-        self.now += d;
-        self.core.handle_timeout(self.now);
-        self.drain();
-    }
-
-    fn take(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
-    }
-
-    /// Answers the pipeline in flight with these outcomes, in order (the rest written).
-    fn answer_batch(&mut self, outcome: impl Fn(&Write) -> WriteOutcome) {
-        let outcomes = self.core.writes_in_flight().into_iter().map(outcome).collect();
-        self.feed(Input::WriteDone(Ok(Applied { outcomes, zxid_failure: None, status_missing: false })));
-    }
-
-    fn ack(&mut self) {
-        self.answer_batch(|_| WriteOutcome::Written);
-    }
-
-    /// The status write in flight is answered: the hash existed before (`existed`) or not.
-    fn status_answered(&mut self, existed: bool) {
-        self.feed(Input::StatusWritten(Ok(existed)));
-    }
-}
 
 fn present(path: &str, czxid: i64, mzxid: i64, children: &[&str]) -> Fetched {
     Fetched::Present(Znode {

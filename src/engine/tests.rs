@@ -20,16 +20,16 @@ fn anti_entropy_waits_while_changes_pour_in_but_not_forever() {
 /// A pipeline's paths and the watermark it carries.
 type WriteSummary = (Vec<String>, Option<i64>);
 
-/// A core with a test clock, and what it asked for so far.
-struct Script {
-    core: Core,
-    now: Instant,
+/// A core with a test clock, and what it asked for so far (shared with `review_tests.rs`).
+pub(super) struct Script {
+    pub(super) core: Core,
+    pub(super) now: Instant,
     counters: Arc<Counters>,
     effects: Vec<Effect>,
 }
 
 impl Script {
-    fn new(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
+    pub(super) fn new(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
         let mut config = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1/", "/r");
         configure(&mut config);
         let counters = Arc::new(Counters::default());
@@ -41,7 +41,7 @@ impl Script {
     }
 
     /// Started, scripts loaded, session open, watch added.
-    fn live(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
+    pub(super) fn live(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
         let mut s = Script::new(configure);
         s.feed(Input::ScriptsLoaded(Ok(())));
         s.feed(Input::Connected);
@@ -49,29 +49,29 @@ impl Script {
         s
     }
 
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         while let Some(e) = self.core.poll_effect() {
             self.effects.push(e);
         }
     }
 
-    fn feed(&mut self, input: Input) {
+    pub(super) fn feed(&mut self, input: Input) {
         self.core.handle(input, self.now);
         self.drain();
     }
 
-    fn wait(&mut self, d: Duration) {
+    pub(super) fn wait(&mut self, d: Duration) {
         self.now += d;
         self.core.handle_timeout(self.now);
         self.drain();
     }
 
     /// Effects asked for since the last call.
-    fn take(&mut self) -> Vec<Effect> {
+    pub(super) fn take(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
 
-    fn reads(&mut self) -> Vec<Vec<String>> {
+    pub(super) fn reads(&mut self) -> Vec<Vec<String>> {
         self.take()
             .into_iter()
             .filter_map(|e| match e {
@@ -82,7 +82,7 @@ impl Script {
     }
 
     /// Reads and writes asked for since the last call.
-    fn split(&mut self) -> (Vec<Vec<String>>, Vec<WriteSummary>) {
+    pub(super) fn split(&mut self) -> (Vec<Vec<String>>, Vec<WriteSummary>) {
         let effects = self.take();
         let writes = writes_of(&effects);
         let reads = effects
@@ -95,18 +95,24 @@ impl Script {
         (reads, writes)
     }
 
+    /// Answers the pipeline in flight with these outcomes, in order.
+    pub(super) fn answer_batch(&mut self, outcome: impl Fn(&Write) -> WriteOutcome) {
+        let outcomes = self.core.writes_in_flight().into_iter().map(outcome).collect();
+        self.feed(Input::WriteDone(Ok(Applied { outcomes, zxid_failure: None, status_missing: false })));
+    }
+
     /// Redis answers the pipeline in flight: every write written.
-    fn ack(&mut self) {
-        let n = self.core.writes_in_flight().len();
-        self.feed(Input::WriteDone(Ok(Applied {
-            outcomes: vec![WriteOutcome::Written; n],
-            zxid_failure: None,
-            status_missing: false,
-        })));
+    pub(super) fn ack(&mut self) {
+        self.answer_batch(|_| WriteOutcome::Written);
+    }
+
+    /// The status write in flight is answered: the hash existed before (`existed`) or not.
+    pub(super) fn status_answered(&mut self, existed: bool) {
+        self.feed(Input::StatusWritten(Ok(existed)));
     }
 
     /// Acknowledges every pipeline until none is asked for; returns the reads asked meanwhile.
-    fn ack_writes(&mut self) -> Vec<Vec<String>> {
+    pub(super) fn ack_writes(&mut self) -> Vec<Vec<String>> {
         let mut all = Vec::new();
         loop {
             let (reads, writes) = self.split();
@@ -118,7 +124,7 @@ impl Script {
         }
     }
 
-    fn phase(&self) -> Phase {
+    pub(super) fn phase(&self) -> Phase {
         self.counters.snapshot().phase
     }
 }
