@@ -220,6 +220,11 @@ pub(crate) struct Core {
     read_window: usize,
     memory_budget: usize,
     read_charge: usize,
+    /// Most paths in one read request: its reply, at worst that many of the largest znode, is
+    /// built whole in ZooKeeper's heap and held three times here while decoded.
+    max_request_paths: usize,
+    /// Bytes reserved while reads are in flight for the extra copies of one reply.
+    read_reserve: usize,
     /// How long a read may be held before Redis refuses its write: half the tombstone ttl, so
     /// that a read older than any tombstone it could meet is never written (and clocks of the
     /// mirror's host and Redis may differ by up to the other half).
@@ -292,9 +297,15 @@ impl Core {
             anti_entropy_interval: config.anti_entropy_interval,
             read_window: config.read_window,
             memory_budget: config.memory_budget,
-            // A reply is held three times while it is decoded: the client's receive buffer,
-            // the reply it copies out of it, and the decoded znodes (zookeeper-client 0.11).
-            read_charge: 3 * config.max_znode_bytes + READ_OVERHEAD_BYTES,
+            read_charge: config.max_znode_bytes + READ_OVERHEAD_BYTES,
+            max_request_paths: (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1),
+            // A reply is held three times while it is decoded (zookeeper-client 0.11): in the
+            // client's receive buffer, in the reply it copies out of that, and as decoded
+            // znodes. Each path in flight is charged once, as the largest znode; the two extra
+            // copies of the one reply being decoded are reserved once, for the largest request.
+            read_reserve: 2
+                * (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1)
+                * config.max_znode_bytes,
             max_read_age_ms: (config.tombstone_ttl.as_millis() as u64 / 2).max(1),
             started_at_ms: now_ms(),
             record,
@@ -628,7 +639,9 @@ impl Core {
             if self.writes.ready_len() >= MAX_READY {
                 return;
             }
-            let free = self.memory_budget.saturating_sub(self.held_bytes() + self.paths_in_flight * self.read_charge);
+            let free = self
+                .memory_budget
+                .saturating_sub(self.held_bytes() + self.read_reserve + self.paths_in_flight * self.read_charge);
             let mut budget_paths = free / self.read_charge;
             if budget_paths == 0 && self.paths_in_flight == 0 && self.writes.is_idle() {
                 // Nothing else is held: one read at a time always makes progress.
@@ -647,6 +660,7 @@ impl Core {
                 requests_in_flight: self.reads.len(),
                 paths_in_flight: self.paths_in_flight,
                 max_paths: self.read_window.min(self.paths_in_flight + budget_paths),
+                max_request: self.max_request_paths,
             };
             let Some(size) = room.next_request_size() else { return };
             let mut paths = Vec::new();

@@ -49,6 +49,8 @@ pub(crate) struct ReadRoom {
     pub paths_in_flight: usize,
     /// Most paths in flight: the configured read window, lowered by the memory budget.
     pub max_paths: usize,
+    /// Most paths in one request (the memory budget's share for one reply).
+    pub max_request: usize,
 }
 
 impl ReadRoom {
@@ -70,7 +72,11 @@ impl ReadRoom {
             return None;
         }
         let free_requests = max_requests - self.requests_in_flight;
-        let per_request = self.dirty.div_ceil(free_requests).clamp(MAX_READ_BATCH, MAX_READ_BATCH_BACKLOG);
+        let per_request = self
+            .dirty
+            .div_ceil(free_requests)
+            .clamp(MAX_READ_BATCH, MAX_READ_BATCH_BACKLOG)
+            .min(self.max_request.max(1));
         let size = (self.max_paths - self.paths_in_flight).min(per_request);
         // While something is in flight, a window freed a few paths at a time (as writes drain)
         // must not go out as many tiny requests: wait until half a request's worth is free.
@@ -171,6 +177,7 @@ mod tests {
             requests_in_flight: requests,
             paths_in_flight: paths,
             max_paths,
+            max_request: usize::MAX,
         }
     }
 
@@ -218,6 +225,14 @@ mod tests {
         // A lone waiting path is worth a request of its own.
         let lone = ReadRoom { waiting: 1, ..room(ReadMode::Walk, 0, 1, 60, 62) };
         assert_eq!(lone.next_request_size(), Some(2));
+    }
+
+    #[test]
+    fn one_request_carries_at_most_the_budgets_share() {
+        let r = ReadRoom { max_request: 8, ..room(ReadMode::Walk, 0, 0, 0, 48) };
+        assert_eq!(r.next_request_size(), Some(8));
+        // Half of 8 free is worth a request while others are in flight.
+        assert_eq!(ReadRoom { max_request: 8, ..room(ReadMode::Walk, 0, 5, 44, 48) }.next_request_size(), Some(4));
     }
 
     #[test]

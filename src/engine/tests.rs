@@ -265,10 +265,10 @@ fn a_burst_of_ten_thousand_changes_is_read_in_few_large_requests() {
         s.core.redis,
         s.core.zk
     );
-    // The 64 MiB budget allows 21 paths of up to 1 MiB (held three times) in flight: one
-    // request of about 21 at a time, never slivers.
-    assert!(requests <= 10_000 / 16, "{requests} requests, sizes {sizes:?}");
-    assert!(sizes.iter().filter(|s| **s < 16).count() <= 3, "sizes {sizes:?}");
+    // The 64 MiB budget allows 48 paths of up to 1 MiB in flight, 8 per request (a reply is
+    // at most an eighth of the budget): full requests, never slivers.
+    assert!(requests <= 10_000 / 7, "{requests} requests, sizes {sizes:?}");
+    assert!(sizes.iter().filter(|s| **s < 4).count() <= 3, "sizes {sizes:?}");
 }
 
 #[test]
@@ -280,10 +280,14 @@ fn reads_in_flight_stay_within_the_memory_budget() {
     let children: Vec<String> = (0..400).map(|i| format!("c{i}")).collect();
     let names: Vec<&str> = children.iter().map(String::as_str).collect();
     s.feed(answer(&root[0], |p| znode(p, 5, &names)));
-    let charge = (1 << 20) + READ_OVERHEAD_BYTES;
-    let in_flight: usize = s.reads().iter().map(Vec::len).sum();
+    let requests = s.reads();
+    let in_flight: usize = requests.iter().map(Vec::len).sum();
     assert!(in_flight >= 1);
-    assert!(in_flight * charge + s.core.held_bytes() <= 16 << 20, "{in_flight} paths of 1 MiB in flight");
+    // Each path once, plus two more copies of the largest request's reply.
+    let largest = requests.iter().map(Vec::len).max().unwrap_or(0);
+    let worst = (in_flight + 2 * largest) * ((1 << 20) + READ_OVERHEAD_BYTES);
+    assert!(worst + s.core.held_bytes() <= 16 << 20, "{in_flight} paths of 1 MiB in flight, {largest} per request");
+    assert!(largest <= 2, "a request's reply is at most an eighth of the budget: {largest} paths");
 }
 
 #[test]
