@@ -23,6 +23,8 @@ pub(crate) struct EngineMetrics {
     pub written: Counter,
     pub unchanged: Counter,
     pub refused: Counter,
+    /// Writes whose script failed for that znode alone (a key of the wrong type).
+    pub failed: Counter,
     pub deleted: Counter,
     pub skipped_noauth: Counter,
     pub skipped_filtered: Counter,
@@ -58,6 +60,7 @@ impl EngineMetrics {
             written: counter!("zkmirror_znode_writes_total", &with("outcome", "written")),
             unchanged: counter!("zkmirror_znode_writes_total", &with("outcome", "unchanged")),
             refused: counter!("zkmirror_znode_writes_total", &with("outcome", "refused")),
+            failed: counter!("zkmirror_znode_writes_total", &with("outcome", "failed")),
             deleted: counter!("zkmirror_znode_writes_total", &with("outcome", "deleted")),
             skipped_noauth: counter!("zkmirror_skipped_znodes_total", &with("reason", "noauth")),
             skipped_filtered: counter!("zkmirror_skipped_znodes_total", &with("reason", "filtered")),

@@ -54,6 +54,7 @@ impl Recorder {
         m.written.increment(outcome.written);
         m.unchanged.increment(outcome.unchanged);
         m.refused.increment(outcome.refused);
+        m.failed.increment(outcome.failed);
         m.deleted.increment(outcome.deleted);
         m.redis_write.record(round_trip.as_secs_f64());
     }
