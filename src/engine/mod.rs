@@ -223,7 +223,7 @@ pub(crate) struct Core {
     /// Most paths in one read request: its reply, at worst that many of the largest znode, is
     /// built whole in ZooKeeper's heap and held three times here while decoded.
     max_request_paths: usize,
-    /// Bytes reserved while reads are in flight for the extra copies of one reply.
+    /// Bytes kept back from reads for the extra copies of the one reply being decoded.
     read_reserve: usize,
     /// How long a read may be held before Redis refuses its write: half the tombstone ttl, so
     /// that a read older than any tombstone it could meet is never written (and clocks of the
@@ -274,6 +274,8 @@ pub(crate) struct Core {
     /// children, so a copy of some of them could never be kept exact, and `verify` checks the
     /// same rule. Holds only the znodes where the walk stopped, each logged once.
     unreadable: HashSet<String>,
+    /// What `unreadable` holds by the memory budget's account, kept as paths come and go.
+    unreadable_bytes: usize,
 
     heartbeat_at: Instant,
     anti_entropy_at: Instant,
@@ -290,6 +292,7 @@ fn now_ms() -> u64 {
 
 impl Core {
     pub fn new(config: &MirrorConfig, record: Recorder, now: Instant) -> Core {
+        let max_request_paths = (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1);
         let mut core = Core {
             root: config.root.clone(),
             filter: config.filter.clone(),
@@ -298,14 +301,12 @@ impl Core {
             read_window: config.read_window,
             memory_budget: config.memory_budget,
             read_charge: config.max_znode_bytes + READ_OVERHEAD_BYTES,
-            max_request_paths: (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1),
+            max_request_paths,
             // A reply is held three times while it is decoded (zookeeper-client 0.11): in the
             // client's receive buffer, in the reply it copies out of that, and as decoded
             // znodes. Each path in flight is charged once, as the largest znode; the two extra
             // copies of the one reply being decoded are reserved once, for the largest request.
-            read_reserve: 2
-                * (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1)
-                * config.max_znode_bytes,
+            read_reserve: 2 * max_request_paths * config.max_znode_bytes,
             max_read_age_ms: (config.tombstone_ttl.as_millis() as u64 / 2).max(1),
             started_at_ms: now_ms(),
             record,
@@ -337,6 +338,7 @@ impl Core {
             failed_writes: Vec::new(),
             failed_retry_at: None,
             unreadable: HashSet::new(),
+            unreadable_bytes: 0,
             heartbeat_at: now,
             anti_entropy_at: now + config.anti_entropy_interval,
             anti_entropy_postponed: 0,
@@ -622,10 +624,7 @@ impl Core {
 
     /// Bytes the mirror holds now, by the memory budget's account.
     fn held_bytes(&self) -> usize {
-        self.writes.bytes()
-            + self.dirty.bytes()
-            + self.walk.as_ref().map_or(0, Walk::bytes)
-            + self.unreadable.iter().map(|p| p.len() + 32).sum::<usize>()
+        self.writes.bytes() + self.dirty.bytes() + self.walk.as_ref().map_or(0, Walk::bytes) + self.unreadable_bytes
     }
 
     /// Fills the read window: event-dirty paths first (they are what readers wait for), then
@@ -652,7 +651,7 @@ impl Core {
                 Some(_) => ReadMode::Walk,
                 None => ReadMode::Changes,
             };
-            let walk_waiting = self.walk.as_ref().filter(|w| w.reading()).map_or(0, |w| w.stack.len());
+            let walk_waiting = self.walk.as_ref().filter(|w| w.reading()).map_or(0, Walk::waiting);
             let room = ReadRoom {
                 mode,
                 dirty: self.dirty.len(),
@@ -670,7 +669,7 @@ impl Core {
                     paths.push(path);
                     items.push(ReadItem { walk: None, mark });
                 } else if let Some(walk) = self.walk.as_mut().filter(|w| w.reading() && room.walk_may_read()) {
-                    match walk.stack.pop() {
+                    match walk.pop() {
                         Some((path, descend)) => {
                             walk.open += 1;
                             paths.push(path);
@@ -708,7 +707,7 @@ impl Core {
                     highest_zxid = highest_zxid.max(zxid);
                     self.on_read(fetched, item, request.sent_ms);
                 }
-                Err(ZkError::SessionExpired) => {
+                Err(error) if error.is_session_expired() => {
                     self.on_session_ended();
                     return;
                 }
@@ -719,7 +718,7 @@ impl Core {
                         Some((generation, descend)) => match self.walk.as_mut() {
                             Some(walk) if walk.generation == generation => {
                                 walk.open = walk.open.saturating_sub(1);
-                                walk.stack.push((path.clone(), descend));
+                                walk.push(path.clone(), descend);
                             }
                             _ => {}
                         },
@@ -763,11 +762,13 @@ impl Core {
                         walk.visited += 1;
                         self.record.walk_progress(walk.visited);
                         if self.filter.may_descend(&self.root, &znode.path) {
-                            walk.stack.extend(znode.children.iter().map(|name| (path::child(&znode.path, name), true)));
+                            for name in &znode.children {
+                                walk.push(path::child(&znode.path, name), true);
+                            }
                         }
                     }
                 }
-                if self.unreadable.remove(&znode.path) {
+                if self.forget_unreadable(&znode.path) {
                     info!(path = %znode.path, "znode is readable again: mirroring it");
                 }
                 if !self.filter.copies(&self.root, &znode.path) {
@@ -784,7 +785,7 @@ impl Core {
                 }
             }
             Fetched::Absent { path, tomb_zxid } => {
-                self.unreadable.remove(&path);
+                self.forget_unreadable(&path);
                 if path == self.root {
                     warn!(root = %path, "root does not exist in ZooKeeper; waiting for it to be created");
                 }
@@ -808,9 +809,19 @@ impl Core {
             .any(|ancestor| self.unreadable.contains(ancestor))
     }
 
+    /// Forgets an unreadable znode (readable again, or gone); whether it was remembered.
+    fn forget_unreadable(&mut self, path: &str) -> bool {
+        let was = self.unreadable.remove(path);
+        if was {
+            self.unreadable_bytes -= unreadable_cost(path);
+        }
+        was
+    }
+
     /// Remembers an unreadable znode, logging it the first time.
     fn note_unreadable(&mut self, path: &str) {
         if self.unreadable.insert(path.to_owned()) {
+            self.unreadable_bytes += unreadable_cost(path);
             warn!(%path, "cannot read {path} (NoAuth): skipping it and its subtree; grant READ to the mirror's identity to mirror it");
         }
     }
@@ -825,10 +836,16 @@ impl Core {
         let zxid = self.watermark.claimable().filter(|z| *z > self.published_zxid);
         if let Some((writes, oldest_read_ms)) = self.writes.start_batch(zxid) {
             self.record.batch_sent(writes.len());
-            self.batch_sent = Some(now);
-            let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
-            self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
+            self.dispatch(writes, zxid, oldest_read_ms, now);
         }
+    }
+
+    /// Hands the pipeline now in flight to the driver, with the deadline past which Redis
+    /// refuses its writes (its oldest read's send time plus `max_read_age_ms`).
+    fn dispatch(&mut self, writes: Arc<Vec<Write>>, zxid: Option<i64>, oldest_read_ms: Option<u64>, now: Instant) {
+        self.batch_sent = Some(now);
+        let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
+        self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
     }
 
     fn on_batch(&mut self, result: Result<Applied, StoreError>, now: Instant) {
@@ -937,11 +954,8 @@ impl Core {
                     // Redis restarted: what the claim counted on may be gone; the resync walk
                     // earns it again.
                     batch.zxid = None;
-                    let zxid = batch.zxid;
                     let (writes, oldest_read_ms) = self.writes.resend(batch);
-                    self.batch_sent = Some(now);
-                    let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
-                    self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
+                    self.dispatch(writes, None, oldest_read_ms, now);
                 }
                 if was_down {
                     info!("Redis is reachable again: reconciling");
@@ -989,30 +1003,32 @@ impl Core {
         if !walk.drained() || self.sweep.is_some() {
             return;
         }
-        match walk.stage {
+        // The sweep goes a `SCAN` page at a time, the next once the candidates of the last are
+        // confirmed: what it holds stays small, however much was deleted meanwhile.
+        let next_page = match walk.stage {
             WalkStage::Reading if walk.sweep_needed => {
                 debug!(
                     nodes = walk.visited,
                     ms = now.duration_since(walk.started).as_millis() as u64,
                     "walk read the tree; sweeping Redis for keys of gone znodes"
                 );
+                Some(0)
+            }
+            WalkStage::Confirming if walk.sweep_cursor != 0 => Some(walk.sweep_cursor),
+            WalkStage::Reading | WalkStage::Confirming => None,
+            WalkStage::Sweeping => return,
+        };
+        match next_page {
+            Some(cursor) => {
                 walk.stage = WalkStage::Sweeping;
                 self.sweep = Some(walk.generation);
-                self.effects.push_back(Effect::Sweep { generation: walk.generation, cursor: 0 });
+                self.effects.push_back(Effect::Sweep { generation: walk.generation, cursor });
             }
-            WalkStage::Confirming if walk.sweep_cursor != 0 => {
-                // The candidates of one page are confirmed: the next page. A page at a time
-                // keeps what the sweep holds small, however much was deleted meanwhile.
-                walk.stage = WalkStage::Sweeping;
-                self.sweep = Some(walk.generation);
-                self.effects.push_back(Effect::Sweep { generation: walk.generation, cursor: walk.sweep_cursor });
-            }
-            WalkStage::Reading | WalkStage::Confirming => {
+            None => {
                 if let Some(walk) = self.walk.take() {
                     self.finish_walk(walk, now);
                 }
             }
-            WalkStage::Sweeping => {}
         }
     }
 
@@ -1028,7 +1044,9 @@ impl Core {
                     if !strays.is_empty() {
                         debug!(count = strays.len(), "keys in Redis whose znode was not found by the walk; confirming");
                     }
-                    walk.stack.extend(strays.into_iter().map(|path| (path, false)));
+                    for path in strays {
+                        walk.push(path, false);
+                    }
                     walk.stage = WalkStage::Confirming;
                 }
             }
@@ -1164,6 +1182,11 @@ impl Core {
     pub fn writes_in_flight(&self) -> Vec<&Write> {
         self.writes.in_flight_writes()
     }
+}
+
+/// What one remembered unreadable path costs, roughly: its bytes and the set's entry.
+fn unreadable_cost(path: &str) -> usize {
+    path.len() + 32
 }
 
 /// Whether the anti-entropy pass that is due should wait one more interval: changes arrived

@@ -63,7 +63,10 @@ pub(crate) struct Walk {
     pub generation: u64,
     pub started: Instant,
     /// Depth-first stack of `(path, descend)`: memory is depth × fan-out, not the tree.
-    pub stack: Vec<(String, bool)>,
+    stack: Vec<(String, bool)>,
+    /// What `stack` holds by the memory budget's account, kept as paths come and go: the
+    /// read scheduler asks on every step, and a fan-out of 20,000 makes summing costly.
+    stack_bytes: usize,
     /// Reads issued by this walk whose write Redis has not acknowledged yet.
     pub open: usize,
     pub visited: u64,
@@ -86,6 +89,7 @@ impl Walk {
             generation,
             started: now,
             stack: vec![(root.to_owned(), true)],
+            stack_bytes: stack_cost(root),
             open: 0,
             visited: 0,
             stage: WalkStage::Reading,
@@ -107,6 +111,29 @@ impl Walk {
 
     /// Bytes the stack holds, roughly (for the memory account).
     pub fn bytes(&self) -> usize {
-        self.stack.iter().map(|(p, _)| p.len() + 32).sum()
+        self.stack_bytes
     }
+
+    /// Paths waiting on the stack.
+    pub fn waiting(&self) -> usize {
+        self.stack.len()
+    }
+
+    /// Adds a path to read; `descend`: walk its children once it is read.
+    pub fn push(&mut self, path: String, descend: bool) {
+        self.stack_bytes += stack_cost(&path);
+        self.stack.push((path, descend));
+    }
+
+    /// The next path to read, if any.
+    pub fn pop(&mut self) -> Option<(String, bool)> {
+        let (path, descend) = self.stack.pop()?;
+        self.stack_bytes -= stack_cost(&path);
+        Some((path, descend))
+    }
+}
+
+/// What one path on the stack costs, roughly: its bytes and the entry around them.
+fn stack_cost(path: &str) -> usize {
+    path.len() + 32
 }
