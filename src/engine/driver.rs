@@ -72,8 +72,7 @@ pub(crate) async fn drive(
                 Some(input) => input,
                 None => continue,
             },
-            Some(result) = OptionFuture::from(f.connect.as_mut()), if f.connect.is_some() => {
-                f.connect = None;
+            result = settled(&mut f.connect), if f.connect.is_some() => {
                 match result {
                     Ok(s) => {
                         info!(session = %s.session_id(), servers = %s.servers(), "ZooKeeper session established");
@@ -83,8 +82,7 @@ pub(crate) async fn drive(
                     Err(error) => Input::ConnectFailed(error),
                 }
             }
-            Some(result) = OptionFuture::from(f.add_watch.as_mut()), if f.add_watch.is_some() => {
-                f.add_watch = None;
+            result = settled(&mut f.add_watch), if f.add_watch.is_some() => {
                 match result {
                     Ok(fresh) => {
                         watcher = Some(fresh);
@@ -94,26 +92,13 @@ pub(crate) async fn drive(
                 }
             }
             Some(results) = f.reads.next(), if !f.reads.is_empty() => Input::ReadDone(results),
-            Some(result) = OptionFuture::from(f.batch.as_mut()), if f.batch.is_some() => {
-                f.batch = None;
-                Input::WriteDone(result)
-            }
-            Some(result) = OptionFuture::from(f.scripts.as_mut()), if f.scripts.is_some() => {
-                f.scripts = None;
-                Input::ScriptsLoaded(result)
-            }
-            Some((generation, result)) = OptionFuture::from(f.subtree_check.as_mut()), if f.subtree_check.is_some() => {
-                f.subtree_check = None;
+            result = settled(&mut f.batch), if f.batch.is_some() => Input::WriteDone(result),
+            result = settled(&mut f.scripts), if f.scripts.is_some() => Input::ScriptsLoaded(result),
+            (generation, result) = settled(&mut f.subtree_check), if f.subtree_check.is_some() => {
                 Input::SubtreeChecked { generation, result }
             }
-            Some((generation, result)) = OptionFuture::from(f.sweep.as_mut()), if f.sweep.is_some() => {
-                f.sweep = None;
-                Input::SweepDone { generation, result }
-            }
-            Some(result) = OptionFuture::from(f.status.as_mut()), if f.status.is_some() => {
-                f.status = None;
-                Input::StatusWritten(result)
-            }
+            (generation, result) = settled(&mut f.sweep), if f.sweep.is_some() => Input::SweepDone { generation, result },
+            result = settled(&mut f.status), if f.status.is_some() => Input::StatusWritten(result),
             Some(_) = OptionFuture::from(f.nagle.as_mut()), if f.nagle.is_some() => {
                 f.nagle = None;
                 continue;
@@ -127,6 +112,17 @@ pub(crate) async fn drive(
     };
     stop(&store, f).await;
     result
+}
+
+/// Awaits the future in `slot`, then empties the slot. Polled through `&mut`, so a `select!`
+/// branch that loses the race leaves the future in its slot for the next turn.
+async fn settled<T>(slot: &mut Option<BoxFuture<T>>) -> T {
+    let output = match slot.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    };
+    *slot = None;
+    output
 }
 
 /// Best-effort clean stop: let the pipeline in flight land, then say `stopped`.
