@@ -5,8 +5,8 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::world::{assert_converges, redis_conn, CONVERGE};
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use common::world::{assert_converges, redis_conn, wait_for_field};
+use common::{create_all, unique_root, zk_client, RedisServer, ZkServer};
 use zookeeper_client::{Acls, CreateMode};
 
 /// Znodes of [`VALUE`] bytes: together more than twice the budget (and little enough for the
@@ -79,23 +79,8 @@ async fn cold_sync_peak(client: &zookeeper_client::Client, zk: &ZkServer, redis:
         .expect("starting zkmirror run");
     let pid = child.id();
     let conn = redis_conn(&redis.url()).await;
-    wait_until(CONVERGE, "the cold sync is done", || {
-        let mut conn = conn.clone();
-        async move {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg("zk:mirror")
-                .arg("state")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if state.as_deref() == Some("live") {
-                Ok(())
-            } else {
-                Err(format!("state {state:?}"))
-            }
-        }
-    })
-    .await;
+    // `live` is written once the cold sync (first walk and its sweep) is done.
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
     assert_converges(client, &redis.url(), "zk", root).await;
     let peak = peak_rss(pid);
     // SAFETY: `pid` is our own child, still running (it is waited for just below).

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::world::{assert_converges, create_tree, redis_conn, stored_mzxid, test_config, RunningMirror};
+use common::world::{
+    assert_converges, create_tree, redis_conn, stored_mzxid, test_config, wait_for_field, RunningMirror,
+};
 use common::{create_all, unique_root, wait_until, zk_client, RedisServer, TcpProxy, ZkServer};
 use zkmirror::Phase;
 use zookeeper_client::{Acls, CreateMode};
@@ -36,23 +38,7 @@ async fn cold_sync_copies_a_few_thousand_znodes_exactly() {
         redis::cmd("SMEMBERS").arg(format!("zk:{{{root}}}:children")).query_async(&mut conn).await.unwrap();
     assert_eq!(children.len(), 15);
     // The status hash follows the phase within a heartbeat.
-    wait_until(common::world::CONVERGE, "P:mirror says live", || {
-        let mut conn = conn.clone();
-        async move {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg("zk:mirror")
-                .arg("state")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if state.as_deref() == Some("live") {
-                Ok(())
-            } else {
-                Err(format!("state {state:?}"))
-            }
-        }
-    })
-    .await;
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
     let status = mirror.handle.status();
     assert!(status.applied_zxid > 0, "{status:?}");
     let zxid: String = redis::cmd("HGET").arg("zk:mirror").arg("zxid").query_async(&mut conn).await.unwrap();

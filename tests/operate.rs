@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::servers::free_port;
-use common::world::{redis_conn, CONVERGE};
+use common::world::{hget, redis_conn, wait_for_field, CONVERGE};
 use common::{create_all, http_get, unique_root, wait_until, zk_client, RedisServer, ZkServer};
 use redis::aio::MultiplexedConnection;
 use tempfile::TempDir;
@@ -242,22 +242,6 @@ async fn keys_of(conn: &MultiplexedConnection, prefix: &str, root: &str) -> BTre
 async fn exists(conn: &MultiplexedConnection, key: &str) -> bool {
     let mut conn = conn.clone();
     redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.expect("EXISTS")
-}
-
-async fn hget(conn: &MultiplexedConnection, key: &str, field: &str) -> Option<String> {
-    let mut conn = conn.clone();
-    redis::cmd("HGET").arg(key).arg(field).query_async(&mut conn).await.expect("HGET")
-}
-
-/// Waits until `key` has `field` equal to `want`.
-async fn wait_for_field(conn: &MultiplexedConnection, key: &str, field: &str, want: &str) {
-    wait_until(CONVERGE, &format!("{key} {field} is {want}"), || async {
-        match hget(conn, key, field).await {
-            Some(have) if have == want => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
 }
 
 /// Waits until `GET path` answers `code`.

@@ -154,8 +154,8 @@ impl WriteQueue {
         sent
     }
 
-    /// Drops every ready write (Redis lost, session expired: a walk rewrites them). Returns
-    /// the marks they carried, which the caller forgets.
+    /// Drops every ready write (Redis lost, session expired: a walk rewrites them). Their
+    /// marks go with them: the caller blocks the watermark, which forgets every open mark.
     pub fn clear_ready(&mut self) {
         self.ready.clear();
         self.ready_bytes = 0;

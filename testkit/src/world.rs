@@ -177,3 +177,20 @@ pub async fn stored_mzxid(conn: &mut MultiplexedConnection, prefix: &str, path: 
         .expect("HGET meta");
     field.map(|f| f.parse().expect("mzxid is decimal"))
 }
+
+/// `HGET key field`; `None` when absent.
+pub async fn hget(conn: &MultiplexedConnection, key: &str, field: &str) -> Option<String> {
+    let mut conn = conn.clone();
+    redis::cmd("HGET").arg(key).arg(field).query_async(&mut conn).await.expect("HGET")
+}
+
+/// Waits until `key` has `field` equal to `want`.
+pub async fn wait_for_field(conn: &MultiplexedConnection, key: &str, field: &str, want: &str) {
+    super::wait_until(CONVERGE, &format!("{key} {field} is {want}"), || async {
+        match hget(conn, key, field).await {
+            Some(have) if have == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
