@@ -91,19 +91,6 @@ fn fixture(relative: &str) -> Vec<u8> {
     std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy dir");
-    for entry in std::fs::read_dir(from).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy fixture file");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_loads_the_fixtures_and_a_second_import_changes_nothing() {
     let zk = ZkServer::shared().connect_string();
@@ -146,7 +133,7 @@ async fn import_loads_the_fixtures_and_a_second_import_changes_nothing() {
     // file removed from the source stays in ZooKeeper (import never deletes).
     let scratch = tempfile::tempdir().expect("tempdir");
     let changed = scratch.path().join("app");
-    copy_dir(Path::new(FIXTURE_DIR), &changed);
+    common::copy_dir(Path::new(FIXTURE_DIR), &changed);
     std::fs::write(changed.join("services/checkout/replicas"), b"5").expect("edit");
     std::fs::write(changed.join("services/checkout/feature-flags/dark-mode"), b"true").expect("add");
     std::fs::remove_file(changed.join("services/search/endpoint")).expect("remove");

@@ -125,21 +125,6 @@ fn example_lines_are_split_as_a_shell_would() {
     assert_eq!(keys, ["zkmirror ls /x", "zkmirror get /y"]);
 }
 
-/// Copies `fixtures/` into the scratch folder, so `import fixtures/app` finds it and
-/// `export ... --out app.json` writes nowhere near the checkout.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy dir");
-    for entry in std::fs::read_dir(from).expect("read fixture dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy fixture file");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_readme_example_runs_as_written() {
     let all = examples(README);
@@ -155,7 +140,7 @@ async fn every_readme_example_runs_as_written() {
     let zk = ZkServer::start();
     let redis = RedisServer::start();
     let scratch = tempfile::tempdir().expect("tempdir");
-    copy_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")), &scratch.path().join("fixtures"));
+    common::copy_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")), &scratch.path().join("fixtures"));
 
     let mut seen = std::collections::HashSet::new();
     let mut background = Vec::new();

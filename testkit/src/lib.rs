@@ -139,3 +139,19 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     Ok((code, body))
 }
+
+/// Copies the folder `from` into `to`, recursively (a scratch copy of `fixtures/`, so that a
+/// test's `import` and `export` work nowhere near the checkout). Panics naming what failed.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display())) {
+        let entry = entry.unwrap_or_else(|e| panic!("reading an entry of {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap_or_else(|e| panic!("the type of {}: {e}", entry.path().display())).is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copying {} to {}: {e}", entry.path().display(), target.display()));
+        }
+    }
+}
