@@ -246,8 +246,8 @@ impl Store {
     /// in the same pipeline, whatever the writes answer: the store does not judge it. It is the
     /// caller's decision, and the caller must only send a zxid every change at or below which
     /// Redis has already acknowledged (a watermark over earlier outcomes), never one that
-    /// counts on writes of this very pipeline, which may fail or be refused. To cover this
-    /// batch's own writes, check its outcomes, then call [`Store::advance_zxid`].
+    /// counts on writes of this very pipeline, which may fail or be refused. A zxid that this
+    /// batch's own writes earn goes with a later pipeline, once their outcomes are known.
     ///
     /// `read_deadline_ms`, when given, is a unix time in ms by Redis's clock past which every
     /// write of the batch is refused as stale ([`Refusal::Stale`]): the caller passes the time
@@ -302,15 +302,6 @@ impl Store {
                 .collect();
             Ok(Applied { outcomes, zxid_failure, status_missing })
         }
-    }
-
-    /// Raises the status `zxid` to `zxid` (never lowers it): `advance_zxid.lua`, alone. For a
-    /// caller that has checked the outcomes of the writes this zxid counts on.
-    pub async fn advance_zxid(&self, zxid: i64) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        self.add_advance(&mut pipe, zxid);
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
     }
 
     fn add_advance(&self, pipe: &mut Pipeline, zxid: i64) {
@@ -404,32 +395,11 @@ impl Store {
         redis::cmd("HSET").arg(key).arg(fields).query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
     }
 
-    /// Whether Redis still holds the root's meta: false after a flush, a restart without
-    /// persistence, or someone deleting the mirror's keys.
-    pub async fn holds(&self, path: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("EXISTS").arg(self.keys.meta(path)).query_async(&mut conn).await.map_err(|e| self.error(e))
-    }
-
-    /// Lists stored znodes below `root` (not `root` itself) that Redis cannot show to be linked
-    /// from the root, or that `keep` rejects (a filter changed): candidates for deletion, to be
-    /// confirmed against ZooKeeper. All pages of [`Store::stray_page`] at once; a caller that
-    /// bounds its memory by the page, not by what is stray, pages itself.
-    pub async fn stray_paths(&self, root: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
-        let mut cursor = 0;
-        let mut strays = Vec::new();
-        loop {
-            let (next, page) = self.stray_page(root, cursor, &keep).await?;
-            strays.extend(page);
-            if next == 0 {
-                return Ok(strays);
-            }
-            cursor = next;
-        }
-    }
-
-    /// One `SCAN` page of [`Store::stray_paths`]: the next cursor (0 at the end) and the stray
-    /// paths among the page's keys (a path may come twice across pages: `SCAN` may repeat).
+    /// One `SCAN` page of the sweep: the stored znodes below `root` (not `root` itself) that
+    /// Redis cannot show to be linked from the root, or that `keep` rejects (a filter changed),
+    /// candidates for deletion to be confirmed against ZooKeeper; and the next cursor (0 at the
+    /// end). A path may come twice across pages: `SCAN` may repeat. The caller pages, so what it
+    /// holds is a page, however much is stray.
     ///
     /// A key is judged by its whole chain of links from the root: every ancestor's children
     /// set, from `root` down, must name the next component. Run after a walk has rewritten
