@@ -49,6 +49,21 @@ pub struct MirrorConfig {
     /// Whether other roots share this prefix: then this root's status lives in
     /// `P:mirror:{ROOT}` and `P:mirror` holds the aggregate (see `schema/layout.md`).
     pub shared_prefix: bool,
+    /// Set when this mirror runs as the elected leader of several instances (`--ha`): its
+    /// fencing token goes with every write, and a write Redis refuses for a newer leader's
+    /// token ends the mirror with [`crate::MirrorError::Deposed`]. `None`: a lone mirror.
+    pub leadership: Option<Leadership>,
+}
+
+/// What a mirror knows of its own leadership (see "Running two or more mirrors" in the README).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    /// This instance's name (`--instance`).
+    pub instance: String,
+    /// Unix ms at which it became leader.
+    pub since_ms: u64,
+    /// The fencing token: the `czxid` of its lock znode, higher for every later leader.
+    pub fence: i64,
 }
 
 /// ZooKeeper digest credentials. `Debug` never prints the password.
@@ -86,6 +101,7 @@ impl std::fmt::Debug for MirrorConfig {
             .field("root", &self.root)
             .field("prefix", &self.prefix)
             .field("filter", &self.filter.describe())
+            .field("leadership", &self.leadership)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +125,7 @@ impl MirrorConfig {
             max_znode_bytes: 1 << 20,
             filter: crate::filter::Filter::all(),
             shared_prefix: false,
+            leadership: None,
         }
     }
 

@@ -80,4 +80,8 @@ pub enum MirrorError {
     Zk(#[from] ZkError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Redis refused a write for a newer leader's fencing token: this instance is no longer
+    /// the leader and must stop writing.
+    #[error("deposed: Redis holds fencing token {seen} for root {root}, newer than this leader's {fence}; another instance leads now")]
+    Deposed { root: String, fence: i64, seen: i64 },
 }

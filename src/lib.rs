@@ -82,7 +82,7 @@ mod zk;
 mod zkwalk;
 mod znode;
 
-pub use config::{MirrorConfig, ZkDigest};
+pub use config::{Leadership, MirrorConfig, ZkDigest};
 pub use error::{ConfigError, MirrorError, StoreError, ZkError};
 pub use mirror::{Mirror, MirrorHandle};
 pub use status::{MirrorStatus, Phase};
