@@ -93,6 +93,8 @@ pub use status::{MirrorStatus, Phase};
 pub mod testing {
     pub use crate::path::is_within;
     pub use crate::schema::{KeyKind, Keys, STAT_FIELDS};
+    pub use crate::service::{ReloadOutcome, Service};
+    pub use crate::settings::Settings;
     pub use crate::store::{Applied, BatchOutcome, Refusal, Store, Write, WriteOutcome};
     pub use crate::zk::ZkSession;
     pub use crate::zkwalk::{Walk, WalkLimits};

@@ -10,6 +10,7 @@
 //!
 //! - [`servers`]: [`ZkServer`], [`RedisServer`], free ports, the process plumbing below.
 //! - [`proxy`]: [`TcpProxy`], a TCP forwarder whose connections can be cut and restored.
+//! - [`blackhole`]: [`Blackhole`], a server that accepts and reads but never answers.
 //! - [`process`]: [`Guarded`], any other child process (the `zkmirror` binary, helper roles).
 //! - [`world`]: an in-process mirror, Redis connections, trees, and the convergence waits.
 //! - here: unique roots, ZooKeeper clients, [`create_all`], [`wait_until`], [`http_get`].
@@ -20,6 +21,7 @@
 //! the binary exits normally (the process-wide [`ZkServer::shared`] server is a `static` and is
 //! never dropped). Processes owned by a test are killed by pid in their `Drop`.
 
+pub mod blackhole;
 pub mod process;
 pub mod proxy;
 pub mod servers;
@@ -32,6 +34,7 @@ use std::time::Duration;
 
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
 
+pub use blackhole::Blackhole;
 pub use process::Guarded;
 pub use proxy::TcpProxy;
 pub use servers::{RedisServer, ZkServer};
