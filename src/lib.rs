@@ -92,7 +92,7 @@ pub use status::{MirrorStatus, Phase};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::path::is_within;
-    pub use crate::schema::{KeyKind, Keys, STAT_FIELDS};
+    pub use crate::schema::{status_field, KeyKind, Keys, STAT_FIELDS};
     pub use crate::service::{ReloadOutcome, Service};
     pub use crate::settings::Settings;
     pub use crate::store::{Applied, BatchOutcome, Refusal, Store, Write, WriteOutcome};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use redis::aio::ConnectionLike;
 
-use crate::schema::{Keys, STAT_FIELDS};
+use crate::schema::{status_field, Keys, STAT_FIELDS};
 
 /// Failures reading the copy.
 #[derive(Debug, thiserror::Error)]
@@ -134,17 +134,17 @@ async fn read_state<C: ConnectionLike + Send>(conn: &mut C, key: String) -> Resu
             }),
         }
     };
-    let zxid = number("zxid")?;
-    let heartbeat_ms = number("heartbeat")?;
-    let started_at_ms = number("started_at")?;
+    let zxid = number(status_field::ZXID)?;
+    let heartbeat_ms = number(status_field::HEARTBEAT)?;
+    let started_at_ms = number(status_field::STARTED_AT)?;
     Ok(Some(MirrorState {
-        state: fields.remove("state"),
+        state: fields.remove(status_field::STATE),
         zxid,
         heartbeat_ms,
-        root: fields.remove("root"),
-        roots: fields.remove("roots").map(|r| split_roots(&r)).unwrap_or_default(),
+        root: fields.remove(status_field::ROOT),
+        roots: fields.remove(status_field::ROOTS).map(|r| split_roots(&r)).unwrap_or_default(),
         started_at_ms,
-        version: fields.remove("version"),
+        version: fields.remove(status_field::VERSION),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The Redis contract: every key name and every Lua script the mirror uses.
 //!
-//! This module mirrors `schema/layout.md` and is the only place in `src/` that spells a key.
+//! This module mirrors `schema/layout.md` and is the only place in `src/` that spells a key or a
+//! field of the status hash ([`status_field`]).
 //! For a znode at absolute path `PATH` and prefix `P`:
 //!
 //! | key                   | type   | holds                                   |
@@ -84,6 +85,34 @@ pub const STAT_FIELDS: [&str; 11] = [
     "data_length",
     "num_children",
 ];
+
+/// The fields of the status hash (`P:mirror`, and `P:mirror:{ROOT}` when roots share a prefix),
+/// as the `P:mirror` section of `schema/layout.md` names them.
+///
+/// Why one place: the engine writes them, the service writes the aggregate and reads each
+/// root's, the reader and `zkmirror status` read them; a field renamed in one of those and not
+/// the others would be a silent break of the public contract. The Lua scripts cannot import
+/// these: `advance_zxid.lua` spells [`ZXID`](status_field::ZXID) itself.
+pub mod status_field {
+    /// The phase: `syncing`, `live`, `reconciling`, `degraded`, `stopped`.
+    pub const STATE: &str = "state";
+    /// The watermark: every change under the root with a zxid at or below it is in the keys.
+    pub const ZXID: &str = "zxid";
+    /// Unix ms of the last status write.
+    pub const HEARTBEAT: &str = "heartbeat";
+    /// The mirrored root (the aggregate: the roots joined with `,`).
+    pub const ROOT: &str = "root";
+    /// The aggregate only: the roots sharing the prefix, joined with `,`.
+    pub const ROOTS: &str = "roots";
+    /// Unix ms the mirror process started.
+    pub const STARTED_AT: &str = "started_at";
+    /// zkmirror's version.
+    pub const VERSION: &str = "version";
+
+    /// Every field, for the check against `schema/layout.md`.
+    #[cfg(test)]
+    pub const ALL: [&str; 7] = [STATE, ZXID, HEARTBEAT, ROOT, ROOTS, STARTED_AT, VERSION];
+}
 
 /// Builds (and parses) the key names of one prefix.
 #[derive(Clone, Debug)]
@@ -210,6 +239,17 @@ mod tests {
         assert_eq!(keys.parse("zk:mirror"), None);
         assert_eq!(keys.parse("zk:changes"), None);
         assert_eq!(keys.parse("other:{/a}"), None);
+    }
+
+    /// The one spelling of each status field is the documented one: a rename here that the
+    /// layout (the public contract) does not share fails.
+    #[test]
+    fn status_fields_are_the_documented_ones() {
+        let layout = include_str!("../schema/layout.md");
+        let section = layout.split("## `P:mirror`").nth(1).and_then(|s| s.split("\n## ").next()).unwrap_or("");
+        for field in status_field::ALL {
+            assert!(section.contains(&format!("`{field}`")), "{field} is not in layout.md's P:mirror section");
+        }
     }
 
     #[test]

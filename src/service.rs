@@ -25,6 +25,7 @@ use crate::config::MirrorConfig;
 pub use crate::config::MirrorKey;
 use crate::error::{MirrorError, StoreError};
 use crate::mirror::{Mirror, MirrorHandle};
+use crate::schema::status_field;
 use crate::settings::{Overrides, Settings, SettingsError};
 use crate::shutdown::{self, Shutdown};
 use crate::status::Phase;
@@ -382,7 +383,7 @@ async fn forget_shared_status(config: MirrorConfig) {
     let Ok(store) = Store::new(&config) else { return };
     let keys = store.keys().clone();
     let mut stale_roots = redis::cmd("HDEL");
-    stale_roots.arg(keys.status()).arg("roots");
+    stale_roots.arg(keys.status()).arg(status_field::ROOTS);
     let mut stale_status = redis::cmd("DEL");
     stale_status.arg(keys.root_status(&config.root));
     for cmd in [stale_roots, stale_status] {
@@ -715,15 +716,15 @@ fn aggregate_fields(
     }
     let zxid = reports.iter().map(|r| r.zxid.unwrap_or(0)).min().unwrap_or(0);
     let heartbeat = reports.iter().map(|r| r.heartbeat).collect::<Option<Vec<u64>>>().and_then(|h| h.into_iter().min());
-    let mut fields = vec![("state", worst.as_str().to_owned()), ("zxid", zxid.to_string())];
+    let mut fields = vec![(status_field::STATE, worst.as_str().to_owned()), (status_field::ZXID, zxid.to_string())];
     if let Some(heartbeat) = heartbeat {
-        fields.push(("heartbeat", heartbeat.to_string()));
+        fields.push((status_field::HEARTBEAT, heartbeat.to_string()));
     }
     fields.extend([
-        ("roots", roots.join(",")),
-        ("root", roots.join(",")),
-        ("started_at", started_at.to_owned()),
-        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        (status_field::ROOTS, roots.join(",")),
+        (status_field::ROOT, roots.join(",")),
+        (status_field::STARTED_AT, started_at.to_owned()),
+        (status_field::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
     ]);
     Some(fields)
 }
@@ -731,7 +732,7 @@ fn aggregate_fields(
 /// Reads `zxid` and `heartbeat` of a root's own status hash.
 async fn read_root_status(store: &Store, root: &str) -> Result<(Option<i64>, Option<u64>), StoreError> {
     let mut cmd = redis::cmd("HMGET");
-    cmd.arg(store.keys().root_status(root)).arg("zxid").arg("heartbeat");
+    cmd.arg(store.keys().root_status(root)).arg(status_field::ZXID).arg(status_field::HEARTBEAT);
     let answer = store.query(&cmd).await?;
     let fields: Vec<Option<String>> = redis::from_redis_value(answer).unwrap_or_default();
     let field = |i: usize| fields.get(i).cloned().flatten();
@@ -773,7 +774,10 @@ async fn aggregate_shared_status(
         for (store, roots, stale_after) in &groups {
             let prefix = store.keys().prefix();
             let fields = if stopping {
-                Ok(Some(vec![("state", Phase::Stopped.as_str().to_owned()), ("heartbeat", now_ms().to_string())]))
+                Ok(Some(vec![
+                    (status_field::STATE, Phase::Stopped.as_str().to_owned()),
+                    (status_field::HEARTBEAT, now_ms().to_string()),
+                ]))
             } else {
                 let mut reports = Vec::with_capacity(roots.len());
                 let mut read = Ok(());
@@ -1043,14 +1047,14 @@ mod tests {
     fn the_aggregate_zxid_is_the_lowest_of_the_roots_stored_ones() {
         let reports = [report(Phase::Live, Some(500), Some(NOW)), report(Phase::Live, Some(400), Some(NOW - 100))];
         let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
-        assert_eq!(field(&fields, "zxid").as_deref(), Some("400"));
-        assert_eq!(field(&fields, "state").as_deref(), Some("live"));
-        assert_eq!(field(&fields, "roots").as_deref(), Some("/a,/b"));
+        assert_eq!(field(&fields, status_field::ZXID).as_deref(), Some("400"));
+        assert_eq!(field(&fields, status_field::STATE).as_deref(), Some("live"));
+        assert_eq!(field(&fields, status_field::ROOTS).as_deref(), Some("/a,/b"));
         // A root that has applied nothing yet: the aggregate claims nothing.
         let reports = [report(Phase::Live, Some(500), Some(NOW)), report(Phase::Syncing, None, Some(NOW))];
         let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
-        assert_eq!(field(&fields, "zxid").as_deref(), Some("0"));
-        assert_eq!(field(&fields, "state").as_deref(), Some("syncing"));
+        assert_eq!(field(&fields, status_field::ZXID).as_deref(), Some("0"));
+        assert_eq!(field(&fields, status_field::STATE).as_deref(), Some("syncing"));
     }
 
     /// Defect 17: a wedged root kept a fresh aggregate heartbeat (written by another task).
@@ -1059,17 +1063,17 @@ mod tests {
         let wedged = NOW - 60_000;
         let reports = [report(Phase::Live, Some(5), Some(NOW)), report(Phase::Live, Some(5), Some(wedged))];
         let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
-        assert_eq!(field(&fields, "heartbeat"), Some(wedged.to_string()));
-        assert_eq!(field(&fields, "state").as_deref(), Some("degraded"));
+        assert_eq!(field(&fields, status_field::HEARTBEAT), Some(wedged.to_string()));
+        assert_eq!(field(&fields, status_field::STATE).as_deref(), Some("degraded"));
         // No heartbeat at all: not refreshed, and degraded.
         let reports = [report(Phase::Live, Some(5), Some(NOW)), report(Phase::Live, Some(5), None)];
         let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
-        assert_eq!(field(&fields, "heartbeat"), None);
-        assert_eq!(field(&fields, "state").as_deref(), Some("degraded"));
+        assert_eq!(field(&fields, status_field::HEARTBEAT), None);
+        assert_eq!(field(&fields, status_field::STATE).as_deref(), Some("degraded"));
         // Worse than degraded stays worse.
         let reports = [report(Phase::Stopped, Some(5), Some(wedged)), report(Phase::Live, Some(5), Some(NOW))];
         let fields = aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1").expect("all roots run");
-        assert_eq!(field(&fields, "state").as_deref(), Some("stopped"));
+        assert_eq!(field(&fields, status_field::STATE).as_deref(), Some("stopped"));
     }
 
     #[test]

@@ -134,8 +134,11 @@ async fn stop(store: &Store, mut f: InFlight) {
         nagle.abort();
         let _ = nagle.await;
     }
-    let fields =
-        [("state", crate::status::Phase::Stopped.as_str().to_owned()), ("heartbeat", super::now_ms().to_string())];
+    use crate::schema::status_field;
+    let fields = [
+        (status_field::STATE, crate::status::Phase::Stopped.as_str().to_owned()),
+        (status_field::HEARTBEAT, super::now_ms().to_string()),
+    ];
     let _ = tokio::time::timeout(Duration::from_secs(2), store.write_status(&fields)).await;
     info!("zkmirror stopped");
 }

@@ -1130,13 +1130,14 @@ impl Core {
 
     /// Writes the status hash and checks whether Redis still holds the root.
     fn write_status(&mut self, phase: Phase) {
+        use crate::schema::status_field;
         self.status_in_flight = true;
         let fields = vec![
-            ("state", phase.as_str().to_owned()),
-            ("heartbeat", now_ms().to_string()),
-            ("root", self.root.clone()),
-            ("started_at", self.started_at_ms.to_string()),
-            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            (status_field::STATE, phase.as_str().to_owned()),
+            (status_field::HEARTBEAT, now_ms().to_string()),
+            (status_field::ROOT, self.root.clone()),
+            (status_field::STARTED_AT, self.started_at_ms.to_string()),
+            (status_field::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
         ];
         self.effects.push_back(Effect::WriteStatus { fields });
     }

@@ -99,7 +99,8 @@ pub async fn redis_conn_with_response_timeout(url: &str, timeout: Duration) -> M
 
 /// `P:mirror` `state`, as the mirror under `prefix` last wrote it; `None` when absent.
 pub async fn mirror_state(conn: &mut MultiplexedConnection, prefix: &str) -> Option<String> {
-    redis::cmd("HGET").arg(format!("{prefix}:mirror")).arg("state").query_async(conn).await.expect("HGET state")
+    let key = zkmirror::testing::Keys::new(prefix).status();
+    redis::cmd("HGET").arg(key).arg(zkmirror::testing::status_field::STATE).query_async(conn).await.expect("HGET state")
 }
 
 /// Polls `P:mirror` `state` every 0.5 ms until it is `want`, and returns when it was seen;
