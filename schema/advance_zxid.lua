@@ -3,17 +3,13 @@
 -- Guarantees (atomic): `zxid` in KEYS[1] only grows, even with two mirrors writing it, so a
 -- reader can use it as "everything up to this zxid is in the keys".
 --
--- KEYS: 1 status (HASH)
--- ARGV: 1 candidate zxid (decimal)
--- Returns: the stored zxid after the call, or nil (nothing written) when the hash does not exist
+-- KEYS: 1 status (HASH), 2 fence (of KEYS[1]'s hash slot)
+-- ARGV: 1 candidate zxid (decimal), 2 fencing token (or empty: not fenced)
+-- Returns: the stored zxid after the call, or nil (nothing written) when the hash does not
+--          exist; or the error reply `FENCED ...` (common.lua)
 
-local function cmp(a, b)
-  if #a ~= #b then
-    if #a < #b then return -1 else return 1 end
-  end
-  if a == b then return 0 end
-  if a < b then return -1 else return 1 end
-end
+local refused = fence(KEYS[2], ARGV[2])
+if refused then return refused end
 
 -- A status hash that is gone was flushed (or deleted) since the mirror wrote it: creating it
 -- here would hide that from the next heartbeat's loss check (status.lua), and claim a zxid for

@@ -21,22 +21,21 @@
 --     tombstone ttl are checked up front, a wrong-typed meta or tombstone fails its read
 --     before any write, and DEL removes keys of any type.
 --
--- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes
+--   * a deposed leader never deletes: the fence (common.lua) runs before anything else.
+--
+-- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes, 6 fence (of KEYS[1]'s hash slot)
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
 --       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete`, `hide`, `exclude`),
 --       6 read deadline (unix ms by Redis's clock, or empty for none; see put.lua),
---       7..10 (mode `hide` only) czxid, mzxid, pzxid, aversion of the unreadable znode
+--       7..10 czxid, mzxid, pzxid, aversion of the unreadable znode (mode `hide`; empty
+--       otherwise), 11 fencing token (or empty: not fenced)
 -- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored),
 --          3 refused (mode `hide`: the stored read is newer), 4 refused (stale read);
---          an error reply, with nothing written, when a key holds the wrong type
+--          the error reply `FENCED ...` (common.lua) or, when a key holds the wrong type, an
+--          error reply naming it; with nothing written
 
-local function cmp(a, b)
-  if #a ~= #b then
-    if #a < #b then return -1 else return 1 end
-  end
-  if a == b then return 0 end
-  if a < b then return -1 else return 1 end
-end
+local refused = fence(KEYS[6], ARGV[11])
+if refused then return refused end
 
 local stream_type = redis.call('TYPE', KEYS[5])['ok']
 if stream_type ~= 'stream' and stream_type ~= 'none' then

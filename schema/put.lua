@@ -25,23 +25,22 @@
 --     meta or children key fails its read (GET, HMGET, SCARD) before any write; the data key is
 --     only read where it is checked, and SET replaces whatever it held.
 --
--- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM)
+--   * a deposed leader never writes: the fence (common.lua) runs before anything else.
+--
+-- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM),
+--       6 fence (STRING, the fence key of KEYS[1]'s hash slot)
 -- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
 --       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
 --       13 path, 14 stream max length (approximate), 15 read deadline (unix ms by Redis's own
---       clock, or empty for none), 16 data bytes, 17.. child names
+--       clock, or empty for none), 16 data bytes, 17 fencing token (or empty: not fenced),
+--       18.. child names
 -- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned),
 --          4 refused (stale: Redis's clock is past the read deadline);
---          an error reply, with nothing written, when a key holds the wrong type
+--          the error reply `FENCED ...` (common.lua) or, when a key holds the wrong type, an
+--          error reply naming it; with nothing written
 
--- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
-local function cmp(a, b)
-  if #a ~= #b then
-    if #a < #b then return -1 else return 1 end
-  end
-  if a == b then return 0 end
-  if a < b then return -1 else return 1 end
-end
+local refused = fence(KEYS[6], ARGV[17])
+if refused then return refused end
 
 local stream_type = redis.call('TYPE', KEYS[5])['ok']
 if stream_type ~= 'stream' and stream_type ~= 'none' then
@@ -76,12 +75,12 @@ if stored[1] then
   if order < 0 then
     return 2
   end
-  local children = #ARGV - 16
+  local children = #ARGV - 17
   children_fresh = stored[1] == czxid and stored[3] == pzxid
     and redis.call('SCARD', KEYS[3]) == children
   if children_fresh and children > 0 then
     -- Same size; make sure it is the same set (someone else may have written it).
-    for i = 17, #ARGV do
+    for i = 18, #ARGV do
       if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
         children_fresh = false
         break
@@ -109,7 +108,7 @@ redis.call('HSET', KEYS[2],
 if not children_fresh then
   redis.call('DEL', KEYS[3])
   -- SADD in chunks: unpack() of tens of thousands of values overflows Lua's C stack.
-  local i = 17
+  local i = 18
   while i <= #ARGV do
     local last = math.min(i + 4999, #ARGV)
     redis.call('SADD', KEYS[3], unpack(ARGV, i, last))

@@ -6,10 +6,15 @@
 -- keys (FLUSHALL, FLUSHDB, a restart without persistence, someone deleting them): the next
 -- heartbeat notices, whatever the filter admits (the root's own keys may not exist at all).
 --
--- KEYS: 1 status (HASH)
--- ARGV: field, value, field, value, ...
--- Returns: 1 the hash existed before this write, 0 it did not
+-- A deposed leader's status write is refused by the fence (common.lua), so `leader` and
+-- `fence` in the hash always name the newest leader.
+--
+-- KEYS: 1 status (HASH), 2 fence (of KEYS[1]'s hash slot)
+-- ARGV: 1 fencing token (or empty: not fenced), then field, value, field, value, ...
+-- Returns: 1 the hash existed before this write, 0 it did not; or the error reply `FENCED ...`
 
+local refused = fence(KEYS[2], ARGV[1])
+if refused then return refused end
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return existed

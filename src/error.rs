@@ -61,6 +61,10 @@ pub enum StoreError {
     Redis { server: String, source: redis::RedisError },
     #[error("Redis at {server} answered {what} with something unexpected: {detail}")]
     Unexpected { server: String, what: &'static str, detail: String },
+    /// A script refused this leader's write: the fence key `key` holds `seen`, a newer
+    /// leader's token than this one's `fence`.
+    #[error("Redis at {server} refused a write of fencing token {fence}: {key} holds {seen}, a newer leader's")]
+    Fenced { server: String, key: String, fence: i64, seen: i64 },
 }
 
 impl StoreError {

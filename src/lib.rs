@@ -63,6 +63,7 @@ pub mod cli;
 mod config;
 mod engine;
 mod error;
+mod fence;
 pub mod filter;
 mod lag;
 pub mod mirror;

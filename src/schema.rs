@@ -11,6 +11,7 @@
 //! | `P:{PATH}:children`   | SET    | child names (absent when none)          |
 //! | `P:{PATH}:tomb`       | STRING | tombstone zxid, expires after seconds   |
 //! | `P:mirror`            | HASH   | the mirror's status                     |
+//! | `P:fence:{T}`         | STRING | the newest leader's token, per hash slot |
 //! | `P:changes`           | STREAM | one entry per applied change            |
 //!
 //! Why the layout is unambiguous although a path may contain `:`, `{`, `}`: every znode key
@@ -31,20 +32,30 @@ pub struct Scripts {
     pub advance_zxid: Script,
     /// Writes status fields and says whether the status hash existed before: Redis loss.
     pub status: Script,
+    /// Raises one slot's fence to a new leader's token.
+    pub fence: Script,
+}
+
+/// What every script shares (`cmp`, the fence check), prepended to each.
+const COMMON: &str = include_str!("../schema/common.lua");
+
+fn with_common(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
 }
 
 impl Scripts {
     pub fn load() -> Scripts {
         Scripts {
-            put: Script::new(include_str!("../schema/put.lua")),
-            delete: Script::new(include_str!("../schema/delete.lua")),
-            advance_zxid: Script::new(include_str!("../schema/advance_zxid.lua")),
-            status: Script::new(include_str!("../schema/status.lua")),
+            put: with_common(include_str!("../schema/put.lua")),
+            delete: with_common(include_str!("../schema/delete.lua")),
+            advance_zxid: with_common(include_str!("../schema/advance_zxid.lua")),
+            status: with_common(include_str!("../schema/status.lua")),
+            fence: with_common(include_str!("../schema/fence.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 4] {
-        [&self.put, &self.delete, &self.advance_zxid, &self.status]
+    pub fn all(&self) -> [&Script; 5] {
+        [&self.put, &self.delete, &self.advance_zxid, &self.status, &self.fence]
     }
 }
 
@@ -108,10 +119,16 @@ pub mod status_field {
     pub const STARTED_AT: &str = "started_at";
     /// zkmirror's version.
     pub const VERSION: &str = "version";
+    /// With `--ha`: the leading instance's name.
+    pub const LEADER: &str = "leader";
+    /// With `--ha`: unix ms at which it became leader.
+    pub const LEADER_SINCE: &str = "leader_since";
+    /// With `--ha`: its fencing token.
+    pub const FENCE: &str = "fence";
 
     /// Every field, for the check against `schema/layout.md`.
     #[cfg(test)]
-    pub const ALL: [&str; 7] = [STATE, ZXID, HEARTBEAT, ROOT, ROOTS, STARTED_AT, VERSION];
+    pub const ALL: [&str; 10] = [STATE, ZXID, HEARTBEAT, ROOT, ROOTS, STARTED_AT, VERSION, LEADER, LEADER_SINCE, FENCE];
 }
 
 /// Builds (and parses) the key names of one prefix.
@@ -164,6 +181,16 @@ impl Keys {
     /// `P:mirror:{ROOT}`: one root's status when several roots share the prefix.
     pub fn root_status(&self, root: &str) -> String {
         format!("{}:mirror:{{{}}}", self.prefix, root)
+    }
+
+    /// `P:fence:{T}`, the fence key in the hash slot of `key` (see [`crate::fence`]).
+    pub fn fence_for(&self, key: &str) -> String {
+        crate::fence::fence_key_for(&self.prefix, key)
+    }
+
+    /// The fence key of hash slot `slot`.
+    pub fn fence(&self, slot: usize) -> String {
+        crate::fence::fence_key(&self.prefix, slot)
     }
 
     /// `P:changes`, the change stream.

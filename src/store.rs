@@ -81,6 +81,8 @@ pub enum Refusal {
     /// Redis's clock was past the read's deadline: the read was held too long (the mirror was
     /// paused?) and may predate a tombstone that has expired since. Read it again.
     Stale,
+    /// The slot's fence holds `seen`, a newer leader's token: this writer is deposed.
+    Fenced { seen: i64 },
 }
 
 /// What became of one [`Write`] of a batch.
@@ -178,6 +180,11 @@ pub struct Store {
     changes_maxlen: u64,
     /// `P:mirror`, or `P:mirror:{ROOT}` when the prefix is shared by several roots.
     status_key: String,
+    /// The leader's fencing token, sent with every script; `None` for a mirror run without
+    /// an election (its scripts are not fenced).
+    fence: Option<i64>,
+    /// `fence` as the scripts take it: decimal, or empty.
+    fence_arg: String,
 }
 
 impl Store {
@@ -210,6 +217,8 @@ impl Store {
             } else {
                 Keys::new(&config.prefix).status()
             },
+            fence: config.leadership.as_ref().map(|l| l.fence),
+            fence_arg: config.leadership.as_ref().map(|l| l.fence.to_string()).unwrap_or_default(),
         })
     }
 
@@ -233,6 +242,43 @@ impl Store {
             script.load_async(&mut conn).await.map_err(|e| self.error(e))?;
         }
         Ok(())
+    }
+
+    /// Raises the fence of every hash slot to this leader's token (`fence.lua` on each of the
+    /// 16,384 fence keys): done before a leader's first write, and again whenever its scripts
+    /// are loaded (a Redis that lost its keys lost the fence too). From then on a deposed
+    /// leader's write is refused in every slot, also in slots this leader has not written yet.
+    /// Does nothing for a mirror run without an election.
+    ///
+    /// Fails with [`StoreError::Fenced`] if a slot has seen a newer token: another instance
+    /// has led since this one won its election.
+    pub async fn publish_fence(&self) -> Result<(), StoreError> {
+        let Some(token) = self.fence else { return Ok(()) };
+        let mut conn = self.conn.clone();
+        const CHUNK: usize = 2048;
+        for first in (0..crate::fence::SLOTS).step_by(CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for slot in first..(first + CHUNK).min(crate::fence::SLOTS) {
+                pipe.cmd("EVALSHA").arg(self.scripts.fence.get_hash()).arg(1).arg(self.keys.fence(slot)).arg(token);
+            }
+            let answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            for answer in answers {
+                if let Value::ServerError(e) = answer {
+                    return Err(self.refusal_error(&e, token));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a script's error reply outside a batch: [`StoreError::Fenced`] for the
+    /// fence's `FENCED`, else the reply as Redis gave it.
+    fn refusal_error(&self, e: &redis::ServerError, token: i64) -> StoreError {
+        match fenced_by(e.code(), e.details()) {
+            Some((seen, key)) => StoreError::Fenced { server: self.server.clone(), key, fence: token, seen },
+            None => self.error(e.clone().into()),
+        }
     }
 
     /// Applies `writes` in order in one pipeline (one round trip) and answers one
@@ -288,14 +334,22 @@ impl Store {
             let advance_answer = if advance_to.is_some() { answers.pop() } else { None };
             let status_missing = matches!(advance_answer, Some(Value::Nil));
             let zxid_failure = match advance_answer {
-                Some(Value::ServerError(e)) => Some(describe(&e)),
+                Some(Value::ServerError(e)) => {
+                    if let (Some(token), Some((seen, key))) = (store.fence, fenced_by(e.code(), e.details())) {
+                        return Err(StoreError::Fenced { server: store.server.clone(), key, fence: token, seen });
+                    }
+                    Some(describe(&e))
+                }
                 _ => None,
             };
             let outcomes = kinds
                 .into_iter()
                 .zip(answers)
                 .map(|(is_put, answer)| match answer {
-                    Value::ServerError(e) => WriteOutcome::Failed(describe(&e)),
+                    Value::ServerError(e) => match fenced_by(e.code(), e.details()) {
+                        Some((seen, _)) => WriteOutcome::Refused(Refusal::Fenced { seen }),
+                        None => WriteOutcome::Failed(describe(&e)),
+                    },
                     Value::Int(code) => outcome_of(is_put, code),
                     other => WriteOutcome::Failed(format!("unexpected answer {other:?}")),
                 })
@@ -308,9 +362,11 @@ impl Store {
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         pipe.cmd("EVALSHA")
             .arg(self.scripts.advance_zxid.get_hash())
-            .arg(1)
+            .arg(2)
             .arg(&self.status_key)
-            .arg(zxid.to_string());
+            .arg(self.keys.fence_for(&self.status_key))
+            .arg(zxid.to_string())
+            .arg(&self.fence_arg);
     }
 
     fn unexpected(&self, what: &'static str, detail: String) -> StoreError {
@@ -324,16 +380,19 @@ impl Store {
             Write::Put(_) => &self.scripts.put,
             Write::Delete { .. } | Write::Hide { .. } | Write::Exclude { .. } => &self.scripts.delete,
         };
+        let data_key = keys.data(path);
+        let fence_key = keys.fence_for(&data_key);
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(script.get_hash())
-            .arg(5)
-            .arg(keys.data(path))
+            .arg(6)
+            .arg(data_key)
             .arg(keys.meta(path))
             .arg(keys.children(path))
             .arg(keys.tomb(path))
-            .arg(keys.changes());
+            .arg(keys.changes())
+            .arg(fence_key);
         match write {
             Write::Put(znode) => {
                 cmd.arg(&znode.stat.fields()[..])
@@ -342,7 +401,9 @@ impl Store {
                     .arg(self.changes_maxlen)
                     .arg(deadline)
                     .arg(znode.data.as_slice())
+                    .arg(&self.fence_arg)
                     .arg(&znode.children);
+                return;
             }
             Write::Delete { tomb_zxid, .. } => {
                 cmd.arg(tomb_zxid.map(|z| z.to_string()).unwrap_or_default())
@@ -350,7 +411,8 @@ impl Store {
                     .arg(path)
                     .arg(self.changes_maxlen)
                     .arg("delete")
-                    .arg(deadline);
+                    .arg(deadline)
+                    .arg(&["", "", "", ""][..]);
             }
             Write::Hide { stat, .. } => {
                 cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide").arg(deadline);
@@ -358,8 +420,11 @@ impl Store {
             }
             Write::Exclude { .. } => {
                 cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude").arg(deadline);
+                cmd.arg(&["", "", "", ""][..]);
             }
         }
+        // delete.lua's ARGV 11, after the hide stat (ARGV 7..10); put.lua's went before the children.
+        cmd.arg(&self.fence_arg);
     }
 
     /// Sets fields of this mirror's status hash (`P:mirror`, or `P:mirror:{ROOT}`) and tells
@@ -382,10 +447,17 @@ impl Store {
             return Ok(StatusWrite { existed });
         }
         let mut invocation = self.scripts.status.key(&self.status_key);
+        invocation.key(self.keys.fence_for(&self.status_key)).arg(&self.fence_arg);
         for (field, value) in fields {
             invocation.arg(*field).arg(value);
         }
-        let existed: i64 = invocation.invoke_async(&mut conn).await.map_err(|e| self.error(e))?;
+        let existed: i64 = invocation.invoke_async(&mut conn).await.map_err(|e| match (self.fence, e.code()) {
+            (Some(token), Some(code)) => match fenced_by(code, e.detail()) {
+                Some((seen, key)) => StoreError::Fenced { server: self.server.clone(), key, fence: token, seen },
+                None => self.error(e),
+            },
+            _ => self.error(e),
+        })?;
         Ok(StatusWrite { existed: existed == 1 })
     }
 
@@ -551,6 +623,18 @@ impl Store {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
     }
+}
+
+/// The fence's refusal (`FENCED <seen> <key>: ...`, see `schema/common.lua`): the token the
+/// slot has seen and the fence key; `None` for any other error.
+fn fenced_by(code: &str, details: Option<&str>) -> Option<(i64, String)> {
+    if code != "FENCED" {
+        return None;
+    }
+    let mut words = details?.split_whitespace();
+    let seen = words.next()?.parse().ok()?;
+    let key = words.next().unwrap_or("").trim_end_matches(':').to_owned();
+    Some((seen, key))
 }
 
 /// A script's numeric answer as an outcome (the codes are in each script's header).

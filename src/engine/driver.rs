@@ -60,7 +60,7 @@ pub(crate) async fn drive(
             start(effect, &config, &store, &mut session, &mut watcher, &mut f);
         }
         if let Some(error) = core.take_fatal() {
-            break Err(error.into());
+            break Err(error);
         }
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
         let input = tokio::select! {
@@ -110,7 +110,12 @@ pub(crate) async fn drive(
         };
         core.handle(input, Instant::now());
     };
-    stop(&store, f).await;
+    if matches!(result, Err(MirrorError::Deposed { .. })) {
+        // Deposed: not one more write, not even `stopped` (the new leader owns the status).
+        drop(f);
+    } else {
+        stop(&store, f).await;
+    }
     result
 }
 
@@ -217,7 +222,12 @@ fn start(
         }
         Effect::LoadScripts => {
             let store = store.clone();
-            f.scripts = Some(Box::pin(async move { store.load_scripts().await }));
+            // A leader's fence goes up with its scripts, before any write: at start, and after
+            // every Redis loss (a flushed Redis lost the fence too).
+            f.scripts = Some(Box::pin(async move {
+                store.load_scripts().await?;
+                store.publish_fence().await
+            }));
         }
         Effect::CheckSubtree { generation } => {
             let (store, root) = (store.clone(), config.root.clone());

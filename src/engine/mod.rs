@@ -41,8 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::MirrorConfig;
-use crate::error::{StoreError, ZkError};
+use crate::config::{Leadership, MirrorConfig};
+use crate::error::{MirrorError, StoreError, ZkError};
 use crate::filter::Filter;
 use crate::path;
 use crate::status::Phase;
@@ -283,7 +283,12 @@ pub(crate) struct Core {
     events_at_tick: (u64, Instant),
 
     effects: VecDeque<Effect>,
-    fatal: Option<ZkError>,
+    fatal: Option<MirrorError>,
+    /// Once fatal, for good: the core asks for nothing more, whatever it is fed.
+    halted: bool,
+    /// Set when this mirror leads an election: its token goes with every script (the store
+    /// holds it), and its name and token into the status hash.
+    leadership: Option<Leadership>,
 }
 
 fn now_ms() -> u64 {
@@ -345,6 +350,8 @@ impl Core {
             events_at_tick: (0, now),
             effects: VecDeque::new(),
             fatal: None,
+            halted: false,
+            leadership: config.leadership.clone(),
         };
         // The scripts first, before any pipeline; the session meanwhile.
         core.effects.push_back(Effect::LoadScripts);
@@ -358,9 +365,26 @@ impl Core {
         self.effects.pop_front()
     }
 
-    /// Set once ZooKeeper rejected the credentials: the mirror cannot go on.
-    pub fn take_fatal(&mut self) -> Option<ZkError> {
-        self.fatal.take()
+    /// Set once the mirror cannot go on: ZooKeeper rejected the credentials, or Redis's fence
+    /// says a newer leader writes now ([`MirrorError::Deposed`]).
+    pub fn take_fatal(&mut self) -> Option<MirrorError> {
+        let fatal = self.fatal.take();
+        self.halted |= fatal.is_some();
+        fatal
+    }
+
+    /// A script refused this leader's token for a newer one (`seen`): stop at once. Nothing
+    /// more is asked of the driver, so nothing more is written; the service steps down.
+    fn deposed(&mut self, seen: i64) {
+        if self.halted {
+            return;
+        }
+        let fence = self.leadership.as_ref().map_or(0, |l| l.fence);
+        tracing::error!(root = %self.root, fence, seen,
+            "deposed: Redis holds a newer leader's fencing token; this instance stops writing now");
+        self.effects.clear();
+        self.fatal = Some(MirrorError::Deposed { root: self.root.clone(), fence, seen });
+        self.halted = true;
     }
 
     /// When [`Core::handle_timeout`] must run next.
@@ -385,6 +409,9 @@ impl Core {
 
     /// The clock moved: run what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.halted {
+            return;
+        }
         if let ZkLink::Waiting { until } = self.zk {
             if now >= until {
                 self.zk = ZkLink::Connecting;
@@ -432,13 +459,18 @@ impl Core {
 
     /// Handles one input, then moves everything forward.
     pub fn handle(&mut self, input: Input, now: Instant) {
+        if self.halted {
+            return;
+        }
         match input {
             Input::Connected => {
                 self.zk_backoff.reset();
                 self.zk = ZkLink::Connected { watch: WatchState::Adding };
                 self.effects.push_back(Effect::AddWatch);
             }
-            Input::ConnectFailed(ZkError::AuthFailed) | Input::AuthFailed => self.fatal = Some(ZkError::AuthFailed),
+            Input::ConnectFailed(ZkError::AuthFailed) | Input::AuthFailed => {
+                self.fatal = Some(ZkError::AuthFailed.into())
+            }
             Input::ConnectFailed(error) => {
                 let wait = self.zk_backoff.next_delay();
                 warn!(%error, retry_in = ?wait, "ZooKeeper unreachable; retrying");
@@ -489,6 +521,9 @@ impl Core {
 
     /// Moves everything forward that can move: reads, the pipeline, the walk, the phase.
     fn step(&mut self, now: Instant) {
+        if self.halted {
+            return;
+        }
         self.issue_reads(now);
         // Before the pipeline: a walk that just finished releases the watermark it carries.
         self.advance_walk(now);
@@ -853,6 +888,12 @@ impl Core {
         let round_trip = self.batch_sent.take().map_or(Duration::ZERO, |t| now.duration_since(t));
         match result {
             Ok(applied) => {
+                if let Some(seen) = applied.outcomes.iter().find_map(|o| match o {
+                    WriteOutcome::Refused(Refusal::Fenced { seen }) => Some(*seen),
+                    _ => None,
+                }) {
+                    return self.deposed(seen);
+                }
                 let counts = applied.counts();
                 self.record.batch_done(&counts, round_trip);
                 if applied.status_missing && self.status_written {
@@ -928,6 +969,7 @@ impl Core {
                 }
                 self.watermark.release();
             }
+            Err(StoreError::Fenced { seen, .. }) => self.deposed(seen),
             Err(error) if error.is_noscript() && !batch.retried => {
                 // Redis restarted (or SCRIPT FLUSH): load the scripts and send the same batch
                 // again; its reads are only milliseconds old.
@@ -965,6 +1007,7 @@ impl Core {
                     }
                 }
             }
+            Err(StoreError::Fenced { seen, .. }) => self.deposed(seen),
             Err(error) => {
                 self.noscript_batch = None;
                 self.redis_failed(error, now);
@@ -1132,13 +1175,18 @@ impl Core {
     fn write_status(&mut self, phase: Phase) {
         use crate::schema::status_field;
         self.status_in_flight = true;
-        let fields = vec![
+        let mut fields = vec![
             (status_field::STATE, phase.as_str().to_owned()),
             (status_field::HEARTBEAT, now_ms().to_string()),
             (status_field::ROOT, self.root.clone()),
             (status_field::STARTED_AT, self.started_at_ms.to_string()),
             (status_field::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
         ];
+        if let Some(leadership) = &self.leadership {
+            fields.push((status_field::LEADER, leadership.instance.clone()));
+            fields.push((status_field::LEADER_SINCE, leadership.since_ms.to_string()));
+            fields.push((status_field::FENCE, leadership.fence.to_string()));
+        }
         self.effects.push_back(Effect::WriteStatus { fields });
     }
 
@@ -1167,6 +1215,7 @@ impl Core {
                 }
                 self.status_written = true;
             }
+            Err(StoreError::Fenced { seen, .. }) => self.deposed(seen),
             Err(error) => {
                 self.published_phase = None;
                 if self.redis == RedisLink::Up {

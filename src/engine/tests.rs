@@ -406,3 +406,52 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     }
     panic!("the change below the unreadable znode was never written");
 }
+
+#[test]
+fn a_fenced_write_deposes_the_leader_and_nothing_more_is_asked() {
+    let mut s = Script::live(|c| {
+        c.leadership = Some(Leadership { instance: "a".into(), since_ms: 1, fence: 10 });
+    });
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &["a", "b"])));
+    assert_eq!(writes_of(&s.take()).len(), 1);
+    s.answer_batch(|_| WriteOutcome::Refused(Refusal::Fenced { seen: 20 }));
+    match s.core.take_fatal() {
+        Some(MirrorError::Deposed { fence: 10, seen: 20, root }) => assert_eq!(root, "/r"),
+        other => panic!("not deposed: {other:?}"),
+    }
+    assert!(s.take().is_empty(), "a deposed leader asked for more work");
+    s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
+    s.wait(Duration::from_secs(5));
+    assert!(s.take().is_empty(), "a deposed leader reads, writes or heartbeats");
+}
+
+#[test]
+fn a_leader_names_itself_and_its_token_in_the_status() {
+    let mut s = Script::new(|c| {
+        c.leadership = Some(Leadership { instance: "host:1".into(), since_ms: 42, fence: 77 });
+    });
+    s.feed(Input::ScriptsLoaded(Ok(())));
+    let fields = s
+        .take()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::WriteStatus { fields } => Some(fields),
+            _ => None,
+        })
+        .expect("a status write");
+    for (name, value) in [("leader", "host:1"), ("leader_since", "42"), ("fence", "77")] {
+        assert!(fields.iter().any(|(n, v)| *n == name && v == value), "{name} missing from {fields:?}");
+    }
+}
+
+#[test]
+fn a_fence_refused_at_publish_deposes_before_any_write() {
+    let mut s = Script::new(|c| {
+        c.leadership = Some(Leadership { instance: "a".into(), since_ms: 1, fence: 10 });
+    });
+    let refused = StoreError::Fenced { server: "redis".into(), key: "zk:fence:{0}".into(), fence: 10, seen: 11 };
+    s.feed(Input::ScriptsLoaded(Err(refused)));
+    assert!(matches!(s.core.take_fatal(), Some(MirrorError::Deposed { seen: 11, .. })));
+}

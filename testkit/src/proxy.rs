@@ -1,6 +1,8 @@
 //! A TCP forwarder with a kill switch, placed between a client under test and a server to
 //! simulate network failures: [`TcpProxy::cut`] drops every connection through it at once and
-//! keeps new ones from getting through until [`TcpProxy::restore`].
+//! keeps new ones from getting through until [`TcpProxy::restore`]; [`TcpProxy::hold`] keeps
+//! the connections open but delivers nothing either way until [`TcpProxy::release`], as a
+//! network path stuck in retransmission (or a paused peer) would.
 //!
 //! The proxy runs on its own thread with its own single-threaded tokio runtime, so it works
 //! the same under `#[tokio::test]` (any flavor) and plain `#[test]`, and keeps forwarding
@@ -30,6 +32,7 @@ pub struct TcpProxy {
     target: SocketAddr,
     commands: mpsc::UnboundedSender<Command>,
     forwarded: Arc<AtomicU64>,
+    held: tokio::sync::watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -49,11 +52,12 @@ impl TcpProxy {
         let (commands, receiver) = mpsc::unbounded_channel();
         let forwarded = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&forwarded);
+        let (held, held_rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("tcp-proxy-{}", addr.port()))
-            .spawn(move || runtime.block_on(serve(listener, target, receiver, counter)))
+            .spawn(move || runtime.block_on(serve(listener, target, receiver, counter, held_rx)))
             .expect("starting the proxy thread");
-        TcpProxy { addr, target, commands, forwarded, thread: Some(thread) }
+        TcpProxy { addr, target, commands, forwarded, held, thread: Some(thread) }
     }
 
     /// The address clients should connect to.
@@ -89,6 +93,17 @@ impl TcpProxy {
         self.request(Command::Restore, "restore");
     }
 
+    /// Keeps every connection open but forwards nothing, either way, until [`TcpProxy::release`]:
+    /// what is sent meanwhile waits in the proxy and arrives, in order, on release.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Delivers what [`TcpProxy::hold`] kept back, and forwards as usual again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+
     fn request(&self, command: fn(std_mpsc::Sender<()>) -> Command, what: &str) {
         let (done, wait) = std_mpsc::channel();
         self.commands
@@ -115,6 +130,7 @@ async fn serve(
     target: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     forwarded: Arc<AtomicU64>,
+    held: tokio::sync::watch::Receiver<bool>,
 ) {
     let listener = TcpListener::from_std(listener).expect("registering the proxy listener with tokio");
     // Every forwarding task lives here, so a cut can abort them all and wait until their
@@ -141,7 +157,7 @@ async fn serve(
                 Ok((client, _)) if cut => drop(client),
                 Ok((client, _)) => {
                     forwarded.fetch_add(1, Ordering::SeqCst);
-                    connections.spawn(forward(client, target));
+                    connections.spawn(forward(client, target, held.clone()));
                 },
                 // Transient accept errors (e.g. too many open files): back off and go on.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -155,7 +171,7 @@ async fn serve(
 
 /// Forwards one connection in both directions. When either direction ends (EOF or error),
 /// both sockets are dropped, closing both sides: a proxied connection is never left half open.
-async fn forward(mut client: TcpStream, target: SocketAddr) {
+async fn forward(mut client: TcpStream, target: SocketAddr, held: tokio::sync::watch::Receiver<bool>) {
     let Ok(mut upstream) = TcpStream::connect(target).await else {
         // Target down: closing the client connection is what a direct connection would show.
         return;
@@ -166,7 +182,29 @@ async fn forward(mut client: TcpStream, target: SocketAddr) {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     tokio::select! {
-        _ = tokio::io::copy(&mut client_read, &mut upstream_write) => {},
-        _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {},
+        _ = copy_unless_held(&mut client_read, &mut upstream_write, held.clone()) => {},
+        _ = copy_unless_held(&mut upstream_read, &mut client_write, held) => {},
+    }
+}
+
+/// Copies until EOF or an error; a chunk read while the proxy is held is written on release.
+async fn copy_unless_held(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if held.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }

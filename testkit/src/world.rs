@@ -45,6 +45,14 @@ impl RunningMirror {
         }
     }
 
+    /// Waits until `run()` returns by itself (no stop asked) and gives its result.
+    pub async fn finished(self) -> Result<(), MirrorError> {
+        match tokio::time::timeout(CONVERGE, self.task).await {
+            Ok(Ok(result)) => result,
+            other => panic!("mirror did not end by itself: {other:?}"),
+        }
+    }
+
     /// Kills it mid-flight, as a crash would: no clean shutdown runs.
     pub async fn kill(self) {
         self.task.abort();

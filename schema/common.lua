@@ -1,0 +1,28 @@
+-- common.lua — prepended to every script below (put, delete, status, advance_zxid, fence):
+-- the one copy of what they share. `SCRIPT LOAD` sees this text followed by the script's own.
+
+-- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
+local function cmp(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 end
+  if a < b then return -1 else return 1 end
+end
+
+-- The fence (see layout.md, "Several mirrors: the fence"). `key` is the fence key of the hash
+-- slot of the keys the script writes; `token` the writer's fencing token (the czxid of its
+-- ZooKeeper lock znode), or '' for a mirror run without an election, which is not fenced.
+-- A token below the one the slot has seen is refused with an error reply
+-- `FENCED <seen> <key>`, before the script writes anything; a higher one raises the slot's
+-- fence, so every write a leader makes also shuts out every earlier leader in its slot.
+local function fence(key, token)
+  if token == '' then return nil end
+  local seen = redis.call('GET', key)
+  if seen and cmp(seen, token) > 0 then
+    return redis.error_reply('FENCED ' .. seen .. ' ' .. key ..
+      ': a newer leader writes here; this writer (token ' .. token .. ') must step down')
+  end
+  if seen ~= token then redis.call('SET', key, token) end
+  return nil
+end
