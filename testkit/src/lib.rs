@@ -12,6 +12,7 @@
 //! - [`proxy`]: [`TcpProxy`], a TCP forwarder whose connections can be cut and restored.
 //! - [`blackhole`]: [`Blackhole`], a server that accepts and reads but never answers.
 //! - [`process`]: [`Guarded`], any other child process (the `zkmirror` binary, helper roles).
+//! - [`chaos`]: a random load on a subtree and a reader counting broken promises.
 //! - [`world`]: an in-process mirror, Redis connections, trees, and the convergence waits.
 //! - here: unique roots, ZooKeeper clients, [`create_all`], [`wait_until`], [`http_get`].
 //!
@@ -22,6 +23,7 @@
 //! never dropped). Processes owned by a test are killed by pid in their `Drop`.
 
 pub mod blackhole;
+pub mod chaos;
 pub mod process;
 pub mod proxy;
 pub mod servers;
