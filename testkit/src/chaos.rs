@@ -111,19 +111,19 @@ async fn run_load(connect: String, root: String, seed: u64, mut stopped: watch::
                     // A whole subtree at once, then (another turn) gone at once.
                     let mut multi = zk.new_multi_writer();
                     build_subtree(&mut multi, &subtree, &value, &options);
-                    multi.commit().await.map(drop).map_err(|e| zookeeper_client::Error::from(e))
+                    multi.commit().await.map(drop).map_err(zookeeper_client::Error::from)
                 }
                 8 => {
                     let mut multi = zk.new_multi_writer();
                     delete_subtree(&mut multi, &subtree);
-                    multi.commit().await.map(drop).map_err(|e| zookeeper_client::Error::from(e))
+                    multi.commit().await.map(drop).map_err(zookeeper_client::Error::from)
                 }
                 _ => {
                     let mut multi = zk.new_multi_writer();
                     let other = format!("{root}/k{}", dice.roll(LEAVES));
                     let _ = multi.add_set_data(&leaf, value.as_bytes(), None);
                     let _ = multi.add_set_data(&other, value.as_bytes(), None);
-                    multi.commit().await.map(drop).map_err(|e| zookeeper_client::Error::from(e))
+                    multi.commit().await.map(drop).map_err(zookeeper_client::Error::from)
                 }
             }
         })
@@ -186,6 +186,9 @@ pub struct ReadReport {
     pub failed: u64,
 }
 
+/// One znode's data, `mzxid` and `data_length`, read in one `MULTI`.
+type StoredPair = (Option<Vec<u8>>, Option<String>, Option<String>);
+
 /// Polls every path of [`universe`] in a tight loop.
 pub struct Reader {
     stop: watch::Sender<bool>,
@@ -228,7 +231,7 @@ async fn run_reader(url: String, prefix: String, paths: Vec<String>, mut stopped
         for path in &paths {
             let data_key = format!("{prefix}:{{{path}}}");
             let meta_key = format!("{prefix}:{{{path}}}:meta");
-            let answer: redis::RedisResult<(Option<Vec<u8>>, Option<String>, Option<String>)> = redis::pipe()
+            let answer: redis::RedisResult<StoredPair> = redis::pipe()
                 .atomic()
                 .cmd("GET")
                 .arg(&data_key)
