@@ -3,8 +3,13 @@
 -- Guarantees (atomic): `zxid` in KEYS[1] only grows, even with two mirrors writing it, so a
 -- reader can use it as "everything up to this zxid is in the keys".
 --
+-- Histories: ARGV[2] is the mirror's history (`epoch`, see put.lua; empty = 0), kept in the
+-- hash's `epoch` field (absent = 0). A claim of a newer history replaces the stored `zxid`
+-- even when lower (ZooKeeper went back: the watermark restarts in the new history, once);
+-- a claim of an older history writes nothing. Within one history `zxid` only grows.
+--
 -- KEYS: 1 status (HASH)
--- ARGV: 1 candidate zxid (decimal)
+-- ARGV: 1 candidate zxid (decimal), 2 history (`epoch`, decimal)
 -- Returns: the stored zxid after the call, or nil (nothing written) when the hash does not exist
 
 local function cmp(a, b)
@@ -23,8 +28,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 
 local current = redis.call('HGET', KEYS[1], 'zxid')
-if current and cmp(current, ARGV[1]) >= 0 then
+local epoch = tonumber(ARGV[2] or '') or 0
+local stored_epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
+if stored_epoch > epoch then
   return current
 end
-redis.call('HSET', KEYS[1], 'zxid', ARGV[1])
+if stored_epoch == epoch and current and cmp(current, ARGV[1]) >= 0 then
+  return current
+end
+redis.call('HSET', KEYS[1], 'zxid', ARGV[1], 'epoch', epoch)
 return ARGV[1]

@@ -93,7 +93,7 @@ pub use status::{MirrorStatus, Phase};
 pub mod testing {
     pub use crate::path::is_within;
     pub use crate::schema::{KeyKind, Keys, STAT_FIELDS};
-    pub use crate::store::{Applied, BatchOutcome, Refusal, Store, Write, WriteOutcome};
+    pub use crate::store::{Applied, BatchOutcome, Refusal, Store, StoredMark, Write, WriteOutcome};
     pub use crate::zk::ZkSession;
     pub use crate::zkwalk::{Walk, WalkLimits};
     pub use crate::znode::{Fetched, Znode, ZnodeStat};
