@@ -8,7 +8,7 @@
 //! | `P:{PATH}`            | STRING | the data bytes                          |
 //! | `P:{PATH}:meta`       | HASH   | the whole `Stat` plus `mirrored_at`     |
 //! | `P:{PATH}:children`   | SET    | child names (absent when none)          |
-//! | `P:{PATH}:tomb`       | STRING | tombstone zxid, expires after seconds   |
+//! | `P:{PATH}:tomb`       | STRING | tombstone zxid (`T@E` from history 1)   |
 //! | `P:mirror`            | HASH   | the mirror's status                     |
 //! | `P:changes`           | STREAM | one entry per applied change            |
 //!
