@@ -111,3 +111,64 @@ async fn a_zookeeper_restored_from_a_backup_is_detected_and_mirrored_again() {
     assert_eq!(data.as_deref(), Some(&b"later still"[..]));
     mirror.stop().await;
 }
+
+/// The same restore, but seen late: the mirror is down while the restored ZooKeeper takes more
+/// changes than it lost, so its zxids pass Redis's claim again and only the refused writes
+/// tell (they are older than the old history's versions of the same znodes). A synced walk
+/// refused twice is a restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_seen_after_zookeeper_passed_the_old_claim_is_detected_by_its_refused_writes() {
+    let mut zk = ZkServer::start();
+    let redis = RedisServer::start();
+    let root = "/restore-late".to_owned();
+    let leaves: Vec<String> = (0..4).map(|i| format!("{root}/leaf{i}")).collect();
+    {
+        let client = zk_client(&zk.connect_string()).await;
+        for leaf in &leaves {
+            create_all(&client, leaf, b"backup").await;
+        }
+    }
+    zk.stop();
+    let backup = tempfile::tempdir().expect("a temp dir for the backup");
+    copy_dir(&zk.data_dir(), backup.path());
+    zk.restart();
+
+    let client = zk_client(&zk.connect_string()).await;
+    let config = test_config(&zk.connect_string(), &redis.url(), &root);
+    let mirror = RunningMirror::start(config.clone());
+    mirror.wait_for_phase(Phase::Live).await;
+    let mut last = 0;
+    for round in 0..30 {
+        for leaf in &leaves[1..] {
+            last = client.set_data(leaf, format!("old-{round}").as_bytes(), None).await.expect("set_data").mzxid;
+        }
+    }
+    assert_converges(&client, &redis.url(), "zk", &root).await;
+    let conn = redis_conn(&redis.url()).await;
+    wait_until(common::world::CONVERGE, "the watermark passes the last change", || async {
+        match hget(&conn, "zk:mirror", "zxid").await.and_then(|z| z.parse::<i64>().ok()) {
+            Some(z) if z >= last => Ok(()),
+            other => Err(format!("zxid {other:?}, last change {last}")),
+        }
+    })
+    .await;
+    mirror.kill().await;
+    drop(client);
+
+    // Restored, and busy on one leaf until its zxids are past everything Redis claims.
+    restart_from(&mut zk, backup.path());
+    let client = zk_client(&zk.connect_string()).await;
+    let mut now = 0;
+    let mut round = 0;
+    while now <= last + 10 {
+        now = client.set_data(&leaves[0], format!("new-{round}").as_bytes(), None).await.expect("set_data").mzxid;
+        round += 1;
+    }
+    client.set_data(&leaves[2], b"new history", None).await.expect("set_data");
+
+    let mirror = RunningMirror::start(config);
+    assert_converges(&client, &redis.url(), "zk", &root).await;
+    assert_eq!(hget(&conn, "zk:mirror", "epoch").await.as_deref(), Some("1"));
+    assert!(hget(&conn, "zk:mirror", "history_reset_at").await.is_some(), "P:mirror names no history reset");
+    mirror.stop().await;
+}

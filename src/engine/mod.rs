@@ -1165,7 +1165,7 @@ impl Core {
             warn!(
                 root = %self.root, redis_zxid, zookeeper_zxid, epoch = self.epoch,
                 "ZooKeeper's history went back under {} (restored from a backup, or rebuilt and re-imported?): \
-                 Redis holds zxid {redis_zxid} (0x{redis_zxid:x}) but a synced walk of ZooKeeper found at most \
+                 Redis holds zxid {redis_zxid} (0x{redis_zxid:x}), a synced walk of ZooKeeper found at most \
                  {zookeeper_zxid} (0x{zookeeper_zxid:x}); {why}. Rebuilding the copy under history {} \
                  (was {from}); readers keep the old values until each key is rewritten",
                 self.root, self.epoch
