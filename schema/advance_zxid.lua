@@ -3,12 +3,18 @@
 -- Guarantees (atomic): `zxid` in KEYS[1] only grows, even with two mirrors writing it, so a
 -- reader can use it as "everything up to this zxid is in the keys".
 --
+-- Histories: ARGV[2] is the mirror's history (`epoch`, see put.lua; empty = 0), kept in the
+-- hash's `epoch` field (absent = 0). A claim of a newer history replaces the stored `zxid`
+-- even when lower (ZooKeeper went back: the watermark restarts in the new history, once);
+-- a claim of an older history writes nothing. Within one history `zxid` only grows.
+--
 -- KEYS: 1 status (HASH), 2 fence (of KEYS[1]'s hash slot)
--- ARGV: 1 candidate zxid (decimal), 2 fencing token (or empty: not fenced)
+-- ARGV: 1 candidate zxid (decimal), 2 history (`epoch`, decimal), 3 fencing token (or empty:
+--       not fenced)
 -- Returns: the stored zxid after the call, or nil (nothing written) when the hash does not
 --          exist; or the error reply `FENCED ...` (common.lua)
 
-local refused = fence(KEYS[2], ARGV[2])
+local refused = fence(KEYS[2], ARGV[3])
 if refused then return refused end
 
 -- A status hash that is gone was flushed (or deleted) since the mirror wrote it: creating it
@@ -19,8 +25,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 
 local current = redis.call('HGET', KEYS[1], 'zxid')
-if current and cmp(current, ARGV[1]) >= 0 then
+local epoch = tonumber(ARGV[2] or '') or 0
+local stored_epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
+if stored_epoch > epoch then
   return current
 end
-redis.call('HSET', KEYS[1], 'zxid', ARGV[1])
+if stored_epoch == epoch and current and cmp(current, ARGV[1]) >= 0 then
+  return current
+end
+redis.call('HSET', KEYS[1], 'zxid', ARGV[1], 'epoch', epoch)
 return ARGV[1]

@@ -1,4 +1,4 @@
--- common.lua — prepended to every script below (put, delete, status, advance_zxid, fence):
+-- common.lua — prepended to every script (put, delete, status, advance_zxid, fence):
 -- the one copy of what they share. `SCRIPT LOAD` sees this text followed by the script's own.
 
 -- zxids are 64-bit; Lua numbers are doubles, so compare them as decimal strings.
@@ -8,6 +8,13 @@ local function cmp(a, b)
   end
   if a == b then return 0 end
   if a < b then return -1 else return 1 end
+end
+
+-- A tombstone's value: `T` in history 0, `T@E` in history E >= 1.
+local function tomb_parts(value)
+  local zxid, epoch = string.match(value, '^(%d+)@(%d+)$')
+  if zxid then return zxid, tonumber(epoch) end
+  return value, 0
 end
 
 -- The fence (see layout.md, "Several mirrors: the fence"). `key` is the fence key of the hash

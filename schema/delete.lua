@@ -10,31 +10,37 @@
 --   * an applied delete appends one `del` entry to the change stream in the same step.
 --   * mode `hide` (the mirror lost READ permission) removes the keys without a tombstone: the
 --     znode still exists, and a later readable read must be accepted. It is ordered like a
---     put: ARGV[6..9] are the znode's (czxid, mzxid, pzxid, aversion) when it was found
+--     put: ARGV[8..11] are the znode's (czxid, mzxid, pzxid, aversion) when it was found
 --     unreadable, and a hide older than the stored read is refused, so a stale NoAuth
 --     cannot remove a znode already written from a newer readable read (opening an ACL bumps
 --     aversion). An equal tuple hides: the same state, readable to one identity and not to
 --     this one, stays out;
 --   * mode `exclude` (the filter leaves the path out) removes the keys without a tombstone
 --     and without comparing: it follows from the configuration, not from a read;
+--   * histories first (ARGV[7], the mirror's `epoch`; see put.lua): a stored version of an
+--     older history is deleted or hidden whatever its zxids (its zxids mean nothing in this
+--     history), a tombstone of an older history is replaced; a stored version or tombstone of
+--     a newer history refuses the delete or hide (answer 5). The tombstone is written `T` in
+--     history 0 and `T@E` in history E >= 1;
+--   * a deposed leader never deletes: the fence (common.lua) runs before anything else;
 --   * all or nothing even when a key holds the wrong type: the stream's type and the
 --     tombstone ttl are checked up front, a wrong-typed meta or tombstone fails its read
 --     before any write, and DEL removes keys of any type.
---
---   * a deposed leader never deletes: the fence (common.lua) runs before anything else.
 --
 -- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes, 6 fence (of KEYS[1]'s hash slot)
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
 --       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete`, `hide`, `exclude`),
 --       6 read deadline (unix ms by Redis's clock, or empty for none; see put.lua),
---       7..10 czxid, mzxid, pzxid, aversion of the unreadable znode (mode `hide`; empty
---       otherwise), 11 fencing token (or empty: not fenced)
+--       7 history (`epoch`, decimal; empty = 0),
+--       8..11 czxid, mzxid, pzxid, aversion of the unreadable znode (mode `hide`; empty
+--       otherwise), 12 fencing token (or empty: not fenced)
 -- Returns: 0 nothing was stored, 1 deleted, 2 refused (a newer incarnation is stored),
---          3 refused (mode `hide`: the stored read is newer), 4 refused (stale read);
+--          3 refused (mode `hide`: the stored read is newer), 4 refused (stale read),
+--          5 refused (a newer history is stored);
 --          the error reply `FENCED ...` (common.lua) or, when a key holds the wrong type, an
 --          error reply naming it; with nothing written
 
-local refused = fence(KEYS[6], ARGV[11])
+local refused = fence(KEYS[6], ARGV[12])
 if refused then return refused end
 
 local stream_type = redis.call('TYPE', KEYS[5])['ok']
@@ -54,26 +60,37 @@ if ARGV[6] and ARGV[6] ~= '' then
   end
 end
 
-local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version', 'pzxid', 'aversion')
+local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version', 'pzxid', 'aversion', 'epoch')
+local epoch = tonumber(ARGV[7] or '') or 0
+local stored_epoch = tonumber(stored[6] or '0') or 0
+local old_tomb = redis.call('GET', KEYS[4])
+local old_zxid, old_epoch = nil, 0
+if old_tomb then old_zxid, old_epoch = tomb_parts(old_tomb) end
+if ARGV[5] ~= 'exclude' and (stored_epoch > epoch or old_epoch > epoch) then
+  return 5
+end
+-- Zxids of a stored version are only compared within this history.
+local same_history = stored[1] and stored_epoch == epoch
 local t = ARGV[1]
-if ARGV[5] == 'hide' and stored[1] then
-  local order = cmp(ARGV[7], stored[1])
-  if order == 0 then order = cmp(ARGV[8], stored[2] or '') end
-  if order == 0 then order = cmp(ARGV[9], stored[4] or '') end
-  if order == 0 then order = cmp(ARGV[10], stored[5] or '') end
+if ARGV[5] == 'hide' and same_history then
+  local order = cmp(ARGV[8], stored[1])
+  if order == 0 then order = cmp(ARGV[9], stored[2] or '') end
+  if order == 0 then order = cmp(ARGV[10], stored[4] or '') end
+  if order == 0 then order = cmp(ARGV[11], stored[5] or '') end
   if order < 0 then
     return 3
   end
 end
 if ARGV[5] == 'delete' then
-  if t == '' then t = stored[1] or '' end
-  if stored[1] and t ~= '' and cmp(stored[1], t) > 0 then
+  if t == '' and same_history then t = stored[1] end
+  if same_history and t ~= '' and cmp(stored[1], t) > 0 then
     return 2
   end
   if t ~= '' then
-    local old = redis.call('GET', KEYS[4])
-    if old and cmp(old, t) > 0 then t = old end
-    redis.call('SET', KEYS[4], t, 'PX', ARGV[2])
+    if old_tomb and old_epoch == epoch and cmp(old_zxid, t) > 0 then t = old_zxid end
+    local value = t
+    if epoch > 0 then value = t .. '@' .. epoch end
+    redis.call('SET', KEYS[4], value, 'PX', ARGV[2])
   end
 end
 

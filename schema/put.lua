@@ -19,25 +19,35 @@
 --     deadline (when the read was sent + a bound below the tombstone ttl) and the script
 --     judges it by Redis's own clock (TIME), where a pause of the mirror (GC, SIGSTOP, a VM
 --     migration, a pipeline stuck in retransmission) cannot hide;
+--   * histories first (ARGV[16], the mirror's `epoch`): a ZooKeeper restored from a backup
+--     starts a new history whose zxids are below the stored ones. A stored version (meta
+--     field `epoch`, a tombstone's `@E` suffix; absent = 0) of a lower history is replaced
+--     whatever its zxids; a higher one refuses the write (answer 5). Zxids are compared only
+--     within one history;
+--   * a deposed leader never writes: the fence (common.lua) runs before anything else;
 --   * all or nothing even when a key holds the wrong type: Redis does not undo a script's
 --     writes when a later command fails, so everything that can fail runs before the first
 --     write. The stream's type is checked up front (its XADD comes last); a wrong-typed tomb,
 --     meta or children key fails its read (GET, HMGET, SCARD) before any write; the data key is
 --     only read where it is checked, and SET replaces whatever it held.
 --
---   * a deposed leader never writes: the fence (common.lua) runs before anything else.
---
 -- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM),
 --       6 fence (STRING, the fence key of KEYS[1]'s hash slot)
 -- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
 --       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
 --       13 path, 14 stream max length (approximate), 15 read deadline (unix ms by Redis's own
---       clock, or empty for none), 16 data bytes, 17 fencing token (or empty: not fenced),
---       18.. child names
+--       clock, or empty for none), 16 history (`epoch`, decimal), 17 fencing token (or
+--       empty: not fenced), then (from FIXED + 1 on) the data bytes and the child names
 -- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned),
---          4 refused (stale: Redis's clock is past the read deadline);
+--          4 refused (stale: Redis's clock is past the read deadline),
+--          5 refused (a newer history is stored);
 --          the error reply `FENCED ...` (common.lua) or, when a key holds the wrong type, an
 --          error reply naming it; with nothing written
+
+-- The fixed arguments end here; data and children follow. New fixed arguments go just above
+-- FIXED (and FIXED grows), so data and children always sit after them.
+local FIXED = 17
+local DATA = FIXED + 1
 
 local refused = fence(KEYS[6], ARGV[17])
 if refused then return refused end
@@ -56,17 +66,25 @@ if ARGV[15] ~= '' then
 end
 
 local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+local epoch = tonumber(ARGV[16]) or 0
 
 local tomb = redis.call('GET', KEYS[4])
-if tomb and cmp(czxid, tomb) <= 0 then
-  return 3
+if tomb then
+  local tomb_zxid, tomb_epoch = tomb_parts(tomb)
+  if tomb_epoch > epoch then return 5 end
+  -- A tombstone of an older history says nothing about this one's znodes.
+  if tomb_epoch == epoch and cmp(czxid, tomb_zxid) <= 0 then
+    return 3
+  end
 end
+local stored_epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0') or 0
+if stored_epoch > epoch then return 5 end
 
 local FIELDS = {'czxid', 'mzxid', 'pzxid', 'ctime', 'mtime', 'version', 'cversion', 'aversion',
   'ephemeral_owner', 'data_length', 'num_children'}
 local stored = redis.call('HMGET', KEYS[2], unpack(FIELDS))
 local children_fresh = false
-if stored[1] then
+if stored[1] and stored_epoch == epoch then
   -- stored[i] is field FIELDS[i]: 1 czxid, 2 mzxid, 3 pzxid, 8 aversion
   local order = cmp(czxid, stored[1])
   if order == 0 then order = cmp(mzxid, stored[2] or '') end
@@ -75,12 +93,12 @@ if stored[1] then
   if order < 0 then
     return 2
   end
-  local children = #ARGV - 17
+  local children = #ARGV - DATA
   children_fresh = stored[1] == czxid and stored[3] == pzxid
     and redis.call('SCARD', KEYS[3]) == children
   if children_fresh and children > 0 then
     -- Same size; make sure it is the same set (someone else may have written it).
-    for i = 18, #ARGV do
+    for i = DATA + 1, #ARGV do
       if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then
         children_fresh = false
         break
@@ -89,7 +107,7 @@ if stored[1] then
   end
   if order == 0 and children_fresh then
     -- The same version: unchanged unless a key was altered behind the mirror's back.
-    local same = redis.call('GET', KEYS[1]) == ARGV[16]
+    local same = redis.call('GET', KEYS[1]) == ARGV[DATA]
     for i = 1, #FIELDS do
       if stored[i] ~= ARGV[i] then same = false end
     end
@@ -99,16 +117,16 @@ if stored[1] then
   end
 end
 
-redis.call('SET', KEYS[1], ARGV[16])
+redis.call('SET', KEYS[1], ARGV[DATA])
 redis.call('HSET', KEYS[2],
   'czxid', czxid, 'mzxid', mzxid, 'pzxid', pzxid, 'ctime', ARGV[4], 'mtime', ARGV[5],
   'version', ARGV[6], 'cversion', ARGV[7], 'aversion', aversion,
   'ephemeral_owner', ARGV[9], 'data_length', ARGV[10], 'num_children', ARGV[11],
-  'mirrored_at', ARGV[12])
+  'mirrored_at', ARGV[12], 'epoch', epoch)
 if not children_fresh then
   redis.call('DEL', KEYS[3])
   -- SADD in chunks: unpack() of tens of thousands of values overflows Lua's C stack.
-  local i = 18
+  local i = DATA + 1
   while i <= #ARGV do
     local last = math.min(i + 4999, #ARGV)
     redis.call('SADD', KEYS[3], unpack(ARGV, i, last))

@@ -96,7 +96,7 @@ pub mod testing {
     pub use crate::schema::{status_field, KeyKind, Keys, STAT_FIELDS};
     pub use crate::service::{ReloadOutcome, Service};
     pub use crate::settings::Settings;
-    pub use crate::store::{Applied, BatchOutcome, Refusal, Store, Write, WriteOutcome};
+    pub use crate::store::{Applied, BatchOutcome, Refusal, Store, StoredMark, Write, WriteOutcome};
     pub use crate::zk::ZkSession;
     pub use crate::zkwalk::{Walk, WalkLimits};
     pub use crate::znode::{Fetched, Znode, ZnodeStat};

@@ -9,7 +9,7 @@
 //! | `P:{PATH}`            | STRING | the data bytes                          |
 //! | `P:{PATH}:meta`       | HASH   | the whole `Stat` plus `mirrored_at`     |
 //! | `P:{PATH}:children`   | SET    | child names (absent when none)          |
-//! | `P:{PATH}:tomb`       | STRING | tombstone zxid, expires after seconds   |
+//! | `P:{PATH}:tomb`       | STRING | tombstone zxid (`T@E` from history 1)   |
 //! | `P:mirror`            | HASH   | the mirror's status                     |
 //! | `P:fence:{T}`         | STRING | the newest leader's token, per hash slot |
 //! | `P:changes`           | STREAM | one entry per applied change            |
@@ -125,10 +125,31 @@ pub mod status_field {
     pub const LEADER_SINCE: &str = "leader_since";
     /// With `--ha`: its fencing token.
     pub const FENCE: &str = "fence";
+    /// The history `zxid` belongs to (absent = 0); raised when ZooKeeper went back.
+    pub const EPOCH: &str = "epoch";
+    /// The last history reset: unix ms, the claim Redis held, the highest zxid ZooKeeper had.
+    pub const HISTORY_RESET_AT: &str = "history_reset_at";
+    pub const HISTORY_RESET_REDIS_ZXID: &str = "history_reset_redis_zxid";
+    pub const HISTORY_RESET_ZOOKEEPER_ZXID: &str = "history_reset_zookeeper_zxid";
 
     /// Every field, for the check against `schema/layout.md`.
     #[cfg(test)]
-    pub const ALL: [&str; 10] = [STATE, ZXID, HEARTBEAT, ROOT, ROOTS, STARTED_AT, VERSION, LEADER, LEADER_SINCE, FENCE];
+    pub const ALL: [&str; 14] = [
+        STATE,
+        ZXID,
+        HEARTBEAT,
+        ROOT,
+        ROOTS,
+        STARTED_AT,
+        VERSION,
+        LEADER,
+        LEADER_SINCE,
+        FENCE,
+        EPOCH,
+        HISTORY_RESET_AT,
+        HISTORY_RESET_REDIS_ZXID,
+        HISTORY_RESET_ZOOKEEPER_ZXID,
+    ];
 }
 
 /// Builds (and parses) the key names of one prefix.

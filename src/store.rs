@@ -15,7 +15,7 @@ use redis::{Pipeline, Value};
 use crate::config::{mask_url, MirrorConfig};
 use crate::error::StoreError;
 use crate::path;
-use crate::schema::{KeyKind, Keys, Scripts};
+use crate::schema::{status_field, KeyKind, Keys, Scripts};
 use crate::znode::{Znode, ZnodeStat};
 
 /// One change to make in Redis for one znode.
@@ -83,6 +83,19 @@ pub enum Refusal {
     Stale,
     /// The slot's fence holds `seen`, a newer leader's token: this writer is deposed.
     Fenced { seen: i64 },
+    /// Redis holds a version (or tombstone) of a newer history (`epoch`) than the write's: a
+    /// mirror saw ZooKeeper go back (a restore) and rebuilt the copy; this one must adopt it.
+    NewerHistory,
+}
+
+/// What `P:mirror` says of the watermark and the history it belongs to: read before a walk's
+/// sync, to judge afterwards whether ZooKeeper went back (see `engine::history`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredMark {
+    /// `zxid`, absent until a first claim.
+    pub zxid: Option<i64>,
+    /// `epoch`, absent = 0.
+    pub epoch: u64,
 }
 
 /// What became of one [`Write`] of a batch.
@@ -298,21 +311,25 @@ impl Store {
     /// `read_deadline_ms`, when given, is a unix time in ms by Redis's clock past which every
     /// write of the batch is refused as stale ([`Refusal::Stale`]): the caller passes the time
     /// its oldest read was sent plus a bound below the tombstone ttl.
+    ///
+    /// `epoch` is the mirror's history: every script orders by it before any zxid (see
+    /// `schema/layout.md`, "ZooKeeper went back"), and the watermark is claimed in it.
     pub fn apply(
         &self,
         writes: &[Write],
         advance_to: Option<i64>,
         now_ms: u64,
         read_deadline_ms: Option<u64>,
+        epoch: u64,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send + 'static {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let deadline = read_deadline_ms.map(|d| d.to_string()).unwrap_or_default();
         for write in writes {
-            self.add_write(&mut pipe, write, now_ms, &deadline);
+            self.add_write(&mut pipe, write, now_ms, &deadline, epoch);
         }
         if let Some(zxid) = advance_to {
-            self.add_advance(&mut pipe, zxid);
+            self.add_advance(&mut pipe, zxid, epoch);
         }
         let store = self.clone();
         let kinds: Vec<bool> = writes.iter().map(|w| matches!(w, Write::Put(_))).collect();
@@ -358,7 +375,7 @@ impl Store {
         }
     }
 
-    fn add_advance(&self, pipe: &mut Pipeline, zxid: i64) {
+    fn add_advance(&self, pipe: &mut Pipeline, zxid: i64, epoch: u64) {
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         pipe.cmd("EVALSHA")
             .arg(self.scripts.advance_zxid.get_hash())
@@ -366,14 +383,41 @@ impl Store {
             .arg(&self.status_key)
             .arg(self.keys.fence_for(&self.status_key))
             .arg(zxid.to_string())
+            .arg(epoch)
             .arg(&self.fence_arg);
+    }
+
+    /// `zxid` and `epoch` of this mirror's status hash (absent: `None` and 0).
+    pub async fn stored_mark(&self) -> Result<StoredMark, StoreError> {
+        let mut conn = self.conn.clone();
+        let (zxid, epoch): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&self.status_key)
+            .arg(status_field::ZXID)
+            .arg(status_field::EPOCH)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let number = |field: &'static str, value: Option<String>| -> Result<Option<i64>, StoreError> {
+            value
+                .map(|v| {
+                    v.parse::<i64>().map_err(|_| {
+                        self.unexpected("a status field", format!("{} {field} is {v:?}, not a number", self.status_key))
+                    })
+                })
+                .transpose()
+        };
+        let zxid = number(status_field::ZXID, zxid)?;
+        let epoch = number(status_field::EPOCH, epoch)?.unwrap_or(0).max(0) as u64;
+        Ok(StoredMark { zxid, epoch })
     }
 
     fn unexpected(&self, what: &'static str, detail: String) -> StoreError {
         StoreError::Unexpected { server: self.server.clone(), what, detail }
     }
 
-    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64, deadline: &str) {
+    /// The history (`epoch`) goes right after the fixed arguments each script already had: put
+    /// ARGV[16] (data and children follow it), delete ARGV[7] (the hide-only Stat follows it).
+    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64, deadline: &str, epoch: u64) {
         let keys = &self.keys;
         let path = write.path();
         let script = match write {
@@ -400,8 +444,9 @@ impl Store {
                     .arg(path)
                     .arg(self.changes_maxlen)
                     .arg(deadline)
-                    .arg(znode.data.as_slice())
+                    .arg(epoch)
                     .arg(&self.fence_arg)
+                    .arg(znode.data.as_slice())
                     .arg(&znode.children);
                 return;
             }
@@ -412,18 +457,25 @@ impl Store {
                     .arg(self.changes_maxlen)
                     .arg("delete")
                     .arg(deadline)
+                    .arg(epoch)
                     .arg(&["", "", "", ""][..]);
             }
             Write::Hide { stat, .. } => {
                 cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide").arg(deadline);
-                cmd.arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
+                cmd.arg(epoch).arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
             }
             Write::Exclude { .. } => {
-                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("exclude").arg(deadline);
-                cmd.arg(&["", "", "", ""][..]);
+                cmd.arg("")
+                    .arg(self.tombstone_ttl_ms)
+                    .arg(path)
+                    .arg(self.changes_maxlen)
+                    .arg("exclude")
+                    .arg(deadline)
+                    .arg(epoch)
+                    .arg(&["", "", "", ""][..]);
             }
         }
-        // delete.lua's ARGV 11, after the hide stat (ARGV 7..10); put.lua's went before the children.
+        // delete.lua's ARGV 12, after the hide stat (ARGV 8..11); put.lua's went before the data.
         cmd.arg(&self.fence_arg);
     }
 
@@ -645,6 +697,7 @@ fn outcome_of(is_put: bool, code: i64) -> WriteOutcome {
         (true, 2) => WriteOutcome::Refused(Refusal::Older),
         (true, 3) => WriteOutcome::Refused(Refusal::Tombstoned),
         (_, 4) => WriteOutcome::Refused(Refusal::Stale),
+        (_, 5) => WriteOutcome::Refused(Refusal::NewerHistory),
         (false, 0) => WriteOutcome::Unchanged,
         (false, 1) => WriteOutcome::Deleted,
         (false, 2) => WriteOutcome::Refused(Refusal::NewerIncarnation),

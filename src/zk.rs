@@ -79,6 +79,27 @@ impl ZkSession {
             .map_err(|source| ZkError::Watch { path: root.to_owned(), source })
     }
 
+    /// Syncs the session's server with the leader, then reads the `Stat` of every proper
+    /// ancestor of `root` and answers the highest zxid among them (0 for `/`).
+    ///
+    /// After the sync, this session's reads see everything the leader committed before it:
+    /// a server that is briefly behind (a lagging follower) catches up first, so a walk read
+    /// after this is a fair judge of whether ZooKeeper's history went back (see
+    /// `engine::history`). The ancestors count because a tombstone zxid may be one of their
+    /// `pzxid`s (see `absent`), and such a zxid may have reached the watermark.
+    pub async fn sync_root(&self, root: &str) -> Result<i64, ZkError> {
+        self.client.sync(root).await.map_err(|source| read_error(root.to_owned(), source))?;
+        let mut highest = 0;
+        for ancestor in std::iter::successors(path::parent(root), |p| path::parent(p)) {
+            match self.client.check_stat(ancestor).await {
+                Ok(Some(stat)) => highest = highest.max(stat.czxid).max(stat.mzxid).max(stat.pzxid),
+                Ok(None) => {}
+                Err(source) => return Err(read_error(ancestor.to_owned(), source)),
+            }
+        }
+        Ok(highest)
+    }
+
     /// Reads one or more paths with one multi-read request: under load (a walk, a burst of
     /// events) this costs ZooKeeper one request instead of two per path. Each path is read as
     /// a `getData` and a `getChildren` in that one request, which ZooKeeper answers from one

@@ -53,7 +53,7 @@ async fn every_script_refuses_a_deposed_leaders_token_and_writes_nothing() {
     old.load_scripts().await.unwrap();
     old.publish_fence().await.expect("the first leader publishes");
     let writes = vec![Write::Put(znode("/app", "old", 5, 5)), Write::Put(znode("/app/gone", "x", 6, 6))];
-    old.apply(&writes, None, 1, None).await.expect("the first leader writes");
+    old.apply(&writes, None, 1, None, 0).await.expect("the first leader writes");
     old.write_status(&[("state", "live".into())]).await.expect("status");
 
     new.publish_fence().await.expect("the newer leader publishes");
@@ -68,10 +68,10 @@ async fn every_script_refuses_a_deposed_leaders_token_and_writes_nothing() {
         Write::Hide { path: "/app/gone".into(), stat },
         Write::Exclude { path: "/app/gone".into() },
     ];
-    let applied = old.apply(&late, None, 2, None).await.expect("the pipeline is answered");
+    let applied = old.apply(&late, None, 2, None, 0).await.expect("the pipeline is answered");
     assert_eq!(applied.outcomes.iter().map(fenced).collect::<Vec<_>>(), vec![Some(20); 5], "{applied:?}");
     // The watermark and the status too: the whole call fails as fenced.
-    match old.apply(&[], Some(99), 3, None).await {
+    match old.apply(&[], Some(99), 3, None, 0).await {
         Err(StoreError::Fenced { fence: 10, seen: 20, .. }) => {}
         other => panic!("advance_zxid of a deposed leader: {other:?}"),
     }
@@ -88,10 +88,10 @@ async fn every_script_refuses_a_deposed_leaders_token_and_writes_nothing() {
     assert_eq!(dbsize(&new).await, keys_before, "a refused script wrote a key");
 
     // The newer leader writes; a mirror run without an election is not fenced at all.
-    let applied = new.apply(&[Write::Put(znode("/app", "new", 5, 9))], None, 4, None).await.unwrap();
+    let applied = new.apply(&[Write::Put(znode("/app", "new", 5, 9))], None, 4, None, 0).await.unwrap();
     assert_eq!(applied.outcomes, vec![WriteOutcome::Written]);
     let lone = store(&redis, None);
-    let applied = lone.apply(&[Write::Put(znode("/app", "lone", 5, 10))], None, 5, None).await.unwrap();
+    let applied = lone.apply(&[Write::Put(znode("/app", "lone", 5, 10))], None, 5, None, 0).await.unwrap();
     assert_eq!(applied.outcomes, vec![WriteOutcome::Written]);
 }
 
@@ -103,8 +103,8 @@ async fn a_write_raises_its_slots_fence() {
     let old = store(&redis, Some(10));
     let new = store(&redis, Some(20));
     new.load_scripts().await.unwrap();
-    new.apply(&[Write::Put(znode("/app/a", "new", 5, 9))], None, 1, None).await.unwrap();
-    let applied = old.apply(&[Write::Put(znode("/app/a", "old", 5, 12))], None, 2, None).await.unwrap();
+    new.apply(&[Write::Put(znode("/app/a", "new", 5, 9))], None, 1, None, 0).await.unwrap();
+    let applied = old.apply(&[Write::Put(znode("/app/a", "old", 5, 12))], None, 2, None, 0).await.unwrap();
     assert_eq!(applied.outcomes.iter().map(fenced).collect::<Vec<_>>(), vec![Some(20)]);
     assert_eq!(get(&new, "zk:{/app/a}").await.as_deref(), Some("new"));
 }

@@ -27,7 +27,7 @@ fn closed(mut stat: ZnodeStat) -> ZnodeStat {
 }
 
 async fn apply(store: &Store, writes: Vec<Write>) -> BatchOutcome {
-    let applied = store.apply(&writes, None, 1, None).await.expect("batch applies");
+    let applied = store.apply(&writes, None, 1, None, 0).await.expect("batch applies");
     applied.counts()
 }
 
@@ -113,7 +113,7 @@ async fn without_scripts_loaded_the_batch_fails_with_noscript() {
     let redis = RedisServer::start();
     let store = store(&redis);
     let error =
-        store.apply(&[Write::Put(znode("/app", "v", 1, 1))], None, 1, None).await.expect_err("no scripts loaded");
+        store.apply(&[Write::Put(znode("/app", "v", 1, 1))], None, 1, None, 0).await.expect_err("no scripts loaded");
     assert!(error.is_noscript(), "{error}");
 }
 
@@ -173,7 +173,7 @@ async fn a_key_of_the_wrong_type_fails_its_own_write_and_no_other() {
         Write::Put(znode("/app/y", "v2", 11, 30)),
         Write::Put(znode("/app/b", "b", 21, 21)),
     ];
-    let applied = store.apply(&writes, None, 1, None).await.expect("a bad key fails its write, not the batch");
+    let applied = store.apply(&writes, None, 1, None, 0).await.expect("a bad key fails its write, not the batch");
     assert_eq!(applied.outcomes[0], WriteOutcome::Written);
     assert!(matches!(&applied.outcomes[1], WriteOutcome::Failed(why) if why.contains("WRONGTYPE")), "{applied:?}");
     assert!(matches!(&applied.outcomes[2], WriteOutcome::Failed(why) if why.contains("WRONGTYPE")), "{applied:?}");
@@ -200,7 +200,7 @@ async fn a_change_stream_of_the_wrong_type_is_named_and_nothing_is_half_written(
     store.query(redis::cmd("HSET").arg("zk:changes").arg("not").arg("a stream")).await.unwrap();
     let writes =
         vec![Write::Put(znode("/app/new", "v", 10, 10)), Write::Delete { path: "/app/old".into(), tomb_zxid: Some(9) }];
-    let applied = store.apply(&writes, None, 1, None).await.expect("a bad stream fails the writes, not the batch");
+    let applied = store.apply(&writes, None, 1, None, 0).await.expect("a bad stream fails the writes, not the batch");
     for outcome in &applied.outcomes {
         assert!(
             matches!(outcome, WriteOutcome::Failed(why) if why.contains("zk:changes") && why.contains("WRONGTYPE")),
@@ -224,7 +224,7 @@ async fn a_tombstone_ttl_below_a_millisecond_fails_deletes_without_touching_keys
     store.load_scripts().await.unwrap();
     apply(&store, vec![Write::Put(znode("/app/x", "v", 10, 10))]).await;
     let applied = store
-        .apply(&[Write::Delete { path: "/app/x".into(), tomb_zxid: Some(12) }], None, 1, None)
+        .apply(&[Write::Delete { path: "/app/x".into(), tomb_zxid: Some(12) }], None, 1, None, 0)
         .await
         .expect("batch");
     assert!(matches!(&applied.outcomes[0], WriteOutcome::Failed(why) if why.contains("tombstone ttl")), "{applied:?}");
@@ -252,12 +252,15 @@ async fn a_stale_hide_never_removes_a_newer_readable_read() {
     // Unreadable at aversion 0; the ACL was opened (aversion 1) and that read was written.
     let opened = Znode { stat: closed(secret.stat), ..secret.clone() };
     apply(&store, vec![Write::Put(opened.clone())]).await;
-    let stale = store.apply(&[Write::Hide { path: "/app/x".into(), stat: secret.stat }], None, 1, None).await.unwrap();
+    let stale =
+        store.apply(&[Write::Hide { path: "/app/x".into(), stat: secret.stat }], None, 1, None, 0).await.unwrap();
     assert_eq!(stale.outcomes, [WriteOutcome::Refused(Refusal::Older)]);
     assert_eq!(get(&store, "zk:{/app/x}".into()).await.as_deref(), Some("v"), "a stale hide removed a newer read");
     // Closed again (aversion 2): that hide is newer and removes the keys.
-    let fresh =
-        store.apply(&[Write::Hide { path: "/app/x".into(), stat: closed(opened.stat) }], None, 1, None).await.unwrap();
+    let fresh = store
+        .apply(&[Write::Hide { path: "/app/x".into(), stat: closed(opened.stat) }], None, 1, None, 0)
+        .await
+        .unwrap();
     assert_eq!(fresh.outcomes, [WriteOutcome::Deleted]);
     assert_eq!(get(&store, "zk:{/app/x}".into()).await, None);
     assert_eq!(last_entry_reason(&store).await.as_deref(), Some("hide"));
@@ -272,7 +275,7 @@ async fn a_hide_at_the_stored_stat_hides() {
     store.load_scripts().await.unwrap();
     let x = znode("/app/x", "v", 10, 10);
     apply(&store, vec![Write::Put(x.clone())]).await;
-    let out = store.apply(&[Write::Hide { path: "/app/x".into(), stat: x.stat }], None, 1, None).await.unwrap();
+    let out = store.apply(&[Write::Hide { path: "/app/x".into(), stat: x.stat }], None, 1, None, 0).await.unwrap();
     assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
 }
 
@@ -284,7 +287,7 @@ async fn an_excluded_path_loses_its_keys_unconditionally() {
     let store = store(&redis);
     store.load_scripts().await.unwrap();
     apply(&store, vec![Write::Put(znode("/app/x", "v", 50, 90))]).await;
-    let out = store.apply(&[Write::Exclude { path: "/app/x".into() }], None, 1, None).await.unwrap();
+    let out = store.apply(&[Write::Exclude { path: "/app/x".into() }], None, 1, None, 0).await.unwrap();
     assert_eq!(out.outcomes, [WriteOutcome::Deleted]);
     assert_eq!(get(&store, "zk:{/app/x}:meta".into()).await, None);
     assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await, None);
@@ -331,17 +334,95 @@ async fn a_read_held_past_its_deadline_is_never_written() {
     let past = Some(now - 1_000);
     let future = Some(now + 60_000);
     let put = || vec![Write::Put(znode("/app/gone", "stale", 10, 10))];
-    let applied = store.apply(&put(), None, 1, past).await.unwrap();
+    let applied = store.apply(&put(), None, 1, past, 0).await.unwrap();
     assert_eq!(applied.outcomes, [WriteOutcome::Refused(Refusal::Stale)]);
     assert_eq!(get(&store, "zk:{/app/gone}".into()).await, None, "a stale put writes nothing");
     assert_eq!(stream_len(&store).await, 0, "and announces nothing");
-    let applied = store.apply(&put(), None, 1, future).await.unwrap();
+    let applied = store.apply(&put(), None, 1, future, 0).await.unwrap();
     assert_eq!(applied.outcomes, [WriteOutcome::Written]);
     // A delete or hide read too long ago is refused as well: the znode may exist again.
     let delete = vec![Write::Delete { path: "/app/gone".into(), tomb_zxid: Some(11) }];
-    let applied = store.apply(&delete, None, 1, past).await.unwrap();
+    let applied = store.apply(&delete, None, 1, past, 0).await.unwrap();
     assert_eq!(applied.outcomes, [WriteOutcome::Refused(Refusal::Stale)]);
     assert_eq!(get(&store, "zk:{/app/gone}".into()).await.as_deref(), Some("stale"));
-    let applied = store.apply(&delete, None, 1, future).await.unwrap();
+    let applied = store.apply(&delete, None, 1, future, 0).await.unwrap();
     assert_eq!(applied.outcomes, [WriteOutcome::Deleted]);
+}
+
+async fn apply_in(store: &Store, writes: Vec<Write>, epoch: u64) -> Vec<WriteOutcome> {
+    store.apply(&writes, None, 1, None, epoch).await.expect("batch applies").outcomes
+}
+
+/// Defect 13 of issue 10: after ZooKeeper was restored from a backup every zxid is lower than
+/// Redis holds, so the zxid order refused every write for ever. Histories (`epoch`) order
+/// first: a newer history replaces an older one's version whatever its zxids, and an older
+/// history's write is refused.
+#[tokio::test]
+async fn a_newer_history_replaces_higher_zxids_and_an_older_one_is_refused() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    apply(&store, vec![Write::Put(znode("/app", "old history", 500, 900))]).await;
+    let out = apply_in(&store, vec![Write::Put(znode("/app", "restored", 10, 20))], 0).await;
+    assert_eq!(out, [WriteOutcome::Refused(Refusal::Older)], "within one history, zxids order");
+    let out = apply_in(&store, vec![Write::Put(znode("/app", "restored", 10, 20))], 1).await;
+    assert_eq!(out, [WriteOutcome::Written]);
+    assert_eq!(get(&store, "zk:{/app}".into()).await.as_deref(), Some("restored"));
+    let epoch = store.query(redis::cmd("HGET").arg("zk:{/app}:meta").arg("epoch")).await.unwrap();
+    assert_eq!(redis::from_redis_value::<String>(epoch).unwrap(), "1");
+    // The same read again is unchanged; a late write of the old history is refused.
+    let out = apply_in(&store, vec![Write::Put(znode("/app", "restored", 10, 20))], 1).await;
+    assert_eq!(out, [WriteOutcome::Unchanged]);
+    let out = apply_in(&store, vec![Write::Put(znode("/app", "old history", 500, 901))], 0).await;
+    assert_eq!(out, [WriteOutcome::Refused(Refusal::NewerHistory)]);
+    let out = apply_in(&store, vec![Write::Delete { path: "/app".into(), tomb_zxid: Some(950) }], 0).await;
+    assert_eq!(out, [WriteOutcome::Refused(Refusal::NewerHistory)]);
+    assert_eq!(get(&store, "zk:{/app}".into()).await.as_deref(), Some("restored"));
+}
+
+#[tokio::test]
+async fn deletes_and_tombstones_are_judged_by_their_history() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    // An old-history znode with a high czxid is deleted by a new-history delete with a low T.
+    apply(&store, vec![Write::Put(znode("/app/x", "v", 800, 800))]).await;
+    let out = apply_in(&store, vec![Write::Delete { path: "/app/x".into(), tomb_zxid: Some(30) }], 1).await;
+    assert_eq!(out, [WriteOutcome::Deleted]);
+    assert_eq!(get(&store, "zk:{/app/x}:tomb".into()).await.as_deref(), Some("30@1"));
+    // Its tombstone refuses older reads of history 1, and anything of history 0.
+    let out = apply_in(&store, vec![Write::Put(znode("/app/x", "late", 25, 25))], 1).await;
+    assert_eq!(out, [WriteOutcome::Refused(Refusal::Tombstoned)]);
+    let out = apply_in(&store, vec![Write::Put(znode("/app/x", "late", 900, 900))], 0).await;
+    assert_eq!(out, [WriteOutcome::Refused(Refusal::NewerHistory)]);
+    // An old-history tombstone (a plain zxid) does not block a create of the new history.
+    apply(&store, vec![Write::Put(znode("/app/y", "v", 700, 700))]).await;
+    apply(&store, vec![Write::Delete { path: "/app/y".into(), tomb_zxid: Some(750) }]).await;
+    assert_eq!(get(&store, "zk:{/app/y}:tomb".into()).await.as_deref(), Some("750"));
+    let out = apply_in(&store, vec![Write::Put(znode("/app/y", "born again", 40, 40))], 1).await;
+    assert_eq!(out, [WriteOutcome::Written]);
+}
+
+#[tokio::test]
+async fn the_watermark_restarts_once_in_a_newer_history() {
+    let redis = RedisServer::start();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    store.write_status(&[("state", "live".to_owned())]).await.unwrap();
+    let claim = |zxid: i64, epoch: u64| {
+        let store = store.clone();
+        async move {
+            store.apply(&[], Some(zxid), 1, None, epoch).await.expect("claim");
+            store.stored_mark().await.expect("stored mark")
+        }
+    };
+    assert_eq!(claim(900, 0).await, zkmirror::testing::StoredMark { zxid: Some(900), epoch: 0 });
+    assert_eq!(claim(20, 0).await.zxid, Some(900), "within a history it only grows");
+    assert_eq!(claim(0, 1).await, zkmirror::testing::StoredMark { zxid: Some(0), epoch: 1 });
+    assert_eq!(claim(40, 1).await.zxid, Some(40));
+    assert_eq!(
+        claim(950, 0).await,
+        zkmirror::testing::StoredMark { zxid: Some(40), epoch: 1 },
+        "an older history claims nothing"
+    );
 }

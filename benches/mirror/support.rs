@@ -288,7 +288,7 @@ pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
             _ => 0,
         };
         let outcome =
-            store.apply(&writes, Some(applied), SYNTHETIC_NOW_MS, None).await.expect("the scripted write").counts();
+            store.apply(&writes, Some(applied), SYNTHETIC_NOW_MS, None, 0).await.expect("the scripted write").counts();
         assert_eq!(outcome.written as usize, writes.len(), "the scripted write skipped znodes");
     }
     started.elapsed()

@@ -13,6 +13,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tracing::{info, warn};
 use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent};
 
+use super::history::SyncPoint;
 use super::{Change, Core, Effect, Input};
 use crate::config::MirrorConfig;
 use crate::error::{MirrorError, StoreError, ZkError};
@@ -35,7 +36,8 @@ struct InFlight {
     add_watch: Option<BoxFuture<Result<PersistentWatcher, ZkError>>>,
     reads: FuturesOrdered<BoxFuture<ReadResults>>,
     batch: Option<BoxFuture<Result<Applied, StoreError>>>,
-    scripts: Option<BoxFuture<Result<(), StoreError>>>,
+    scripts: Option<BoxFuture<Result<u64, StoreError>>>,
+    sync: Option<BoxFuture<(u64, Result<SyncPoint, String>)>>,
     subtree_check: Option<BoxFuture<(u64, Result<bool, StoreError>)>>,
     sweep: Option<BoxFuture<SweepResult>>,
     status: Option<BoxFuture<Result<bool, StoreError>>>,
@@ -94,6 +96,7 @@ pub(crate) async fn drive(
             Some(results) = f.reads.next(), if !f.reads.is_empty() => Input::ReadDone(results),
             result = settled(&mut f.batch), if f.batch.is_some() => Input::WriteDone(result),
             result = settled(&mut f.scripts), if f.scripts.is_some() => Input::ScriptsLoaded(result),
+            (generation, result) = settled(&mut f.sync), if f.sync.is_some() => Input::Synced { generation, result },
             (generation, result) = settled(&mut f.subtree_check), if f.subtree_check.is_some() => {
                 Input::SubtreeChecked { generation, result }
             }
@@ -192,6 +195,7 @@ fn start(
             *session = None;
             *watcher = None;
             f.add_watch = None;
+            f.sync = None;
             f.reads = FuturesOrdered::new();
         }
         Effect::AddWatch => match session.clone() {
@@ -216,17 +220,32 @@ fn start(
                 f.reads.push_back(Box::pin(std::future::ready(results)));
             }
         },
-        Effect::Write { writes, zxid, read_deadline_ms } => {
-            let send = store.apply(&writes, zxid, super::now_ms(), read_deadline_ms);
+        Effect::Write { writes, zxid, read_deadline_ms, epoch } => {
+            let send = store.apply(&writes, zxid, super::now_ms(), read_deadline_ms, epoch);
             f.batch = Some(Box::pin(send));
         }
         Effect::LoadScripts => {
             let store = store.clone();
-            // A leader's fence goes up with its scripts, before any write: at start, and after
-            // every Redis loss (a flushed Redis lost the fence too).
             f.scripts = Some(Box::pin(async move {
                 store.load_scripts().await?;
-                store.publish_fence().await
+                // A leader's fence goes up with its scripts, before any write: at start, and
+                // after every Redis loss (a flushed Redis lost the fence too).
+                store.publish_fence().await?;
+                Ok(store.stored_mark().await?.epoch)
+            }));
+        }
+        Effect::SyncRoot { generation } => {
+            // The claim first, then the sync: whatever the claim counts on was committed before
+            // the sync was sent, so the synced server has it (see `history`).
+            let (store, session, root) = (store.clone(), session.clone(), config.root.clone());
+            f.sync = Some(Box::pin(async move {
+                let result = async {
+                    let session = session.ok_or_else(|| "no ZooKeeper session".to_owned())?;
+                    let stored = store.stored_mark().await.map_err(|e| e.to_string())?;
+                    let above_root = session.sync_root(&root).await.map_err(|e| e.to_string())?;
+                    Ok(SyncPoint { stored, above_root })
+                };
+                (generation, result.await)
             }));
         }
         Effect::CheckSubtree { generation } => {

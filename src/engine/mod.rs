@@ -28,6 +28,7 @@
 //! ([`record`]).
 
 pub(crate) mod driver;
+pub(crate) mod history;
 pub(crate) mod reads;
 pub(crate) mod record;
 pub(crate) mod walk;
@@ -49,6 +50,7 @@ use crate::status::Phase;
 use crate::store::{Applied, Refusal, Write, WriteOutcome};
 use crate::znode::Fetched;
 
+use history::{SyncPoint, Verdict};
 use reads::{DirtyPaths, ReadMode, ReadRoom};
 use record::Recorder;
 use walk::{Walk, WalkReason, WalkStage};
@@ -103,7 +105,13 @@ pub(crate) enum Input {
     ReadDone(Vec<(String, Result<Fetched, ZkError>)>),
     /// The pipeline in flight was answered: one outcome per write.
     WriteDone(Result<Applied, StoreError>),
-    ScriptsLoaded(Result<(), StoreError>),
+    /// The scripts are loaded; `Ok` carries the history (`epoch`) `P:mirror` names (0: none).
+    ScriptsLoaded(Result<u64, StoreError>),
+    /// The sync before walk `generation` was answered (or failed: the walk is not judged).
+    Synced {
+        generation: u64,
+        result: Result<SyncPoint, String>,
+    },
     SubtreeChecked {
         generation: u64,
         result: Result<bool, StoreError>,
@@ -144,6 +152,13 @@ pub(crate) enum Effect {
         writes: Arc<Vec<Write>>,
         zxid: Option<i64>,
         read_deadline_ms: Option<u64>,
+        /// The mirror's history: the scripts order by it before any zxid.
+        epoch: u64,
+    },
+    /// Read `P:mirror`'s claim, sync the session's server with the leader, read the root's
+    /// ancestors; answered with [`Input::Synced`]. Walk `generation` reads nothing before.
+    SyncRoot {
+        generation: u64,
     },
     LoadScripts,
     CheckSubtree {
@@ -289,6 +304,26 @@ pub(crate) struct Core {
     /// Set when this mirror leads an election: its token goes with every script (the store
     /// holds it), and its name and token into the status hash.
     leadership: Option<Leadership>,
+
+    /// The history (`epoch`) every write carries (see [`history`]): 0 until ZooKeeper is first
+    /// seen going back, or what `P:mirror` names when that is higher.
+    epoch: u64,
+    /// A new history must still be claimed in `P:mirror` (`epoch`, `zxid` restarting at 0).
+    history_unclaimed: bool,
+    /// The history the pipeline in flight was sent under.
+    batch_epoch: u64,
+    /// The last synced walk's puts were refused: a second one confirms a restore.
+    history_suspect: bool,
+    /// The last history reset this run saw, for the status hash.
+    history_reset: Option<HistoryReset>,
+}
+
+/// A detected history reset: when, and the two zxids that told.
+#[derive(Clone, Copy, Debug)]
+struct HistoryReset {
+    at_ms: u64,
+    redis_zxid: i64,
+    zookeeper_zxid: i64,
 }
 
 fn now_ms() -> u64 {
@@ -352,6 +387,11 @@ impl Core {
             fatal: None,
             halted: false,
             leadership: config.leadership.clone(),
+            epoch: 0,
+            history_unclaimed: false,
+            batch_epoch: 0,
+            history_suspect: false,
+            history_reset: None,
         };
         // The scripts first, before any pipeline; the session meanwhile.
         core.effects.push_back(Effect::LoadScripts);
@@ -512,6 +552,7 @@ impl Core {
             Input::ReadDone(results) => self.on_reads(results, now),
             Input::WriteDone(result) => self.on_batch(result, now),
             Input::ScriptsLoaded(result) => self.on_scripts(result, now),
+            Input::Synced { generation, result } => self.on_synced(generation, result),
             Input::SubtreeChecked { generation, result } => self.on_subtree_checked(generation, result),
             Input::SweepDone { generation, result } => self.on_sweep(generation, result, now),
             Input::StatusWritten(result) => self.on_status_written(result, now),
@@ -633,6 +674,7 @@ impl Core {
         // A look begun for an earlier walk would hold this walk's writes back for nothing.
         self.subtree_check = None;
         self.walk = Some(Walk::new(reason, generation, &self.root, now, self.record.written_deleted()));
+        self.effects.push_back(Effect::SyncRoot { generation });
         if reason == WalkReason::ColdSync && self.writes.is_idle() {
             self.subtree_check = Some(generation);
             self.effects.push_back(Effect::CheckSubtree { generation });
@@ -740,6 +782,13 @@ impl Core {
                         Fetched::Unreadable { .. } => None,
                     };
                     highest_zxid = highest_zxid.max(zxid);
+                    if let Some(walk) = self.walk.as_mut().filter(|w| item.walk.is_some_and(|(g, _)| g == w.generation))
+                    {
+                        walk.evidence.saw(zxid.unwrap_or(0));
+                        if matches!(&fetched, Fetched::Present(z) if z.path == self.root) {
+                            walk.evidence.root_present = true;
+                        }
+                    }
                     self.on_read(fetched, item, request.sent_ms);
                 }
                 Err(error) if error.is_session_expired() => {
@@ -868,7 +917,13 @@ impl Core {
         if self.redis != RedisLink::Up || self.subtree_check.is_some() || self.writes.in_flight() {
             return;
         }
-        let zxid = self.watermark.claimable().filter(|z| *z > self.published_zxid);
+        let zxid = if self.history_unclaimed {
+            // A new history: `zxid` restarts at 0 in it, once (advance_zxid.lua lets a newer
+            // history lower it), then grows again as the rebuild earns it.
+            Some(0)
+        } else {
+            self.watermark.claimable().filter(|z| *z > self.published_zxid)
+        };
         if let Some((writes, oldest_read_ms)) = self.writes.start_batch(zxid) {
             self.record.batch_sent(writes.len());
             self.dispatch(writes, zxid, oldest_read_ms, now);
@@ -879,8 +934,9 @@ impl Core {
     /// refuses its writes (its oldest read's send time plus `max_read_age_ms`).
     fn dispatch(&mut self, writes: Arc<Vec<Write>>, zxid: Option<i64>, oldest_read_ms: Option<u64>, now: Instant) {
         self.batch_sent = Some(now);
+        self.batch_epoch = self.epoch;
         let read_deadline_ms = oldest_read_ms.map(|t| t + self.max_read_age_ms);
-        self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms });
+        self.effects.push_back(Effect::Write { writes, zxid, read_deadline_ms, epoch: self.epoch });
     }
 
     fn on_batch(&mut self, result: Result<Applied, StoreError>, now: Instant) {
@@ -903,6 +959,9 @@ impl Core {
                 } else if let Some(why) = &applied.zxid_failure {
                     warn!(why = %why, "cannot raise P:mirror zxid; the status hash needs repair");
                 } else if let Some(zxid) = batch.zxid {
+                    if self.batch_epoch == self.epoch {
+                        self.history_unclaimed = false;
+                    }
                     self.published_zxid = self.published_zxid.max(zxid);
                     self.record.applied_zxid(zxid);
                 }
@@ -920,8 +979,21 @@ impl Core {
                         walk.open = walk.open.saturating_sub(*n);
                     }
                 }
-                let (mut failed, mut stale) = (0, 0);
-                for ((write, mark), outcome) in batch.writes.iter().zip(&batch.marks).zip(&applied.outcomes) {
+                let (mut failed, mut stale, mut newer_history) = (0, 0, 0);
+                let current_walk = self.walk.as_ref().map(|w| w.generation);
+                for (((write, mark), walk), outcome) in
+                    batch.writes.iter().zip(&batch.marks).zip(&batch.walks).zip(&applied.outcomes)
+                {
+                    let refused_put = matches!(write, Write::Put(_))
+                        && matches!(outcome, WriteOutcome::Refused(Refusal::Older | Refusal::Tombstoned));
+                    if refused_put && walk.is_some() && *walk == current_walk {
+                        if let Some(w) = self.walk.as_mut() {
+                            w.evidence.refused += 1;
+                        }
+                    }
+                    if matches!(outcome, WriteOutcome::Refused(Refusal::NewerHistory)) {
+                        newer_history += 1;
+                    }
                     let landed = !matches!(outcome, WriteOutcome::Refused(Refusal::Stale) | WriteOutcome::Failed(_));
                     if landed {
                         if let Some(mark) = mark {
@@ -968,6 +1040,18 @@ impl Core {
                     self.failed_retry_at = Some(now + FAILED_WRITE_RETRY);
                 }
                 self.watermark.release();
+                if newer_history > 0 && self.batch_epoch == self.epoch {
+                    // Another mirror saw ZooKeeper go back and moved Redis to a newer history
+                    // (or P:mirror lost its `epoch`): follow it, past what this one knows.
+                    self.begin_history(
+                        format!(
+                            "Redis refused {newer_history} writes: it holds keys of a history newer than {}",
+                            self.epoch
+                        ),
+                        None,
+                        now,
+                    );
+                }
             }
             Err(StoreError::Fenced { seen, .. }) => self.deposed(seen),
             Err(error) if error.is_noscript() && !batch.retried => {
@@ -985,10 +1069,16 @@ impl Core {
         }
     }
 
-    fn on_scripts(&mut self, result: Result<(), StoreError>, now: Instant) {
+    fn on_scripts(&mut self, result: Result<u64, StoreError>, now: Instant) {
         let RedisLink::Loading { was_down } = self.redis else { return };
         match result {
-            Ok(()) => {
+            Ok(stored_epoch) => {
+                if stored_epoch > self.epoch {
+                    // Another mirror (or an earlier run) rebuilt the copy after ZooKeeper went
+                    // back: write in its history.
+                    info!(root = %self.root, epoch = stored_epoch, "P:mirror names history {stored_epoch}; mirroring in it");
+                    self.epoch = stored_epoch;
+                }
                 self.redis = RedisLink::Up;
                 self.redis_backoff.reset();
                 if let Some(mut batch) = self.noscript_batch.take() {
@@ -1097,7 +1187,70 @@ impl Core {
         }
     }
 
+    /// The sync before walk `generation` answered: its reads may start, and they may judge.
+    fn on_synced(&mut self, generation: u64, result: Result<SyncPoint, String>) {
+        let Some(walk) = self.walk.as_mut().filter(|w| w.generation == generation && w.awaiting_sync) else { return };
+        walk.awaiting_sync = false;
+        match result {
+            Ok(point) => walk.evidence.synced = Some(point),
+            Err(why) => debug!(%why, "cannot sync before the walk; it will not judge ZooKeeper's history"),
+        }
+    }
+
+    /// ZooKeeper's history went back (or Redis holds a newer one): start history `epoch + 1`,
+    /// say so once, and rewrite the copy under it. Nothing is blanked: each key keeps its old
+    /// value until the rebuild walk rewrites it (or its sweep finds the znode gone).
+    fn begin_history(&mut self, why: String, zxids: Option<(i64, i64)>, now: Instant) {
+        let from = self.epoch;
+        self.epoch += 1;
+        self.history_suspect = false;
+        if let Some((redis_zxid, zookeeper_zxid)) = zxids {
+            warn!(
+                root = %self.root, redis_zxid, zookeeper_zxid, epoch = self.epoch,
+                "ZooKeeper's history went back under {} (restored from a backup, or rebuilt and re-imported?): \
+                 Redis holds zxid {redis_zxid} (0x{redis_zxid:x}), a synced walk of ZooKeeper found at most \
+                 {zookeeper_zxid} (0x{zookeeper_zxid:x}); {why}. Rebuilding the copy under history {} \
+                 (was {from}); readers keep the old values until each key is rewritten",
+                self.root, self.epoch
+            );
+            self.history_reset = Some(HistoryReset { at_ms: now_ms(), redis_zxid, zookeeper_zxid });
+        } else {
+            warn!(root = %self.root, epoch = self.epoch, "{why}; rewriting the copy of {} under history {} (was {from})",
+                  self.root, self.epoch);
+        }
+        // The old history's claim says nothing of this one: start the watermark again.
+        self.watermark = Watermark::default();
+        self.watermark.block();
+        self.published_zxid = 0;
+        self.history_unclaimed = true;
+        self.published_phase = None;
+        self.start_walk(WalkReason::HistoryReset, now);
+    }
+
     fn finish_walk(&mut self, walk: Walk, now: Instant) {
+        match history::judge(&walk.evidence, self.epoch) {
+            Verdict::Unjudged => {}
+            Verdict::Same => self.history_suspect = false,
+            Verdict::WentBack { redis_zxid, zookeeper_zxid } => {
+                self.record.walk_done(walk.reason.label(), walk.visited, now.duration_since(walk.started));
+                self.first_sync_done = true;
+                let why = "P:mirror claims more than ZooKeeper holds".to_owned();
+                return self.begin_history(why, Some((redis_zxid, zookeeper_zxid)), now);
+            }
+            Verdict::Suspect { redis_zxid, zookeeper_zxid, refused } => {
+                self.record.walk_done(walk.reason.label(), walk.visited, now.duration_since(walk.started));
+                self.first_sync_done = true;
+                if self.history_suspect {
+                    let why = format!("{refused} reads made after a sync were refused as older than Redis, twice");
+                    return self.begin_history(why, Some((redis_zxid, zookeeper_zxid)), now);
+                }
+                info!(root = %self.root, refused,
+                      "a synced walk's writes were refused as older than Redis holds; walking again to tell a \
+                       restore of ZooKeeper from a race");
+                self.history_suspect = true;
+                return self.start_walk(WalkReason::HistoryCheck, now);
+            }
+        }
         let elapsed = now.duration_since(walk.started);
         self.record.walk_done(walk.reason.label(), walk.visited, elapsed);
         let (written, deleted) = self.record.written_deleted();
@@ -1182,6 +1335,11 @@ impl Core {
             (status_field::STARTED_AT, self.started_at_ms.to_string()),
             (status_field::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
         ];
+        if let Some(reset) = self.history_reset {
+            fields.push((status_field::HISTORY_RESET_AT, reset.at_ms.to_string()));
+            fields.push((status_field::HISTORY_RESET_REDIS_ZXID, reset.redis_zxid.to_string()));
+            fields.push((status_field::HISTORY_RESET_ZOOKEEPER_ZXID, reset.zookeeper_zxid.to_string()));
+        }
         if let Some(leadership) = &self.leadership {
             fields.push((status_field::LEADER, leadership.instance.clone()));
             fields.push((status_field::LEADER_SINCE, leadership.since_ms.to_string()));

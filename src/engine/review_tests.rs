@@ -146,7 +146,7 @@ fn a_batch_resent_after_noscript_carries_no_claim_into_the_restarted_redis() {
     assert!(noscript.is_noscript());
     s.feed(Input::WriteDone(Err(noscript)));
     s.take();
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     let resent = s.take();
     assert!(
         claims(&resent).is_empty(),
@@ -170,7 +170,7 @@ fn the_watermark_is_written_again_after_redis_lost_the_keys() {
     assert!(s.take().iter().any(|e| matches!(e, Effect::WriteStatus { .. })), "heartbeat");
     s.status_answered(false); // FLUSHALL since the last heartbeat
     assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)));
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     let mut seen = s.take();
     let root: Vec<String> = reads_of(&seen).concat();
     assert_eq!(root, ["/r"], "the resync walk reads the root again");
@@ -202,7 +202,7 @@ fn the_watermark_is_written_again_after_redis_lost_the_keys() {
 #[test]
 fn a_session_that_expires_before_its_watch_is_added_is_replaced() {
     let mut s = Script::new(|_| {});
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     s.feed(Input::Connected);
     s.take();
     let mut reconnected = false;

@@ -26,6 +26,9 @@ pub(super) struct Script {
     pub(super) now: Instant,
     counters: Arc<Counters>,
     effects: Vec<Effect>,
+    /// Whether the test answers the sync before each walk itself; otherwise it is answered at once
+    /// with a failure, and the walk reads unjudged, as it did before syncs existed.
+    pub(super) manual_sync: bool,
 }
 
 impl Script {
@@ -35,7 +38,7 @@ impl Script {
         let counters = Arc::new(Counters::default());
         let now = Instant::now();
         let core = Core::new(&config, Recorder::new(counters.clone(), "zk", "/r"), now);
-        let mut s = Script { core, now, counters, effects: Vec::new() };
+        let mut s = Script { core, now, counters, effects: Vec::new(), manual_sync: false };
         s.drain();
         s
     }
@@ -43,7 +46,7 @@ impl Script {
     /// Started, scripts loaded, session open, watch added.
     pub(super) fn live(configure: impl FnOnce(&mut MirrorConfig)) -> Script {
         let mut s = Script::new(configure);
-        s.feed(Input::ScriptsLoaded(Ok(())));
+        s.feed(Input::ScriptsLoaded(Ok(0)));
         s.feed(Input::Connected);
         s.feed(Input::WatchAdded);
         s
@@ -51,6 +54,12 @@ impl Script {
 
     pub(super) fn drain(&mut self) {
         while let Some(e) = self.core.poll_effect() {
+            if let (Effect::SyncRoot { generation }, false) = (&e, self.manual_sync) {
+                let generation = *generation;
+                self.effects.push(e);
+                self.core.handle(Input::Synced { generation, result: Err("not synced (test)".into()) }, self.now);
+                continue;
+            }
             self.effects.push(e);
         }
     }
@@ -156,7 +165,7 @@ fn writes_of(effects: &[Effect]) -> Vec<WriteSummary> {
 fn nothing_is_read_before_the_watch_is_in_place() {
     let mut s = Script::new(|_| {});
     assert!(matches!(s.take()[..], [Effect::LoadScripts, Effect::Connect]));
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     s.feed(Input::Connected);
     s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
     let effects = s.take();
@@ -217,7 +226,7 @@ fn redis_down_mid_batch_drops_the_work_and_reconciles_when_it_returns() {
     assert!(s.reads().is_empty(), "no reads while Redis is down");
     s.wait(Duration::from_millis(301)); // the first backoff is 100–300 ms
     assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)), "Redis is probed after the backoff");
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     assert_eq!(s.phase(), Phase::Syncing);
     assert!(s.reads().concat().contains(&"/r".to_owned()), "the walk starts again from the root");
 }
@@ -432,7 +441,7 @@ fn a_leader_names_itself_and_its_token_in_the_status() {
     let mut s = Script::new(|c| {
         c.leadership = Some(Leadership { instance: "host:1".into(), since_ms: 42, fence: 77 });
     });
-    s.feed(Input::ScriptsLoaded(Ok(())));
+    s.feed(Input::ScriptsLoaded(Ok(0)));
     let fields = s
         .take()
         .into_iter()
@@ -454,4 +463,145 @@ fn a_fence_refused_at_publish_deposes_before_any_write() {
     let refused = StoreError::Fenced { server: "redis".into(), key: "zk:fence:{0}".into(), fence: 10, seen: 11 };
     s.feed(Input::ScriptsLoaded(Err(refused)));
     assert!(matches!(s.core.take_fatal(), Some(MirrorError::Deposed { seen: 11, .. })));
+}
+
+// ZooKeeper's history going back (defect 13 of issue 10): judged only on synced walks.
+
+/// A live core whose test answers each walk's sync itself; the cold sync (walk 1) waits for it.
+fn synced_script() -> Script {
+    let mut s = Script::new(|_| {});
+    s.manual_sync = true;
+    s.feed(Input::ScriptsLoaded(Ok(0)));
+    s.feed(Input::Connected);
+    s.feed(Input::WatchAdded);
+    s
+}
+
+/// `P:mirror` held `zxid` (history `epoch`) when the sync was sent.
+fn sync_point(zxid: i64, epoch: u64) -> Result<SyncPoint, String> {
+    Ok(SyncPoint { stored: crate::store::StoredMark { zxid: Some(zxid), epoch }, above_root: 0 })
+}
+
+/// The syncs asked for since the last call, and the history and claim of each pipeline.
+fn syncs_and_claims(effects: &[Effect]) -> (Vec<u64>, Vec<(u64, Option<i64>)>) {
+    let syncs = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SyncRoot { generation } => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    let claims = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Write { epoch, zxid, .. } => Some((*epoch, *zxid)),
+            _ => None,
+        })
+        .collect();
+    (syncs, claims)
+}
+
+/// Walk `generation` of the lone root reads it as `root`, Redis answers `outcome`, and the
+/// sweep (if the walk has one) finds nothing. Answers the histories its writes carried; what
+/// the core asked for after that is left for the test.
+fn walk_root(
+    s: &mut Script,
+    generation: u64,
+    sync: Result<SyncPoint, String>,
+    root: Fetched,
+    outcome: WriteOutcome,
+) -> Vec<u64> {
+    assert!(s.reads().is_empty(), "walk {generation} read before its sync was answered");
+    s.feed(Input::Synced { generation, result: sync });
+    let reads = s.reads();
+    assert_eq!(reads, vec![vec!["/r".to_owned()]]);
+    s.feed(Input::ReadDone(vec![("/r".to_owned(), Ok(root))]));
+    let (_, claims) = syncs_and_claims(&s.take());
+    s.answer_batch(|_| outcome.clone());
+    let mut after = s.take();
+    if after.iter().any(|e| matches!(e, Effect::Sweep { generation: g, .. } if *g == generation)) {
+        after.retain(|e| !matches!(e, Effect::Sweep { .. }));
+        s.feed(Input::SweepDone { generation, result: Ok((0, Vec::new())) });
+    }
+    after.append(&mut s.effects);
+    s.effects = after;
+    claims.into_iter().map(|(epoch, _)| epoch).collect()
+}
+
+#[test]
+fn a_synced_walk_that_finds_less_than_redis_claims_starts_a_new_history() {
+    let mut s = synced_script();
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    // Redis claims 500; the synced ZooKeeper holds at most 30: it went back.
+    walk_root(&mut s, 1, sync_point(500, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert_eq!(syncs, vec![2], "the rebuild walk (2) starts, synced");
+    assert_eq!(claims, vec![(1, Some(0))], "history 1 is claimed at once, its watermark starting at 0");
+    assert_eq!(s.phase(), Phase::Reconciling);
+    s.ack();
+    // The rebuild rewrites the root under history 1; its own claim is now of history 1.
+    let epochs = walk_root(&mut s, 2, sync_point(0, 1), znode("/r", 30, &[]), WriteOutcome::Written);
+    assert_eq!(epochs, vec![1], "the rebuild writes under history 1");
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert!(syncs.is_empty(), "the rebuild judged its history the same: no third walk");
+    assert!(claims.iter().all(|(epoch, _)| *epoch == 1), "{claims:?}");
+    assert_eq!(s.phase(), Phase::Live);
+}
+
+#[test]
+fn a_briefly_behind_server_is_not_taken_for_a_restore() {
+    let mut s = synced_script();
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    // The sync failed (the server could not reach the leader): the walk reads what a lagging
+    // server shows, below Redis's claim, and Redis refuses it. Not judged.
+    walk_root(&mut s, 1, Err("sync timed out".into()), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert!(syncs.is_empty(), "an unsynced walk starts no second walk");
+    assert!(claims.iter().all(|(epoch, _)| *epoch == 0), "{claims:?}");
+    // An event read from the still-lagging server is refused too: no walk judges it.
+    s.feed(Input::Changed { path: "/r".into(), kind: Change::Data });
+    let reads = s.reads();
+    s.feed(answer(&reads[0], |p| znode(p, 31, &[])));
+    s.answer_batch(|_| WriteOutcome::Refused(Refusal::Older));
+    // The next walk's sync makes the server catch up: it reads what Redis claims, and more.
+    s.wait(Duration::from_secs(3600));
+    let (syncs, _) = syncs_and_claims(&s.take());
+    assert_eq!(syncs, vec![2], "the anti-entropy walk is synced");
+    walk_root(&mut s, 2, sync_point(500, 0), znode("/r", 510, &[]), WriteOutcome::Written);
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert!(syncs.is_empty() && claims.iter().all(|(epoch, _)| *epoch == 0), "{syncs:?} {claims:?}");
+    assert_eq!(s.phase(), Phase::Live);
+}
+
+#[test]
+fn synced_walks_refused_twice_start_a_new_history_once() {
+    let mut s = synced_script();
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    // The restored ZooKeeper has passed Redis's claim (20) again, but the root's stored version
+    // is of the old history and higher: refused. Once is only suspect (a race with another
+    // mirror?): one more synced walk.
+    walk_root(&mut s, 1, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert_eq!((syncs, claims.iter().all(|(e, _)| *e == 0)), (vec![2], true));
+    walk_root(&mut s, 2, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert_eq!(syncs, vec![3], "confirmed: the rebuild walk starts");
+    assert_eq!(claims, vec![(1, Some(0))]);
+}
+
+#[test]
+fn a_newer_history_in_redis_is_adopted_when_the_scripts_load_and_on_refusal() {
+    let mut s = Script::new(|_| {});
+    s.feed(Input::ScriptsLoaded(Ok(3)));
+    s.feed(Input::Connected);
+    s.feed(Input::WatchAdded);
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let reads = s.reads();
+    s.feed(answer(&reads[0], |p| znode(p, 30, &[])));
+    let (_, claims) = syncs_and_claims(&s.take());
+    assert_eq!(claims, vec![(3, None)], "writes carry the history P:mirror names");
+    // Another mirror moved Redis past history 3: follow it with a rebuild under 4.
+    s.answer_batch(|_| WriteOutcome::Refused(Refusal::NewerHistory));
+    let (syncs, claims) = syncs_and_claims(&s.take());
+    assert_eq!((syncs, claims), (vec![2], vec![(4, Some(0))]));
 }

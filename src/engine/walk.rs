@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use super::history::Evidence;
+
 /// Why a walk runs; it decides the phase shown meanwhile and the log line at the end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WalkReason {
@@ -13,6 +15,12 @@ pub(crate) enum WalkReason {
     RedisLost,
     WatchRestored,
     AntiEntropy,
+    /// A synced walk's puts were refused as older than Redis holds: walk once more, synced,
+    /// to tell a restore of ZooKeeper from a race before rebuilding (see `history`).
+    HistoryCheck,
+    /// ZooKeeper's history went back (restored from a backup, rebuilt): rewrite everything
+    /// under the new history (`epoch`).
+    HistoryReset,
 }
 
 impl WalkReason {
@@ -25,6 +33,8 @@ impl WalkReason {
             WalkReason::RedisLost => "redis_lost",
             WalkReason::WatchRestored => "watch_restored",
             WalkReason::AntiEntropy => "anti_entropy",
+            WalkReason::HistoryCheck => "history_check",
+            WalkReason::HistoryReset => "history_reset",
         }
     }
 
@@ -36,6 +46,8 @@ impl WalkReason {
             WalkReason::RedisLost => "resync after Redis lost data",
             WalkReason::WatchRestored => "reconcile after the watch was restored",
             WalkReason::AntiEntropy => "anti-entropy pass",
+            WalkReason::HistoryCheck => "walk to check whether ZooKeeper went back in history",
+            WalkReason::HistoryReset => "rebuild after ZooKeeper went back in history",
         }
     }
 
@@ -80,6 +92,11 @@ pub(crate) struct Walk {
     pub sweep_cursor: u64,
     /// Written and deleted counters when the walk started, for its closing log line.
     pub before: (u64, u64),
+    /// No path is read before the sync of the root is answered (or failed): only reads
+    /// after it may judge whether ZooKeeper went back.
+    pub awaiting_sync: bool,
+    /// What the walk learned for that judgment.
+    pub evidence: Evidence,
 }
 
 impl Walk {
@@ -96,12 +113,14 @@ impl Walk {
             sweep_needed: true,
             sweep_cursor: 0,
             before,
+            awaiting_sync: true,
+            evidence: Evidence::default(),
         }
     }
 
     /// Whether the walk has paths to hand to the read scheduler now.
     pub fn reading(&self) -> bool {
-        self.stage != WalkStage::Sweeping
+        self.stage != WalkStage::Sweeping && !self.awaiting_sync
     }
 
     /// Whether everything this stage asked for has been read and written.

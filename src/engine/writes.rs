@@ -35,6 +35,9 @@ pub(crate) struct Batch {
     pub walk_writes: Vec<(u64, usize)>,
     /// The mark each write answers, in write order (see [`super::watermark`]).
     pub marks: Vec<Option<u64>>,
+    /// The walk generation that read each write, in write order: a walk's refused puts are
+    /// evidence that ZooKeeper went back (see [`super::history`]).
+    pub walks: Vec<Option<u64>>,
     /// `mtime` of the live (event-driven) puts, for the propagation-delay histogram.
     pub live_mtimes: Vec<i64>,
     /// The watermark this batch raises `P:mirror` `zxid` to, after its writes.
@@ -104,6 +107,7 @@ impl WriteQueue {
             writes: Arc::new(Vec::new()),
             walk_writes: Vec::new(),
             marks: Vec::new(),
+            walks: Vec::new(),
             live_mtimes: Vec::new(),
             zxid,
             bytes: 0,
@@ -125,6 +129,7 @@ impl WriteQueue {
                 }
             }
             batch.marks.push(pending.mark);
+            batch.walks.push(pending.walk);
             batch.oldest_read_ms = Some(batch.oldest_read_ms.map_or(pending.read_at_ms, |t| t.min(pending.read_at_ms)));
             writes.push(pending.write);
             if writes.len() >= MAX_BATCH_WRITES || batch.bytes >= self.max_batch_bytes {

@@ -449,6 +449,12 @@ impl ZkServer {
         self.process.as_ref().map(ServerProcess::pid)
     }
 
+    /// The server's `dataDir` (snapshots and transaction logs): a test that restores
+    /// ZooKeeper from a backup copies it while the server is stopped.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Kills the server (SIGKILL, i.e. a crash; acknowledged writes are already in the
     /// transaction log) and waits for it to exit. No-op if already stopped.
     pub fn stop(&mut self) {
