@@ -43,6 +43,11 @@ pub(crate) struct Evidence {
     pub root_present: bool,
     /// The walk's puts Redis refused as older than it holds, or as tombstoned.
     pub refused: u64,
+    /// The walk could not see part of the subtree: a znode it may not read (an ACL closed
+    /// since), or children the filter keeps it out of (a filter narrowed since the claim was
+    /// made). The znode that earned the claim may lie there, and `setACL` leaves no zxid in
+    /// any `Stat`, so a claim above M proves nothing; refused puts still do (twice).
+    pub partial: bool,
 }
 
 impl Evidence {
@@ -72,10 +77,12 @@ pub(crate) fn judge(evidence: &Evidence, epoch: u64) -> Verdict {
     }
     let highest = evidence.highest.max(sync.above_root);
     let redis_zxid = sync.stored.zxid.unwrap_or(0);
-    if redis_zxid > highest {
+    if redis_zxid > highest && !evidence.partial {
         Verdict::WentBack { redis_zxid, zookeeper_zxid: highest }
     } else if evidence.refused > 0 {
         Verdict::Suspect { redis_zxid, zookeeper_zxid: highest, refused: evidence.refused }
+    } else if redis_zxid > highest {
+        Verdict::Unjudged
     } else {
         Verdict::Same
     }
@@ -91,6 +98,7 @@ mod tests {
             highest: 0,
             root_present: true,
             refused: 0,
+            partial: false,
         }
     }
 

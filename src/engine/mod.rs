@@ -788,6 +788,15 @@ impl Core {
                         if matches!(&fetched, Fetched::Present(z) if z.path == self.root) {
                             walk.evidence.root_present = true;
                         }
+                        // What the walk cannot see below here may hold the claim's znode.
+                        let descends = item.walk.is_some_and(|(_, descend)| descend);
+                        walk.evidence.partial |= match &fetched {
+                            Fetched::Unreadable { .. } => true,
+                            Fetched::Present(z) => {
+                                descends && !z.children.is_empty() && !self.filter.may_descend(&self.root, &z.path)
+                            }
+                            Fetched::Absent { .. } => false,
+                        };
                     }
                     self.on_read(fetched, item, request.sent_ms);
                 }
@@ -959,11 +968,14 @@ impl Core {
                 } else if let Some(why) = &applied.zxid_failure {
                     warn!(why = %why, "cannot raise P:mirror zxid; the status hash needs repair");
                 } else if let Some(zxid) = batch.zxid {
+                    // A claim sent in an older history (a reset came while it was in flight)
+                    // says nothing of this one: counted, it would hold this history's claims
+                    // back until they pass it.
                     if self.batch_epoch == self.epoch {
                         self.history_unclaimed = false;
+                        self.published_zxid = self.published_zxid.max(zxid);
+                        self.record.applied_zxid(zxid);
                     }
-                    self.published_zxid = self.published_zxid.max(zxid);
-                    self.record.applied_zxid(zxid);
                 }
                 // ZooKeeper's mtime to the moment Redis acknowledged; only for recent data
                 // changes (a parent re-read for a child change keeps an old mtime).
@@ -1078,6 +1090,12 @@ impl Core {
                     // back: write in its history.
                     info!(root = %self.root, epoch = stored_epoch, "P:mirror names history {stored_epoch}; mirroring in it");
                     self.epoch = stored_epoch;
+                    // What the watermark holds was earned in the old history: claimed in the
+                    // new one it would cover zxids this history has not reached. Start it
+                    // again; the walk that follows earns it.
+                    self.watermark = Watermark::default();
+                    self.watermark.block();
+                    self.published_zxid = 0;
                 }
                 self.redis = RedisLink::Up;
                 self.redis_backoff.reset();
@@ -1404,6 +1422,8 @@ fn anti_entropy_postponed(changes_per_s: f64, postponed_so_far: u32) -> bool {
     changes_per_s > ANTI_ENTROPY_BUSY_RATE && postponed_so_far < ANTI_ENTROPY_MAX_POSTPONED
 }
 
+#[cfg(test)]
+mod review2_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]
