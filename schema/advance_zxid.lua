@@ -23,6 +23,12 @@ if refused then return refused end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
+-- With a token, a hash whose `fence` field is not this writer's was re-created by someone else
+-- since the flush (a deposed leader, whose heartbeat the lost fence no longer stops; see
+-- status.lua): the same loss.
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[3] then
+  return false
+end
 
 local current = redis.call('HGET', KEYS[1], 'zxid')
 local epoch = tonumber(ARGV[2] or '') or 0
