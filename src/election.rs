@@ -592,9 +592,20 @@ impl Election {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // The watch on the own lock znode: its deletion is the plainest "lost".
-            let watched = tokio::select! {
-                _ = self.shutdown.fired() => return None,
-                watched = request(client.check_and_watch_stat(lock)) => watched,
+            // Keep ticking while the request waits: a disconnected leader must give up in time
+            // even while a request hangs.
+            let watch_request = request(client.check_and_watch_stat(lock));
+            tokio::pin!(watch_request);
+            let watched = loop {
+                tokio::select! {
+                    _ = self.shutdown.fired() => return None,
+                    watched = &mut watch_request => break watched,
+                    _ = tick.tick() => {
+                        if let Transition::Lose(reason) = self.tick(client) {
+                            return Some(reason);
+                        }
+                    }
+                }
             };
             let watcher = match watched {
                 Ok((Some(stat), watcher)) if stat.ephemeral_owner == session => Some(watcher),
@@ -651,7 +662,7 @@ impl Election {
                         }
                     },
                     _ = tick.tick() => {
-                        if let Transition::Lose(reason) = self.machine.tick(Instant::now()) {
+                        if let Transition::Lose(reason) = self.tick(client) {
                             return Some(reason);
                         }
                     }
@@ -659,6 +670,16 @@ impl Election {
                 }
             }
         }
+    }
+
+    /// One tick of a leader: notes a disconnect the state watcher has not been polled for yet
+    /// (a request may be pending), then asks the machine whether it has been away too long.
+    fn tick(&mut self, client: &Client) -> Transition {
+        let now = Instant::now();
+        if client.state() == SessionState::Disconnected {
+            self.machine.disconnected(now);
+        }
+        self.machine.tick(now)
     }
 
     fn lost(&mut self, reason: LossReason) -> LossReason {

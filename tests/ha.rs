@@ -311,3 +311,104 @@ fn an_election_path_overlapping_a_root_is_refused_naming_both() {
         assert!(stderr.contains("outside every root"), "{stderr}");
     }
 }
+
+/// A leader cut off from ZooKeeper steps down by itself once it has been disconnected for most
+/// of its session timeout ("simulated session expiration"), the standby takes over when the
+/// server expires the old session, and the old leader, reconnected, stands by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_zookeeper_steps_down_by_itself_and_stands_by_again() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let root = unique_root("cutoff");
+    let ha = format!("{}-election", unique_root("cutoff"));
+    create_all(&zk, &format!("{root}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = common::TcpProxy::start(server.addr());
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let _a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
+    let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 1).await;
+    assert_eq!(leader, "a");
+    wait_for_log(&a_log, "elected leader").await;
+    let _b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
+    wait_for_leader(&server.connect_string(), &ha, 2).await;
+
+    proxy.cut();
+    wait_for_log(&a_log, "disconnected from ZooKeeper for").await;
+    wait_for_log(&a_log, "no longer the leader").await;
+    wait_for_log(&b_log, "elected leader").await;
+    change_is_mirrored(&zk, &redis.url(), &format!("{root}/after-cut"), b"1").await;
+
+    proxy.restore();
+    wait_until(WAIT, "the old leader competes again, as a standby", || async {
+        let line = instances(&server.connect_string(), &ha)?;
+        let roles: Vec<(&str, &str)> = line.iter().map(|(role, name, _)| (role.as_str(), name.as_str())).collect();
+        if roles == [("leader", "b"), ("standby", "a")] {
+            Ok(())
+        } else {
+            Err(format!("{roles:?}"))
+        }
+    })
+    .await;
+    common::world::assert_converges(&zk, &redis.url(), "zk", &root).await;
+}
+
+/// Reloads work in both roles: the leader applies a new root at once, the standby keeps it
+/// for when it leads (after a kill -9 of the leader, the new root is mirrored by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_on_the_leader_and_is_kept_by_the_standby() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let (first, second) = (unique_root("reload"), unique_root("reload"));
+    let ha = format!("{}-election", unique_root("reload"));
+    create_all(&zk, &format!("{first}/seed"), b"seed").await;
+    create_all(&zk, &format!("{second}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = |roots: &[&str]| {
+        let mut text = format!(
+            "[zookeeper]\nservers = \"{}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{}\"\n[ha]\npath = \"{ha}\"\n",
+            server.connect_string(),
+            redis.url()
+        );
+        for root in roots {
+            text.push_str(&format!("[[roots]]\npath = \"{root}\"\n"));
+        }
+        text
+    };
+    let mut processes = Vec::new();
+    for name in ["a", "b"] {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, settings(&[&first])).expect("writing the settings");
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("cloning the log file handle");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+        command
+            .args(["run", "--instance", name, "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for var in
+            ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
+        {
+            command.env_remove(var);
+        }
+        processes.push((name, file, log, Guarded::spawn(&format!("zkmirror run --instance {name}"), command)));
+    }
+    let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 2).await;
+    let at = |name: &str| processes.iter().position(|(n, ..)| *n == name).expect("started");
+    let (leading, standing) = (at(&leader), 1 - at(&leader));
+    wait_for_log(&processes[leading].2, "elected leader").await;
+    for (_, file, ..) in &processes {
+        std::fs::write(file, settings(&[&first, &second])).expect("rewriting the settings");
+    }
+    wait_for_log(&processes[standing].2, "the new settings apply once this instance leads").await;
+    change_is_mirrored(&zk, &redis.url(), &format!("{second}/on-the-leader"), b"1").await;
+
+    signal(&processes[leading].3, libc::SIGKILL);
+    change_is_mirrored(&zk, &redis.url(), &format!("{second}/after-kill"), b"2").await;
+    wait_for_log(&processes[standing].2, "elected leader").await;
+}
