@@ -26,6 +26,8 @@
 //! - `settings`: TOML file, environment and flags, layered; errors name file, line, key.
 //! - [`mirror`]: the engine — phases, the event loop, the hand-off from walk to live.
 //! - `zk`: the ZooKeeper side — session, watch, whole-znode reads. Never writes to ZooKeeper.
+//! - `election`: leadership among `--ha` instances — the one writer to ZooKeeper (its own
+//!   lock znodes under the election path, nothing else).
 //! - `zkwalk`: the one depth-first walk of a subtree outside the engine (verify, lag, export,
 //!   the benchmark), bounded in paths and bytes.
 //! - `store`: the Redis side — batched writes through the Lua scripts, status, sweep.
@@ -61,6 +63,7 @@ mod backoff;
 #[doc(hidden)]
 pub mod cli;
 mod config;
+mod election;
 mod engine;
 mod error;
 mod fence;

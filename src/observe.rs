@@ -87,6 +87,55 @@ impl EngineMetrics {
     }
 }
 
+/// The leadership of one `--ha` instance, labelled with its name: whether it leads now, how
+/// often its role changed, and how long it has led in total (over this process's life).
+pub(crate) struct LeaderMetrics {
+    leader: Gauge,
+    changes: Counter,
+    seconds: Counter,
+    /// Time led before the current term, and when the current term began.
+    led: std::time::Duration,
+    since: Option<std::time::Instant>,
+}
+
+impl LeaderMetrics {
+    pub fn new(instance: &str) -> LeaderMetrics {
+        let labels = [("instance", instance.to_owned())];
+        let metrics = LeaderMetrics {
+            leader: gauge!("zkmirror_leader", &labels),
+            changes: counter!("zkmirror_leadership_changes_total", &labels),
+            seconds: counter!("zkmirror_leader_seconds_total", &labels),
+            led: std::time::Duration::ZERO,
+            since: None,
+        };
+        metrics.leader.set(0.0);
+        metrics
+    }
+
+    pub fn leading(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+            self.leader.set(1.0);
+            self.changes.increment(1);
+        }
+    }
+
+    pub fn standing_by(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.led += since.elapsed();
+            self.leader.set(0.0);
+            self.changes.increment(1);
+        }
+        self.tick();
+    }
+
+    /// Brings `zkmirror_leader_seconds_total` up to date (whole seconds).
+    pub fn tick(&self) {
+        let total = self.led + self.since.map_or(std::time::Duration::ZERO, |s| s.elapsed());
+        self.seconds.absolute(total.as_secs());
+    }
+}
+
 const ZK_READ_SECONDS: &str = "zkmirror_zookeeper_read_seconds";
 const REDIS_WRITE_SECONDS: &str = "zkmirror_redis_write_seconds";
 
@@ -124,11 +173,33 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
 }
 
 /// What `/readyz` asks: are all mirrors past their first sync with both servers connected?
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// `Ok` carries the body of the answer.
+pub type Readiness = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// Readiness of a set of mirrors.
 pub fn readiness_of(handles: impl Fn() -> Vec<MirrorHandle> + Send + Sync + 'static) -> Readiness {
-    Arc::new(move || {
+    Arc::new(move || mirrors_ready(&handles).map(|()| "ready\n".to_owned()))
+}
+
+/// Readiness of an `--ha` instance: a standby is ready (it does what it should: stand by, with
+/// its election session), and says so in the body; a leader is ready once its mirrors are.
+/// Probing `/readyz` thus keeps every healthy instance in rotation; who leads is in the body,
+/// in `zkmirror_leader` and in `zkmirror status --instances`.
+pub fn ha_readiness_of(
+    handles: impl Fn() -> Vec<MirrorHandle> + Send + Sync + 'static,
+    role: tokio::sync::watch::Receiver<crate::election::Role>,
+    instance: String,
+) -> Readiness {
+    Arc::new(move || match &*role.borrow() {
+        crate::election::Role::Leader { fence, .. } => {
+            mirrors_ready(&handles).map(|()| format!("ready as leader (instance {instance}, fence {fence})\n"))
+        }
+        _ => Ok(format!("ready as standby (instance {instance}; another instance leads, or none yet)\n")),
+    })
+}
+
+fn mirrors_ready(handles: &impl Fn() -> Vec<MirrorHandle>) -> Result<(), String> {
+    {
         let handles = handles();
         if handles.is_empty() {
             return Err("no root configured".into());
@@ -146,7 +217,7 @@ pub fn readiness_of(handles: impl Fn() -> Vec<MirrorHandle> + Send + Sync + 'sta
             }
         }
         Ok(())
-    })
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown.
@@ -165,7 +236,7 @@ pub async fn serve(
                 let verdict = readiness();
                 async move {
                     match verdict {
-                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Ok(body) => (StatusCode::OK, body),
                         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                     }
                 }

@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::MirrorConfig;
 pub use crate::config::MirrorKey;
+use crate::config::{Leadership, MirrorConfig};
+use crate::election::{Election, ElectionConfig, ElectionError, Notice, Role};
 use crate::error::{MirrorError, StoreError};
 use crate::mirror::{Mirror, MirrorHandle};
 use crate::schema::status_field;
@@ -301,6 +302,13 @@ impl Service {
     /// Stops every mirror (all asked at once, then each awaited, aborted past the grace) and
     /// ends the chores.
     pub async fn stop(mut self) {
+        self.stop_all().await;
+        self.chores.shutdown().await;
+    }
+
+    /// Stops every mirror at once, as [`Service::stop`], and stays usable: a leader that lost
+    /// its leadership stops all its mirrors and may start them again when it leads again.
+    pub async fn stop_all(&mut self) {
         let running = std::mem::take(&mut self.running);
         self.publish();
         for r in running.values() {
@@ -312,7 +320,9 @@ impl Service {
             report_end(&key, end, grace);
         });
         futures::future::join_all(ends).await;
-        self.chores.shutdown().await;
+        // The chores write to Redis (clearing a shared prefix's leftovers): not once stopped.
+        self.chores.abort_all();
+        while self.chores.join_next().await.is_some() {}
     }
 }
 
@@ -485,22 +495,33 @@ async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
 // ---------------------------------------------------------------------------------------------
 
 /// Runs the daemon until `shutdown` fires or a mirror fails for good (rejected credentials).
+///
+/// With `[ha]` (`--ha PATH`) the process starts only the election: the mirrors run while it
+/// leads (each config carrying its [`Leadership`]), and all stop at once when it no longer
+/// does. Reloads apply in both roles: a standby keeps the new settings for when it leads.
 pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shutdown) -> Result<(), RunError> {
     // Listen for SIGHUP first: until a handler exists, SIGHUP would terminate the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let settings = Settings::load(file.as_deref(), &overrides)?;
+    let mut settings = Settings::load(file.as_deref(), &overrides)?;
     let metrics_addr = settings.metrics_addr;
+    let ha = settings.ha.clone();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
     let mut service = Service::new();
     // Everything but the mirrors and the aggregate: each ends when `background_stop` fires (or
     // its input ends), and is aborted if it does not.
     let mut background: JoinSet<()> = JoinSet::new();
     let (background_stop, background_shutdown) = shutdown::channel();
+    let (role_tx, role_rx) = watch::channel(Role::Standby);
 
     if let Some(addr) = settings.metrics_addr {
         let prometheus = crate::observe::install_prometheus().map_err(RunError::Metrics)?;
         let observers = service.observers();
-        let readiness = crate::observe::readiness_of(move || observers.handles());
+        let readiness = match &ha {
+            None => crate::observe::readiness_of(move || observers.handles()),
+            Some(ha) => {
+                crate::observe::ha_readiness_of(move || observers.handles(), role_rx.clone(), ha.instance.clone())
+            }
+        };
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunError::Listen(addr, e))?;
         let stop = background_shutdown.clone();
         background.spawn(async move {
@@ -528,11 +549,40 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     let observers = service.observers();
     let aggregate = |mirrors: &[MirrorConfig]| {
         let (stop, stopped) = shutdown::channel();
-        (stop, tokio::spawn(aggregate_shared_status(observers.clone(), mirrors.to_vec(), started_at, stopped)))
+        Aggregator {
+            stop,
+            task: tokio::spawn(aggregate_shared_status(observers.clone(), mirrors.to_vec(), started_at, stopped)),
+        }
     };
-    let (mut aggregator_stop, mut aggregator) = aggregate(&settings.mirrors);
 
-    log_outcome(&service.apply(&settings).await);
+    // The election, with --ha; the mirrors and the aggregate run only while it leads.
+    let (notice_tx, mut notice_rx) = mpsc::channel::<Notice>(4);
+    let (step_down_tx, step_down_rx) = mpsc::channel::<String>(4);
+    let (election_stop, election_shutdown) = shutdown::channel();
+    let mut election: Option<JoinHandle<Result<(), ElectionError>>> = None;
+    let mut leading: Option<Leadership> = None;
+    let mut leader_metrics = ha.as_ref().map(|ha| crate::observe::LeaderMetrics::new(&ha.instance));
+    let mut aggregator: Option<Aggregator> = None;
+    match (&ha, settings.mirrors.first()) {
+        (Some(ha), Some(first)) => {
+            info!(election = %ha.path, instance = %ha.instance, "high availability: standing by until elected");
+            let config = ElectionConfig {
+                zk_servers: first.zk_servers.clone(),
+                zk_auth: first.zk_auth.clone(),
+                session_timeout: first.session_timeout,
+                path: ha.path.clone(),
+                instance: ha.instance.clone(),
+            };
+            let contender = Election::new(config, notice_tx.clone(), step_down_rx, role_tx, election_shutdown);
+            election = Some(tokio::spawn(contender.run()));
+        }
+        _ => {
+            aggregator = Some(aggregate(&settings.mirrors));
+            log_outcome(&service.apply(&settings).await);
+        }
+    }
+    drop(notice_tx);
+
     let mut reap = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
@@ -544,23 +594,79 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                         if new.metrics_addr != metrics_addr {
                             warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
                         }
+                        if new.ha != ha {
+                            warn!("[ha] is read at start only: restart zkmirror to compete elsewhere or under another name");
+                        }
                         check_policies(&new.mirrors, &mut background);
-                        // One aggregator, for the new set of roots; the old one must not write
-                        // while mirrors stop and start.
-                        aggregator.abort();
-                        let _ = (&mut aggregator).await;
-                        let outcome = service.apply(&new).await;
-                        (aggregator_stop, aggregator) = aggregate(&new.mirrors);
-                        outcome
+                        settings = new;
+                        if ha.is_some() && leading.is_none() {
+                            info!("reload: standing by; the new settings apply once this instance leads");
+                            ReloadOutcome::Unchanged
+                        } else {
+                            // One aggregator, for the new set of roots; the old one must not
+                            // write while mirrors stop and start.
+                            if let Some(old) = aggregator.take() {
+                                old.abort().await;
+                            }
+                            let outcome = service.apply(&with_leadership(&settings, leading.as_ref())).await;
+                            aggregator = Some(aggregate(&settings.mirrors));
+                            outcome
+                        }
                     }
                     Err(e) => ReloadOutcome::Rejected(e.to_string()),
                 };
                 log_outcome(&outcome);
             }
+            Some(notice) = notice_rx.recv() => match notice {
+                Notice::Leading(leadership) => {
+                    info!(instance = %leadership.instance, fence = leadership.fence, "elected leader: starting the mirrors");
+                    leading = Some(leadership);
+                    if let Some(m) = leader_metrics.as_mut() {
+                        m.leading();
+                    }
+                    log_outcome(&service.apply(&with_leadership(&settings, leading.as_ref())).await);
+                    aggregator = Some(aggregate(&settings.mirrors));
+                }
+                Notice::NotLeading { why, stopped } => {
+                    // Stopped without a last word: a deposed leader must not write even
+                    // `stopped` over its successor's status.
+                    if let Some(old) = aggregator.take() {
+                        old.abort().await;
+                    }
+                    service.stop_all().await;
+                    leading = None;
+                    if let Some(m) = leader_metrics.as_mut() {
+                        m.standing_by();
+                    }
+                    warn!(reason = %why, "no longer the leader: every mirror is stopped; standing by");
+                    let _ = stopped.send(());
+                }
+            },
+            ended = async {
+                match election.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if election.is_some() => {
+                election = None;
+                match ended {
+                    Ok(Ok(())) => break Ok(()),
+                    Ok(Err(e)) => break Err(RunError::Election(e)),
+                    Err(e) => break Err(RunError::Election(ElectionError::Path { path: ha.as_ref().map(|h| h.path.clone()).unwrap_or_default(), why: format!("the election task panicked: {e}") })),
+                }
+            }
             _ = reap.tick() => {
                 // A finished background task (the endpoint failed, a check is done) is reaped.
                 while background.try_join_next().is_some() {}
+                if let Some(m) = leader_metrics.as_ref() {
+                    m.tick();
+                }
                 if let Some((key, e)) = service.reap_failed().await {
+                    if ha.is_some() && matches!(e, MirrorError::Deposed { .. }) {
+                        // The election stops every mirror (a Notice follows) and competes again.
+                        let _ = step_down_tx.try_send(format!("mirror of {key}: {e}"));
+                        continue;
+                    }
                     break Err(RunError::Mirror(key.to_string(), e));
                 }
             }
@@ -568,10 +674,16 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     };
     service.stop().await;
     // After the mirrors: the aggregate says `stopped` too.
-    aggregator_stop.fire();
-    if tokio::time::timeout(Duration::from_secs(5), &mut aggregator).await.is_err() {
-        aggregator.abort();
-        let _ = aggregator.await;
+    if let Some(aggregator) = aggregator.take() {
+        aggregator.stop().await;
+    }
+    // Only now resign: a standby must not start while this leader's mirrors still write.
+    election_stop.fire();
+    if let Some(mut task) = election.take() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
     }
     background_stop.fire();
     drop(watcher); // ends the debounce task: its channel closes
@@ -581,6 +693,37 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
         background.shutdown().await;
     }
     result
+}
+
+/// The running aggregate of shared prefixes (see [`aggregate_shared_status`]).
+struct Aggregator {
+    stop: shutdown::ShutdownTrigger,
+    task: JoinHandle<()>,
+}
+
+impl Aggregator {
+    /// Asks it to write `stopped` and end; aborts it past 5 s.
+    async fn stop(mut self) {
+        self.stop.fire();
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+            self.abort().await;
+        }
+    }
+
+    /// Ends it without a last write.
+    async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The settings' mirrors, each carrying `leadership` (with --ha, while leading).
+fn with_leadership(settings: &Settings, leadership: Option<&Leadership>) -> Settings {
+    let mut settings = settings.clone();
+    for m in &mut settings.mirrors {
+        m.leadership = leadership.cloned();
+    }
+    settings
 }
 
 fn log_outcome(outcome: &ReloadOutcome) {
@@ -612,6 +755,8 @@ pub enum RunError {
     Watch(PathBuf, notify::Error),
     #[error("mirror of {0} stopped: {1}")]
     Mirror(String, MirrorError),
+    #[error(transparent)]
+    Election(#[from] ElectionError),
 }
 
 /// Watches the config file's folder (editors replace files rather than write them) and sends a
@@ -958,7 +1103,7 @@ mod tests {
     }
 
     fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
-        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None }
+        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, ha: None }
     }
 
     /// A root that cannot start is reported as failed, never as started or restarted, and the

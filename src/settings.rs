@@ -49,6 +49,19 @@ pub struct Overrides {
     /// (`--max-znode-size`).
     pub max_znode_size: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
+    /// The election path (`--ha`): compete for leadership with every process given the same.
+    pub ha: Option<String>,
+    /// This process's name among the competitors (`--instance`).
+    pub instance: Option<String>,
+}
+
+/// What `--ha` asks for: several processes for the same roots, one of them writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaSettings {
+    /// The election path: each competitor's lock znode is an ephemeral sequential child of it.
+    pub path: String,
+    /// This process's name, written into its lock znode (`HOSTNAME:PID` unless given).
+    pub instance: String,
 }
 
 /// Everything `zkmirror run` needs.
@@ -58,6 +71,8 @@ pub struct Settings {
     /// When a root is removed from the file: keep its keys in Redis (true) or delete them.
     pub keep_keys_on_remove: bool,
     pub metrics_addr: Option<SocketAddr>,
+    /// `None`: a lone mirror, exactly as without high availability.
+    pub ha: Option<HaSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +88,15 @@ struct FileSettings {
     roots: Vec<RootSection>,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    ha: HaSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HaSection {
+    path: Option<Spanned<String>>,
+    instance: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,6 +274,9 @@ impl Settings {
         }
         if let Some(addr) = self.metrics_addr {
             out.push_str(&format!("[metrics]\naddr = \"{addr}\"\n\n"));
+        }
+        if let Some(ha) = &self.ha {
+            out.push_str(&format!("[ha]\npath = {:?}\ninstance = {:?}\n\n", ha.path, ha.instance));
         }
         for m in &self.mirrors {
             out.push_str(&format!(
@@ -511,7 +538,104 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         })?),
         _ => None,
     };
-    Ok(Settings { mirrors, keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false), metrics_addr })
+    let ha = ha_settings(&file.ha, source, o, &mirrors, &specs.iter().map(|s| &s.path.1).collect::<Vec<_>>())?;
+    Ok(Settings { mirrors, keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false), metrics_addr, ha })
+}
+
+/// `[ha]` and `--ha`/`--instance`. The election path is refused when it lies inside a mirrored
+/// root or a root lies inside it: the mirror would copy the election's ephemeral znodes into
+/// Redis (and flap with every takeover), and an election path under a root would make the one
+/// thing zkmirror writes to ZooKeeper part of what it is supposed to only read.
+fn ha_settings(
+    section: &HaSection,
+    source: Option<&Source<'_>>,
+    o: &Overrides,
+    mirrors: &[MirrorConfig],
+    root_origins: &[&Origin<'_>],
+) -> Result<Option<HaSettings>, SettingsError> {
+    let Some((path, origin)) = layer(o.ha.as_ref(), "--ha", section.path.as_ref(), source, "ha.path") else {
+        if let Some((_, origin)) =
+            layer(o.instance.as_ref(), "--instance", section.instance.as_ref(), source, "ha.instance")
+        {
+            return Err(origin.error("an instance name means nothing without an election path: give --ha PATH too"));
+        }
+        return Ok(None);
+    };
+    validate_ha_path(&path, mirrors.iter().map(|m| m.root.as_str())).map_err(|(root, why)| {
+        match root.and_then(|i| root_origins.get(i)) {
+            Some(root_origin) => origin.error(format!("{why} (the root comes from {})", root_origin.describe())),
+            None => origin.error(why),
+        }
+    })?;
+    let instance = match layer(o.instance.as_ref(), "--instance", section.instance.as_ref(), source, "ha.instance") {
+        Some((name, origin)) => {
+            validate_instance(&name).map_err(|why| origin.error(why))?;
+            name
+        }
+        None => default_instance(),
+    };
+    Ok(Some(HaSettings { path, instance }))
+}
+
+/// Checks an election path against the mirrored roots. `Err` carries the index of the root
+/// concerned (if any) and why, naming both paths.
+pub fn validate_ha_path<'a>(
+    path: &str,
+    roots: impl IntoIterator<Item = &'a str>,
+) -> Result<(), (Option<usize>, String)> {
+    path::validate(path).map_err(|e| {
+        let why = match e {
+            ConfigError::BadRoot { why, .. } => why,
+            other => other.to_string(),
+        };
+        (None, format!("bad election path {path:?}: {why}"))
+    })?;
+    if path == "/" {
+        return Err((None, "the election path must not be / (every root lies under it)".to_owned()));
+    }
+    for (i, root) in roots.into_iter().enumerate() {
+        if path::is_within(path, root) {
+            return Err((
+                Some(i),
+                format!(
+                    "the election path {path} lies inside the mirrored root {root}: choose a path outside every root"
+                ),
+            ));
+        }
+        if path::is_within(root, path) {
+            return Err((
+                Some(i),
+                format!(
+                    "the mirrored root {root} lies inside the election path {path}: choose a path outside every root"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An instance name is written into a znode and shown by `zkmirror status --instances`: any
+/// printable text up to 256 bytes.
+fn validate_instance(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(format!("instance name {name:?}: must be 1 to 256 bytes of printable text"));
+    }
+    Ok(())
+}
+
+/// `HOSTNAME:PID`: unique on one machine, and says where to look on several.
+fn default_instance() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let host = if rc == 0 {
+        let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let host = if host.is_empty() { std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned()) } else { host };
+    format!("{host}:{}", std::process::id())
 }
 
 /// A size: a count of bytes, or a number with a unit (`64MiB`, `512 KB`, `1.5GiB`).
@@ -672,5 +796,52 @@ max_depth = 2
     fn a_missing_root_is_explained() {
         let err = Settings::load(None, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("--root") && err.contains("ZKMIRROR_ROOT"), "{err}");
+    }
+
+    #[test]
+    fn ha_comes_from_the_file_or_the_flags_and_defaults_the_instance_to_host_and_pid() {
+        let text = format!("{GOOD}\n[ha]\npath = \"/zkmirror/election\"\n");
+        let s = load_text(&text, &Overrides::default()).expect("valid");
+        let ha = s.ha.expect("[ha] given");
+        assert_eq!(ha.path, "/zkmirror/election");
+        assert!(ha.instance.ends_with(&format!(":{}", std::process::id())), "{}", ha.instance);
+        let o = Overrides { ha: Some("/elsewhere".into()), instance: Some("blue".into()), ..Overrides::default() };
+        let s = load_text(&text, &o).expect("valid");
+        assert_eq!(s.ha, Some(HaSettings { path: "/elsewhere".into(), instance: "blue".into() }));
+        assert_eq!(load_text(GOOD, &Overrides::default()).expect("valid").ha, None, "no [ha]: a lone mirror");
+        assert!(s.render_masked().contains("[ha]\npath = \"/elsewhere\""));
+    }
+
+    /// The election path must lie outside every root, and no root inside it; the error names
+    /// both paths and where each came from.
+    #[test]
+    fn an_election_path_overlapping_a_root_is_refused_naming_both() {
+        let inside = format!("{GOOD}\n[ha]\npath = \"/app/election\"\n");
+        let err = load_text(&inside, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("ha.path") && err.contains("/app/election") && err.contains("root /app"), "{err}");
+        assert!(err.contains("roots[0].path"), "{err}");
+        let o = Overrides { ha: Some("/".into()), ..Overrides::default() };
+        let err = load_text(GOOD, &o).unwrap_err().to_string();
+        assert!(err.starts_with("--ha:"), "{err}");
+        let o = Overrides { root: Some("/cfg/app".into()), ha: Some("/cfg".into()), ..Overrides::default() };
+        let err = load_text(GOOD, &o).unwrap_err().to_string();
+        assert!(err.contains("root /cfg/app lies inside the election path /cfg") && err.contains("--root"), "{err}");
+        for bad in ["election", "/a/", "/a//b"] {
+            let o = Overrides { ha: Some(bad.into()), ..Overrides::default() };
+            let err = load_text(GOOD, &o).unwrap_err().to_string();
+            assert!(err.contains("bad election path") && err.contains(bad), "{err}");
+        }
+        let o = Overrides { ha: Some("/appendix".into()), ..Overrides::default() };
+        load_text(GOOD, &o).expect("a sibling whose name starts like a root is outside it");
+    }
+
+    #[test]
+    fn an_instance_name_needs_an_election_path_and_printable_text() {
+        let o = Overrides { instance: Some("blue".into()), ..Overrides::default() };
+        let err = load_text(GOOD, &o).unwrap_err().to_string();
+        assert!(err.contains("--instance") && err.contains("--ha"), "{err}");
+        let o = Overrides { ha: Some("/e".into()), instance: Some("a\nb".into()), ..Overrides::default() };
+        let err = load_text(GOOD, &o).unwrap_err().to_string();
+        assert!(err.contains("--instance") && err.contains("printable"), "{err}");
     }
 }

@@ -75,6 +75,14 @@ struct SettingsArgs {
     /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default).
     #[arg(long, env = "ZKMIRROR_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Run as one of several instances for the same roots: compete for leadership through
+    /// ephemeral znodes under this ZooKeeper path (outside every root); only the leader writes
+    /// to Redis (see "Running two or more mirrors" in the README).
+    #[arg(long, env = "ZKMIRROR_HA", value_name = "PATH")]
+    ha: Option<String>,
+    /// This instance's name among the competitors (with --ha) [default: HOSTNAME:PID].
+    #[arg(long, env = "ZKMIRROR_INSTANCE", value_name = "NAME")]
+    instance: Option<String>,
 }
 
 impl SettingsArgs {
@@ -93,6 +101,8 @@ impl SettingsArgs {
             memory_budget: self.memory_budget,
             max_znode_size: self.max_znode_size,
             metrics_addr: self.metrics_addr,
+            ha: self.ha,
+            instance: self.instance,
         };
         (self.config, overrides)
     }

@@ -52,6 +52,13 @@ pub struct StatusArgs {
     /// Print one JSON object (see the README, "Operating it") instead of text.
     #[arg(long)]
     json: bool,
+    /// List the instances competing under the election path (--ha) instead, in line order,
+    /// each with its role; exit 1 when none leads. Reads ZooKeeper only (at --zk).
+    #[arg(long, requires = "ha")]
+    instances: bool,
+    /// The election path the instances were started with (`zkmirror run --ha`).
+    #[arg(long, env = "ZKMIRROR_HA", value_name = "PATH")]
+    ha: Option<String>,
 }
 
 /// How far behind, as reported.
@@ -73,6 +80,28 @@ struct Section {
     lag: Option<Lag>,
     /// Why it is not fine; empty when it is.
     problems: Vec<String>,
+    /// `leader`, `leader_since` and `fence`, written by a leader elected with `--ha`.
+    leadership: Leadership,
+}
+
+/// The leadership fields of a status hash (all absent for a mirror run without `--ha`).
+#[derive(Default)]
+struct Leadership {
+    leader: Option<String>,
+    since_ms: Option<i64>,
+    fence: Option<String>,
+}
+
+async fn read_leadership(conn: &mut MultiplexedConnection, key: &str, server: &str) -> anyhow::Result<Leadership> {
+    let (leader, since, fence): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(key)
+        .arg("leader")
+        .arg("leader_since")
+        .arg("fence")
+        .query_async(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("Redis at {server}: reading {key}: {e}"))?;
+    Ok(Leadership { leader, since_ms: since.and_then(|s| s.trim().parse().ok()), fence })
 }
 
 impl StatusArgs {
@@ -88,6 +117,9 @@ impl StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.instances {
+        return instances(&args).await;
+    }
     if args.max_lag.is_some() && args.lag_servers().is_none() {
         anyhow::bail!("--max-lag needs --lag (or --zk): the lag is measured against ZooKeeper");
     }
@@ -124,6 +156,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let root = state.root.clone();
         (ctx.observe_with(&mut conn, None, state, root.as_deref()).await?, Vec::new())
     };
+    let (mut top, mut each) = (top, each);
+    for section in std::iter::once(&mut top).chain(each.iter_mut()) {
+        section.leadership = read_leadership(&mut conn, &section.key, &server).await?;
+    }
     let ok = top.problems.is_empty() && each.iter().all(|s| s.problems.is_empty());
     let text = if args.json {
         let mut value = json_section(&top, &ctx, ok, &each);
@@ -163,6 +199,7 @@ impl Inquiry<'_> {
                 state: MirrorState::default(),
                 heartbeat_age: None,
                 lag: None,
+                leadership: Leadership::default(),
             }),
         }
     }
@@ -221,7 +258,7 @@ impl Inquiry<'_> {
                 ));
             }
         }
-        Section { key, root, state, heartbeat_age, lag, problems }
+        Section { key, root, state, heartbeat_age, lag, problems, leadership: Leadership::default() }
     }
 }
 
@@ -273,6 +310,13 @@ fn text_section(section: &Section, ctx: &Inquiry<'_>, each: &[Section], shared: 
     if section.root.is_none() {
         let roots = if shared { state.roots.join(", ") } else { state.root.clone().unwrap_or_else(unknown) };
         rows.push(("roots", roots));
+    }
+    let lead = &section.leadership;
+    if let Some(leader) = &lead.leader {
+        rows.push(("leader", leader.clone()));
+        let since = lead.since_ms.map_or_else(unknown, |s| format!("{} ago", human_ms(now_ms() - s)));
+        rows.push(("leading", since));
+        rows.push(("fence", lead.fence.clone().unwrap_or_else(unknown)));
     }
     rows.push(("started", started));
     rows.push(("version", state.version.clone().unwrap_or_else(unknown)));
@@ -326,5 +370,82 @@ fn json_section(section: &Section, ctx: &Inquiry<'_>, ok: bool, each: &[Section]
         "version": state.version,
         "roots": roots,
         "behind": behind,
+        "leader": section.leadership.leader,
+        "leader_since_ms": section.leadership.since_ms,
+        "fence": section.leadership.fence,
     })
+}
+
+/// One competitor under the election path, as `--instances` lists it.
+struct Competitor {
+    lock: String,
+    sequence: i64,
+    instance: String,
+    session: i64,
+    czxid: i64,
+}
+
+/// `zkmirror status --instances`: the lock znodes under the election path in line order; the
+/// first leads (the lowest sequence holds the lock), the others stand by.
+async fn instances(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let path = args.ha.as_deref().unwrap_or_default();
+    crate::settings::validate_ha_path(path, std::iter::empty()).map_err(|(_, why)| anyhow::anyhow!(why))?;
+    let servers = args.zk.as_deref().unwrap_or(crate::config::DEFAULT_ZK_SERVERS);
+    let zk = connect_zk(servers, args.zk_auth.as_ref()).await?;
+    let children = match zk.list_children(path).await {
+        Ok(children) => children,
+        Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        Err(e) => anyhow::bail!("ZooKeeper at {servers}: listing the election path {path}: {e}"),
+    };
+    let mut line = Vec::new();
+    for (sequence, name) in crate::election::in_line(&children) {
+        let lock = crate::path::child(path, &name);
+        match zk.get_data(&lock).await {
+            Ok((data, stat)) => line.push(Competitor {
+                lock,
+                sequence,
+                instance: String::from_utf8_lossy(&data).into_owned(),
+                session: stat.ephemeral_owner,
+                czxid: stat.czxid,
+            }),
+            // It left between the listing and the read.
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => anyhow::bail!("ZooKeeper at {servers}: reading {lock}: {e}"),
+        }
+    }
+    let role = |i: usize| if i == 0 { "leader" } else { "standby" };
+    let text = if args.json {
+        let list: Vec<serde_json::Value> = line
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "lock": c.lock,
+                    "sequence": c.sequence,
+                    "instance": c.instance,
+                    "role": role(i),
+                    "session": format!("{:#x}", c.session),
+                    "fence": c.czxid,
+                })
+            })
+            .collect();
+        format!("{}\n", json!({ "ok": !line.is_empty(), "election": path, "instances": list }))
+    } else if line.is_empty() {
+        format!("NOT OK: no instance competes under {path} (ZooKeeper at {servers})\n")
+    } else {
+        let mut out = format!("OK: {} instance(s) under {path}, {} leads\n", line.len(), line[0].instance);
+        for (i, c) in line.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:<8} {}  {}  (session {:#x}, fence {})\n",
+                role(i),
+                c.instance,
+                crate::path::name(&c.lock),
+                c.session,
+                c.czxid
+            ));
+        }
+        out
+    };
+    write_stdout(text.as_bytes())?;
+    Ok(if line.is_empty() { no() } else { ExitCode::SUCCESS })
 }

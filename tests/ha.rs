@@ -1,0 +1,414 @@
+//! High availability against real servers: several `zkmirror run --ha PATH` processes on one
+//! root, exactly one leading; takeover after kill -9 and after SIGTERM; a standby holds no
+//! watch; an election path inside a root is refused. (The fence itself is tested with the
+//! engine.) One ZooKeeper per test binary; each test has its own Redis, root and election path,
+//! and every process is stopped by pid ([`Guarded`]).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::world::{redis_conn, stored_mzxid};
+use common::{create_all, unique_root, wait_until, zk_client, Guarded, RedisServer, ZkServer};
+
+/// Long enough for a loaded machine; every wait below is a bound, never an assertion on time.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The session timeout of the instances: short, so a kill -9 hands over quickly (the harness
+/// server accepts 400 ms to 4 s).
+const SESSION: &str = "2s";
+
+fn spawn_instance(zk: &str, redis: &str, root: &str, ha: &str, instance: &str, log: &Path, extra: &[&str]) -> Guarded {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let err = out.try_clone().expect("cloning the log file handle");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+    command
+        .args(["run", "--zk", zk, "--redis", redis, "--root", root, "--ha", ha, "--instance", instance])
+        .args(["--session-timeout", SESSION])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for var in ["ZKMIRROR_CONFIG", "ZKMIRROR_PREFIX", "ZKMIRROR_ZK_AUTH", "ZKMIRROR_METRICS_ADDR", "ZKMIRROR_HA"] {
+        command.env_remove(var);
+    }
+    Guarded::spawn(&format!("zkmirror run --instance {instance}"), command)
+}
+
+/// What `zkmirror status --instances --json` says: (role, instance, lock path) in line order.
+fn instances(zk: &str, ha: &str) -> Result<Vec<(String, String, String)>, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_zkmirror"))
+        .args(["status", "--instances", "--json", "--zk", zk, "--ha", ha])
+        .env_remove("ZKMIRROR_ZK_AUTH")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running zkmirror status: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!("status --instances printed no JSON ({e}): {text}{}", String::from_utf8_lossy(&output.stderr))
+    })?;
+    let list = value["instances"].as_array().cloned().unwrap_or_default();
+    Ok(list
+        .iter()
+        .map(|i| {
+            let field = |name: &str| i[name].as_str().unwrap_or_default().to_owned();
+            (field("role"), field("instance"), field("lock"))
+        })
+        .collect())
+}
+
+/// Waits until `want` instances compete and returns the leader's name and lock path.
+async fn wait_for_leader(zk: &str, ha: &str, want: usize) -> (String, String) {
+    wait_until(WAIT, &format!("{want} instances compete under {ha}, one leading"), || async {
+        let line = instances(zk, ha)?;
+        let leaders: Vec<_> = line.iter().filter(|(role, ..)| role == "leader").collect();
+        if line.len() == want && leaders.len() == 1 {
+            Ok((leaders[0].1.clone(), leaders[0].2.clone()))
+        } else {
+            Err(format!("{line:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the instance's log says it leads (it has started its mirrors).
+async fn wait_for_log(log: &Path, needle: &str) {
+    wait_until(WAIT, &format!("{} says {needle:?}", log.display()), || async {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            Ok(())
+        } else {
+            Err(text.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+        }
+    })
+    .await
+}
+
+/// Sets `path` in ZooKeeper and waits until Redis holds that version (its `mzxid`).
+async fn change_is_mirrored(zk: &zookeeper_client::Client, redis: &str, path: &str, data: &[u8]) {
+    let stat = create_all(zk, path, data).await;
+    let conn = redis_conn(redis).await;
+    wait_until(WAIT, &format!("Redis holds {path} at mzxid {}", stat.mzxid), || {
+        let mut conn = conn.clone();
+        async move {
+            match stored_mzxid(&mut conn, "zk", path).await {
+                Some(m) if m >= stat.mzxid => Ok(()),
+                other => Err(format!("stored mzxid {other:?}")),
+            }
+        }
+    })
+    .await;
+}
+
+fn signal(process: &Guarded, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child, not yet reaped (Guarded reaps it only in stop/drop).
+    let rc = unsafe { libc::kill(process.pid() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal}): {}", process.pid(), std::io::Error::last_os_error());
+}
+
+struct Pair {
+    zk: zookeeper_client::Client,
+    redis: RedisServer,
+    root: String,
+    ha: String,
+    dir: tempfile::TempDir,
+    processes: Vec<(String, Guarded)>,
+}
+
+/// `n` instances (`a`, `b`, ...) on one root, started together.
+async fn start(name: &str, n: usize, extra: &dyn Fn(usize) -> Vec<String>) -> Pair {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let root = unique_root(name);
+    let ha = format!("{}-election", unique_root(name));
+    create_all(&zk, &format!("{root}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let processes = (0..n)
+        .map(|i| {
+            let instance = ((b'a' + i as u8) as char).to_string();
+            let log = dir.path().join(format!("{instance}.log"));
+            let extra = extra(i);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let process = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, &instance, &log, &extra);
+            (instance, process)
+        })
+        .collect();
+    Pair { zk, redis, root, ha, dir, processes }
+}
+
+impl Pair {
+    fn connect(&self) -> String {
+        ZkServer::shared().connect_string()
+    }
+
+    fn log(&self, instance: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{instance}.log"))
+    }
+
+    fn process(&mut self, instance: &str) -> &mut Guarded {
+        &mut self.processes.iter_mut().find(|(name, _)| name == instance).expect("a started instance").1
+    }
+}
+
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", common::servers::free_port())
+}
+
+/// Two instances: one leads (and only it mirrors); its /readyz and the standby's say so;
+/// kill -9 the leader and the standby takes over: a change made after the kill is mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_instances_one_leads_and_the_standby_takes_over_after_kill_9() {
+    let addrs = [free_addr(), free_addr()];
+    let metrics = addrs.clone();
+    let mut pair = start("kill9", 2, &move |i| vec!["--metrics-addr".into(), metrics[i].clone()]).await;
+    let (leader, _) = wait_for_leader(&pair.connect(), &pair.ha, 2).await;
+    let standby = if leader == "a" { "b" } else { "a" };
+    wait_for_log(&pair.log(&leader), "elected leader").await;
+    change_is_mirrored(&pair.zk, &pair.redis.url(), &format!("{}/before", pair.root), b"1").await;
+    assert!(
+        !std::fs::read_to_string(pair.log(standby)).unwrap_or_default().contains("elected leader"),
+        "the standby started mirrors while the other led"
+    );
+
+    let (standby_addr, leader_addr) = if leader == "a" { (&addrs[1], &addrs[0]) } else { (&addrs[0], &addrs[1]) };
+    let (code, body) = common::http_get(standby_addr, "/readyz").expect("standby /readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("standby"), "{body}");
+    let metrics_of = |addr: &str| common::http_get(addr, "/metrics").expect("/metrics").1;
+    assert!(metrics_of(standby_addr).contains(&format!("zkmirror_leader{{instance=\"{standby}\"}} 0")));
+    wait_until(WAIT, "the leader's /readyz says ready as leader", || async {
+        match common::http_get(leader_addr, "/readyz") {
+            Ok((200, body)) if body.contains("leader") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(metrics_of(leader_addr).contains(&format!("zkmirror_leader{{instance=\"{leader}\"}} 1")));
+
+    signal(pair.process(&leader), libc::SIGKILL);
+    create_all(&pair.zk, &format!("{}/after-kill", pair.root), b"2").await;
+    change_is_mirrored(&pair.zk, &pair.redis.url(), &format!("{}/after-kill", pair.root), b"2").await;
+    let (new_leader, _) = wait_for_leader(&pair.connect(), &pair.ha, 1).await;
+    assert_eq!(new_leader, standby);
+    wait_for_log(&pair.log(standby), "elected leader").await;
+    common::world::assert_converges(&pair.zk, &pair.redis.url(), "zk", &pair.root).await;
+}
+
+/// SIGTERM: the leader resigns before it exits, so its lock znode is gone the moment the
+/// process is (no waiting for a session to expire), and the standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_resigns_and_the_standby_takes_over() {
+    let mut pair = start("sigterm", 2, &|_| Vec::new()).await;
+    let (leader, lock) = wait_for_leader(&pair.connect(), &pair.ha, 2).await;
+    let standby = if leader == "a" { "b" } else { "a" };
+    wait_for_log(&pair.log(&leader), "elected leader").await;
+    pair.process(&leader).stop(); // SIGTERM, then waits for the exit
+    let stat = pair.zk.check_stat(&lock).await.expect("exists on the lock znode");
+    assert!(stat.is_none(), "the resigned leader's lock znode {lock} outlived its process: {stat:?}");
+    assert!(std::fs::read_to_string(pair.log(&leader)).unwrap_or_default().contains("resigned"));
+    let (new_leader, _) = wait_for_leader(&pair.connect(), &pair.ha, 1).await;
+    assert_eq!(new_leader, standby);
+    change_is_mirrored(&pair.zk, &pair.redis.url(), &format!("{}/after-term", pair.root), b"3").await;
+}
+
+/// The sessions watching each path, from the `wchc` four-letter word.
+fn watches_by_session(server: &ZkServer) -> Vec<(String, Vec<String>)> {
+    let text = server.four_letter_word("wchc").expect("wchc");
+    let mut sessions: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("0x") {
+            sessions.push((line.trim().to_owned(), Vec::new()));
+        } else if let (Some(last), path) = (sessions.last_mut(), line.trim()) {
+            if path.starts_with('/') {
+                last.1.push(path.to_owned());
+            }
+        }
+    }
+    sessions
+}
+
+/// A standby holds its election session and nothing else: no session but the leader's
+/// mirror watches the root, and the standby's own session watches only the election path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_holds_no_watch_on_the_root() {
+    let pair = start("nowatch", 2, &|_| Vec::new()).await;
+    let (leader, _) = wait_for_leader(&pair.connect(), &pair.ha, 2).await;
+    wait_for_log(&pair.log(&leader), "elected leader").await;
+    change_is_mirrored(&pair.zk, &pair.redis.url(), &format!("{}/live", pair.root), b"1").await;
+    let line = instances(&pair.connect(), &pair.ha).expect("instances");
+    let standby_lock = line.iter().find(|(role, ..)| role == "standby").expect("a standby").2.clone();
+    let owner = pair.zk.check_stat(&standby_lock).await.expect("stat").expect("the standby's lock").ephemeral_owner;
+    let server = ZkServer::shared();
+    let sessions = watches_by_session(server);
+    let within = |path: &str, root: &str| path == root || path.starts_with(&format!("{root}/"));
+    let watching_root: Vec<_> =
+        sessions.iter().filter(|(_, paths)| paths.iter().any(|p| within(p, &pair.root))).collect();
+    assert_eq!(watching_root.len(), 1, "sessions watching {}: {watching_root:?} (all: {sessions:?})", pair.root);
+    let standby_session = format!("{owner:#x}");
+    for (session, paths) in &sessions {
+        if *session == standby_session {
+            assert!(paths.iter().all(|p| within(p, &pair.ha)), "the standby's session watches {paths:?}");
+        }
+    }
+    assert_ne!(watching_root[0].0, standby_session, "the standby's session watches the root");
+}
+
+/// Three instances started at the same moment: exactly one leads, and it mirrors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_three_instances_started_at_once_exactly_one_leads() {
+    let pair = start("three", 3, &|_| Vec::new()).await;
+    let (leader, _) = wait_for_leader(&pair.connect(), &pair.ha, 3).await;
+    wait_for_log(&pair.log(&leader), "elected leader").await;
+    change_is_mirrored(&pair.zk, &pair.redis.url(), &format!("{}/three", pair.root), b"1").await;
+    let leading: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .filter(|i| std::fs::read_to_string(pair.log(i)).unwrap_or_default().contains("elected leader"))
+        .collect();
+    assert_eq!(leading, [&leader.as_str()], "instances that started mirrors");
+}
+
+/// An election path inside a root, or a root inside it, is refused at start, naming both.
+#[test]
+fn an_election_path_overlapping_a_root_is_refused_naming_both() {
+    for (root, ha) in [("/app", "/app/election"), ("/app/sub", "/app"), ("/app", "/app")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("refused.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+        command
+            .args(["run", "--zk", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1/", "--root", root, "--ha", ha])
+            .env_remove("ZKMIRROR_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        // Guarded: should it start after all (the check broken), it is killed by pid.
+        let process = Guarded::spawn("zkmirror run with an overlapping --ha", command);
+        let deadline = std::time::Instant::now() + WAIT;
+        let code = loop {
+            // SAFETY: waitid with WNOWAIT|WNOHANG on our own child only observes it; Guarded
+            // reaps it when dropped (unregistering its pid first).
+            let (rc, info) = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+                (libc::waitid(libc::P_PID, process.pid(), &mut info, flags), info)
+            };
+            // SAFETY: si_pid/si_status are filled for a WEXITED answer.
+            let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+            if rc == 0 && pid != 0 {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "zkmirror run --root {root} --ha {ha} was not refused");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(process);
+        let stderr = std::fs::read_to_string(&log).expect("log");
+        assert_eq!(code, 2, "{root} / {ha}: {stderr}");
+        assert!(stderr.contains("--ha") && stderr.contains(root) && stderr.contains(ha), "{stderr}");
+        assert!(stderr.contains("outside every root"), "{stderr}");
+    }
+}
+
+/// A leader cut off from ZooKeeper steps down by itself once it has been disconnected for most
+/// of its session timeout ("simulated session expiration"), the standby takes over when the
+/// server expires the old session, and the old leader, reconnected, stands by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_zookeeper_steps_down_by_itself_and_stands_by_again() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let root = unique_root("cutoff");
+    let ha = format!("{}-election", unique_root("cutoff"));
+    create_all(&zk, &format!("{root}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = common::TcpProxy::start(server.addr());
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let _a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
+    let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 1).await;
+    assert_eq!(leader, "a");
+    wait_for_log(&a_log, "elected leader").await;
+    let _b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
+    wait_for_leader(&server.connect_string(), &ha, 2).await;
+
+    proxy.cut();
+    wait_for_log(&a_log, "disconnected from ZooKeeper for").await;
+    wait_for_log(&a_log, "no longer the leader").await;
+    wait_for_log(&b_log, "elected leader").await;
+    change_is_mirrored(&zk, &redis.url(), &format!("{root}/after-cut"), b"1").await;
+
+    proxy.restore();
+    wait_until(WAIT, "the old leader competes again, as a standby", || async {
+        let line = instances(&server.connect_string(), &ha)?;
+        let roles: Vec<(&str, &str)> = line.iter().map(|(role, name, _)| (role.as_str(), name.as_str())).collect();
+        if roles == [("leader", "b"), ("standby", "a")] {
+            Ok(())
+        } else {
+            Err(format!("{roles:?}"))
+        }
+    })
+    .await;
+    common::world::assert_converges(&zk, &redis.url(), "zk", &root).await;
+}
+
+/// Reloads work in both roles: the leader applies a new root at once, the standby keeps it
+/// for when it leads (after a kill -9 of the leader, the new root is mirrored by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_on_the_leader_and_is_kept_by_the_standby() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let (first, second) = (unique_root("reload"), unique_root("reload"));
+    let ha = format!("{}-election", unique_root("reload"));
+    create_all(&zk, &format!("{first}/seed"), b"seed").await;
+    create_all(&zk, &format!("{second}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = |roots: &[&str]| {
+        let mut text = format!(
+            "[zookeeper]\nservers = \"{}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{}\"\n[ha]\npath = \"{ha}\"\n",
+            server.connect_string(),
+            redis.url()
+        );
+        for root in roots {
+            text.push_str(&format!("[[roots]]\npath = \"{root}\"\n"));
+        }
+        text
+    };
+    let mut processes = Vec::new();
+    for name in ["a", "b"] {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, settings(&[&first])).expect("writing the settings");
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("cloning the log file handle");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+        command
+            .args(["run", "--instance", name, "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for var in
+            ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
+        {
+            command.env_remove(var);
+        }
+        processes.push((name, file, log, Guarded::spawn(&format!("zkmirror run --instance {name}"), command)));
+    }
+    let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 2).await;
+    let at = |name: &str| processes.iter().position(|(n, ..)| *n == name).expect("started");
+    let (leading, standing) = (at(&leader), 1 - at(&leader));
+    wait_for_log(&processes[leading].2, "elected leader").await;
+    for (_, file, ..) in &processes {
+        std::fs::write(file, settings(&[&first, &second])).expect("rewriting the settings");
+    }
+    wait_for_log(&processes[standing].2, "the new settings apply once this instance leads").await;
+    change_is_mirrored(&zk, &redis.url(), &format!("{second}/on-the-leader"), b"1").await;
+
+    signal(&processes[leading].3, libc::SIGKILL);
+    change_is_mirrored(&zk, &redis.url(), &format!("{second}/after-kill"), b"2").await;
+    wait_for_log(&processes[standing].2, "elected leader").await;
+}
