@@ -43,7 +43,7 @@ const ROUNDS: usize = 20;
 const SPACING: Duration = Duration::from_millis(300);
 
 fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
-    Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None }
+    Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, ha: None }
 }
 
 fn handle_of(service: &Service, root: &str) -> MirrorHandle {
