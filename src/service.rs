@@ -898,13 +898,15 @@ async fn aggregate_shared_status(
     for m in mirrors.iter().filter(|m| m.shared_prefix) {
         by_prefix.entry(m.prefix.as_str()).or_default().push(m);
     }
-    let groups: Vec<(Store, Vec<&str>, u64)> = by_prefix
+    let groups: Vec<(Store, Vec<&str>, u64, Option<&crate::config::Leadership>)> = by_prefix
         .values()
         .filter_map(|group| {
             let stale_after =
                 group.iter().map(|m| m.heartbeat_interval).max().unwrap_or(Duration::from_secs(1)) * STALE_HEARTBEATS;
             let roots = group.iter().map(|m| m.root.as_str()).collect();
-            Store::new(group[0]).ok().map(|store| (store, roots, stale_after.as_millis() as u64))
+            Store::new(group[0])
+                .ok()
+                .map(|store| (store, roots, stale_after.as_millis() as u64, group[0].leadership.as_ref()))
         })
         .collect();
     let started_at = started_at.to_string();
@@ -916,7 +918,7 @@ async fn aggregate_shared_status(
             _ = tick.tick() => false,
         };
         let snapshot = observers.snapshot();
-        for (store, roots, stale_after) in &groups {
+        for (store, roots, stale_after, leadership) in &groups {
             let prefix = store.keys().prefix();
             let fields = if stopping {
                 Ok(Some(vec![
@@ -942,7 +944,15 @@ async fn aggregate_shared_status(
                 read.map(|()| aggregate_fields(roots, &reports, now_ms(), *stale_after, &started_at))
             };
             let written = match fields {
-                Ok(Some(fields)) => store.write_hash(&store.keys().status(), &fields).await,
+                Ok(Some(mut fields)) => {
+                    if let Some(leadership) = leadership {
+                        // The aggregate names the leader too, and a deposed one's is refused.
+                        fields.push((status_field::LEADER, leadership.instance.clone()));
+                        fields.push((status_field::LEADER_SINCE, leadership.since_ms.to_string()));
+                        fields.push((status_field::FENCE, leadership.fence.to_string()));
+                    }
+                    store.write_aggregate_status(&fields).await
+                }
                 Ok(None) => Ok(()), // a root is (re)starting: no aggregate without it
                 Err(e) => Err(e),
             };

@@ -491,15 +491,25 @@ impl Store {
     ///
     /// Works without [`Store::load_scripts`]: the script is loaded on `NOSCRIPT` and sent again.
     pub async fn write_status(&self, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
+        self.write_status_at(&self.status_key, fields).await
+    }
+
+    /// Sets fields of the prefix's aggregate `P:mirror` (several roots sharing the prefix),
+    /// through the same fenced `status.lua`: a deposed leader's aggregate is refused too.
+    pub async fn write_aggregate_status(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
+        self.write_status_at(&self.keys.status(), fields).await.map(drop)
+    }
+
+    async fn write_status_at(&self, key: &str, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
         let mut conn = self.conn.clone();
         if fields.is_empty() {
             // HSET needs a field; there is nothing to write, only the question to answer.
             let existed: bool =
-                redis::cmd("EXISTS").arg(&self.status_key).query_async(&mut conn).await.map_err(|e| self.error(e))?;
+                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.map_err(|e| self.error(e))?;
             return Ok(StatusWrite { existed });
         }
-        let mut invocation = self.scripts.status.key(&self.status_key);
-        invocation.key(self.keys.fence_for(&self.status_key)).arg(&self.fence_arg);
+        let mut invocation = self.scripts.status.key(key);
+        invocation.key(self.keys.fence_for(key)).arg(&self.fence_arg);
         for (field, value) in fields {
             invocation.arg(*field).arg(value);
         }
@@ -511,12 +521,6 @@ impl Store {
             _ => self.error(e),
         })?;
         Ok(StatusWrite { existed: existed == 1 })
-    }
-
-    /// Sets fields of a hash.
-    pub async fn write_hash(&self, key: &str, fields: &[(&str, String)]) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("HSET").arg(key).arg(fields).query_async::<()>(&mut conn).await.map_err(|e| self.error(e))
     }
 
     /// One `SCAN` page of the sweep: the stored znodes below `root` (not `root` itself) that
