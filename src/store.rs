@@ -98,6 +98,42 @@ pub struct StoredMark {
     pub epoch: u64,
 }
 
+/// What Redis holds of one path, read to confirm that ZooKeeper went back (see
+/// `engine::history`): the stored version's order and history, and the tombstone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// From `P:{PATH}:meta`; `None` when absent (or not a hash of numbers: proves nothing).
+    pub meta: Option<StoredMeta>,
+    /// From `P:{PATH}:tomb`; `None` when absent (or malformed).
+    pub tomb: Option<StoredTomb>,
+}
+
+/// The fields of a stored version the scripts order by, and its history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredMeta {
+    pub czxid: i64,
+    pub mzxid: i64,
+    pub pzxid: i64,
+    pub aversion: i64,
+    /// `epoch`, absent = 0.
+    pub epoch: u64,
+}
+
+/// A tombstone: every incarnation created up to `zxid`, in history `epoch`, is dead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredTomb {
+    pub zxid: i64,
+    pub epoch: u64,
+}
+
+impl StoredTomb {
+    /// `T` (history 0) or `T@E`, as `delete.lua` writes it.
+    fn parse(value: &str) -> Option<StoredTomb> {
+        let (zxid, epoch) = value.split_once('@').unwrap_or((value, "0"));
+        Some(StoredTomb { zxid: zxid.parse().ok()?, epoch: epoch.parse().ok()? })
+    }
+}
+
 /// What became of one [`Write`] of a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -409,6 +445,50 @@ impl Store {
         let zxid = number(status_field::ZXID, zxid)?;
         let epoch = number(status_field::EPOCH, epoch)?.unwrap_or(0).max(0) as u64;
         Ok(StoredMark { zxid, epoch })
+    }
+
+    /// What Redis holds of each of `paths` (meta and tombstone), in order, in one pipeline. A
+    /// key that is absent, of the wrong type or malformed reads as `None`: it proves nothing.
+    pub async fn stored_versions(&self, paths: &[String]) -> Result<Vec<StoredVersion>, StoreError> {
+        const FIELDS: [&str; 5] = ["czxid", "mzxid", "pzxid", "aversion", status_field::EPOCH];
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for path in paths {
+            pipe.cmd("HMGET").arg(self.keys.meta(path)).arg(&FIELDS[..]);
+            pipe.cmd("GET").arg(self.keys.tomb(path));
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
+        if answers.len() != 2 * paths.len() {
+            let detail = format!("{} answers to {} commands", answers.len(), 2 * paths.len());
+            return Err(self.unexpected("a read of stored versions", detail));
+        }
+        if let Some(error) = answers.iter().find_map(|a| match a {
+            Value::ServerError(e) if is_server_state(e) => Some(e.clone()),
+            _ => None,
+        }) {
+            return Err(self.error(error.into()));
+        }
+        let text = |value: &Value| -> Option<String> { redis::from_redis_value_ref::<Option<String>>(value).ok()? };
+        let mut versions = Vec::with_capacity(paths.len());
+        for pair in answers.chunks(2) {
+            let meta = match &pair[0] {
+                Value::Array(fields) if fields.len() == FIELDS.len() => {
+                    let number = |i: usize| text(&fields[i]).and_then(|v| v.parse::<i64>().ok());
+                    match (number(0), number(1), number(2), number(3)) {
+                        (Some(czxid), Some(mzxid), Some(pzxid), Some(aversion)) => {
+                            let epoch = number(4).unwrap_or(0).max(0) as u64;
+                            Some(StoredMeta { czxid, mzxid, pzxid, aversion, epoch })
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let tomb = text(&pair[1]).and_then(|v| StoredTomb::parse(&v));
+            versions.push(StoredVersion { meta, tomb });
+        }
+        Ok(versions)
     }
 
     fn unexpected(&self, what: &'static str, detail: String) -> StoreError {
@@ -724,6 +804,14 @@ fn chain_links<'p>(root: &'p str, path: &'p str) -> impl Iterator<Item = (&'p st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tombstone_reads_with_or_without_its_history() {
+        assert_eq!(StoredTomb::parse("30"), Some(StoredTomb { zxid: 30, epoch: 0 }));
+        assert_eq!(StoredTomb::parse("30@2"), Some(StoredTomb { zxid: 30, epoch: 2 }));
+        assert_eq!(StoredTomb::parse("x@2"), None);
+        assert_eq!(StoredTomb::parse("30@"), None);
+    }
 
     #[test]
     fn a_chain_runs_from_the_root_to_the_path() {

@@ -114,8 +114,8 @@ async fn a_zookeeper_restored_from_a_backup_is_detected_and_mirrored_again() {
 
 /// The same restore, but seen late: the mirror is down while the restored ZooKeeper takes more
 /// changes than it lost, so its zxids pass Redis's claim again and only the refused writes
-/// tell (they are older than the old history's versions of the same znodes). A synced walk
-/// refused twice is a restore.
+/// tell (they are older than the old history's versions of the same znodes). Their paths, re-read
+/// from Redis, then from a synced ZooKeeper, prove it: Redis holds versions ZooKeeper no longer has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_seen_after_zookeeper_passed_the_old_claim_is_detected_by_its_refused_writes() {
     let mut zk = ZkServer::start();

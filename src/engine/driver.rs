@@ -13,7 +13,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tracing::{info, warn};
 use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent};
 
-use super::history::SyncPoint;
+use super::history::{Recheck, SyncPoint};
 use super::{Change, Core, Effect, Input};
 use crate::config::MirrorConfig;
 use crate::error::{MirrorError, StoreError, ZkError};
@@ -27,6 +27,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
 /// A sweep's answer, tagged with the walk generation that asked.
 type SweepResult = (u64, Result<(u64, Vec<String>), StoreError>);
+/// A confirmation's answer, tagged with the walk generation whose refusals it checks.
+type ConfirmResult = (u64, Result<Vec<Recheck>, String>);
 
 /// The futures of one kind the driver can have in flight; each `Option` holds at most one,
 /// because the core never asks for a second before the first is answered.
@@ -38,6 +40,8 @@ struct InFlight {
     batch: Option<BoxFuture<Result<Applied, StoreError>>>,
     scripts: Option<BoxFuture<Result<u64, StoreError>>>,
     sync: Option<BoxFuture<(u64, Result<SyncPoint, String>)>>,
+    /// A newer ask replaces an older one: the core only awaits the latest.
+    confirm: Option<BoxFuture<ConfirmResult>>,
     subtree_check: Option<BoxFuture<(u64, Result<bool, StoreError>)>>,
     sweep: Option<BoxFuture<SweepResult>>,
     status: Option<BoxFuture<Result<bool, StoreError>>>,
@@ -97,6 +101,9 @@ pub(crate) async fn drive(
             result = settled(&mut f.batch), if f.batch.is_some() => Input::WriteDone(result),
             result = settled(&mut f.scripts), if f.scripts.is_some() => Input::ScriptsLoaded(result),
             (generation, result) = settled(&mut f.sync), if f.sync.is_some() => Input::Synced { generation, result },
+            (generation, result) = settled(&mut f.confirm), if f.confirm.is_some() => {
+                Input::HistoryConfirmed { generation, result }
+            }
             (generation, result) = settled(&mut f.subtree_check), if f.subtree_check.is_some() => {
                 Input::SubtreeChecked { generation, result }
             }
@@ -196,6 +203,7 @@ fn start(
             *watcher = None;
             f.add_watch = None;
             f.sync = None;
+            f.confirm = None;
             f.reads = FuturesOrdered::new();
         }
         Effect::AddWatch => match session.clone() {
@@ -244,6 +252,26 @@ fn start(
                     let stored = store.stored_mark().await.map_err(|e| e.to_string())?;
                     let above_root = session.sync_root(&root).await.map_err(|e| e.to_string())?;
                     Ok(SyncPoint { stored, above_root })
+                };
+                (generation, result.await)
+            }));
+        }
+        Effect::ConfirmHistory { generation, paths } => {
+            // Redis first, then the sync, then ZooKeeper: whatever Redis held was read from
+            // ZooKeeper before the sync, so in one history the synced reads are at least as new
+            // (see `history::confirm`).
+            let (store, session, root) = (store.clone(), session.clone(), config.root.clone());
+            f.confirm = Some(Box::pin(async move {
+                let result = async {
+                    let session = session.ok_or_else(|| "no ZooKeeper session".to_owned())?;
+                    let stored = store.stored_versions(&paths).await.map_err(|e| e.to_string())?;
+                    session.sync_root(&root).await.map_err(|e| e.to_string())?;
+                    let current = session.fetch_many(paths).await;
+                    Ok(current
+                        .into_iter()
+                        .zip(stored)
+                        .map(|((path, current), stored)| Recheck { path, stored, current })
+                        .collect())
                 };
                 (generation, result.await)
             }));

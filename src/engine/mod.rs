@@ -50,7 +50,7 @@ use crate::status::Phase;
 use crate::store::{Applied, Refusal, Write, WriteOutcome};
 use crate::znode::Fetched;
 
-use history::{SyncPoint, Verdict};
+use history::{Recheck, SyncPoint, Verdict};
 use reads::{DirtyPaths, ReadMode, ReadRoom};
 use record::Recorder;
 use walk::{Walk, WalkReason, WalkStage};
@@ -116,6 +116,12 @@ pub(crate) enum Input {
         generation: u64,
         result: Result<bool, StoreError>,
     },
+    /// The confirmation asked after walk `generation` was answered: each path's stored version
+    /// and what ZooKeeper holds after the sync (or why it could not be read).
+    HistoryConfirmed {
+        generation: u64,
+        result: Result<Vec<Recheck>, String>,
+    },
     /// One page of the sweep: the cursor of the next page (0: the last) and its candidates.
     SweepDone {
         generation: u64,
@@ -159,6 +165,13 @@ pub(crate) enum Effect {
     /// ancestors; answered with [`Input::Synced`]. Walk `generation` reads nothing before.
     SyncRoot {
         generation: u64,
+    },
+    /// Read what Redis holds of `paths` (puts of walk `generation` it refused), then sync the
+    /// session's server with the leader, then read the same paths from ZooKeeper; answered
+    /// with [`Input::HistoryConfirmed`] (see [`history::confirm`]).
+    ConfirmHistory {
+        generation: u64,
+        paths: Vec<String>,
     },
     LoadScripts,
     CheckSubtree {
@@ -312,10 +325,20 @@ pub(crate) struct Core {
     history_unclaimed: bool,
     /// The history the pipeline in flight was sent under.
     batch_epoch: u64,
-    /// The last synced walk's puts were refused: a second one confirms a restore.
-    history_suspect: bool,
+    /// A confirmation asked and not answered yet (see [`history::confirm`]).
+    confirming: Option<Confirming>,
     /// The last history reset this run saw, for the status hash.
     history_reset: Option<HistoryReset>,
+}
+
+/// A confirmation in flight: the walk whose refusals it checks, the history it judges for, and
+/// whether the watermark stays blocked until it answers (the walk covered lost events: its end
+/// releases the watermark only once the refusals are known to be a race, not a restore).
+#[derive(Clone, Copy, Debug)]
+struct Confirming {
+    generation: u64,
+    epoch: u64,
+    unblock: bool,
 }
 
 /// A detected history reset: when, and the two zxids that told.
@@ -390,7 +413,7 @@ impl Core {
             epoch: 0,
             history_unclaimed: false,
             batch_epoch: 0,
-            history_suspect: false,
+            confirming: None,
             history_reset: None,
         };
         // The scripts first, before any pipeline; the session meanwhile.
@@ -554,6 +577,7 @@ impl Core {
             Input::ScriptsLoaded(result) => self.on_scripts(result, now),
             Input::Synced { generation, result } => self.on_synced(generation, result),
             Input::SubtreeChecked { generation, result } => self.on_subtree_checked(generation, result),
+            Input::HistoryConfirmed { generation, result } => self.on_confirmed(generation, result, now),
             Input::SweepDone { generation, result } => self.on_sweep(generation, result, now),
             Input::StatusWritten(result) => self.on_status_written(result, now),
         }
@@ -603,6 +627,8 @@ impl Core {
         self.walk = None;
         self.sweep = None;
         self.subtree_check = None;
+        // The driver drops the confirmation with the session; the reconcile judges again.
+        self.confirming = None;
         self.writes.clear_ready();
         self.watermark.block();
         self.next_walk = WalkReason::SessionExpired;
@@ -669,6 +695,10 @@ impl Core {
         }
         if reason.covers_lost_events() {
             self.watermark.block();
+            // This walk's end releases the watermark; a confirmation in flight must not.
+            if let Some(c) = self.confirming.as_mut() {
+                c.unblock = false;
+            }
         }
         self.sweep = None;
         // A look begun for an earlier walk would hold this walk's writes back for nothing.
@@ -1000,7 +1030,7 @@ impl Core {
                         && matches!(outcome, WriteOutcome::Refused(Refusal::Older | Refusal::Tombstoned));
                     if refused_put && walk.is_some() && *walk == current_walk {
                         if let Some(w) = self.walk.as_mut() {
-                            w.evidence.refused += 1;
+                            w.evidence.refused(write.path());
                         }
                     }
                     if matches!(outcome, WriteOutcome::Refused(Refusal::NewerHistory)) {
@@ -1143,6 +1173,8 @@ impl Core {
         self.walk = None;
         self.sweep = None;
         self.subtree_check = None;
+        // Its answer must not unblock the watermark: the reconcile after Redis returns does.
+        self.confirming = None;
         self.published_phase = None;
         self.watermark.block();
         // When Redis returns, the scripts are loaded and a reconcile walk runs (`on_scripts`).
@@ -1221,7 +1253,8 @@ impl Core {
     fn begin_history(&mut self, why: String, zxids: Option<(i64, i64)>, now: Instant) {
         let from = self.epoch;
         self.epoch += 1;
-        self.history_suspect = false;
+        // A confirmation in flight judged for the old history: its answer is ignored.
+        self.confirming = None;
         if let Some((redis_zxid, zookeeper_zxid)) = zxids {
             warn!(
                 root = %self.root, redis_zxid, zookeeper_zxid, epoch = self.epoch,
@@ -1246,27 +1279,29 @@ impl Core {
     }
 
     fn finish_walk(&mut self, walk: Walk, now: Instant) {
+        let mut release = walk.reason.covers_lost_events();
         match history::judge(&walk.evidence, self.epoch) {
-            Verdict::Unjudged => {}
-            Verdict::Same => self.history_suspect = false,
+            Verdict::Unjudged | Verdict::Same => {}
             Verdict::WentBack { redis_zxid, zookeeper_zxid } => {
                 self.record.walk_done(walk.reason.label(), walk.visited, now.duration_since(walk.started));
                 self.first_sync_done = true;
                 let why = "P:mirror claims more than ZooKeeper holds".to_owned();
                 return self.begin_history(why, Some((redis_zxid, zookeeper_zxid)), now);
             }
-            Verdict::Suspect { redis_zxid, zookeeper_zxid, refused } => {
-                self.record.walk_done(walk.reason.label(), walk.visited, now.duration_since(walk.started));
-                self.first_sync_done = true;
-                if self.history_suspect {
-                    let why = format!("{refused} reads made after a sync were refused as older than Redis, twice");
-                    return self.begin_history(why, Some((redis_zxid, zookeeper_zxid)), now);
-                }
-                info!(root = %self.root, refused,
-                      "a synced walk's writes were refused as older than Redis holds; walking again to tell a \
-                       restore of ZooKeeper from a race");
-                self.history_suspect = true;
-                return self.start_walk(WalkReason::HistoryCheck, now);
+            Verdict::Suspect { refused } => {
+                // Another mirror's newer reads, or a restore: re-read a sample of the refused
+                // paths, Redis first, then synced ZooKeeper (see `history`). A walk that covered
+                // lost events keeps the watermark blocked until the answer.
+                let mut paths = walk.evidence.refused_paths.clone();
+                paths.truncate(self.max_request_paths);
+                info!(root = %self.root, refused, rechecked = paths.len(),
+                      "a synced walk's writes were refused as older than Redis holds; re-reading them, \
+                       synced, to tell another writer's newer reads from a restore of ZooKeeper");
+                let inherited = self.confirming.is_some_and(|c| c.unblock);
+                self.confirming =
+                    Some(Confirming { generation: walk.generation, epoch: self.epoch, unblock: release || inherited });
+                self.effects.push_back(Effect::ConfirmHistory { generation: walk.generation, paths });
+                release = false;
             }
         }
         let elapsed = now.duration_since(walk.started);
@@ -1288,7 +1323,36 @@ impl Core {
             );
         }
         self.first_sync_done = true;
-        if walk.reason.covers_lost_events() {
+        if release {
+            self.watermark.unblock();
+            self.watermark.release();
+        }
+    }
+
+    /// The confirmation of walk `generation`'s refusals answered: a restore, or a race.
+    fn on_confirmed(&mut self, generation: u64, result: Result<Vec<Recheck>, String>, now: Instant) {
+        let Some(asked) = self.confirming.filter(|c| c.generation == generation && c.epoch == self.epoch) else {
+            return;
+        };
+        self.confirming = None;
+        match result {
+            Ok(rechecks) => match history::confirm(&rechecks, self.epoch) {
+                (Verdict::WentBack { redis_zxid, zookeeper_zxid }, path) => {
+                    let why = format!(
+                        "Redis holds a version of {} of this history newer than a synced ZooKeeper holds",
+                        path.unwrap_or("a refused path")
+                    );
+                    return self.begin_history(why, Some((redis_zxid, zookeeper_zxid)), now);
+                }
+                (verdict, _) => {
+                    info!(root = %self.root, rechecked = rechecks.len(), ?verdict,
+                          "the refused writes were another writer's newer reads: ZooKeeper holds what Redis \
+                           holds, or newer; no restore");
+                }
+            },
+            Err(why) => debug!(%why, "cannot confirm the refused writes; the next synced walk judges again"),
+        }
+        if asked.unblock {
             self.watermark.unblock();
             self.watermark.release();
         }

@@ -573,20 +573,115 @@ fn a_briefly_behind_server_is_not_taken_for_a_restore() {
     assert_eq!(s.phase(), Phase::Live);
 }
 
+/// The confirmations asked for in `effects`: the walk generation and the paths.
+fn confirmations(effects: &[Effect]) -> Vec<(u64, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ConfirmHistory { generation, paths } => Some((*generation, paths.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Redis held `/r` at `stored_mzxid` of history 0 when the confirmation read it; after the sync
+/// ZooKeeper holds it at `current_mzxid`.
+fn recheck_root(stored_mzxid: i64, current_mzxid: i64) -> Vec<history::Recheck> {
+    let meta = crate::store::StoredMeta { czxid: 2, mzxid: stored_mzxid, pzxid: 2, aversion: 0, epoch: 0 };
+    let stored = crate::store::StoredVersion { meta: Some(meta), tomb: None };
+    vec![history::Recheck { path: "/r".into(), stored, current: Ok(znode("/r", current_mzxid, &[])) }]
+}
+
+/// Whether a status write asked for in `effects` names a history reset.
+fn names_a_reset(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| {
+        matches!(e, Effect::WriteStatus { fields }
+            if fields.iter().any(|(f, _)| *f == crate::schema::status_field::HISTORY_RESET_AT))
+    })
+}
+
+/// Two mirrors of one root: the other one writes newer reads of `/r` between this one's reads
+/// and writes, so two synced walks in a row have their puts refused. That is a race, not a
+/// restore: the confirmation finds ZooKeeper, synced, holding what Redis holds or newer. Before
+/// the fix a second refused walk "confirmed" a restore: history 1 was started, and across the
+/// false epoch change this mirror's lagging read replaced the other's newer version.
 #[test]
-fn synced_walks_refused_twice_start_a_new_history_once() {
+fn refused_walks_whose_paths_zookeeper_holds_newer_start_no_history() {
     let mut s = synced_script();
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
-    // The restored ZooKeeper has passed Redis's claim (20) again, but the root's stored version
-    // is of the old history and higher: refused. Once is only suspect (a race with another
-    // mirror?): one more synced walk.
+    let mut seen = Vec::new();
+    for (generation, (stored, current)) in [(1, (40, 45)), (2, (60, 61))] {
+        // The walk reads /r at 30; the other mirror has written a newer read meanwhile.
+        walk_root(&mut s, generation, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+        let effects = s.take();
+        assert_eq!(confirmations(&effects), vec![(generation, vec!["/r".to_owned()])], "{effects:?}");
+        let (syncs, _) = syncs_and_claims(&effects);
+        assert!(syncs.is_empty(), "walk {generation}: a walk was started instead of a confirmation");
+        seen.extend(effects);
+        s.feed(Input::HistoryConfirmed { generation, result: Ok(recheck_root(stored, current)) });
+        // The watermark claim that follows lands; the status writes too.
+        loop {
+            let effects = s.take();
+            let wrote = !syncs_and_claims(&effects).1.is_empty();
+            seen.extend(effects);
+            if !wrote {
+                break;
+            }
+            s.ack();
+        }
+        s.status_answered(true);
+        // The next anti-entropy pass (the heartbeat writes the status meanwhile).
+        s.wait(Duration::from_secs(3600));
+    }
+    seen.extend(s.take());
+    let (_, claims) = syncs_and_claims(&seen);
+    assert!(claims.iter().all(|(epoch, _)| *epoch == 0), "a new history was started: {claims:?}");
+    assert!(!names_a_reset(&seen), "P:mirror names a history reset");
+    assert_eq!(s.phase(), Phase::Live);
+}
+
+/// A restore seen late: ZooKeeper has passed Redis's claim (20) again, but Redis holds `/r` at
+/// 40 of history 0 and a synced ZooKeeper at 30. One confirmation proves it: history 1.
+#[test]
+fn a_refused_path_redis_holds_newer_than_a_synced_zookeeper_starts_a_new_history() {
+    let mut s = synced_script();
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
     walk_root(&mut s, 1, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    let effects = s.take();
+    assert_eq!(confirmations(&effects), vec![(1, vec!["/r".to_owned()])]);
+    assert!(syncs_and_claims(&effects).1.iter().all(|(epoch, _)| *epoch == 0));
+    s.feed(Input::HistoryConfirmed { generation: 1, result: Ok(recheck_root(40, 30)) });
     let (syncs, claims) = syncs_and_claims(&s.take());
-    assert_eq!((syncs, claims.iter().all(|(e, _)| *e == 0)), (vec![2], true));
-    walk_root(&mut s, 2, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    assert_eq!(syncs, vec![2], "the rebuild walk starts");
+    assert_eq!(claims, vec![(1, Some(0))], "history 1 is claimed from 0");
+    s.ack();
+    s.status_answered(true);
+    s.wait(Duration::from_secs(2));
+    assert!(names_a_reset(&s.take()), "P:mirror names no history reset");
+    // An answer that comes late (for an older walk, or after the reset) changes nothing more.
+    s.feed(Input::HistoryConfirmed { generation: 1, result: Ok(recheck_root(40, 30)) });
     let (syncs, claims) = syncs_and_claims(&s.take());
-    assert_eq!(syncs, vec![3], "confirmed: the rebuild walk starts");
-    assert_eq!(claims, vec![(1, Some(0))]);
+    assert!(syncs.is_empty() && claims.iter().all(|(epoch, _)| *epoch == 1), "{syncs:?} {claims:?}");
+}
+
+/// A reconcile walk whose puts were refused keeps the watermark unclaimed until the refusals
+/// are known to be a race: were they a restore, its claim would count writes Redis refused.
+#[test]
+fn a_covering_walk_under_confirmation_claims_nothing_until_the_answer() {
+    let mut s = synced_script();
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    walk_root(&mut s, 1, sync_point(20, 0), znode("/r", 30, &[]), WriteOutcome::Refused(Refusal::Older));
+    assert_eq!(confirmations(&s.take()).len(), 1);
+    // A live change is read and written meanwhile: its pipeline claims nothing.
+    s.feed(Input::Changed { path: "/r".into(), kind: Change::Data });
+    let reads = s.reads();
+    s.feed(answer(&reads[0], |p| znode(p, 50, &[])));
+    s.ack();
+    let (_, claims) = syncs_and_claims(&s.take());
+    assert!(claims.iter().all(|(_, zxid)| zxid.is_none()), "claimed before the confirmation: {claims:?}");
+    s.feed(Input::HistoryConfirmed { generation: 1, result: Ok(recheck_root(40, 50)) });
+    let (_, claims) = syncs_and_claims(&s.take());
+    assert!(claims.iter().any(|(epoch, zxid)| *epoch == 0 && zxid.is_some()), "nothing claimed after: {claims:?}");
 }
 
 #[test]

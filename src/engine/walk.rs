@@ -15,9 +15,6 @@ pub(crate) enum WalkReason {
     RedisLost,
     WatchRestored,
     AntiEntropy,
-    /// A synced walk's puts were refused as older than Redis holds: walk once more, synced,
-    /// to tell a restore of ZooKeeper from a race before rebuilding (see `history`).
-    HistoryCheck,
     /// ZooKeeper's history went back (restored from a backup, rebuilt): rewrite everything
     /// under the new history (`epoch`).
     HistoryReset,
@@ -33,7 +30,6 @@ impl WalkReason {
             WalkReason::RedisLost => "redis_lost",
             WalkReason::WatchRestored => "watch_restored",
             WalkReason::AntiEntropy => "anti_entropy",
-            WalkReason::HistoryCheck => "history_check",
             WalkReason::HistoryReset => "history_reset",
         }
     }
@@ -46,7 +42,6 @@ impl WalkReason {
             WalkReason::RedisLost => "resync after Redis lost data",
             WalkReason::WatchRestored => "reconcile after the watch was restored",
             WalkReason::AntiEntropy => "anti-entropy pass",
-            WalkReason::HistoryCheck => "walk to check whether ZooKeeper went back in history",
             WalkReason::HistoryReset => "rebuild after ZooKeeper went back in history",
         }
     }
