@@ -4,9 +4,10 @@
 //! disagree, and the change stream may hold no entry out of order for any one path. Blank reads
 //! are allowed only where Redis itself lost its data.
 //!
-//! The scenarios that need an election (kill -9 or SIGSTOP of the leader, a cut ZooKeeper link,
-//! three instances at once) run `zkmirror run --ha` processes in `tests/ha.rs`; the zombie's
-//! held pipeline is in `tests/fence.rs`. Here: the servers restarted under a fenced leader.
+//! The scenarios that need an election run `zkmirror run --ha` processes in `tests/ha.rs`:
+//! kill -9 then SIGSTOP of the leader under load (1, 2), three instances at once then two
+//! killed (6), the leader's ZooKeeper link cut (4, without load). The zombie's held pipeline (3)
+//! is in `tests/fence.rs`. Here: the servers restarted under a fenced leader (5).
 
 mod common;
 
