@@ -6,7 +6,7 @@
 //!
 //! The scenarios that need an election run `zkmirror run --ha` processes in `tests/ha.rs`:
 //! kill -9 then SIGSTOP of the leader under load (1, 2), three instances at once then two
-//! killed (6), the leader's ZooKeeper link cut (4, without load). The zombie's held pipeline (3)
+//! killed (6), the leader's ZooKeeper link cut briefly and long (4). The zombie's held pipeline (3)
 //! is in `tests/fence.rs`. Here: the servers restarted under a fenced leader (5).
 
 mod common;

@@ -502,3 +502,53 @@ async fn under_load_kill_9_then_a_paused_leader_never_moves_readers_backwards() 
         seen.reads
     );
 }
+
+/// Chaos scenario 4 under load: the leader's ZooKeeper link cut briefly (well inside its
+/// session: it keeps leading, reconnects and reconciles), then for longer than its session (it
+/// steps down, the standby takes over). Readers see nothing backwards or torn, the stream holds
+/// nothing out of order, and Redis ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_brief_then_a_long_cut_of_the_leaders_zookeeper_link() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let root = unique_root("chaos-cut");
+    let ha = format!("{}-election", unique_root("chaos-cut"));
+    create_all(&zk, &format!("{root}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = common::TcpProxy::start(server.addr());
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let _a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
+    wait_for_log(&a_log, "elected leader").await;
+    let _b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
+    wait_for_leader(&server.connect_string(), &ha, 2).await;
+    let load = common::chaos::Load::start(&server.connect_string(), &root, 4);
+    let reader = common::chaos::Reader::start(&redis.url(), "zk", &root);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Brief: 300 ms of a 2 s session (the step-down allowance is 2/3 of it).
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    wait_for_log(&a_log, "ZooKeeper connection restored").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let text = std::fs::read_to_string(&a_log).unwrap_or_default();
+    assert!(!text.contains("no longer the leader"), "a brief cut deposed the leader");
+
+    // Long: past the session; `b` takes over.
+    proxy.cut();
+    wait_for_log(&a_log, "no longer the leader").await;
+    wait_for_log(&b_log, "elected leader").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+
+    let load = load.stop().await;
+    common::world::assert_converges(&zk, &redis.url(), "zk", &root).await;
+    let seen = reader.stop().await;
+    assert!(load.applied > 50 && seen.reads > 100, "{load:?} {seen:?}");
+    assert!(seen.backwards.is_empty(), "mzxid went backwards: {:?}", seen.backwards);
+    assert!(seen.torn.is_empty(), "data and meta disagreed: {:?}", seen.torn);
+    let mut conn = redis_conn(&redis.url()).await;
+    let disorder = common::chaos::stream_disorder(&mut conn, "zk").await;
+    assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
+}
