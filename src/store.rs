@@ -321,6 +321,16 @@ impl Store {
         Ok(())
     }
 
+    /// The fence key a script writing `key` is passed: the one of `key`'s hash slot. A mirror
+    /// run without an election sends no token, so its scripts never read the key; it passes
+    /// `key` itself (in the same slot, and free to build) instead of computing one per write.
+    fn fence_key_for(&self, key: &str) -> String {
+        match self.fence {
+            Some(_) => self.keys.fence_for(key),
+            None => key.to_owned(),
+        }
+    }
+
     /// The error for a script's error reply outside a batch: [`StoreError::Fenced`] for the
     /// fence's `FENCED`, else the reply as Redis gave it.
     fn refusal_error(&self, e: &redis::ServerError, token: i64) -> StoreError {
@@ -417,7 +427,7 @@ impl Store {
             .arg(self.scripts.advance_zxid.get_hash())
             .arg(2)
             .arg(&self.status_key)
-            .arg(self.keys.fence_for(&self.status_key))
+            .arg(self.fence_key_for(&self.status_key))
             .arg(zxid.to_string())
             .arg(epoch)
             .arg(&self.fence_arg);
@@ -505,7 +515,7 @@ impl Store {
             Write::Delete { .. } | Write::Hide { .. } | Write::Exclude { .. } => &self.scripts.delete,
         };
         let data_key = keys.data(path);
-        let fence_key = keys.fence_for(&data_key);
+        let fence_key = self.fence_key_for(&data_key);
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         let cmd = pipe
             .cmd("EVALSHA")
@@ -589,7 +599,7 @@ impl Store {
             return Ok(StatusWrite { existed });
         }
         let mut invocation = self.scripts.status.key(key);
-        invocation.key(self.keys.fence_for(key)).arg(&self.fence_arg);
+        invocation.key(self.fence_key_for(key)).arg(&self.fence_arg);
         for (field, value) in fields {
             invocation.arg(*field).arg(value);
         }
