@@ -11,6 +11,9 @@
 //!    until ZooKeeper saturates; the mirror's lag and the time until Redis is exact again.
 //! 4. **Reconcile** ([`reconcile`]): cut and restore the mirror's ZooKeeper connection on a quiet
 //!    tree; time against the raw read and the Redis writes made.
+//! 5. **Memory** ([`memory`]): the mirror's peak RSS over cold syncs of very different trees.
+//! 6. **Failover** ([`failover`]): two `--ha` instances; kill -9 or SIGTERM the leader, change a
+//!    znode at once; kill → the change visible in Redis, and the standby's CPU and RSS.
 //!
 //! Every figure is printed next to the reference it is measured against and the target,
 //! judged from the measurement (never hard-coded). How each figure is measured, and its
@@ -24,13 +27,15 @@
 //! - `mirror/support.rs`: clock, tree, processes, /proc, percentiles, machine, verdicts. The
 //!   servers, processes, clients and waits it shares with the tests come from the dev-only
 //!   `zkmirror-testkit` crate (`testkit/`).
-//! - `mirror/cold_sync.rs`, `mirror/latency.rs`, `mirror/ceiling.rs`, `mirror/reconcile.rs`:
-//!   one section each: its orchestration, its helper roles, its table and its verdicts.
+//! - `mirror/cold_sync.rs`, `mirror/latency.rs`, `mirror/ceiling.rs`, `mirror/reconcile.rs`,
+//!   `mirror/memory.rs`, `mirror/failover.rs`: one section each: its orchestration, its helper roles, its table and its verdicts.
 
 #[path = "mirror/ceiling.rs"]
 mod ceiling;
 #[path = "mirror/cold_sync.rs"]
 mod cold_sync;
+#[path = "mirror/failover.rs"]
+mod failover;
 #[path = "mirror/latency.rs"]
 mod latency;
 #[path = "mirror/memory.rs"]
@@ -48,7 +53,10 @@ use serde_json::json;
 use support::Verdict;
 
 #[derive(Parser)]
-#[command(name = "mirror", about = "zkmirror's benchmark: cold sync, propagation latency, write ceiling, reconcile")]
+#[command(
+    name = "mirror",
+    about = "zkmirror's benchmark: cold sync, propagation latency, write ceiling, reconcile, memory, failover"
+)]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
@@ -85,6 +93,14 @@ struct Cli {
     /// lengthens ZooKeeper's queue, which every reader of ZooKeeper, the mirror included, waits in.
     #[arg(long, default_value_t = 200)]
     window: usize,
+    /// Failover: takeovers of each kind (kill -9 and SIGTERM, alternately). Default 10
+    /// (--quick: 3).
+    #[arg(long)]
+    failover_rounds: Option<usize>,
+    /// Failover: the instances' `--session-timeout`, in ms (the benchmark's ZooKeeper has
+    /// tickTime=200, so it grants 400 to 4000).
+    #[arg(long, default_value_t = 2000)]
+    failover_session_ms: u64,
     /// Where to write the figures as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -100,6 +116,7 @@ enum Section {
     Ceiling,
     Reconcile,
     Memory,
+    Failover,
 }
 
 /// The helper processes: this binary started again by the benchmark itself.
@@ -141,6 +158,7 @@ fn main() {
     let runs = cli.runs.unwrap_or(if cli.quick { 1 } else { 3 });
     let latency_seconds = cli.latency_seconds.unwrap_or(if cli.quick { 5.0 } else { 20.0 });
     let step_seconds = cli.step_seconds.unwrap_or(if cli.quick { 3.0 } else { 10.0 });
+    let failover_rounds = cli.failover_rounds.unwrap_or(if cli.quick { 3 } else { 10 });
     let runs_section = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
 
     support::pin_binaries();
@@ -161,6 +179,8 @@ fn main() {
     let reconcile =
         runs_section(Section::Reconcile).then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
     let memory = runs_section(Section::Memory).then(|| runtime.block_on(memory::run()));
+    let failover = runs_section(Section::Failover)
+        .then(|| runtime.block_on(failover::run(failover_rounds, cli.failover_session_ms)));
     let versions = support::versions();
     support::unpin_binaries();
     let loadavg_at_end = support::loadavg();
@@ -211,6 +231,11 @@ fn main() {
         memory::print(m, &v);
         verdicts.extend(v);
     }
+    if let Some(f) = &failover {
+        let v = failover::verdicts(f);
+        failover::print(f, &v);
+        verdicts.extend(v);
+    }
     println!();
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
@@ -237,12 +262,15 @@ fn main() {
                 "rates": cli.rates,
                 "step_seconds": step_seconds,
                 "window": cli.window,
+                "failover_rounds": failover_rounds,
+                "failover_session_ms": cli.failover_session_ms,
             },
             "cold_sync": cold,
             "latency": latency,
             "ceiling": ceiling,
             "reconcile": reconcile,
             "memory": memory,
+            "failover": failover,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
