@@ -225,10 +225,16 @@ impl Service {
         }
         let wanted: BTreeMap<MirrorKey, &MirrorConfig> = settings.mirrors.iter().map(|c| (c.key(), c)).collect();
         let mut applied = Applied::default();
+        // Every mirror to stop (removed or restarted) is asked at once and awaited together:
+        // a mirror slow to stop (its Redis hangs, and its last `stopped` write waits out its
+        // timeout) delays no other mirror's stop or start beyond its own.
+        let stopping: Vec<MirrorKey> =
+            plan.stop.iter().map(|s| s.key.clone()).chain(plan.restart.iter().cloned()).collect();
+        let stopped = self.stop_many(&stopping, &mut applied).await;
         for stop in plan.stop {
-            if let Some(config) = self.stop_one(&stop.key, &mut applied).await {
+            if let Some(config) = stopped.get(&stop.key) {
                 if stop.purge {
-                    if let Err(e) = purge(&config).await {
+                    if let Err(e) = purge(config).await {
                         applied.failed.push((stop.key.clone(), format!("its keys could not be removed: {e}")));
                     }
                 }
@@ -236,7 +242,6 @@ impl Service {
             applied.stopped.push(stop.key);
         }
         for key in plan.restart {
-            self.stop_one(&key, &mut applied).await;
             if let Some(config) = wanted.get(&key) {
                 match self.start_one((*config).clone()) {
                     Ok(()) => applied.restarted.push(key),
@@ -268,13 +273,28 @@ impl Service {
     }
 
     /// Stops one mirror and waits for its task; returns its config if it was running.
-    async fn stop_one(&mut self, key: &MirrorKey, applied: &mut Applied) -> Option<MirrorConfig> {
-        let running = self.running.remove(key)?;
-        running.handle.stop();
-        if let Some(problem) = report_end(key, stop_task(running.task, self.stop_grace).await, self.stop_grace) {
-            applied.failed.push((key.clone(), problem));
+    /// Stops these mirrors, all asked at once and awaited together (each aborted past the
+    /// grace), and gives back the configs of those that were running.
+    async fn stop_many(&mut self, keys: &[MirrorKey], applied: &mut Applied) -> BTreeMap<MirrorKey, MirrorConfig> {
+        let running: Vec<(MirrorKey, Running)> =
+            keys.iter().filter_map(|key| self.running.remove(key).map(|r| (key.clone(), r))).collect();
+        for (_, r) in &running {
+            r.handle.stop();
         }
-        Some(running.config)
+        let grace = self.stop_grace;
+        let ends = futures::future::join_all(running.into_iter().map(|(key, r)| async move {
+            let end = stop_task(r.task, grace).await;
+            (key, r.config, end)
+        }))
+        .await;
+        let mut configs = BTreeMap::new();
+        for (key, config, end) in ends {
+            if let Some(problem) = report_end(&key, end, grace) {
+                applied.failed.push((key.clone(), problem));
+            }
+            configs.insert(key, config);
+        }
+        configs
     }
 
     fn publish(&self) {
