@@ -333,26 +333,49 @@ fn an_election_path_overlapping_a_root_is_refused_naming_both() {
     }
 }
 
+/// Two instances: `a` leads and reaches ZooKeeper only through a proxy the test can cut, `b`
+/// stands by on a direct connection.
+struct CutPair {
+    server: &'static ZkServer,
+    zk: zookeeper_client::Client,
+    root: String,
+    ha: String,
+    redis: RedisServer,
+    proxy: common::TcpProxy,
+    a_log: std::path::PathBuf,
+    b_log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _processes: (Guarded, Guarded),
+}
+
+impl CutPair {
+    async fn start(name: &str) -> CutPair {
+        let server = ZkServer::shared();
+        let zk = zk_client(&server.connect_string()).await;
+        let root = unique_root(name);
+        let ha = format!("{}-election", unique_root(name));
+        create_all(&zk, &format!("{root}/seed"), b"seed").await;
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let proxy = common::TcpProxy::start(server.addr());
+        let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
+        let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 1).await;
+        assert_eq!(leader, "a");
+        wait_for_log(&a_log, "elected leader").await;
+        let b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
+        wait_for_leader(&server.connect_string(), &ha, 2).await;
+        CutPair { server, zk, root, ha, redis, proxy, a_log, b_log, _dir: dir, _processes: (a, b) }
+    }
+}
+
 /// A leader cut off from ZooKeeper steps down by itself once it has been disconnected for most
 /// of its session timeout ("simulated session expiration"), the standby takes over when the
 /// server expires the old session, and the old leader, reconnected, stands by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_zookeeper_steps_down_by_itself_and_stands_by_again() {
-    let server = ZkServer::shared();
-    let zk = zk_client(&server.connect_string()).await;
-    let root = unique_root("cutoff");
-    let ha = format!("{}-election", unique_root("cutoff"));
-    create_all(&zk, &format!("{root}/seed"), b"seed").await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let proxy = common::TcpProxy::start(server.addr());
-    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let _a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
-    let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 1).await;
-    assert_eq!(leader, "a");
-    wait_for_log(&a_log, "elected leader").await;
-    let _b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
-    wait_for_leader(&server.connect_string(), &ha, 2).await;
+    // Every field bound: `_dir` and `_processes` must live until the test ends.
+    let CutPair { server, zk, root, ha, redis, proxy, a_log, b_log, _dir, _processes } = CutPair::start("cutoff").await;
 
     proxy.cut();
     wait_for_log(&a_log, "disconnected from ZooKeeper for").await;
@@ -509,19 +532,8 @@ async fn under_load_kill_9_then_a_paused_leader_never_moves_readers_backwards() 
 /// nothing out of order, and Redis ends exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_a_brief_then_a_long_cut_of_the_leaders_zookeeper_link() {
-    let server = ZkServer::shared();
-    let zk = zk_client(&server.connect_string()).await;
-    let root = unique_root("chaos-cut");
-    let ha = format!("{}-election", unique_root("chaos-cut"));
-    create_all(&zk, &format!("{root}/seed"), b"seed").await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let proxy = common::TcpProxy::start(server.addr());
-    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let _a = spawn_instance(&proxy.connect_string(), &redis.url(), &root, &ha, "a", &a_log, &[]);
-    wait_for_log(&a_log, "elected leader").await;
-    let _b = spawn_instance(&server.connect_string(), &redis.url(), &root, &ha, "b", &b_log, &[]);
-    wait_for_leader(&server.connect_string(), &ha, 2).await;
+    let CutPair { server, zk, root, ha: _, redis, proxy, a_log, b_log, _dir, _processes } =
+        CutPair::start("chaos-cut").await;
     let load = common::chaos::Load::start(&server.connect_string(), &root, 4);
     let reader = common::chaos::Reader::start(&redis.url(), "zk", &root);
     tokio::time::sleep(Duration::from_secs(1)).await;
