@@ -248,6 +248,48 @@ pub fn in_line(children: &[String]) -> Vec<(i64, String)> {
     line
 }
 
+/// Whether this session may create a lock znode now, or must first look for one an earlier
+/// create may have made. A sequential create whose answer was lost (`ConnectionLoss`, or a
+/// request timed out here while the client still holds it to send on reconnect) may have
+/// happened or may still happen; creating again before a lookup has answered would leave two
+/// lock znodes of one session, the older one unknown to it: it would wait behind its own
+/// orphan, and every instance behind that one with it, for as long as the process lives (the
+/// "lost response of a sequential create" that Curator's protected mode solves; here the
+/// `ephemeralOwner` is the mark, the session being the same). The lookup's list request
+/// follows the create on the same session, so its answer includes the create if it happened.
+#[derive(Debug, Default)]
+pub struct LockCreation {
+    unsure: bool,
+}
+
+impl LockCreation {
+    /// Whether a create may be sent (else: look for an own lock znode first).
+    pub fn may_create(&self) -> bool {
+        !self.unsure
+    }
+
+    /// A create failed with `error`: after an ambiguous one, look before creating again.
+    pub fn create_failed(&mut self, error: &ZkClientError) {
+        if matches!(error, ZkClientError::ConnectionLoss | ZkClientError::Timeout) {
+            self.unsure = true;
+        }
+    }
+
+    /// A lookup answered (whatever it found): the earlier create is settled. A lookup that
+    /// failed settles nothing and must not call this.
+    pub fn looked(&mut self) {
+        self.unsure = false;
+    }
+}
+
+/// Among the lock znodes ahead of this instance's own (`(name, ephemeralOwner)`), those of
+/// this very session: strays of a create whose answer was lost or of a resign whose delete
+/// failed. Each blocks this instance (and everyone between) until the session ends, so they
+/// are deleted.
+pub fn own_strays(ahead: &[(String, i64)], session: i64) -> Vec<String> {
+    ahead.iter().filter(|(_, owner)| *owner == session).map(|(name, _)| name.clone()).collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The I/O loop
 // ---------------------------------------------------------------------------------------------
@@ -383,6 +425,7 @@ impl Election {
         self.machine.set_give_up_after(give_up_after(client.session_timeout()));
         let mut states = client.state_watcher();
         let mut lock: Option<String> = None;
+        let mut creation = LockCreation::default();
         let mut backoff = Backoff::between(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             if let Ok(why) = self.step_down.try_recv() {
@@ -390,7 +433,7 @@ impl Election {
             }
             let path = match &lock {
                 Some(path) => path.clone(),
-                None => match self.create_lock(client, session).await {
+                None => match self.create_lock(client, session, &mut creation).await {
                     Ok(path) => {
                         info!(election = %self.config.path, lock = %path, instance = %self.config.instance,
                               "election: competing for leadership");
@@ -419,7 +462,7 @@ impl Election {
                     }
                 },
             };
-            let turn = self.await_turn(client, &path, &mut states).await;
+            let turn = self.await_turn(client, &path, session, &mut states).await;
             match turn {
                 Turn::First => {}
                 Turn::Shutdown => {
@@ -502,24 +545,38 @@ impl Election {
         }
     }
 
-    /// Creates this instance's lock znode (and the election path if missing). After a
-    /// `ConnectionLoss` the create may have happened: a child owned by this session is taken.
-    async fn create_lock(&self, client: &Client, session: i64) -> Result<String, ZkClientError> {
+    /// Creates this instance's lock znode (and the election path if missing). After an
+    /// ambiguous failure (see [`LockCreation`]) it creates again only once a lookup has found
+    /// no child owned by this session; a failed lookup is returned and, `creation` still
+    /// unsure, the next call looks again first.
+    async fn create_lock(
+        &self,
+        client: &Client,
+        session: i64,
+        creation: &mut LockCreation,
+    ) -> Result<String, ZkClientError> {
         let acls = if self.config.zk_auth.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
         let prefix = crate::path::child(&self.config.path, LOCK_PREFIX);
         let ephemeral = CreateMode::EphemeralSequential.with_acls(acls);
         loop {
+            if !creation.may_create() {
+                let found = self.find_own_lock(client, session).await?;
+                creation.looked();
+                if let Some(path) = found {
+                    return Ok(path);
+                }
+            }
             match request(client.create(&prefix, self.config.instance.as_bytes(), &ephemeral)).await {
                 Ok((_, sequence)) => return Ok(format!("{prefix}{sequence}")),
                 Err(ZkClientError::NoNode) => {
                     request(client.mkdir(&self.config.path, &CreateMode::Persistent.with_acls(acls))).await?;
                 }
-                Err(ZkClientError::ConnectionLoss | ZkClientError::Timeout) => {
-                    if let Some(path) = self.find_own_lock(client, session).await? {
-                        return Ok(path);
+                Err(e) => {
+                    creation.create_failed(&e);
+                    if creation.may_create() {
+                        return Err(e);
                     }
                 }
-                Err(e) => return Err(e),
             }
         }
     }
@@ -537,8 +594,16 @@ impl Election {
         Ok(None)
     }
 
-    /// Waits until `lock` is the lowest lock znode, watching only its predecessor.
-    async fn await_turn(&mut self, client: &Client, lock: &str, states: &mut zookeeper_client::StateWatcher) -> Turn {
+    /// Waits until `lock` is the lowest lock znode, watching only its predecessor. Lock
+    /// znodes of this same session ahead of it ([`own_strays`]) are deleted first: nobody else
+    /// would ever remove them while the session lives.
+    async fn await_turn(
+        &mut self,
+        client: &Client,
+        lock: &str,
+        session: i64,
+        states: &mut zookeeper_client::StateWatcher,
+    ) -> Turn {
         let own = crate::path::name(lock).to_owned();
         loop {
             let children = match request(client.list_children(&self.config.path)).await {
@@ -550,6 +615,28 @@ impl Election {
             let Some(position) = line.iter().position(|(_, name)| *name == own) else {
                 return Turn::LockGone;
             };
+            let mut ahead = Vec::with_capacity(position);
+            for (_, name) in &line[..position] {
+                match request(client.check_stat(&crate::path::child(&self.config.path, name))).await {
+                    Ok(Some(stat)) => ahead.push((name.clone(), stat.ephemeral_owner)),
+                    Ok(None) => {}
+                    Err(ZkClientError::SessionExpired) => return Turn::Expired,
+                    Err(e) => return Turn::Retry(format!("reading {}/{name}: {e}", self.config.path)),
+                }
+            }
+            let strays = own_strays(&ahead, session);
+            if !strays.is_empty() {
+                for name in strays {
+                    let stray = crate::path::child(&self.config.path, &name);
+                    warn!(lock, %stray, "election: an older lock znode of this session stands ahead; deleting it");
+                    match request(client.delete(&stray, None)).await {
+                        Ok(()) | Err(ZkClientError::NoNode) => {}
+                        Err(ZkClientError::SessionExpired) => return Turn::Expired,
+                        Err(e) => return Turn::Retry(format!("deleting {stray}: {e}")),
+                    }
+                }
+                continue;
+            }
             let Some((_, predecessor)) = position.checked_sub(1).and_then(|i| line.get(i)) else {
                 return Turn::First;
             };
@@ -829,5 +916,34 @@ mod tests {
         assert_eq!(names, ["lock-0000000002", "lock-0000000007", "lock-0000000010"]);
         assert_eq!(sequence_of("lock-0000000010"), Some(10));
         assert_eq!(sequence_of("latch-0000000010"), None);
+    }
+    /// The lost answer of a sequential create: after `ConnectionLoss` or a timed-out request
+    /// the create may have happened (or still be sent on reconnect); a lookup that fails too
+    /// must not let the next attempt create a second lock znode for this session.
+    #[test]
+    fn a_create_whose_answer_was_lost_is_looked_for_before_creating_again() {
+        for lost in [ZkClientError::ConnectionLoss, ZkClientError::Timeout] {
+            let mut creation = LockCreation::default();
+            assert!(creation.may_create());
+            creation.create_failed(&lost);
+            assert!(!creation.may_create(), "after {lost:?} the create may have happened");
+            // The lookup fails too (the link is still down): nothing settles; still unsure.
+            assert!(!creation.may_create(), "a failed lookup must not allow another create");
+            creation.looked();
+            assert!(creation.may_create(), "a lookup that answered settles it");
+        }
+        // A definite refusal created nothing.
+        let mut creation = LockCreation::default();
+        creation.create_failed(&ZkClientError::NoAuth);
+        assert!(creation.may_create());
+    }
+
+    /// Own lock znodes ahead of the current one (a lost create's, a failed resign's) would
+    /// block this instance and everyone behind them; they are picked out to be deleted.
+    #[test]
+    fn lock_znodes_of_the_own_session_ahead_are_strays() {
+        let ahead = vec![("lock-0000000001".to_owned(), SESSION), ("lock-0000000002".to_owned(), OTHER)];
+        assert_eq!(own_strays(&ahead, SESSION), ["lock-0000000001"]);
+        assert!(own_strays(&ahead[1..], SESSION).is_empty());
     }
 }
