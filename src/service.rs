@@ -628,8 +628,11 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                             if let Some(old) = aggregator.take() {
                                 old.abort().await;
                             }
-                            let outcome = service.apply(&with_leadership(&settings, leading.as_ref())).await;
-                            aggregator = Some(aggregate(&settings.mirrors));
+                            let led = with_leadership(&settings, leading.as_ref());
+                            let outcome = service.apply(&led).await;
+                            // The aggregate carries the leadership too: it names the leader
+                            // and its writes are fenced like the mirrors'.
+                            aggregator = Some(aggregate(&led.mirrors));
                             outcome
                         }
                     }
@@ -644,8 +647,9 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                     if let Some(m) = leader_metrics.as_mut() {
                         m.leading();
                     }
-                    log_outcome(&service.apply(&with_leadership(&settings, leading.as_ref())).await);
-                    aggregator = Some(aggregate(&settings.mirrors));
+                    let led = with_leadership(&settings, leading.as_ref());
+                    log_outcome(&service.apply(&led).await);
+                    aggregator = Some(aggregate(&led.mirrors));
                 }
                 Notice::NotLeading { why, stopped } => {
                     // Stopped without a last word: a deposed leader must not write even

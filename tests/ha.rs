@@ -564,3 +564,57 @@ async fn under_load_a_brief_then_a_long_cut_of_the_leaders_zookeeper_link() {
     let disorder = common::chaos::stream_disorder(&mut conn, "zk").await;
     assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
 }
+
+/// With several roots under one prefix, `P:mirror` is the aggregate the service writes; with
+/// `--ha` it must name the leader and carry its fence, the `czxid` of its lock znode (and be
+/// written with that token, so that a deposed leader's aggregate is refused like its roots').
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_prefix_the_aggregate_status_names_the_leader_and_its_fence() {
+    let server = ZkServer::shared();
+    let zk = zk_client(&server.connect_string()).await;
+    let (first, second) = (unique_root("aggregate"), unique_root("aggregate"));
+    let ha = format!("{}-election", unique_root("aggregate"));
+    create_all(&zk, &format!("{first}/seed"), b"seed").await;
+    create_all(&zk, &format!("{second}/seed"), b"seed").await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a.toml");
+    let text = format!(
+        "[zookeeper]\nservers = \"{}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{}\"\n[ha]\npath = \"{ha}\"\n\
+         [[roots]]\npath = \"{first}\"\n[[roots]]\npath = \"{second}\"\n",
+        server.connect_string(),
+        redis.url()
+    );
+    std::fs::write(&file, text).expect("writing the settings");
+    let log = dir.path().join("a.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("cloning the log file handle");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+    command.args(["run", "--instance", "a", "--config"]).arg(&file).env("RUST_LOG", "info");
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    for var in ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
+    {
+        command.env_remove(var);
+    }
+    let _process = Guarded::spawn("zkmirror run --instance a", command);
+    let (leader, lock) = wait_for_leader(&server.connect_string(), &ha, 1).await;
+    assert_eq!(leader, "a");
+    let lock = if lock.starts_with('/') { lock } else { format!("{ha}/{lock}") };
+    let czxid = zk.check_stat(&lock).await.expect("stat of the lock znode").expect("the lock znode").czxid;
+    let conn = redis_conn(&redis.url()).await;
+    wait_until(WAIT, "P:mirror names the leader and its fence", || {
+        let mut conn = conn.clone();
+        async move {
+            let fields: std::collections::HashMap<String, String> =
+                redis::cmd("HGETALL").arg("zk:mirror").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let want = (Some("a".to_owned()), Some(czxid.to_string()));
+            let got = (fields.get("leader").cloned(), fields.get("fence").cloned());
+            if got == want && fields.contains_key("leader_since") {
+                Ok(())
+            } else {
+                Err(format!("zk:mirror is {fields:?}, want leader a and fence {czxid}"))
+            }
+        }
+    })
+    .await;
+}
