@@ -401,7 +401,7 @@ fn report_end(key: &MirrorKey, end: Ended<Result<(), MirrorError>>, grace: Durat
 async fn purge(config: &MirrorConfig) -> Result<u64, StoreError> {
     let store = Store::new(config)?;
     let n = store.purge(&config.root).await?;
-    info!(root = %config.root, prefix = %config.prefix, keys = n, "root no longer mirrored: its keys were removed");
+    info!(root = %config.root, prefix = %config.prefix, znodes = n, "root no longer mirrored: its keys were removed");
     Ok(n)
 }
 

@@ -735,7 +735,10 @@ impl Store {
     }
 
     /// Deletes every key of the znodes at or below `root` (and this root's status): used when a
-    /// root is removed from the configuration. Pages through `SCAN`.
+    /// root is removed from the configuration. Pages through `SCAN`; each znode found goes
+    /// through `delete.lua` (mode `exclude`), so a leader's purge is fenced like any write: a
+    /// deposed leader's reload cannot delete what the new leader mirrors. Tombstones are left to
+    /// expire. Answers the number of znodes removed.
     pub async fn purge(&self, root: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = self.keys.scan_pattern(root);
@@ -743,13 +746,29 @@ impl Store {
         let mut removed = 0;
         loop {
             let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
-            let ours: Vec<&String> = keys
+            let paths: std::collections::BTreeSet<&str> = keys
                 .iter()
-                .filter(|k| self.keys.parse(k).is_some_and(|(_, path)| path::is_within(path, root)))
+                .filter_map(|k| self.keys.parse(k))
+                .filter(|(kind, path)| *kind != KeyKind::Tomb && path::is_within(path, root))
+                .map(|(_, path)| path)
                 .collect();
-            if !ours.is_empty() {
-                let n: u64 = redis::cmd("DEL").arg(&ours).query_async(&mut conn).await.map_err(|e| self.error(e))?;
-                removed += n;
+            if !paths.is_empty() {
+                let writes: Vec<Write> = paths.into_iter().map(|p| Write::Exclude { path: p.to_owned() }).collect();
+                let applied = self.apply(&writes, None, 0, None, 0).await?;
+                for outcome in &applied.outcomes {
+                    match outcome {
+                        WriteOutcome::Deleted => removed += 1,
+                        WriteOutcome::Refused(Refusal::Fenced { seen }) => {
+                            return Err(StoreError::Fenced {
+                                server: self.server.clone(),
+                                key: self.keys.fence_for(&self.keys.data(root)),
+                                fence: self.fence.unwrap_or(0),
+                                seen: *seen,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
             }
             if next == 0 {
                 break;

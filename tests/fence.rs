@@ -83,6 +83,10 @@ async fn every_script_refuses_a_deposed_leaders_token_and_writes_nothing() {
         Err(StoreError::Fenced { fence: 10, seen: 20, .. }) => {}
         other => panic!("the aggregate status of a deposed leader: {other:?}"),
     }
+    match old.purge("/app").await {
+        Err(StoreError::Fenced { fence: 10, seen: 20, .. }) => {}
+        other => panic!("a deposed leader's purge of a removed root: {other:?}"),
+    }
     match old.publish_fence().await {
         Err(StoreError::Fenced { fence: 10, seen: 20, .. }) => {}
         other => panic!("a deposed leader publishing again: {other:?}"),
