@@ -17,6 +17,25 @@ local function tomb_parts(value)
   return value, 0
 end
 
+-- An error reply, before anything is written, when `key` (the change stream, whose XADD comes
+-- last) holds something other than a stream; nil when it is a stream or absent.
+local function stream_unusable(key, path, what)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind ..
+      ', not the change stream: nothing ' .. what .. ' for ' .. path .. '; delete or rename the key')
+  end
+  return nil
+end
+
+-- Whether Redis's own clock is past `deadline` (unix ms; empty or nil: no deadline). Judged
+-- here, where a pause of the mirror cannot hide (see put.lua).
+local function past_deadline(deadline)
+  if not deadline or deadline == '' then return false end
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(deadline)
+end
+
 -- The fence (see layout.md, "Several mirrors: the fence"). `key` is the fence key of the hash
 -- slot of the keys the script writes; `token` the writer's fencing token (the czxid of its
 -- ZooKeeper lock znode), or '' for a mirror run without an election, which is not fenced.

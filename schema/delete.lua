@@ -43,21 +43,15 @@
 local refused = fence(KEYS[6], ARGV[12])
 if refused then return refused end
 
-local stream_type = redis.call('TYPE', KEYS[5])['ok']
-if stream_type ~= 'stream' and stream_type ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
-    ', not the change stream: nothing deleted for ' .. ARGV[3] .. '; delete or rename the key')
-end
+local unusable = stream_unusable(KEYS[5], ARGV[3], 'deleted')
+if unusable then return unusable end
 if ARGV[5] == 'delete' and (tonumber(ARGV[2]) or 0) < 1 then
   return redis.error_reply('ERR tombstone ttl ' .. ARGV[2] .. ' ms is below 1 ms: nothing deleted for ' ..
     ARGV[3] .. '; raise --tombstone-ttl')
 end
 
-if ARGV[6] and ARGV[6] ~= '' then
-  local now = redis.call('TIME')
-  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[6]) then
-    return 4
-  end
+if past_deadline(ARGV[6]) then
+  return 4
 end
 
 local stored = redis.call('HMGET', KEYS[2], 'czxid', 'mzxid', 'version', 'pzxid', 'aversion', 'epoch')

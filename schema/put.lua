@@ -52,17 +52,11 @@ local DATA = FIXED + 1
 local refused = fence(KEYS[6], ARGV[17])
 if refused then return refused end
 
-local stream_type = redis.call('TYPE', KEYS[5])['ok']
-if stream_type ~= 'stream' and stream_type ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' holds a ' .. stream_type ..
-    ', not the change stream: nothing written for ' .. ARGV[13] .. '; delete or rename the key')
-end
+local unusable = stream_unusable(KEYS[5], ARGV[13], 'written')
+if unusable then return unusable end
 
-if ARGV[15] ~= '' then
-  local now = redis.call('TIME')
-  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[15]) then
-    return 4
-  end
+if past_deadline(ARGV[15]) then
+  return 4
 end
 
 local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
