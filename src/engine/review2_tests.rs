@@ -2,32 +2,15 @@
 //! as regression tests; each failed before its fix.
 
 use super::history::SyncPoint;
+use super::review_tests::{answer_all, reads_of};
 use super::tests::Script;
 use super::*;
 use crate::store::StoredMark;
-use crate::znode::{Znode, ZnodeStat};
+use crate::znode::ZnodeStat;
 
+/// A znode of the first incarnation (czxid 2) at `mzxid`.
 fn present(path: &str, mzxid: i64, children: &[&str]) -> Fetched {
-    Fetched::Present(Znode {
-        path: path.to_owned(),
-        data: b"v".to_vec(),
-        stat: ZnodeStat { czxid: 2, mzxid, pzxid: 2, ..ZnodeStat::default() },
-        children: children.iter().map(|c| (*c).to_owned()).collect(),
-    })
-}
-
-fn answer_all(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
-    Input::ReadDone(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
-}
-
-fn reads_of(effects: &[Effect]) -> Vec<Vec<String>> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Read(paths) => Some(paths.clone()),
-            _ => None,
-        })
-        .collect()
+    super::review_tests::present(path, 2, mzxid, children)
 }
 
 /// The history and the claim of every pipeline asked for.

@@ -6,7 +6,7 @@ use super::tests::Script;
 use super::*;
 use crate::znode::{Znode, ZnodeStat};
 
-fn present(path: &str, czxid: i64, mzxid: i64, children: &[&str]) -> Fetched {
+pub(super) fn present(path: &str, czxid: i64, mzxid: i64, children: &[&str]) -> Fetched {
     Fetched::Present(Znode {
         path: path.to_owned(),
         data: b"v".to_vec(),
@@ -15,7 +15,7 @@ fn present(path: &str, czxid: i64, mzxid: i64, children: &[&str]) -> Fetched {
     })
 }
 
-fn reads_of(effects: &[Effect]) -> Vec<Vec<String>> {
+pub(super) fn reads_of(effects: &[Effect]) -> Vec<Vec<String>> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -36,7 +36,7 @@ fn claims(effects: &[Effect]) -> Vec<i64> {
         .collect()
 }
 
-fn answer_all(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
+pub(super) fn answer_all(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
     Input::ReadDone(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
 }
 
