@@ -281,15 +281,7 @@ async fn of_three_instances_started_at_once_exactly_one_leads() {
     let (last, _) = wait_for_leader(&pair.connect(), &pair.ha, 1).await;
     wait_for_log(&pair.log(&last), "elected leader").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let load = load.stop().await;
-    common::world::assert_converges(&pair.zk, &pair.redis.url(), "zk", &pair.root).await;
-    let seen = reader.stop().await;
-    assert!(load.applied > 50 && seen.reads > 100, "{load:?} {seen:?}");
-    assert!(seen.backwards.is_empty(), "mzxid went backwards: {:?}", seen.backwards);
-    assert!(seen.torn.is_empty(), "data and meta disagreed: {:?}", seen.torn);
-    let mut conn = redis_conn(&pair.redis.url()).await;
-    let disorder = common::chaos::stream_disorder(&mut conn, "zk").await;
-    assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
+    common::chaos::finish(load, reader, &pair.zk, &pair.redis.url(), &pair.root, 50).await;
 }
 
 /// An election path inside a root, or a root inside it, is refused at start, naming both.
@@ -505,16 +497,8 @@ async fn under_load_kill_9_then_a_paused_leader_never_moves_readers_backwards() 
     wait_for_log(&pair.log(&second), "no longer the leader").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let load = load.stop().await;
-    common::world::assert_converges(&pair.zk, &pair.redis.url(), "zk", &pair.root).await;
-    let seen = reader.stop().await;
+    let (load, seen) = common::chaos::finish(load, reader, &pair.zk, &pair.redis.url(), &pair.root, 100).await;
     let mut conn = redis_conn(&pair.redis.url()).await;
-    let disorder = common::chaos::stream_disorder(&mut conn, "zk").await;
-    assert!(load.applied > 100, "the load hardly ran: {load:?}");
-    assert!(seen.reads > 100, "the reader hardly read: {seen:?}");
-    assert!(seen.backwards.is_empty(), "mzxid went backwards: {:?}", seen.backwards);
-    assert!(seen.torn.is_empty(), "data and meta disagreed: {:?}", seen.torn);
-    assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
     let leader: Option<String> =
         redis::cmd("HGET").arg("zk:mirror").arg("leader").query_async(&mut conn).await.unwrap();
     assert_eq!(leader.as_deref(), Some("c"), "P:mirror does not name the last leader");
@@ -554,15 +538,7 @@ async fn under_load_a_brief_then_a_long_cut_of_the_leaders_zookeeper_link() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.restore();
 
-    let load = load.stop().await;
-    common::world::assert_converges(&zk, &redis.url(), "zk", &root).await;
-    let seen = reader.stop().await;
-    assert!(load.applied > 50 && seen.reads > 100, "{load:?} {seen:?}");
-    assert!(seen.backwards.is_empty(), "mzxid went backwards: {:?}", seen.backwards);
-    assert!(seen.torn.is_empty(), "data and meta disagreed: {:?}", seen.torn);
-    let mut conn = redis_conn(&redis.url()).await;
-    let disorder = common::chaos::stream_disorder(&mut conn, "zk").await;
-    assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
+    common::chaos::finish(load, reader, &zk, &redis.url(), &root, 50).await;
 }
 
 /// With several roots under one prefix, `P:mirror` is the aggregate the service writes; with

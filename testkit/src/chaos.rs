@@ -298,3 +298,29 @@ pub async fn stream_disorder(conn: &mut MultiplexedConnection, prefix: &str) -> 
     }
     disorder
 }
+
+/// Ends a scenario: stops the load (ZooKeeper is then quiet), waits until Redis is the exact
+/// copy of `root`, stops the reader, and asserts every promise: the load applied more than
+/// `min_applied` changes and the reader read more than 100 times, no read saw a version go
+/// backwards or a torn pair, and the change stream (prefix `zk`) holds nothing out of order.
+/// Returns what the load and the reader reported.
+pub async fn finish(
+    load: Load,
+    reader: Reader,
+    zk: &Client,
+    redis_url: &str,
+    root: &str,
+    min_applied: u64,
+) -> (LoadReport, ReadReport) {
+    let load = load.stop().await;
+    crate::world::assert_converges(zk, redis_url, "zk", root).await;
+    let seen = reader.stop().await;
+    assert!(load.applied > min_applied, "the load hardly ran: {load:?}");
+    assert!(seen.reads > 100, "the reader hardly read: {seen:?}");
+    assert!(seen.backwards.is_empty(), "mzxid went backwards: {:?}", seen.backwards);
+    assert!(seen.torn.is_empty(), "data and meta disagreed: {:?}", seen.torn);
+    let mut conn = crate::world::redis_conn(redis_url).await;
+    let disorder = stream_disorder(&mut conn, "zk").await;
+    assert!(disorder.is_empty(), "change stream out of order: {disorder:?}");
+    (load, seen)
+}
