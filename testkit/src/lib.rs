@@ -13,6 +13,7 @@
 //! - [`blackhole`]: [`Blackhole`], a server that accepts and reads but never answers.
 //! - [`process`]: [`Guarded`], any other child process (the `zkmirror` binary, helper roles).
 //! - [`chaos`]: a random load on a subtree and a reader counting broken promises.
+//! - [`tls`]: [`tls::Pki`], a throwaway CA with server, client and broken certificates.
 //! - [`world`]: an in-process mirror, Redis connections, trees, and the convergence waits.
 //! - here: unique roots, ZooKeeper clients, [`create_all`], [`wait_until`], [`http_get`].
 //!
@@ -27,6 +28,7 @@ pub mod chaos;
 pub mod process;
 pub mod proxy;
 pub mod servers;
+pub mod tls;
 pub mod world;
 
 use std::fmt::Display;
