@@ -65,6 +65,16 @@ pub enum StoreError {
     /// leader's token than this one's `fence`.
     #[error("Redis at {server} refused a write of fencing token {fence}: {key} holds {seen}, a newer leader's")]
     Fenced { server: String, key: String, fence: i64, seen: i64 },
+    /// Redis's ACLs refused the mirror's user a command or a key (`NOPERM`, or a script's
+    /// `redis.call` refused): it was given fewer rights than the mirror needs. `action` names
+    /// the command (for a script: the script, its line and what it was writing). Redis applies
+    /// `ACL SETUSER` at once, so the mirror retries with backoff and recovers once granted.
+    #[error(
+        "Redis at {server} refused user {user} {action}: {reply}; the mirror's Redis user lacks a right it needs: \
+         grant it every right of the `zkmirror` line of schema/redis-acl.conf, with `~PREFIX:*` for each prefix \
+         (see \"Redis ACL users\" in schema/layout.md; Redis's ACL LOG names what it refused)"
+    )]
+    Denied { server: String, user: String, action: String, reply: String },
 }
 
 impl StoreError {

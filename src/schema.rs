@@ -34,28 +34,45 @@ pub struct Scripts {
     pub status: Script,
     /// Raises one slot's fence to a new leader's token.
     pub fence: Script,
+    /// Each script's file name, hash and text as loaded, in [`Scripts::all`]'s order: Redis names
+    /// a script in an error only by hash and line (`script: SHA, on @user_script:LINE`), and an
+    /// operator needs the command on that line (an ACL that refuses it, say).
+    sources: [(&'static str, String, String); 5],
 }
 
 /// What every script shares (`cmp`, the fence check), prepended to each.
 const COMMON: &str = include_str!("../schema/common.lua");
 
-fn with_common(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+fn with_common(body: &str) -> String {
+    format!("{COMMON}\n{body}")
 }
 
 impl Scripts {
     pub fn load() -> Scripts {
-        Scripts {
-            put: with_common(include_str!("../schema/put.lua")),
-            delete: with_common(include_str!("../schema/delete.lua")),
-            advance_zxid: with_common(include_str!("../schema/advance_zxid.lua")),
-            status: with_common(include_str!("../schema/status.lua")),
-            fence: with_common(include_str!("../schema/fence.lua")),
-        }
+        let texts = [
+            ("put.lua", with_common(include_str!("../schema/put.lua"))),
+            ("delete.lua", with_common(include_str!("../schema/delete.lua"))),
+            ("advance_zxid.lua", with_common(include_str!("../schema/advance_zxid.lua"))),
+            ("status.lua", with_common(include_str!("../schema/status.lua"))),
+            ("fence.lua", with_common(include_str!("../schema/fence.lua"))),
+        ];
+        let [put, delete, advance_zxid, status, fence] = texts.each_ref().map(|(_, text)| Script::new(text));
+        let sources = texts.map(|(name, text)| {
+            let hash = Script::new(&text).get_hash().to_owned();
+            (name, hash, text)
+        });
+        Scripts { put, delete, advance_zxid, status, fence, sources }
     }
 
     pub fn all(&self) -> [&Script; 5] {
         [&self.put, &self.delete, &self.advance_zxid, &self.status, &self.fence]
+    }
+
+    /// The script with hash `sha` and line `line` (1-based) of its text as loaded (the shared
+    /// `common.lua` first): `("put.lua", "redis.call('XADD', ...")`, trimmed.
+    pub fn line(&self, sha: &str, line: usize) -> Option<(&'static str, &str)> {
+        let (name, _, text) = self.sources.iter().find(|(_, hash, _)| hash.eq_ignore_ascii_case(sha))?;
+        Some((name, text.lines().nth(line.checked_sub(1)?)?.trim()))
     }
 }
 
@@ -298,6 +315,20 @@ mod tests {
         for field in status_field::ALL {
             assert!(section.contains(&format!("`{field}`")), "{field} is not in layout.md's P:mirror section");
         }
+    }
+
+    #[test]
+    fn a_script_error_line_names_the_script_and_its_command() {
+        let scripts = Scripts::load();
+        let sha = scripts.put.get_hash().to_owned();
+        let common = COMMON.lines().count();
+        let (name, first) = scripts.line(&sha, common + 2).expect("a line of put.lua");
+        assert_eq!(name, "put.lua");
+        assert_eq!(first, include_str!("../schema/put.lua").lines().next().unwrap_or_default().trim());
+        assert_eq!(scripts.line(&sha.to_uppercase(), 1).map(|(n, _)| n), Some("put.lua"));
+        assert_eq!(scripts.line("0000", 1), None);
+        assert_eq!(scripts.line(&sha, 0), None);
+        assert_eq!(scripts.line(&sha, 100_000), None);
     }
 
     #[test]

@@ -451,16 +451,19 @@ pub enum PolicyCheck {
     Safe,
     /// Another policy, and why it is a risk.
     Risky { policy: String, why: &'static str },
-    /// Redis refused to say (ACLs, managed Redis that renames or forbids `CONFIG`).
+    /// Redis refused to say (an ACL user without `INFO`, a managed Redis that forbids it).
     Unknown(String),
 }
 
-/// Asks Redis for its `maxmemory-policy` (`CONFIG GET`). `Err` only when Redis could not be
-/// reached; a refusal is [`PolicyCheck::Unknown`].
+/// Asks Redis for its `maxmemory-policy`, from `INFO memory` (its `maxmemory_policy` line). Not
+/// `CONFIG GET`: the mirror's least-privilege ACL user (`schema/redis-acl.conf`) has no
+/// `CONFIG`, which would also show it `requirepass` and `masterauth`, and managed Redis often
+/// renames or forbids it; `INFO` tells the policy and nothing secret. `Err` only when Redis
+/// could not be reached; a refusal is [`PolicyCheck::Unknown`].
 pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<PolicyCheck, StoreError> {
     let store = Store::new(config)?;
-    let mut cmd = redis::cmd("CONFIG");
-    cmd.arg("GET").arg("maxmemory-policy");
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("memory");
     let answer = match store.query(&cmd).await {
         Ok(answer) => answer,
         Err(StoreError::Redis { source, .. })
@@ -468,16 +471,22 @@ pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<PolicyCheck,
         {
             return Ok(PolicyCheck::Unknown(source.to_string()));
         }
+        Err(e @ StoreError::Denied { .. }) => return Ok(PolicyCheck::Unknown(e.to_string())),
         Err(e) => return Err(e),
     };
-    let pairs: HashMap<String, String> = redis::from_redis_value(answer).unwrap_or_default();
-    Ok(match pairs.get("maxmemory-policy") {
-        None => PolicyCheck::Unknown("CONFIG GET maxmemory-policy answered nothing".to_owned()),
+    let text: String = redis::from_redis_value(answer).unwrap_or_default();
+    Ok(match info_field(&text, "maxmemory_policy") {
+        None => PolicyCheck::Unknown("INFO memory shows no maxmemory_policy".to_owned()),
         Some(policy) => match eviction_risk(policy) {
             None => PolicyCheck::Safe,
-            Some(why) => PolicyCheck::Risky { policy: policy.clone(), why },
+            Some(why) => PolicyCheck::Risky { policy: policy.to_owned(), why },
         },
     })
+}
+
+/// The value of `field` in an `INFO` answer (`field:value` lines).
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
 }
 
 /// Checks the policy of the Redis `config` names, retrying while it cannot be reached, and
@@ -1259,6 +1268,13 @@ mod tests {
     fn no_aggregate_while_a_root_restarts() {
         let reports = [report(Phase::Live, Some(5), Some(NOW)), None];
         assert_eq!(aggregate_fields(&["/a", "/b"], &reports, NOW, STALE, "1"), None);
+    }
+
+    #[test]
+    fn the_policy_is_read_from_info_memory() {
+        let info = "# Memory\r\nused_memory:1\r\nmaxmemory_policy:allkeys-lru\r\nmaxmemory_policy_x:no\r\n";
+        assert_eq!(info_field(info, "maxmemory_policy"), Some("allkeys-lru"));
+        assert_eq!(info_field(info, "maxmemory"), None);
     }
 
     #[test]

@@ -225,6 +225,8 @@ pub struct Store {
     scripts: Arc<Scripts>,
     /// The URL with the password masked: what errors and logs name.
     server: String,
+    /// The ACL user the URL names (`default` when none): what a refusal by Redis's ACLs names.
+    user: String,
     tombstone_ttl_ms: u64,
     changes_maxlen: u64,
     /// `P:mirror`, or `P:mirror:{ROOT}` when the prefix is shared by several roots.
@@ -246,6 +248,7 @@ impl Store {
         let info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
             .map_err(|source| StoreError::Redis { server: server.clone(), source })?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let user = info.redis_settings().username().unwrap_or("default").to_owned();
         let client =
             redis::Client::open(info).map_err(|source| StoreError::Redis { server: server.clone(), source })?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
@@ -259,6 +262,7 @@ impl Store {
             keys: Keys::new(&config.prefix),
             scripts: Arc::new(Scripts::load()),
             server,
+            user,
             tombstone_ttl_ms: config.tombstone_ttl.as_millis() as u64,
             changes_maxlen: config.changes_maxlen,
             status_key: if config.shared_prefix {
@@ -280,7 +284,14 @@ impl Store {
     }
 
     fn error(&self, source: redis::RedisError) -> StoreError {
-        StoreError::Redis { server: self.server.clone(), source }
+        match refused_by_acl(&self.scripts, source.code().unwrap_or(""), source.detail()) {
+            Some(action) => self.denied(action, source.to_string()),
+            None => StoreError::Redis { server: self.server.clone(), source },
+        }
+    }
+
+    fn denied(&self, action: String, reply: String) -> StoreError {
+        StoreError::Denied { server: self.server.clone(), user: self.user.clone(), action, reply }
     }
 
     /// Loads the Lua scripts. Needed after every (re)connect: a Redis restarted empty has none,
@@ -387,6 +398,15 @@ impl Store {
                 return Err(
                     store.unexpected("a write pipeline", format!("{} answers to {expected} commands", answers.len()))
                 );
+            }
+            // A refusal by Redis's ACLs concerns every write alike (the user lacks a right), not
+            // one znode: inside a script it comes as a plain `ERR`, so it is looked for first.
+            if let Some(denied) = answers.iter().find_map(|a| match a {
+                Value::ServerError(e) => refused_by_acl(&store.scripts, e.code(), e.details())
+                    .map(|action| store.denied(action, describe(e))),
+                _ => None,
+            }) {
+                return Err(denied);
             }
             if let Some(error) = answers.iter().find_map(|a| match a {
                 Value::ServerError(e) if is_server_state(e) => Some(e.clone()),
@@ -790,6 +810,47 @@ impl Store {
     }
 }
 
+/// What Redis's ACLs refused, when a reply is such a refusal: the command (`the command SCAN`),
+/// or for a script the command on the line Redis names (`XADD in put.lua, line 130: ...`);
+/// `None` for any other reply. Redis answers a refusal of a top-level command `NOPERM`, but one
+/// of a script's `redis.call` a plain `ERR` that names neither command nor key, only the
+/// script's hash and line (Redis 7.0: `The user executing the script can't run this command or
+/// subcommand script: SHA, on @user_script:LINE.`); the line of the script's text tells.
+fn refused_by_acl(scripts: &Scripts, code: &str, detail: Option<&str>) -> Option<String> {
+    let detail = detail.unwrap_or("");
+    let in_script = detail.contains("The user executing the script can't") || detail.contains("ACL failure in script");
+    if code != "NOPERM" && !in_script {
+        return None;
+    }
+    let refused = if detail.contains("access") && detail.contains("key") { "a key" } else { "a command" };
+    let quoted = |text: &str, after: &str| -> Option<String> {
+        let rest = &text[text.find(after)? + after.len()..];
+        Some(rest[..rest.find('\'')?].to_uppercase())
+    };
+    if in_script {
+        let sha = detail.split("script: ").nth(1).and_then(|rest| rest.split(',').next()).unwrap_or("");
+        let line: Option<usize> = detail
+            .split("@user_script:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok());
+        return Some(match line.and_then(|line| scripts.line(sha, line).map(|found| (line, found))) {
+            Some((line, (name, text))) => match quoted(text, "redis.call('") {
+                Some(command) if refused == "a command" => {
+                    format!("the command {command} in {name}, line {line}: {text}")
+                }
+                Some(command) => format!("a key of its {command} in {name}, line {line}: {text}"),
+                None => format!("{refused} in {name}, line {line}: {text}"),
+            },
+            None => format!("{refused} in one of its scripts"),
+        });
+    }
+    Some(match quoted(detail, "run the '") {
+        Some(command) => format!("the command {command}"),
+        None => refused.to_owned(),
+    })
+}
+
 /// The fence's refusal (`FENCED <seen> <key>: ...`, see `schema/common.lua`): the token the
 /// slot has seen and the fence key; `None` for any other error.
 fn fenced_by(code: &str, details: Option<&str>) -> Option<(i64, String)> {
@@ -840,6 +901,33 @@ mod tests {
         assert_eq!(StoredTomb::parse("30@2"), Some(StoredTomb { zxid: 30, epoch: 2 }));
         assert_eq!(StoredTomb::parse("x@2"), None);
         assert_eq!(StoredTomb::parse("30@"), None);
+    }
+
+    /// The replies of Redis 7.0, as the ACL tests in tests/acl.rs meet them for real.
+    #[test]
+    fn an_acl_refusal_names_the_command_or_the_script_line() {
+        let scripts = Scripts::load();
+        let top = "this user has no permissions to run the 'scan' command";
+        assert_eq!(refused_by_acl(&scripts, "NOPERM", Some(top)).as_deref(), Some("the command SCAN"));
+        let key = "this user has no permissions to access one of the keys used as arguments";
+        assert_eq!(refused_by_acl(&scripts, "NOPERM", Some(key)).as_deref(), Some("a key"));
+        let sha = scripts.put.get_hash();
+        let common = include_str!("../schema/common.lua").lines().count();
+        let xadd = include_str!("../schema/put.lua").lines().position(|l| l.contains("redis.call('XADD'")).unwrap_or(0);
+        let line = common + 2 + xadd;
+        let lua = format!(
+            "The user executing the script can't run this command or subcommand script: {sha}, on @user_script:{line}."
+        );
+        let action = refused_by_acl(&scripts, "ERR", Some(&lua)).unwrap_or_default();
+        assert!(
+            action.starts_with(&format!("the command XADD in put.lua, line {line}: redis.call('XADD'")),
+            "{action}"
+        );
+        let lua_key = lua.replace("run this command or subcommand", "access at least one of the keys mentioned");
+        let action = refused_by_acl(&scripts, "ERR", Some(&lua_key)).unwrap_or_default();
+        assert!(action.starts_with("a key of its XADD in put.lua"), "{action}");
+        assert_eq!(refused_by_acl(&scripts, "ERR", Some("WRONGTYPE zk:changes holds a hash")), None);
+        assert_eq!(refused_by_acl(&scripts, "WRONGTYPE", None), None);
     }
 
     #[test]

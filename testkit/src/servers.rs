@@ -563,6 +563,9 @@ pub struct RedisServer {
     port: u16,
     /// `(user, password)` for servers started with [`RedisServer::start_with_password`].
     credentials: Option<(String, String)>,
+    /// The lines of an ACL file (`aclfile`) for servers started with
+    /// [`RedisServer::start_with_aclfile`]: users besides `credentials`' admin.
+    acl: Option<String>,
     config: PathBuf,
     log: PathBuf,
     /// `None` while stopped. Declared before `dir` (see [`ZkServer`]).
@@ -573,21 +576,31 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server that accepts unauthenticated connections.
     pub fn start() -> RedisServer {
-        RedisServer::start_inner(None)
+        RedisServer::start_inner(None, None)
     }
 
     /// Starts a server that requires `AUTH user password`: the ACL user `user` has that
     /// password and all permissions, and the `default` user is disabled (unless `user` is
     /// `default` itself, which then gets the password).
     pub fn start_with_password(user: &str, password: &str) -> RedisServer {
-        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())))
+        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> RedisServer {
+    /// Starts a server whose users come from an ACL file (`aclfile`, the format `ACL LOAD`
+    /// reads): `acl_lines` (one `user` line each, e.g. `schema/redis-acl.conf` with test
+    /// passwords), plus `admin` with `admin_password` and all permissions (what the harness
+    /// and the test's own checks use), and the `default` user disabled. A bad line fails the
+    /// start with Redis's own complaint (file and line) in the panic.
+    pub fn start_with_aclfile(admin: &str, admin_password: &str, acl_lines: &str) -> RedisServer {
+        RedisServer::start_inner(Some((admin.to_owned(), admin_password.to_owned())), Some(acl_lines.to_owned()))
+    }
+
+    fn start_inner(credentials: Option<(String, String)>, acl: Option<String>) -> RedisServer {
         let dir = temp_dir("zkmirror-test-redis-");
         let mut server = RedisServer {
             port: 0,
             credentials,
+            acl,
             config: dir.path().join("redis.conf"),
             log: dir.path().join("redis.log"),
             process: None,
@@ -669,7 +682,14 @@ impl RedisServer {
             port = self.port,
             dir = redis_quote(&self.dir.path().display().to_string()),
         );
-        if let Some((user, password)) = &self.credentials {
+        if let (Some((admin, password)), Some(lines)) = (&self.credentials, &self.acl) {
+            // An ACL file takes no comments and no quoting beyond redis' own; the admin goes
+            // first, the given lines follow verbatim.
+            let file = self.dir.path().join("users.acl");
+            let text = format!("user default off\nuser {admin} reset on >{password} ~* &* +@all\n{lines}\n");
+            fs::write(&file, text).unwrap_or_else(|err| panic!("writing {}: {err}", file.display()));
+            config.push_str(&format!("aclfile {}\n", redis_quote(&file.display().to_string())));
+        } else if let Some((user, password)) = &self.credentials {
             if user != "default" {
                 config.push_str("user default off\n");
             }
