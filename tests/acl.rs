@@ -21,7 +21,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::world::{assert_converges, create_tree, redis_conn, test_config, RunningMirror, CONVERGE};
+use common::world::{
+    assert_converges, create_tree, hget, redis_conn, test_config, wait_for_field, RunningMirror, CONVERGE,
+};
 use common::{create_all, unique_root, wait_until, zk_client, Guarded, RedisServer, ZkServer};
 use redis::aio::MultiplexedConnection;
 
@@ -129,23 +131,6 @@ async fn wait_for_log(process: &mut Guarded, log: &Path, needle: &str) -> String
     .await
 }
 
-async fn hget(conn: &mut MultiplexedConnection, key: &str, field: &str) -> Option<String> {
-    redis::cmd("HGET").arg(key).arg(field).query_async(conn).await.unwrap_or_else(|e| panic!("HGET {key} {field}: {e}"))
-}
-
-async fn wait_for_field(conn: &MultiplexedConnection, key: &str, field: &str, want: &str) {
-    wait_until(CONVERGE, &format!("{key} {field} is {want}"), || {
-        let mut conn = conn.clone();
-        async move {
-            match hget(&mut conn, key, field).await {
-                Some(have) if have == want => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await
-}
-
 /// The keys matching `pattern`, by `SCAN` (as whoever `conn` is).
 async fn scan(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
     let mut cursor: u64 = 0;
@@ -221,8 +206,8 @@ async fn the_mirror_user_does_everything_the_mirror_does_and_is_refused_nothing(
     assert_converges(&zk, &reader_url, "zk", &a).await;
     assert_converges(&zk, &reader_url, "zk", &b).await;
     wait_for_field(&reader, "zk:mirror", "state", "live").await;
-    assert_eq!(hget(&mut reader, "zk:mirror", "roots").await, Some(format!("{a},{b}")));
-    assert_eq!(hget(&mut reader, &format!("zk:mirror:{{{a}}}"), "state").await.as_deref(), Some("live"));
+    assert_eq!(hget(&reader, "zk:mirror", "roots").await, Some(format!("{a},{b}")));
+    assert_eq!(hget(&reader, &format!("zk:mirror:{{{a}}}"), "state").await.as_deref(), Some("live"));
 
     // Live changes and a subtree delete (tombstones).
     zk.set_data(&format!("{a}/n1"), b"changed", None).await.expect("set_data");
@@ -259,7 +244,7 @@ async fn the_mirror_user_does_everything_the_mirror_does_and_is_refused_nothing(
     assert_converges(&zk, &reader_url, "zk", &a).await;
 
     process.stop();
-    assert_eq!(hget(&mut reader, "zk:mirror", "state").await.as_deref(), Some("stopped"));
+    assert_eq!(hget(&reader, "zk:mirror", "state").await.as_deref(), Some("stopped"));
     assert_eq!(acl_log(&mut admin).await, Vec::<String>::new(), "Redis refused the mirror user something");
     let text = read(&log);
     assert!(!text.contains("NOPERM") && !text.contains("refused user"), "{text}");
@@ -290,7 +275,7 @@ async fn the_mirror_user_leads_and_fences_with_ha() {
 
     assert_converges(&zk, &reader_url, "zk", &root).await;
     wait_for_field(&reader, "zk:mirror", "leader", "acl-1").await;
-    let fence = hget(&mut reader, "zk:mirror", "fence").await.expect("the leader's fence in the status");
+    let fence = hget(&reader, "zk:mirror", "fence").await.expect("the leader's fence in the status");
     let fences = scan(&mut reader, "zk:fence:*").await;
     assert_eq!(fences.len(), 16_384, "one fence key per hash slot");
     let one: Option<String> = redis::cmd("GET").arg(&fences[0]).query_async(&mut reader).await.expect("GET fence");
@@ -500,9 +485,13 @@ async fn a_mirror_user_short_of_a_right_is_told_which_and_recovers_once_granted(
     assert!(line.contains("the command XADD in put.lua, line "), "{line}");
     assert!(line.contains("redis.call('XADD'") && line.contains("schema/redis-acl.conf"), "{line}");
     assert!(!line.contains(MIRROR.1), "the password stays out of the log: {line}");
+    // Redis answers but refuses the writes: the status says so (it needs no refused command).
+    let reader = redis_conn(&url(&redis, READER)).await;
+    wait_for_field(&reader, "zk:mirror", "state", "degraded").await;
 
     let _: () =
         redis::cmd("ACL").arg("SETUSER").arg(MIRROR.0).arg("+xadd").query_async(&mut admin).await.expect("ACL SETUSER");
     assert_converges(&zk, &url(&redis, READER), "zk", &root).await;
+    wait_for_field(&reader, "zk:mirror", "state", "live").await;
     process.stop();
 }

@@ -269,6 +269,11 @@ pub(crate) struct Core {
     redis: RedisLink,
     redis_backoff: Backoff,
     last_redis_error_log: Option<Instant>,
+    /// Redis answers, but its ACLs refuse a command the writes need (an operator gave the
+    /// mirror's user too few rights). The copy cannot advance, so the status says `degraded`
+    /// even while the link is up; the status hash itself needs no refused command and can say
+    /// so. Cleared by the first batch Redis applies.
+    redis_refusing: bool,
 
     dirty: DirtyPaths,
     walk: Option<Walk>,
@@ -378,6 +383,7 @@ impl Core {
             watch_epoch: 0,
             next_walk: WalkReason::ColdSync,
             redis: RedisLink::Loading { was_down: false },
+            redis_refusing: false,
             redis_backoff: Backoff::between(Duration::from_millis(100), Duration::from_secs(5)),
             last_redis_error_log: None,
             dirty: DirtyPaths::default(),
@@ -983,6 +989,7 @@ impl Core {
         let round_trip = self.batch_sent.take().map_or(Duration::ZERO, |t| now.duration_since(t));
         match result {
             Ok(applied) => {
+                self.redis_refusing = false;
                 if let Some(seen) = applied.outcomes.iter().find_map(|o| match o {
                     WriteOutcome::Refused(Refusal::Fenced { seen }) => Some(*seen),
                     _ => None,
@@ -1106,6 +1113,10 @@ impl Core {
                 self.effects.push_back(Effect::LoadScripts);
                 // A restart may also have emptied Redis: check everything.
                 self.start_walk(WalkReason::RedisLost, now);
+            }
+            Err(error @ StoreError::Denied { .. }) => {
+                self.redis_failed(error, now);
+                self.redis_refusing = true;
             }
             Err(error) => self.redis_failed(error, now),
         }
@@ -1384,7 +1395,7 @@ impl Core {
     fn publish_phase(&mut self) {
         let redis_up = self.redis == RedisLink::Up;
         let zk_connected = matches!(self.zk, ZkLink::Connected { .. });
-        let phase = if !redis_up || !self.watch_active() {
+        let phase = if !redis_up || !self.watch_active() || self.redis_refusing {
             Phase::Degraded
         } else {
             match self.walk.as_ref().map(|w| w.reason) {
@@ -1393,14 +1404,16 @@ impl Core {
                 Some(_) => Phase::Reconciling,
             }
         };
-        let phase = if phase == Phase::Degraded && !self.first_sync_done && redis_up && zk_connected {
-            // Connected, adding the watch before the cold sync: still syncing.
-            Phase::Syncing
-        } else {
-            phase
-        };
+        let phase =
+            if phase == Phase::Degraded && !self.first_sync_done && redis_up && zk_connected && !self.redis_refusing {
+                // Connected, adding the watch before the cold sync: still syncing.
+                Phase::Syncing
+            } else {
+                phase
+            };
         self.record.connections(phase, zk_connected, redis_up);
-        if self.published_phase != Some(phase) && !self.status_in_flight && redis_up {
+        // A Redis that refuses our writes still answers: its status hash can say `degraded`.
+        if self.published_phase != Some(phase) && !self.status_in_flight && (redis_up || self.redis_refusing) {
             self.published_phase = Some(phase);
             self.write_status(phase);
         }

@@ -232,6 +232,40 @@ fn redis_down_mid_batch_drops_the_work_and_reconciles_when_it_returns() {
 }
 
 #[test]
+fn writes_refused_by_redis_acls_publish_degraded_until_a_batch_lands() {
+    let mut s = Script::live(|_| {});
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let first = s.reads();
+    s.feed(answer(&first[0], |p| znode(p, 5, &[])));
+    assert_eq!(writes_of(&s.take()).len(), 1);
+    let denied = StoreError::Denied {
+        server: "redis".into(),
+        user: "zkmirror".into(),
+        action: "the command XADD in put.lua".into(),
+        reply: "NOPERM".into(),
+    };
+    s.feed(Input::WriteDone(Err(denied)));
+    // The status write still in flight (the first sync's) is answered; then the next is sent.
+    s.feed(Input::StatusWritten(Ok(true)));
+    let published = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::WriteStatus { fields } => fields.iter().find(|(n, _)| *n == "state").map(|(_, v)| v.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(published(&s.take()).as_deref(), Some("degraded"), "Redis answers: the status can say it");
+    s.feed(Input::StatusWritten(Ok(true)));
+    s.wait(Duration::from_millis(301));
+    assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)), "retried after the backoff");
+    s.feed(Input::ScriptsLoaded(Ok(0)));
+    assert_eq!(s.phase(), Phase::Degraded, "still refused as far as the mirror knows: not syncing");
+    let again = s.reads();
+    s.feed(answer(&again[0], |p| znode(p, 5, &[])));
+    s.ack();
+    assert_ne!(s.phase(), Phase::Degraded, "a batch landed: the rights are back");
+}
+
+#[test]
 fn a_burst_of_ten_thousand_changes_is_read_in_few_large_requests() {
     let mut s = Script::live(|_| {});
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
