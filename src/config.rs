@@ -19,6 +19,12 @@ pub struct MirrorConfig {
     pub zk_auth: Option<ZkDigest>,
     /// Redis URL, `redis://[user:password@]host:port[/db]` (or `rediss://`).
     pub redis_url: String,
+    /// TLS to Redis beyond the URL's `rediss://`: a private CA, a client identity. Loaded and
+    /// checked with the settings; its content takes part in `==`, so a reload that changes a
+    /// file restarts the mirror with it.
+    pub redis_tls: crate::redis_conn::RedisTls,
+    /// The Redis password read from `--redis-password-file`, if given.
+    pub redis_password: Option<crate::redis_conn::PasswordFile>,
     /// The mirrored subtree's absolute path.
     pub root: String,
     /// Key prefix, `zk` by default.
@@ -98,6 +104,8 @@ impl std::fmt::Debug for MirrorConfig {
             .field("zk_servers", &self.zk_servers)
             .field("zk_auth", &self.zk_auth)
             .field("redis_url", &mask_url(&self.redis_url))
+            .field("redis_tls", &self.redis_tls)
+            .field("redis_password", &self.redis_password)
             .field("root", &self.root)
             .field("prefix", &self.prefix)
             .field("filter", &self.filter.describe())
@@ -113,6 +121,8 @@ impl MirrorConfig {
             zk_servers: zk_servers.into(),
             zk_auth: None,
             redis_url: redis_url.into(),
+            redis_tls: crate::redis_conn::RedisTls::default(),
+            redis_password: None,
             root: root.into(),
             prefix: "zk".to_owned(),
             session_timeout: Duration::from_secs(10),
@@ -127,6 +137,19 @@ impl MirrorConfig {
             shared_prefix: false,
             leadership: None,
         }
+    }
+
+    /// The files the Redis connection was loaded from (CA, client certificate and key, password
+    /// file): what a reload watcher watches. Their content is in the config already.
+    pub fn redis_files(&self) -> Vec<&std::path::Path> {
+        let password = self.redis_password.iter().map(|p| p.path.as_path());
+        self.redis_tls.files().chain(password).collect()
+    }
+
+    /// A client for this mirror's Redis: the URL, its TLS material and password (see
+    /// [`crate::redis_conn::client`], the one place clients are built).
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        crate::redis_conn::client(&self.redis_url, &self.redis_tls, self.redis_password.as_ref())
     }
 
     /// What identifies this mirror in a process: two mirrors with the same key would write the
@@ -145,6 +168,14 @@ impl MirrorConfig {
         validate_prefix(&self.prefix)?;
         validate_zk_servers(&self.zk_servers)?;
         validate_redis_url(&self.redis_url)?;
+        // TLS material needs a TLS URL: set directly (not through the settings), it must not be
+        // dropped silently either.
+        if !self.redis_tls.is_empty() && !self.redis_url.starts_with("rediss://") {
+            return Err(ConfigError::BadRedisUrl {
+                url: mask_url(&self.redis_url),
+                why: "TLS files are given: the URL must be rediss:// (zkmirror never falls back to plain TCP)".into(),
+            });
+        }
         if self.read_window == 0 {
             return Err(ConfigError::BadSetting { name: "read_window", why: "0: must be at least 1".into() });
         }
@@ -268,6 +299,14 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {REDIS_URL_FORM}")))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
         return Err(bad(format!("the scheme {:?} is not redis:// or rediss://; {REDIS_URL_FORM}", parsed.scheme())));
+    }
+    // `#insecure` would turn certificate checks off (it needs a redis-rs feature not built in,
+    // and would fail at the first connection): refused here, by name.
+    if let Some(fragment) = parsed.fragment() {
+        return Err(bad(format!(
+            "the fragment #{fragment} is not accepted: zkmirror always verifies the server's certificate \
+             (give a private CA with --redis-tls-ca)"
+        )));
     }
     redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
     Ok(())

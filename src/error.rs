@@ -57,7 +57,9 @@ impl ZkError {
 /// Failures talking to Redis.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("Redis at {server}: {source}")]
+    /// The text says when the failure was TLS's, and which check failed (see
+    /// [`crate::redis_conn::describe`]).
+    #[error("Redis at {server}: {}", crate::redis_conn::describe(source, server))]
     Redis { server: String, source: redis::RedisError },
     #[error("Redis at {server} answered {what} with something unexpected: {detail}")]
     Unexpected { server: String, what: &'static str, detail: String },

@@ -30,6 +30,8 @@
 //!   lock znodes under the election path, nothing else).
 //! - `zkwalk`: the one depth-first walk of a subtree outside the engine (verify, lag, export,
 //!   the benchmark), bounded in paths and bytes.
+//! - [`redis_conn`]: the one way a Redis client is built: URL, TLS material (CA, client
+//!   identity), password file; loaded and checked with the settings.
 //! - `store`: the Redis side — batched writes through the Lua scripts, status, sweep.
 //! - `schema`: every key name and script; mirrors `schema/layout.md`.
 //! - `znode`: the small types crossing from the ZooKeeper side to the Redis side.
@@ -74,6 +76,7 @@ mod nodelay;
 mod observe;
 mod path;
 pub mod reader;
+pub mod redis_conn;
 mod schema;
 mod service;
 mod settings;

@@ -17,6 +17,7 @@ use crate::config::{mask_url, MirrorConfig, ZkDigest, DEFAULT_REDIS_URL, DEFAULT
 use crate::error::ConfigError;
 use crate::filter::Filter;
 use crate::path;
+use crate::redis_conn::{PasswordFile, RedisFiles, RedisSetting, RedisTls};
 
 /// Where a bad setting came from and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,12 @@ pub struct Overrides {
     pub zk: Option<String>,
     pub zk_auth: Option<ZkDigest>,
     pub redis: Option<String>,
+    /// `--redis-tls-ca`, `--redis-tls-cert`, `--redis-tls-key`: PEM files for `rediss://`.
+    pub redis_tls_ca: Option<PathBuf>,
+    pub redis_tls_cert: Option<PathBuf>,
+    pub redis_tls_key: Option<PathBuf>,
+    /// `--redis-password-file`: the Redis password, from a file.
+    pub redis_password_file: Option<PathBuf>,
     pub root: Option<String>,
     pub prefix: Option<String>,
     pub session_timeout: Option<Duration>,
@@ -111,6 +118,10 @@ struct ZkSection {
 #[serde(deny_unknown_fields)]
 struct RedisSection {
     url: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    password_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -255,12 +266,26 @@ impl Settings {
         let first = self.mirrors.first();
         if let Some(m) = first {
             out.push_str(&format!(
-                "[zookeeper]\nservers = {:?}\nauth = {}\nsession_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n\n",
+                "[zookeeper]\nservers = {:?}\nauth = {}\nsession_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n",
                 m.zk_servers,
                 m.zk_auth.as_ref().map_or("\"\" # none".to_owned(), |d| format!("\"{}:***\"", d.user)),
                 m.session_timeout.as_millis(),
                 mask_url(&m.redis_url),
             ));
+            // The files' paths, never their content.
+            let tls = &m.redis_tls;
+            let identity = tls.identity.as_ref();
+            for (key, path) in [
+                ("tls_ca", tls.ca.as_ref().map(|f| &f.path)),
+                ("tls_cert", identity.map(|i| &i.cert.path)),
+                ("tls_key", identity.map(|i| &i.key.path)),
+                ("password_file", m.redis_password.as_ref().map(|p| &p.path)),
+            ] {
+                if let Some(path) = path {
+                    out.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
+                }
+            }
+            out.push('\n');
             out.push_str(&format!(
                 "[mirror]\nanti_entropy_interval = \"{}ms\"\ntombstone_ttl = \"{}ms\"\nchanges_maxlen = {}\nread_window = {}\nmemory_budget = \"{}\"\nmax_znode_size = \"{}\"\nkeep_keys_on_remove = {}\n\n",
                 m.anti_entropy_interval.as_millis(),
@@ -334,6 +359,8 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         .unwrap_or_else(|| (DEFAULT_ZK_SERVERS.to_owned(), Origin::Default));
     let (redis, redis_origin) = layer(o.redis.as_ref(), "--redis", file.redis.url.as_ref(), source, "redis.url")
         .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
+    crate::config::validate_redis_url(&redis).map_err(|e| redis_origin.error(e.to_string()))?;
+    let (redis_tls, redis_password) = redis_files(&file.redis, source, o, &redis, &redis_origin)?;
     let zk_auth = match (&o.zk_auth, &file.zookeeper.auth, source) {
         (Some(digest), _, _) => Some(digest.clone()),
         (None, Some(auth), Some(source)) => Some(
@@ -462,6 +489,8 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         };
         config.prefix = prefix;
         config.zk_auth = zk_auth.clone();
+        config.redis_tls = redis_tls.clone();
+        config.redis_password = redis_password.clone();
         config.session_timeout = session_timeout;
         config.anti_entropy_interval = anti_entropy;
         config.tombstone_ttl = tombstone_ttl;
@@ -540,6 +569,44 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
     };
     let ha = ha_settings(&file.ha, source, o, &mirrors, &specs.iter().map(|s| &s.path.1).collect::<Vec<_>>())?;
     Ok(Settings { mirrors, keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false), metrics_addr, ha })
+}
+
+/// `--redis-tls-*`, `--redis-password-file` and their `[redis]` keys: each file read and checked
+/// now (a bad one is an error naming the file and where it was given), so that a reload with a
+/// bad file is refused and the running config stays.
+fn redis_files(
+    section: &RedisSection,
+    source: Option<&Source<'_>>,
+    o: &Overrides,
+    url: &str,
+    url_origin: &Origin<'_>,
+) -> Result<(RedisTls, Option<PasswordFile>), SettingsError> {
+    let pick = |flag: Option<&PathBuf>, setting: RedisSetting, file: Option<&Spanned<PathBuf>>| {
+        layer(flag, setting.flag(), file, source, setting.key())
+    };
+    let ca = pick(o.redis_tls_ca.as_ref(), RedisSetting::TlsCa, section.tls_ca.as_ref());
+    let cert = pick(o.redis_tls_cert.as_ref(), RedisSetting::TlsCert, section.tls_cert.as_ref());
+    let key = pick(o.redis_tls_key.as_ref(), RedisSetting::TlsKey, section.tls_key.as_ref());
+    let password = pick(o.redis_password_file.as_ref(), RedisSetting::PasswordFile, section.password_file.as_ref());
+    let files = RedisFiles {
+        tls_ca: ca.as_ref().map(|(p, _)| p.as_path()),
+        tls_cert: cert.as_ref().map(|(p, _)| p.as_path()),
+        tls_key: key.as_ref().map(|(p, _)| p.as_path()),
+        password_file: password.as_ref().map(|(p, _)| p.as_path()),
+    };
+    files.load(url).map_err(|e| {
+        let origin = match e.setting {
+            RedisSetting::Url => Some(url_origin),
+            RedisSetting::TlsCa => ca.as_ref().map(|(_, o)| o),
+            RedisSetting::TlsCert => cert.as_ref().map(|(_, o)| o),
+            RedisSetting::TlsKey => key.as_ref().map(|(_, o)| o),
+            RedisSetting::PasswordFile => password.as_ref().map(|(_, o)| o),
+        };
+        match origin {
+            Some(origin) => origin.error(e.why),
+            None => SettingsError::Other { origin: e.setting.flag().to_owned(), why: e.why },
+        }
+    })
 }
 
 /// `[ha]` and `--ha`/`--instance`. The election path is refused when it lies inside a mirrored

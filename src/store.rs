@@ -243,14 +243,10 @@ impl Store {
     /// down at start is retried by the caller like any later outage.
     pub fn new(config: &MirrorConfig) -> Result<Store, StoreError> {
         let server = mask_url(&config.redis_url);
-        // Nagle's algorithm would hold a small write behind an unacknowledged one for up to a
-        // delayed-ACK period (40 ms on Linux); redis-rs leaves it on by default.
-        let info = redis::IntoConnectionInfo::into_connection_info(config.redis_url.as_str())
-            .map_err(|source| StoreError::Redis { server: server.clone(), source })?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let user = info.redis_settings().username().unwrap_or("default").to_owned();
-        let client =
-            redis::Client::open(info).map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        // The URL, TLS material and password, as every command connects (Nagle off there too).
+        let client = config.redis_client().map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        // Named in ACL refusals: which user lacks the right.
+        let user = client.get_connection_info().redis_settings().username().unwrap_or("default").to_owned();
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_connection_timeout(Some(Duration::from_secs(2)))

@@ -17,10 +17,12 @@ pub mod status;
 pub mod transfer;
 pub mod verify;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
+use crate::redis_conn::{describe, describe_with_files, PasswordFile, RedisFiles, RedisTls};
 use crate::ZkDigest;
 use anyhow::Context;
 use clap::Args;
@@ -31,6 +33,8 @@ pub const NO: u8 = 1;
 
 /// How long a one-shot command waits for ZooKeeper to accept a session.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a one-shot command waits for Redis to connect: TCP, the TLS handshake, AUTH.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
 
@@ -45,6 +49,41 @@ pub struct RedisArgs {
     /// Key prefix in Redis.
     #[arg(long, env = "ZKMIRROR_PREFIX", default_value = "zk")]
     pub prefix: String,
+    #[command(flatten)]
+    pub files: RedisFileArgs,
+}
+
+/// The Redis connection's files, the same flags for every command that reads Redis (and for
+/// `run`, where the `[redis]` keys of the settings file give them too).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RedisFileArgs {
+    /// PEM CA certificate(s) trusted for a rediss:// server's certificate (without it: the
+    /// system roots).
+    #[arg(long, env = "ZKMIRROR_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --redis-tls-key).
+    #[arg(long, env = "ZKMIRROR_REDIS_TLS_CERT", value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "ZKMIRROR_REDIS_TLS_KEY", value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
+    /// A file holding the Redis password (a trailing newline is ignored), used with the URL's
+    /// user, or `default`.
+    #[arg(long, env = "ZKMIRROR_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+}
+
+impl RedisFileArgs {
+    /// Reads and checks the files for `url`; the error names the flag and the file.
+    pub fn load(&self, url: &str) -> anyhow::Result<(RedisTls, Option<PasswordFile>)> {
+        let files = RedisFiles {
+            tls_ca: self.redis_tls_ca.as_deref(),
+            tls_cert: self.redis_tls_cert.as_deref(),
+            tls_key: self.redis_tls_key.as_deref(),
+            password_file: self.redis_password_file.as_deref(),
+        };
+        files.load(url).map_err(|e| anyhow::anyhow!("{}: {}", e.setting.flag(), e.why))
+    }
 }
 
 /// Where ZooKeeper is, for commands that need it.
@@ -95,19 +134,32 @@ pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Resul
     }
 }
 
-/// A connection to the copy's Redis, after checking the URL and the prefix. Returns the
-/// server's name (password masked) for messages.
+/// A connection to the copy's Redis, after checking the URL, the prefix and the files. Returns
+/// the server's name (password masked) for messages.
 pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<(MultiplexedConnection, String)> {
     validate_prefix(&args.prefix)?;
     validate_redis_url(&args.redis)?;
-    let server = mask_url(&args.redis);
-    let client = redis::Client::open(args.redis.as_str()).with_context(|| format!("bad Redis URL {server}"))?;
+    let (tls, password) = args.files.load(&args.redis)?;
+    connect_redis_with(&args.redis, &tls, password.as_ref()).await
+}
+
+/// A connection to `url` with the TLS material and password given (already loaded). A server
+/// that never completes the handshake (a plain port asked for TLS) or never answers is given
+/// up after `REDIS_CONNECT_TIMEOUT`, with a message saying what that usually means.
+pub async fn connect_redis_with(
+    url: &str,
+    tls: &RedisTls,
+    password: Option<&PasswordFile>,
+) -> anyhow::Result<(MultiplexedConnection, String)> {
+    let server = mask_url(url);
+    let client = crate::redis_conn::client(url, tls, password)
+        .map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {}", describe(&e, &server)))?;
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
     // Not `.context()`: a RedisError's text already ends with its io error's, which `{:#}`
     // would print a second time as the source.
-    let conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {server}: {e}"))?;
+    let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| {
+        anyhow::anyhow!("cannot connect to Redis at {server}: {}", describe_with_files(&e, &server, tls))
+    })?;
     Ok((conn, server))
 }
 

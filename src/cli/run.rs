@@ -39,6 +39,8 @@ struct SettingsArgs {
     /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
     redis: Option<String>,
+    #[command(flatten)]
+    redis_files: super::RedisFileArgs,
     /// The subtree to mirror (an absolute ZooKeeper path); replaces the file's [[roots]].
     #[arg(long, env = "ZKMIRROR_ROOT")]
     root: Option<String>,
@@ -91,6 +93,10 @@ impl SettingsArgs {
             zk: self.zk,
             zk_auth: self.zk_auth,
             redis: self.redis,
+            redis_tls_ca: self.redis_files.redis_tls_ca,
+            redis_tls_cert: self.redis_files.redis_tls_cert,
+            redis_tls_key: self.redis_files.redis_tls_key,
+            redis_password_file: self.redis_files.redis_password_file,
             root: self.root,
             prefix: self.prefix,
             session_timeout: self.session_timeout,

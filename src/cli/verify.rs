@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use super::{connect_redis, connect_zk, no, write_stdout, RedisArgs};
+use super::{connect_redis_with, connect_zk, no, write_stdout};
 use crate::settings::parse_duration_text;
 
 #[derive(Args)]
@@ -35,6 +35,8 @@ pub struct VerifyArgs {
     /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
     redis: Option<String>,
+    #[command(flatten)]
+    redis_files: super::RedisFileArgs,
     /// The mirrored subtree (an absolute ZooKeeper path); with --config, replaces the file's
     /// roots (as for `run`).
     #[arg(long, env = "ZKMIRROR_ROOT", required_unless_present = "config")]
@@ -73,6 +75,10 @@ fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
         zk: args.zk.clone(),
         zk_auth: args.zk_auth.clone(),
         redis: args.redis.clone(),
+        redis_tls_ca: args.redis_files.redis_tls_ca.clone(),
+        redis_tls_cert: args.redis_files.redis_tls_cert.clone(),
+        redis_tls_key: args.redis_files.redis_tls_key.clone(),
+        redis_password_file: args.redis_files.redis_password_file.clone(),
         root: args.root.clone(),
         prefix: args.prefix.clone(),
         ..Overrides::default()
@@ -91,8 +97,8 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mirrors = roots(&args)?;
     let first = mirrors.first().context("no root to verify")?;
     // One process's settings name one ZooKeeper and one Redis for all roots.
-    let redis_args = RedisArgs { redis: first.redis_url.clone(), prefix: first.prefix.clone() };
-    let (mut conn, server) = connect_redis(&redis_args).await?;
+    let (mut conn, server) =
+        connect_redis_with(&first.redis_url, &first.redis_tls, first.redis_password.as_ref()).await?;
     let zk = connect_zk(&first.zk_servers, first.zk_auth.as_ref()).await?;
     let mut reports = Vec::new();
     for m in &mirrors {

@@ -41,7 +41,7 @@ use zookeeper_client::{Acls, Client, CreateMode, Stat};
 pub use blackhole::Blackhole;
 pub use process::Guarded;
 pub use proxy::TcpProxy;
-pub use servers::{RedisServer, ZkServer};
+pub use servers::{RedisServer, RedisTls, ZkServer};
 
 /// Session timeout used by [`zk_client`].
 ///

@@ -557,6 +557,31 @@ impl Drop for ZkServer {
 // Redis
 // ---------------------------------------------------------------------------------------------
 
+/// How a redis-server speaks TLS ([`RedisServer::start_tls`]): its port is then TLS only
+/// (`port 0`, `tls-port P`), as a managed Redis that requires in-transit encryption.
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    /// `tls-cert-file` and `tls-key-file`: what the server presents.
+    pub server: crate::tls::CertFiles,
+    /// `tls-ca-cert-file`: the CA client certificates must be signed by.
+    pub client_ca: PathBuf,
+    /// `Some(client)`: `tls-auth-clients yes`, a client must present a certificate (the
+    /// readiness probe presents this one). `None`: `tls-auth-clients no`.
+    pub auth_clients: Option<crate::tls::CertFiles>,
+}
+
+impl RedisTls {
+    /// The server certificate of `pki`, clients not asked for one.
+    pub fn server_only(pki: &crate::tls::Pki) -> RedisTls {
+        RedisTls { server: pki.server.clone(), client_ca: pki.ca.clone(), auth_clients: None }
+    }
+
+    /// Mutual TLS: the server certificate of `pki`, and clients must present one it signed.
+    pub fn mutual(pki: &crate::tls::Pki) -> RedisTls {
+        RedisTls { server: pki.server.clone(), client_ca: pki.ca.clone(), auth_clients: Some(pki.client.clone()) }
+    }
+}
+
 /// A redis-server without persistence in its own temp dir, on its own loopback port. Cheap to
 /// start (milliseconds), so every test starts its own.
 pub struct RedisServer {
@@ -566,6 +591,8 @@ pub struct RedisServer {
     /// The lines of an ACL file (`aclfile`) for servers started with
     /// [`RedisServer::start_with_aclfile`]: users besides `credentials`' admin.
     acl: Option<String>,
+    /// Set for servers started with [`RedisServer::start_tls`]: the port speaks TLS only.
+    tls: Option<RedisTls>,
     config: PathBuf,
     log: PathBuf,
     /// `None` while stopped. Declared before `dir` (see [`ZkServer`]).
@@ -576,14 +603,33 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server that accepts unauthenticated connections.
     pub fn start() -> RedisServer {
-        RedisServer::start_inner(None, None)
+        RedisServer::start_inner(None, None, None)
+    }
+
+    /// Starts a server whose port speaks TLS only (`port 0`, `tls-port P`): redis-server as
+    /// Debian builds it (linked with OpenSSL), with the given certificates.
+    pub fn start_tls(tls: RedisTls) -> RedisServer {
+        RedisServer::start_inner(None, None, Some(tls))
+    }
+
+    /// [`RedisServer::start_tls`] and [`RedisServer::start_with_password`] together.
+    pub fn start_tls_with_password(user: &str, password: &str, tls: RedisTls) -> RedisServer {
+        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())), None, Some(tls))
+    }
+
+    /// Changes the certificates the server uses from its next [`RedisServer::restart`] on (a
+    /// certificate from another CA, an expired one: what a client sees when the server's
+    /// certificate stops validating).
+    pub fn set_tls(&mut self, tls: RedisTls) {
+        assert!(self.tls.is_some(), "set_tls is for servers started with start_tls");
+        self.tls = Some(tls);
     }
 
     /// Starts a server that requires `AUTH user password`: the ACL user `user` has that
     /// password and all permissions, and the `default` user is disabled (unless `user` is
     /// `default` itself, which then gets the password).
     pub fn start_with_password(user: &str, password: &str) -> RedisServer {
-        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())), None)
+        RedisServer::start_inner(Some((user.to_owned(), password.to_owned())), None, None)
     }
 
     /// Starts a server whose users come from an ACL file (`aclfile`, the format `ACL LOAD`
@@ -592,15 +638,16 @@ impl RedisServer {
     /// and the test's own checks use), and the `default` user disabled. A bad line fails the
     /// start with Redis's own complaint (file and line) in the panic.
     pub fn start_with_aclfile(admin: &str, admin_password: &str, acl_lines: &str) -> RedisServer {
-        RedisServer::start_inner(Some((admin.to_owned(), admin_password.to_owned())), Some(acl_lines.to_owned()))
+        RedisServer::start_inner(Some((admin.to_owned(), admin_password.to_owned())), Some(acl_lines.to_owned()), None)
     }
 
-    fn start_inner(credentials: Option<(String, String)>, acl: Option<String>) -> RedisServer {
+    fn start_inner(credentials: Option<(String, String)>, acl: Option<String>, tls: Option<RedisTls>) -> RedisServer {
         let dir = temp_dir("zkmirror-test-redis-");
         let mut server = RedisServer {
             port: 0,
             credentials,
             acl,
+            tls,
             config: dir.path().join("redis.conf"),
             log: dir.path().join("redis.log"),
             process: None,
@@ -615,9 +662,23 @@ impl RedisServer {
         server
     }
 
-    /// `redis://127.0.0.1:PORT/`, without credentials.
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server), without credentials.
     pub fn url(&self) -> String {
+        match self.tls {
+            Some(_) => format!("rediss://{}/", self.addr()),
+            None => self.plain_url(),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/` whatever the server speaks: for a TLS server, the URL a client
+    /// that forgot TLS would use.
+    pub fn plain_url(&self) -> String {
         format!("redis://{}/", self.addr())
+    }
+
+    /// The TLS setup, for servers started with [`RedisServer::start_tls`].
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.tls.as_ref()
     }
 
     /// `redis://USER:PASSWORD@127.0.0.1:PORT/` (percent-encoded) for servers started with
@@ -625,7 +686,8 @@ impl RedisServer {
     pub fn url_with_credentials(&self) -> String {
         match &self.credentials {
             Some((user, password)) => {
-                format!("redis://{}:{}@{}/", percent_encode(user), percent_encode(password), self.addr())
+                let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+                format!("{scheme}://{}:{}@{}/", percent_encode(user), percent_encode(password), self.addr())
             }
             None => self.url(),
         }
@@ -658,6 +720,8 @@ impl RedisServer {
     /// so it comes back EMPTY: this is how tests simulate "Redis restarted and lost its data".
     pub fn restart(&mut self) {
         self.stop();
+        // With the certificates of the last `set_tls`.
+        self.write_config();
         let process = launch_with_retries("restarting redis-server", Duration::from_millis(500), || self.launch());
         self.process = Some(process);
     }
@@ -670,16 +734,21 @@ impl RedisServer {
     /// Writes the whole configuration to a file rather than passing `--option`s: ACL user
     /// lines with arbitrary passwords need redis' config-file quoting.
     fn write_config(&self) {
+        // A TLS server listens on its port with TLS only.
+        let (port, tls_port) = match self.tls {
+            Some(_) => (0, self.port),
+            None => (self.port, 0),
+        };
         let mut config = format!(
             "# Written by the zkmirror integration-test harness.\n\
              port {port}\n\
+             tls-port {tls_port}\n\
              bind 127.0.0.1\n\
              save \"\"\n\
              appendonly no\n\
              dir {dir}\n\
              daemonize no\n\
              logfile \"\"\n",
-            port = self.port,
             dir = redis_quote(&self.dir.path().display().to_string()),
         );
         if let (Some((admin, password)), Some(lines)) = (&self.credentials, &self.acl) {
@@ -699,6 +768,16 @@ impl RedisServer {
                 redis_quote(&format!(">{password}"))
             ));
         }
+        if let Some(tls) = &self.tls {
+            let path = |p: &Path| redis_quote(&p.display().to_string());
+            config.push_str(&format!(
+                "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients {}\n",
+                path(&tls.server.cert),
+                path(&tls.server.key),
+                path(&tls.client_ca),
+                if tls.auth_clients.is_some() { "yes" } else { "no" },
+            ));
+        }
         fs::write(&self.config, config).unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
     }
 
@@ -712,9 +791,14 @@ impl RedisServer {
         }
         request.extend(resp_command(&["PING"]));
         let name = format!("redis-server on port {}", self.port);
+        let tls = self.tls.clone();
         launch(&name, command, &self.log, REDIS_READY_TIMEOUT, || {
-            let reply = exchange(addr, &request, |reply| reply.ends_with(b"+PONG\r\n") || reply.starts_with(b"-"))
-                .map_err(|err| format!("PING: {err}"))?;
+            let until = |reply: &[u8]| reply.ends_with(b"+PONG\r\n") || reply.starts_with(b"-");
+            let reply = match &tls {
+                Some(tls) => crate::tls::exchange_tls(addr, tls.auth_clients.as_ref(), &request, until),
+                None => exchange(addr, &request, until),
+            }
+            .map_err(|err| format!("PING: {err}"))?;
             if reply.ends_with("+PONG\r\n") && !reply.starts_with('-') {
                 Ok(())
             } else {

@@ -118,3 +118,99 @@ impl Pki {
         path
     }
 }
+
+/// Like `servers::exchange`, over TLS: a readiness probe for a TLS server whatever certificate
+/// it presents (expired, another CA's, another host's: the bad-input tests start such
+/// servers), so the server's certificate is not verified here; `client` is presented when the
+/// server requires one. Returns what the server sent until it closed or went quiet for a
+/// second.
+pub(crate) fn exchange_tls(
+    addr: std::net::SocketAddr,
+    client: Option<&CertFiles>,
+    request: &[u8],
+    read_until: impl Fn(&[u8]) -> bool,
+) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match client {
+        Some(files) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(std::io::Error::other)?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key).map_err(std::io::Error::other)?;
+            builder.with_client_auth_cert(chain, key).map_err(std::io::Error::other)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(1)))?;
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    tls.write_all(request)?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buf[..n]);
+                if read_until(&response) {
+                    break;
+                }
+            }
+            Err(err) if response.is_empty() => return Err(err),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// Accepts any server certificate (the probe's only; never zkmirror's), still checking the
+/// handshake's signatures so that the connection is real TLS.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

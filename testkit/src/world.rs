@@ -76,6 +76,54 @@ impl RunningMirror {
     }
 }
 
+/// Log lines of this binary's in-process mirrors, kept for [`logged`]; at most 8 MiB (the older
+/// half is dropped when full).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+const LOGS_MAX: usize = 8 << 20;
+
+struct LogCapture;
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut logs = LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logs.len() + buf.len() > LOGS_MAX {
+            let half = logs.len() / 2;
+            logs.drain(..half);
+        }
+        logs.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Like [`init_logging`], and keeps every line for [`logged`] too. Call it before the binary's
+/// first mirror starts (a process has one subscriber: the first installed wins).
+pub fn init_logging_captured() {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let writer = tracing_subscriber::fmt::TestWriter::new().and(|| LogCapture);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("zkmirror=info")),
+        )
+        .with_ansi(false)
+        .with_writer(writer)
+        .try_init();
+}
+
+/// The captured log lines (see [`init_logging_captured`]) that contain every one of `needles`.
+pub fn logged(needles: &[&str]) -> Vec<String> {
+    let logs = LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .map(str::to_owned)
+        .collect()
+}
+
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -88,6 +136,18 @@ pub fn init_logging() {
 
 pub async fn redis_conn(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// A connection to the Redis `config` names, made as the mirror makes it (its TLS material and
+/// password): what a test uses to look at a TLS Redis.
+pub async fn redis_conn_for(config: &MirrorConfig) -> MultiplexedConnection {
+    let url = &config.redis_url;
+    config
+        .redis_client()
         .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
         .get_multiplexed_async_connection()
         .await
@@ -134,7 +194,16 @@ pub async fn wait_for_state(
 /// Waits until Redis holds exactly the subtree at `root` under `prefix`; on timeout panics
 /// with the comparison's readable diff.
 pub async fn assert_converges(zk: &Client, redis_url: &str, prefix: &str, root: &str) -> zkmirror::verify::Report {
-    let conn = redis_conn(redis_url).await;
+    assert_converges_on(zk, &redis_conn(redis_url).await, prefix, root).await
+}
+
+/// [`assert_converges`] on a connection the test made (over TLS, say: [`redis_conn_for`]).
+pub async fn assert_converges_on(
+    zk: &Client,
+    conn: &MultiplexedConnection,
+    prefix: &str,
+    root: &str,
+) -> zkmirror::verify::Report {
     super::wait_until(CONVERGE, &format!("Redis is the exact copy of {root}"), || {
         let mut conn = conn.clone();
         async move {
