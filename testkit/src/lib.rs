@@ -8,6 +8,7 @@
 //! `tests/common/mod.rs` only re-exports this crate, so `common::world::…`,
 //! `common::servers::free_port` and `common::{ZkServer, wait_until, …}` keep their names.
 //!
+//! - [`binary`]: the real `zkmirror` binary: one-shot commands and the daemon with its log.
 //! - [`servers`]: [`ZkServer`], [`RedisServer`], free ports, the process plumbing below.
 //! - [`proxy`]: [`TcpProxy`], a TCP forwarder whose connections can be cut and restored.
 //! - [`blackhole`]: [`Blackhole`], a server that accepts and reads but never answers.
@@ -23,6 +24,7 @@
 //! the binary exits normally (the process-wide [`ZkServer::shared`] server is a `static` and is
 //! never dropped). Processes owned by a test are killed by pid in their `Drop`.
 
+pub mod binary;
 pub mod blackhole;
 pub mod chaos;
 pub mod process;
