@@ -17,6 +17,11 @@ pub struct MirrorConfig {
     pub zk_servers: String,
     /// Optional ZooKeeper digest credentials (`user:password`), added to the session.
     pub zk_auth: Option<ZkDigest>,
+    /// TLS to every ZooKeeper server (`--zk-tls-ca`, with `--zk-tls-cert`/`--zk-tls-key` for
+    /// mutual TLS), the files' contents as loaded: a changed file is a changed config.
+    pub zk_tls: Option<crate::tls::TlsFiles>,
+    /// Where `zk_auth` was read from (`--zk-auth-file`), if from a file: watched for reloads.
+    pub zk_auth_file: Option<std::path::PathBuf>,
     /// Redis URL, `redis://[user:password@]host:port[/db]` (or `rediss://`).
     pub redis_url: String,
     /// The mirrored subtree's absolute path.
@@ -97,6 +102,7 @@ impl std::fmt::Debug for MirrorConfig {
         f.debug_struct("MirrorConfig")
             .field("zk_servers", &self.zk_servers)
             .field("zk_auth", &self.zk_auth)
+            .field("zk_tls", &self.zk_tls)
             .field("redis_url", &mask_url(&self.redis_url))
             .field("root", &self.root)
             .field("prefix", &self.prefix)
@@ -112,6 +118,8 @@ impl MirrorConfig {
         MirrorConfig {
             zk_servers: zk_servers.into(),
             zk_auth: None,
+            zk_tls: None,
+            zk_auth_file: None,
             redis_url: redis_url.into(),
             root: root.into(),
             prefix: "zk".to_owned(),
@@ -126,6 +134,16 @@ impl MirrorConfig {
             filter: crate::filter::Filter::all(),
             shared_prefix: false,
             leadership: None,
+        }
+    }
+
+    /// How to reach ZooKeeper: the one connect path (see [`crate::zk::ZkConnect`]).
+    pub fn zk_connect(&self) -> crate::zk::ZkConnect {
+        crate::zk::ZkConnect {
+            servers: self.zk_servers.clone(),
+            auth: self.zk_auth.clone(),
+            tls: self.zk_tls.clone(),
+            session_timeout: self.session_timeout,
         }
     }
 
