@@ -17,6 +17,11 @@ pub struct MirrorConfig {
     pub zk_servers: String,
     /// Optional ZooKeeper digest credentials (`user:password`), added to the session.
     pub zk_auth: Option<ZkDigest>,
+    /// TLS to every ZooKeeper server (`--zk-tls-ca`, with `--zk-tls-cert`/`--zk-tls-key` for
+    /// mutual TLS), the files' contents as loaded: a changed file is a changed config.
+    pub zk_tls: Option<crate::tls::TlsFiles>,
+    /// Where `zk_auth` was read from (`--zk-auth-file`), if from a file: watched for reloads.
+    pub zk_auth_file: Option<std::path::PathBuf>,
     /// Redis URL, `redis://[user:password@]host:port[/db]` (or `rediss://`).
     pub redis_url: String,
     /// TLS to Redis beyond the URL's `rediss://`: a private CA, a client identity. Loaded and
@@ -103,6 +108,7 @@ impl std::fmt::Debug for MirrorConfig {
         f.debug_struct("MirrorConfig")
             .field("zk_servers", &self.zk_servers)
             .field("zk_auth", &self.zk_auth)
+            .field("zk_tls", &self.zk_tls)
             .field("redis_url", &mask_url(&self.redis_url))
             .field("redis_tls", &self.redis_tls)
             .field("redis_password", &self.redis_password)
@@ -120,6 +126,8 @@ impl MirrorConfig {
         MirrorConfig {
             zk_servers: zk_servers.into(),
             zk_auth: None,
+            zk_tls: None,
+            zk_auth_file: None,
             redis_url: redis_url.into(),
             redis_tls: crate::redis_conn::RedisTls::default(),
             redis_password: None,
@@ -150,6 +158,16 @@ impl MirrorConfig {
     /// [`crate::redis_conn::client`], the one place clients are built).
     pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
         crate::redis_conn::client(&self.redis_url, &self.redis_tls, self.redis_password.as_ref())
+    }
+
+    /// How to reach ZooKeeper: the one connect path (see [`crate::zk::ZkConnect`]).
+    pub fn zk_connect(&self) -> crate::zk::ZkConnect {
+        crate::zk::ZkConnect {
+            servers: self.zk_servers.clone(),
+            auth: self.zk_auth.clone(),
+            tls: self.zk_tls.clone(),
+            session_timeout: self.session_timeout,
+        }
     }
 
     /// What identifies this mirror in a process: two mirrors with the same key would write the

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkClientError, EventType, SessionState};
 
 use crate::backoff::Backoff;
-use crate::config::{Leadership, ZkDigest};
+use crate::config::Leadership;
 use crate::shutdown::Shutdown;
 
 /// The name every lock znode starts with; the sequence follows.
@@ -297,9 +297,8 @@ pub fn own_strays(ahead: &[(String, i64)], session: i64) -> Vec<String> {
 /// Where and as whom to compete.
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
-    pub zk_servers: String,
-    pub zk_auth: Option<ZkDigest>,
-    pub session_timeout: Duration,
+    /// The mirrors' ZooKeeper settings (servers, credentials, TLS, session timeout).
+    pub zk: crate::zk::ZkConnect,
     /// The election path (`--ha`).
     pub path: String,
     /// This instance's name (`--instance`).
@@ -365,7 +364,7 @@ impl Election {
         role: watch::Sender<Role>,
         shutdown: Shutdown,
     ) -> Election {
-        let machine = Machine::new(give_up_after(config.session_timeout));
+        let machine = Machine::new(give_up_after(config.zk.session_timeout));
         Election { config, notices, step_down, role, shutdown, machine }
     }
 
@@ -381,12 +380,12 @@ impl Election {
             };
             let client = match connected {
                 Ok(client) => client,
-                Err(ZkClientError::AuthFailed) => {
-                    return Err(ElectionError::AuthFailed { servers: self.config.zk_servers.clone() })
+                Err(crate::ZkError::AuthFailed) => {
+                    return Err(ElectionError::AuthFailed { servers: self.config.zk.servers.clone() })
                 }
                 Err(e) => {
                     if !failing {
-                        warn!(servers = %self.config.zk_servers, error = %e, "election: cannot connect to ZooKeeper; retrying");
+                        warn!(servers = %self.config.zk.servers, error = %e, "election: cannot connect to ZooKeeper; retrying");
                         failing = true;
                     }
                     if self.pause(backoff.next_delay()).await {
@@ -442,7 +441,7 @@ impl Election {
                     }
                     Err(ZkClientError::SessionExpired) => return SessionEnd::Renew,
                     Err(ZkClientError::AuthFailed) => {
-                        return SessionEnd::Fatal(ElectionError::AuthFailed { servers: self.config.zk_servers.clone() })
+                        return SessionEnd::Fatal(ElectionError::AuthFailed { servers: self.config.zk.servers.clone() })
                     }
                     Err(
                         e
@@ -555,7 +554,7 @@ impl Election {
         session: i64,
         creation: &mut LockCreation,
     ) -> Result<String, ZkClientError> {
-        let acls = if self.config.zk_auth.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
+        let acls = if self.config.zk.auth.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
         let prefix = crate::path::child(&self.config.path, LOCK_PREFIX);
         let ephemeral = CreateMode::EphemeralSequential.with_acls(acls);
         loop {
@@ -775,16 +774,9 @@ impl Election {
     }
 }
 
-/// Connects the election session (with the mirrors' digest credentials, if any).
-async fn connect(config: &ElectionConfig) -> Result<Client, ZkClientError> {
-    crate::zk::probe(&config.zk_servers, config.session_timeout * 2 / 5)
-        .await
-        .map_err(ZkClientError::UnexpectedError)?;
-    let mut connector = Client::connector().with_session_timeout(config.session_timeout);
-    if let Some(digest) = &config.zk_auth {
-        connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
-    }
-    connector.connect(&config.zk_servers).await
+/// Connects the election session (with the mirrors' credentials and TLS, if any).
+async fn connect(config: &ElectionConfig) -> Result<Client, crate::ZkError> {
+    config.zk.connect(false).await
 }
 
 /// Deletes the own lock znode, so that the next in line leads at once. Best effort: when it

@@ -27,6 +27,11 @@ pub enum ZkError {
     /// No server accepted a TCP connection; `why` holds each one's io error (refused, DNS, ...).
     #[error("cannot connect to ZooKeeper at {servers}: {why}")]
     Unreachable { servers: String, why: String },
+    /// TLS failed: a certificate did not validate (wrong CA, expired, not yet valid, another
+    /// host's), the server refused ours, or one side speaks TLS and the other does not. `why`
+    /// names each server with its cause, and the files used.
+    #[error("cannot connect to ZooKeeper at {servers}: TLS: {why}")]
+    Tls { servers: String, why: String },
     /// A server accepted the connection but no session was established in time.
     #[error("cannot connect to ZooKeeper at {servers}: no session within {within:?} (the port answers; is it ZooKeeper, and is it serving?)")]
     NoSession { servers: String, within: std::time::Duration },

@@ -83,6 +83,7 @@ mod settings;
 mod shutdown;
 mod status;
 mod store;
+pub mod tls;
 mod transfer;
 pub mod verify;
 mod zk;
@@ -93,6 +94,8 @@ pub use config::{Leadership, MirrorConfig, ZkDigest};
 pub use error::{ConfigError, MirrorError, StoreError, ZkError};
 pub use mirror::{Mirror, MirrorHandle};
 pub use status::{MirrorStatus, Phase};
+pub use tls::{TlsFileError, TlsFiles};
+pub use zk::ZkConnect;
 
 /// What only this package's integration tests and benchmark use; not a stable API (see the
 /// crate docs). Re-exported here so that the modules themselves stay private.

@@ -559,10 +559,8 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
             }
         });
     }
-    let watcher = match &file {
-        Some(path) => Some(watch_file(path, control_tx.clone(), &mut background)?),
-        None => None,
-    };
+    let mut watcher =
+        FileWatch::start(file.as_deref(), &settings.watched_files(), control_tx.clone(), &mut background)?;
     background.spawn(forward_sighup(hangups, control_tx.clone(), background_shutdown.clone()));
     background.spawn(report_progress(service.observers(), background_shutdown.clone()));
     let mut policy_checked: BTreeSet<String> = BTreeSet::new();
@@ -595,13 +593,8 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     match (&ha, settings.mirrors.first()) {
         (Some(ha), Some(first)) => {
             info!(election = %ha.path, instance = %ha.instance, "high availability: standing by until elected");
-            let config = ElectionConfig {
-                zk_servers: first.zk_servers.clone(),
-                zk_auth: first.zk_auth.clone(),
-                session_timeout: first.session_timeout,
-                path: ha.path.clone(),
-                instance: ha.instance.clone(),
-            };
+            let config =
+                ElectionConfig { zk: first.zk_connect(), path: ha.path.clone(), instance: ha.instance.clone() };
             let contender = Election::new(config, notice_tx.clone(), step_down_rx, role_tx, election_shutdown);
             election = Some(tokio::spawn(contender.run()));
         }
@@ -627,6 +620,7 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                             warn!("[ha] is read at start only: restart zkmirror to compete elsewhere or under another name");
                         }
                         check_policies(&new.mirrors, &mut background);
+                        watcher.follow(&new.watched_files());
                         settings = new;
                         if ha.is_some() && leading.is_none() {
                             info!("reload: standing by; the new settings apply once this instance leads");
@@ -792,40 +786,106 @@ pub enum RunError {
     Election(#[from] ElectionError),
 }
 
-/// Watches the config file's folder (editors replace files rather than write them) and sends a
-/// reload when the file changes, after a short quiet period so one save is one reload. The
-/// debounce task ends when the returned watcher is dropped.
-fn watch_file(
-    path: &Path,
-    control: mpsc::Sender<Control>,
-    tasks: &mut JoinSet<()>,
-) -> Result<notify::RecommendedWatcher, RunError> {
-    use notify::{RecursiveMode, Watcher};
-    let name = path.file_name().map(|n| n.to_owned());
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    // Capacity 1: a pending "something changed" is all the debounce needs (bounded memory
-    // however fast the file changes).
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
-            if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
-                let _ = tx.try_send(());
-            }
-        }
-    })
-    .map_err(|e| RunError::Watch(path.to_owned(), e))?;
-    watcher.watch(&folder, RecursiveMode::NonRecursive).map_err(|e| RunError::Watch(path.to_owned(), e))?;
-    tasks.spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until the file has been quiet for 200 ms.
-            while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
-            if control.send(Control::Reload { why: "config file changed" }).await.is_err() {
+/// Watches the config file and every file its settings read (TLS certificates and keys,
+/// credentials: [`Settings::watched_files`]) and sends a reload when one changes, after a short
+/// quiet period so one save is one reload. Each file's folder is watched, not the file:
+/// editors and `mv` replace files rather than write them, and a Kubernetes secret volume swaps
+/// its `..data` link, which counts as a change of every file in the folder. The debounce task
+/// ends when the watch is dropped.
+struct FileWatch {
+    watcher: notify::RecommendedWatcher,
+    /// The file names that count, by folder.
+    watched: std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, BTreeSet<std::ffi::OsString>>>>,
+    config: Option<PathBuf>,
+}
+
+impl FileWatch {
+    fn start(
+        config: Option<&Path>,
+        files: &[PathBuf],
+        control: mpsc::Sender<Control>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<FileWatch, RunError> {
+        let watched: std::sync::Arc<std::sync::Mutex<BTreeMap<PathBuf, BTreeSet<std::ffi::OsString>>>> =
+            Default::default();
+        let seen = watched.clone();
+        // Capacity 1: a pending "something changed" is all the debounce needs (bounded memory
+        // however fast the files change).
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
+            let watched = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ours = event.paths.iter().any(|p| {
+                let name = p.file_name();
+                watched
+                    .values()
+                    .any(|names| name.is_some_and(|n| names.contains(n) || (n == "..data" && !names.is_empty())))
+            });
+            if ours {
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| RunError::Watch(config.map_or_else(|| PathBuf::from("."), Path::to_owned), e))?;
+        tasks.spawn(async move {
+            while rx.recv().await.is_some() {
+                // Debounce: wait until the files have been quiet for 200 ms.
+                while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
+                if control.send(Control::Reload { why: "a watched file changed" }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut watch = FileWatch { watcher, watched, config: config.map(Path::to_owned) };
+        if let Some(config) = config {
+            watch.add(config).map_err(|e| RunError::Watch(config.to_owned(), e))?;
         }
-    });
-    Ok(watcher)
+        watch.follow(files);
+        Ok(watch)
+    }
+
+    /// Watches these files (besides the config file) from now on, instead of the previous ones.
+    fn follow(&mut self, files: &[PathBuf]) {
+        use notify::Watcher;
+        let old: Vec<PathBuf> = self.lock().keys().cloned().collect();
+        self.lock().clear();
+        if let Some(config) = self.config.clone() {
+            let _ = self.note(&config);
+        }
+        for file in files {
+            let _ = self.note(file);
+        }
+        let now: BTreeSet<PathBuf> = self.lock().keys().cloned().collect();
+        for folder in old.iter().filter(|f| !now.contains(*f)) {
+            let _ = self.watcher.unwatch(folder);
+        }
+        for folder in now.iter().filter(|f| !old.contains(f)) {
+            if let Err(e) = self.watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
+                warn!(folder = %folder.display(), error = %e, "cannot watch the folder of a TLS or credentials file: reload with SIGHUP after changing it");
+            }
+        }
+    }
+
+    fn add(&mut self, file: &Path) -> Result<(), notify::Error> {
+        use notify::Watcher;
+        let folder = self.note(file);
+        self.watcher.watch(&folder, notify::RecursiveMode::NonRecursive)
+    }
+
+    /// Records the file's name under its folder; returns the folder.
+    fn note(&self, file: &Path) -> PathBuf {
+        let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        if let Some(name) = file.file_name() {
+            self.lock().entry(folder.clone()).or_default().insert(name.to_owned());
+        }
+        folder
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, BTreeSet<std::ffi::OsString>>> {
+        self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 async fn forward_sighup(

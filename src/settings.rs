@@ -18,6 +18,8 @@ use crate::error::ConfigError;
 use crate::filter::Filter;
 use crate::path;
 use crate::redis_conn::{PasswordFile, RedisFiles, RedisSetting, RedisTls};
+use crate::tls::{TlsFileError, TlsFiles};
+use crate::zk::ZkConnect;
 
 /// Where a bad setting came from and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,12 @@ pub enum SettingsError {
 pub struct Overrides {
     pub zk: Option<String>,
     pub zk_auth: Option<ZkDigest>,
+    /// A file holding the digest credentials (`--zk-auth-file`).
+    pub zk_auth_file: Option<PathBuf>,
+    /// TLS to ZooKeeper: the CA (`--zk-tls-ca`), and a client identity for mutual TLS.
+    pub zk_tls_ca: Option<PathBuf>,
+    pub zk_tls_cert: Option<PathBuf>,
+    pub zk_tls_key: Option<PathBuf>,
     pub redis: Option<String>,
     /// `--redis-tls-ca`, `--redis-tls-cert`, `--redis-tls-key`: PEM files for `rediss://`.
     pub redis_tls_ca: Option<PathBuf>,
@@ -111,6 +119,10 @@ struct HaSection {
 struct ZkSection {
     servers: Option<Spanned<String>>,
     auth: Option<Spanned<String>>,
+    auth_file: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
     session_timeout: Option<Spanned<String>>,
 }
 
@@ -260,15 +272,52 @@ impl Settings {
         build(parsed, source.as_ref(), overrides)
     }
 
+    /// Every file besides the settings file whose content is part of the settings (TLS
+    /// certificates and keys, credentials files): the daemon watches them, and a change
+    /// reloads the settings like an edit of the file.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for m in &self.mirrors {
+            if let Some(tls) = &m.zk_tls {
+                files.extend(tls.paths());
+            }
+            files.extend(m.zk_auth_file.clone());
+            files.extend(m.redis_files().into_iter().map(Path::to_path_buf));
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// The effective settings as TOML, with secrets masked: what `check-config` prints.
     pub fn render_masked(&self) -> String {
         let mut out = String::new();
         let first = self.mirrors.first();
         if let Some(m) = first {
+            // Paths only: never a file's content.
+            let mut zk_files = String::new();
+            if let Some(file) = &m.zk_auth_file {
+                zk_files.push_str(&format!("auth_file = {:?}\n", file.display().to_string()));
+            }
+            if let Some(tls) = &m.zk_tls {
+                zk_files.push_str(&format!("tls_ca = {:?}\n", tls.ca.path().display().to_string()));
+                if let Some(identity) = &tls.identity {
+                    zk_files.push_str(&format!(
+                        "tls_cert = {:?}\ntls_key = {:?}\n",
+                        identity.cert.path().display().to_string(),
+                        identity.key.path().display().to_string()
+                    ));
+                }
+            }
+            let auth = match (&m.zk_auth, &m.zk_auth_file) {
+                (_, Some(_)) => None,
+                (Some(d), None) => Some(format!("\"{}:***\"", d.user)),
+                (None, None) => Some("\"\" # none".to_owned()),
+            };
             out.push_str(&format!(
-                "[zookeeper]\nservers = {:?}\nauth = {}\nsession_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n",
+                "[zookeeper]\nservers = {:?}\n{}{zk_files}session_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n",
                 m.zk_servers,
-                m.zk_auth.as_ref().map_or("\"\" # none".to_owned(), |d| format!("\"{}:***\"", d.user)),
+                auth.map(|a| format!("auth = {a}\n")).unwrap_or_default(),
                 m.session_timeout.as_millis(),
                 mask_url(&m.redis_url),
             ));
@@ -361,15 +410,8 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
     crate::config::validate_redis_url(&redis).map_err(|e| redis_origin.error(e.to_string()))?;
     let (redis_tls, redis_password) = redis_files(&file.redis, source, o, &redis, &redis_origin)?;
-    let zk_auth = match (&o.zk_auth, &file.zookeeper.auth, source) {
-        (Some(digest), _, _) => Some(digest.clone()),
-        (None, Some(auth), Some(source)) => Some(
-            auth.get_ref()
-                .parse::<ZkDigest>()
-                .map_err(|e| source.error(auth.span().start, "zookeeper.auth", e.to_string()))?,
-        ),
-        _ => None,
-    };
+    let zk_security = zk_security(&file.zookeeper, source, o)?;
+    check_schemes(&zk, &zk_origin, zk_security.tls.is_some())?;
     // Each value with where it came from: `validate` may refuse it, and the error must name
     // the file's line or the flag.
     let duration = |flag: Option<&Duration>,
@@ -488,9 +530,11 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
             (None, None) => (config.prefix.clone(), &Origin::Default),
         };
         config.prefix = prefix;
-        config.zk_auth = zk_auth.clone();
         config.redis_tls = redis_tls.clone();
         config.redis_password = redis_password.clone();
+        config.zk_auth = zk_security.auth.clone();
+        config.zk_auth_file = zk_security.auth_file.clone();
+        config.zk_tls = zk_security.tls.clone();
         config.session_timeout = session_timeout;
         config.anti_entropy_interval = anti_entropy;
         config.tombstone_ttl = tombstone_ttl;
@@ -583,6 +627,7 @@ fn redis_files(
 ) -> Result<(RedisTls, Option<PasswordFile>), SettingsError> {
     let pick = |flag: Option<&PathBuf>, setting: RedisSetting, file: Option<&Spanned<PathBuf>>| {
         layer(flag, setting.flag(), file, source, setting.key())
+            .map(|(path, origin)| (file_path(&path.to_string_lossy(), &origin), origin))
     };
     let ca = pick(o.redis_tls_ca.as_ref(), RedisSetting::TlsCa, section.tls_ca.as_ref());
     let cert = pick(o.redis_tls_cert.as_ref(), RedisSetting::TlsCert, section.tls_cert.as_ref());
@@ -607,6 +652,179 @@ fn redis_files(
             None => SettingsError::Other { origin: e.setting.flag().to_owned(), why: e.why },
         }
     })
+}
+
+/// The ZooKeeper credentials and TLS material, read and checked.
+struct ZkSecurity {
+    auth: Option<ZkDigest>,
+    auth_file: Option<PathBuf>,
+    tls: Option<TlsFiles>,
+}
+
+/// A path given in the settings file is relative to the file's folder (a daemon's working
+/// directory is rarely the file's); a flag's is relative to the working directory.
+fn file_path(value: &str, origin: &Origin<'_>) -> PathBuf {
+    let path = PathBuf::from(value);
+    match origin {
+        Origin::File(source, ..) if path.is_relative() => {
+            source.file.parent().map_or(path.clone(), |folder| folder.join(&path))
+        }
+        _ => path,
+    }
+}
+
+/// A path setting, flag over file, resolved (see [`file_path`]).
+fn path_setting<'a>(
+    flag: Option<&PathBuf>,
+    flag_name: &'static str,
+    spanned: Option<&Spanned<String>>,
+    source: Option<&'a Source<'a>>,
+    key: &str,
+) -> Option<(PathBuf, Origin<'a>)> {
+    if let Some(path) = flag {
+        return Some((path.clone(), Origin::Flag(flag_name)));
+    }
+    let (value, origin) = layer(None, flag_name, spanned, source, key)?;
+    Some((file_path(&value, &origin), origin))
+}
+
+/// `--zk-auth`/`--zk-auth-file` (or `auth`/`auth_file`) and `--zk-tls-*` (or `tls_*`): each
+/// file read now, so that a bad one is an error at load naming it and the setting.
+fn zk_security(section: &ZkSection, source: Option<&Source<'_>>, o: &Overrides) -> Result<ZkSecurity, SettingsError> {
+    // The digest: from the flags (both given is an error), else from the file (likewise).
+    let (auth, auth_file) = match (&o.zk_auth, &o.zk_auth_file) {
+        (Some(_), Some(_)) => {
+            return Err(Origin::Flag("--zk-auth-file").error(
+                "--zk-auth and --zk-auth-file both given (or ZKMIRROR_ZK_AUTH and ZKMIRROR_ZK_AUTH_FILE): give one",
+            ))
+        }
+        (Some(digest), None) => (Some(digest.clone()), None),
+        (None, Some(path)) => (Some(read_auth_file(path, &Origin::Flag("--zk-auth-file"))?), Some(path.clone())),
+        (None, None) => match (&section.auth, &section.auth_file, source) {
+            (Some(_), Some(file), Some(source)) => {
+                return Err(source.error(
+                    file.span().start,
+                    "zookeeper.auth_file",
+                    "zookeeper.auth and zookeeper.auth_file both given: give one",
+                ))
+            }
+            (Some(auth), None, Some(source)) => (
+                Some(
+                    auth.get_ref()
+                        .parse::<ZkDigest>()
+                        .map_err(|e| source.error(auth.span().start, "zookeeper.auth", e.to_string()))?,
+                ),
+                None,
+            ),
+            (None, Some(_), Some(_)) => {
+                let (path, origin) =
+                    path_setting(None, "--zk-auth-file", section.auth_file.as_ref(), source, "zookeeper.auth_file")
+                        .ok_or_else(|| Origin::Default.error("no auth file"))?;
+                (Some(read_auth_file(&path, &origin)?), Some(path))
+            }
+            _ => (None, None),
+        },
+    };
+    let ca = path_setting(o.zk_tls_ca.as_ref(), "--zk-tls-ca", section.tls_ca.as_ref(), source, "zookeeper.tls_ca");
+    let cert =
+        path_setting(o.zk_tls_cert.as_ref(), "--zk-tls-cert", section.tls_cert.as_ref(), source, "zookeeper.tls_cert");
+    let key =
+        path_setting(o.zk_tls_key.as_ref(), "--zk-tls-key", section.tls_key.as_ref(), source, "zookeeper.tls_key");
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (Some((_, origin)), None) => {
+            return Err(origin.error("a client certificate needs its key: give --zk-tls-key (zookeeper.tls_key) too"))
+        }
+        (None, Some((_, origin))) => {
+            return Err(origin.error("a client key needs its certificate: give --zk-tls-cert (zookeeper.tls_cert) too"))
+        }
+        (None, None) => None,
+    };
+    let tls = match (ca, identity) {
+        (None, None) => None,
+        (None, Some(((_, origin), _))) => {
+            return Err(origin.error(
+                "a client certificate means TLS, and TLS needs the CA that signed the servers' certificates: give \
+                 --zk-tls-ca (zookeeper.tls_ca) too",
+            ))
+        }
+        (Some((ca, ca_origin)), identity) => {
+            let pair = identity.as_ref().map(|((cert, _), (key, _))| (cert.as_path(), key.as_path()));
+            let loaded = TlsFiles::load(&ca, pair).map_err(|e| {
+                // Name the setting whose file failed.
+                let origin = match (&e, &identity) {
+                    (TlsFileError::Read { path, .. } | TlsFileError::Bad { path, .. }, Some(((cert, o), _)))
+                        if path == cert =>
+                    {
+                        o
+                    }
+                    (TlsFileError::Read { path, .. } | TlsFileError::Bad { path, .. }, Some((_, (key, o))))
+                        if path == key =>
+                    {
+                        o
+                    }
+                    (TlsFileError::Mismatch { .. }, Some((_, (_, o)))) => o,
+                    _ => &ca_origin,
+                };
+                origin.error(e.to_string())
+            })?;
+            Some(loaded)
+        }
+    };
+    Ok(ZkSecurity { auth, auth_file, tls })
+}
+
+/// Reads `user:password` from a file (systemd credentials, Kubernetes secrets). A trailing
+/// newline is not part of the password. The error names the file, never its content.
+fn read_auth_file(path: &Path, origin: &Origin<'_>) -> Result<ZkDigest, SettingsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| origin.error(format!("cannot read the ZooKeeper credentials file {}: {e}", path.display())))?;
+    let line = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if line.is_empty() {
+        return Err(origin
+            .error(format!("the ZooKeeper credentials file {} is empty: it must hold user:password", path.display())));
+    }
+    if line.contains('\n') {
+        return Err(origin.error(format!(
+            "the ZooKeeper credentials file {} holds more than one line: it must hold user:password",
+            path.display()
+        )));
+    }
+    line.parse::<ZkDigest>().map_err(|_| {
+        origin.error(format!(
+            "the ZooKeeper credentials file {} does not hold user:password (a user name, ':', the password)",
+            path.display()
+        ))
+    })
+}
+
+/// With TLS every server is reached over TLS: a server written `tcp://` would be plain TCP,
+/// and `tcp+tls://` without a CA cannot be; both are refused at load.
+fn check_schemes(servers: &str, origin: &Origin<'_>, tls: bool) -> Result<(), SettingsError> {
+    for server in servers.split(',').map(str::trim) {
+        crate::zk::split_server(server, tls).map_err(|why| origin.error(why))?;
+    }
+    Ok(())
+}
+
+/// The ZooKeeper settings alone, from flags and the environment, for the commands that take no
+/// settings file (`status`, `import`, `export`): the same layering and checks as `run`'s.
+pub fn zk_connect(o: &Overrides) -> Result<ZkConnect, SettingsError> {
+    let section = ZkSection::default();
+    let (servers, origin) = match &o.zk {
+        Some(servers) => (servers.clone(), Origin::Flag("--zk")),
+        None => (DEFAULT_ZK_SERVERS.to_owned(), Origin::Default),
+    };
+    crate::config::validate_zk_servers(&servers).map_err(|e| origin.error(e.to_string()))?;
+    let security = zk_security(&section, None, o)?;
+    check_schemes(&servers, &origin, security.tls.is_some())?;
+    let mut connect = ZkConnect::new(servers);
+    connect.auth = security.auth;
+    connect.tls = security.tls;
+    if let Some(timeout) = o.session_timeout {
+        connect.session_timeout = timeout;
+    }
+    Ok(connect)
 }
 
 /// `[ha]` and `--ha`/`--instance`. The election path is refused when it lies inside a mirrored
@@ -910,5 +1128,95 @@ max_depth = 2
         let o = Overrides { ha: Some("/e".into()), instance: Some("a\nb".into()), ..Overrides::default() };
         let err = load_text(GOOD, &o).unwrap_err().to_string();
         assert!(err.contains("--instance") && err.contains("printable"), "{err}");
+    }
+
+    fn root_only() -> Overrides {
+        Overrides { root: Some("/app".into()), ..Overrides::default() }
+    }
+
+    /// `--zk-auth-file`: the trailing newline is not part of the password; an empty or
+    /// malformed file is an error naming the file (never its content); both sources is an error.
+    #[test]
+    fn zk_credentials_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("zk-auth");
+        std::fs::write(&file, "mirror:pa:ss\n").expect("write");
+        let o = Overrides { zk_auth_file: Some(file.clone()), ..root_only() };
+        let s = Settings::load(None, &o).expect("valid");
+        let digest = s.mirrors[0].zk_auth.clone().expect("read");
+        assert_eq!((digest.user.as_str(), digest.password.as_str()), ("mirror", "pa:ss"));
+        assert_eq!(s.watched_files(), vec![file.clone()]);
+        assert!(!s.render_masked().contains("pa:ss"), "{}", s.render_masked());
+        for (text, why) in [("", "is empty"), ("\n", "is empty"), ("nocolon-s3cret\n", "does not hold user:password")] {
+            std::fs::write(&file, text).expect("write");
+            let err = Settings::load(None, &o).unwrap_err().to_string();
+            assert!(err.starts_with("--zk-auth-file:") && err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(why) && !err.contains("s3cret"), "{err}");
+        }
+        let both = Overrides { zk_auth: Some("a:b".parse().expect("digest")), ..o.clone() };
+        let err = Settings::load(None, &both).unwrap_err().to_string();
+        assert!(err.contains("--zk-auth and --zk-auth-file both given"), "{err}");
+        let missing = Overrides { zk_auth_file: Some(dir.path().join("absent")), ..root_only() };
+        let err = Settings::load(None, &missing).unwrap_err().to_string();
+        assert!(err.contains("cannot read the ZooKeeper credentials file") && err.contains("absent"), "{err}");
+    }
+
+    /// The TLS files are read at load; a relative path in the settings file is relative to
+    /// the file's folder; a certificate without its key (or the reverse), a key that is not
+    /// the certificate's, an unreadable file, a CA that is no certificate are refused naming
+    /// the setting and the file.
+    #[test]
+    fn zk_tls_files_are_read_and_checked_at_load() {
+        let pki = zkmirror_testkit::tls::Pki::generate();
+        let text = "[zookeeper]\nservers = \"127.0.0.1:2281\"\ntls_ca = \"ca.pem\"\ntls_cert = \"client.pem\"\ntls_key = \"client.key\"\n\n[[roots]]\npath = \"/app\"\n".to_owned();
+        // The Redis side's files are relative to the settings file the same way.
+        let with_redis = format!("[redis]\nurl = \"rediss://127.0.0.1:6380/\"\ntls_ca = \"ca.pem\"\n\n{text}");
+        let file = pki.dir().join("with-redis.toml");
+        std::fs::write(&file, &with_redis).expect("write");
+        let s = Settings::load(Some(&file), &Overrides::default()).expect("valid");
+        assert_eq!(s.mirrors[0].redis_files(), vec![pki.ca.as_path()]);
+        assert_eq!(s.watched_files().len(), 3, "the CA once, though both sides name it");
+        let file = pki.dir().join("zkmirror.toml");
+        std::fs::write(&file, &text).expect("write");
+        let s = Settings::load(Some(&file), &Overrides::default()).expect("valid");
+        let tls = s.mirrors[0].zk_tls.clone().expect("TLS on");
+        assert_eq!(tls.ca.path(), pki.ca);
+        assert_eq!(s.watched_files().len(), 3);
+        let shown = s.render_masked();
+        assert!(shown.contains("tls_key = ") && !shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(!format!("{:?}", s.mirrors[0]).contains("PRIVATE KEY"));
+
+        let flags = |ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>| Overrides {
+            zk_tls_ca: ca.map(Path::to_owned),
+            zk_tls_cert: cert.map(Path::to_owned),
+            zk_tls_key: key.map(Path::to_owned),
+            ..root_only()
+        };
+        let err = |o: Overrides| Settings::load(None, &o).unwrap_err().to_string();
+        let e = err(flags(Some(&pki.ca), Some(&pki.client.cert), None));
+        assert!(e.starts_with("--zk-tls-cert:") && e.contains("needs its key"), "{e}");
+        let e = err(flags(Some(&pki.ca), None, Some(&pki.client.key)));
+        assert!(e.starts_with("--zk-tls-key:") && e.contains("needs its certificate"), "{e}");
+        let e = err(flags(None, Some(&pki.client.cert), Some(&pki.client.key)));
+        assert!(e.contains("--zk-tls-ca"), "{e}");
+        let stray = pki.stray_key("stray");
+        let e = err(flags(Some(&pki.ca), Some(&pki.client.cert), Some(&stray)));
+        assert!(e.starts_with("--zk-tls-key:") && e.contains("does not belong to the certificate"), "{e}");
+        assert!(e.contains("stray.key") && e.contains("client.pem"), "{e}");
+        let absent = pki.dir().join("absent.pem");
+        let e = err(flags(Some(&absent), None, None));
+        assert!(e.starts_with("--zk-tls-ca:") && e.contains("cannot read") && e.contains("absent.pem"), "{e}");
+        let e = err(flags(Some(&pki.client.key), None, None));
+        assert!(e.starts_with("--zk-tls-ca:") && e.contains("client.key") && e.contains("no CERTIFICATE"), "{e}");
+        let e = err(flags(Some(&pki.ca), Some(&pki.client.key), Some(&pki.client.key)));
+        assert!(e.starts_with("--zk-tls-cert:") && e.contains("client.key"), "{e}");
+        let e = err(Overrides { zk: Some("tcp://127.0.0.1:2281".into()), ..flags(Some(&pki.ca), None, None) });
+        assert!(e.starts_with("--zk:") && e.contains("plain TCP"), "{e}");
+        let e = err(Overrides { zk: Some("tcp+tls://127.0.0.1:2281".into()), ..root_only() });
+        assert!(e.starts_with("--zk:") && e.contains("--zk-tls-ca"), "{e}");
+        let bad_key = text.replace("client.key", "missing.key");
+        std::fs::write(&file, bad_key).expect("write");
+        let e = Settings::load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("zkmirror.toml:5: zookeeper.tls_key") && e.contains("missing.key"), "{e}");
     }
 }

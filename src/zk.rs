@@ -5,11 +5,16 @@
 
 use std::future::Future;
 
-use zookeeper_client::{AddWatchMode, Client, Error as ZkClientError, MultiReadResult, PersistentWatcher, Stat};
+use std::time::Duration;
 
-use crate::config::MirrorConfig;
+use zookeeper_client::{
+    AddWatchMode, Client, Connector, Error as ZkClientError, MultiReadResult, PersistentWatcher, Stat,
+};
+
+use crate::config::{MirrorConfig, ZkDigest};
 use crate::error::ZkError;
 use crate::path;
+use crate::tls::TlsFiles;
 use crate::znode::{Fetched, Znode, ZnodeStat};
 
 /// One ZooKeeper session. Cheap to clone (the client is shared).
@@ -22,28 +27,9 @@ pub struct ZkSession {
 }
 
 impl ZkSession {
-    /// Opens a session (with digest auth when configured). Fails at once, naming each server's
-    /// io error, when no server accepts a TCP connection; after about one session timeout when
-    /// one does but no session comes. The caller retries with backoff.
+    /// Opens a session (see [`ZkConnect::connect`]). The caller retries with backoff.
     pub async fn connect(config: &MirrorConfig) -> Result<ZkSession, ZkError> {
-        // zookeeper-client 0.11.2 turns a failed TCP connect into `ConnectionLoss` (the io error
-        // is logged at debug and dropped) and retries until the session timeout, then reports
-        // `Timeout`: a refused port looked like 10 s of silence, then "timeout". The probe finds
-        // the real cause first, at the cost of one extra connection per session.
-        probe(&config.zk_servers, config.session_timeout * 2 / 5)
-            .await
-            .map_err(|why| ZkError::Unreachable { servers: config.zk_servers.clone(), why })?;
-        let mut connector = Client::connector().with_session_timeout(config.session_timeout);
-        if let Some(digest) = &config.zk_auth {
-            connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
-        }
-        let client = connector.connect(&config.zk_servers).await.map_err(|source| match source {
-            ZkClientError::AuthFailed => ZkError::AuthFailed,
-            ZkClientError::Timeout => {
-                ZkError::NoSession { servers: config.zk_servers.clone(), within: config.session_timeout }
-            }
-            source => ZkError::Connect { servers: config.zk_servers.clone(), source },
-        })?;
+        let client = config.zk_connect().connect(false).await?;
         let session = ZkSession {
             client,
             servers: config.zk_servers.clone(),
@@ -158,26 +144,163 @@ pub async fn fetch_many(client: Client, paths: Vec<String>) -> Vec<(String, Resu
     futures::future::join_all(completions).await
 }
 
-/// Opens, and at once closes, a TCP connection to each server of the connect string
-/// (`[tcp://]host:port[,...][/chroot]`) until one accepts. The error names every server with
-/// its own cause: the OS's text for a refused connection or an unknown host, or no answer
-/// within `timeout` (each server is given `timeout`, as the client gives each connection).
-pub async fn probe(servers: &str, timeout: std::time::Duration) -> Result<(), String> {
-    let mut failures = Vec::new();
-    for server in servers.split(',').map(str::trim) {
-        let (scheme, rest) = server.split_once("://").unwrap_or(("tcp", server));
-        let host_port = rest.split('/').next().unwrap_or(rest);
-        if scheme != "tcp" {
-            failures.push(format!("{host_port}: {scheme}:// is not supported (this build speaks plain tcp:// only)"));
-            continue;
-        }
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(host_port)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(error)) => failures.push(format!("{host_port}: {error}")),
-            Err(_) => failures.push(format!("{host_port}: no answer within {timeout:?}")),
-        }
+/// How to reach ZooKeeper: the one place where a session's connector is set up (session
+/// timeout, digest credentials, TLS), for the mirrors, the election and every command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZkConnect {
+    /// The connect string, `[tcp://|tcp+tls://]host:port[,...][/chroot]`.
+    pub servers: String,
+    pub auth: Option<ZkDigest>,
+    /// `Some`: TLS to every server (never plain TCP).
+    pub tls: Option<TlsFiles>,
+    pub session_timeout: Duration,
+}
+
+impl ZkConnect {
+    pub fn new(servers: impl Into<String>) -> ZkConnect {
+        ZkConnect { servers: servers.into(), auth: None, tls: None, session_timeout: Duration::from_secs(10) }
     }
-    Err(failures.join("; "))
+
+    /// zookeeper-client's connector for these settings.
+    pub fn connector(&self) -> Result<Connector, ZkError> {
+        let mut connector = Client::connector().with_session_timeout(self.session_timeout);
+        if let Some(digest) = &self.auth {
+            connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
+        }
+        if let Some(files) = &self.tls {
+            let options = files.zk_options().map_err(|e| self.tls_error(e.to_string()))?;
+            connector = connector.with_tls(options);
+        }
+        Ok(connector)
+    }
+
+    /// Opens a session: probes the servers first ([`ZkConnect::probe`]), so that a refused
+    /// port, an unknown host or a failed TLS handshake is reported at once with its cause
+    /// (zookeeper-client turns each into a silent `ConnectionLoss` and retries until the
+    /// session timeout); then connects. `eager`: give up once every server has been tried
+    /// (one-shot commands), instead of retrying for a session timeout. A plain session that
+    /// fails against a port that speaks TLS says so.
+    pub async fn connect(&self, eager: bool) -> Result<Client, ZkError> {
+        let per_server = self.session_timeout * 2 / 5;
+        self.probe(per_server).await?;
+        let mut connector = self.connector()?;
+        if eager {
+            connector = connector.with_fail_eagerly();
+        }
+        let connected = match &self.tls {
+            Some(_) => connector.secure_connect(&self.servers).await,
+            None => connector.connect(&self.servers).await,
+        };
+        let error = match connected {
+            Ok(client) => return Ok(client),
+            Err(ZkClientError::AuthFailed) => return Err(ZkError::AuthFailed),
+            Err(ZkClientError::Timeout) => {
+                ZkError::NoSession { servers: self.servers.clone(), within: self.session_timeout }
+            }
+            Err(source) => ZkError::Connect { servers: self.servers.clone(), source },
+        };
+        if self.tls.is_none() {
+            if let Some(server) = self.first_speaking_tls(per_server).await {
+                return Err(self.tls_error(format!(
+                    "{server} answers with TLS, and no --zk-tls-ca was given: this is a secureClientPort; give the \
+                     CA (--zk-tls-ca, [zookeeper] tls_ca) to connect with TLS, or use the server's plain clientPort"
+                )));
+            }
+        }
+        Err(error)
+    }
+
+    /// Opens, and at once closes, a connection to each server until one accepts: over TCP,
+    /// or with TLS a full handshake (and one four-letter word, to learn whether the server
+    /// took the client certificate). The error names every server with its own cause.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), ZkError> {
+        let tls_config = match &self.tls {
+            Some(files) => Some(files.client_config().map_err(|e| self.tls_error(e.to_string()))?),
+            None => None,
+        };
+        let mut failures = Vec::new();
+        let mut tls_failed = false;
+        for server in self.servers.split(',').map(str::trim) {
+            let (tls, host_port) = match split_server(server, self.tls.is_some()) {
+                Ok(split) => split,
+                Err(why) => {
+                    failures.push(why);
+                    continue;
+                }
+            };
+            let outcome = match (tls, &tls_config, &self.tls) {
+                (true, Some(config), Some(files)) => match host_port.rsplit_once(':') {
+                    Some((host, port)) => {
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        match port.parse::<u16>() {
+                            Ok(port) => {
+                                let result =
+                                    crate::tls::probe_handshake(config.clone(), files, host, port, timeout).await;
+                                tls_failed |= result.is_err();
+                                result
+                            }
+                            Err(_) => Err("not host:port".to_owned()),
+                        }
+                    }
+                    None => Err("not host:port".to_owned()),
+                },
+                (true, _, _) => Err("tcp+tls:// needs --zk-tls-ca".to_owned()),
+                (false, _, _) => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(host_port)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                },
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(why) => failures.push(format!("{host_port}: {why}")),
+            }
+        }
+        let why = failures.join("; ");
+        if tls_failed {
+            return Err(self.tls_error(why));
+        }
+        Err(ZkError::Unreachable { servers: self.servers.clone(), why })
+    }
+
+    /// The first server (`host:port`) that answers a TLS hello, if any.
+    async fn first_speaking_tls(&self, timeout: Duration) -> Option<String> {
+        for server in self.servers.split(',').map(str::trim) {
+            let Ok((_, host_port)) = split_server(server, false) else { continue };
+            let Some((host, port)) = host_port.rsplit_once(':') else { continue };
+            let Ok(port) = port.parse::<u16>() else { continue };
+            if crate::tls::speaks_tls(host.trim_start_matches('[').trim_end_matches(']'), port, timeout).await {
+                return Some(host_port.to_owned());
+            }
+        }
+        None
+    }
+
+    fn tls_error(&self, why: String) -> ZkError {
+        let files = self.tls.as_ref().map(|f| format!(" ({})", f.describe())).unwrap_or_default();
+        ZkError::Tls { servers: self.servers.clone(), why: format!("{why}{files}") }
+    }
+}
+
+/// One server of a connect string as (TLS?, `host:port`). Without a scheme a server speaks
+/// TLS exactly when TLS is configured; a scheme must agree with that (never plain TCP when TLS
+/// was asked for).
+pub(crate) fn split_server(server: &str, tls_configured: bool) -> Result<(bool, &str), String> {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
+    };
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    match (scheme, tls_configured) {
+        (None, tls) => Ok((tls, host_port)),
+        (Some("tcp+tls"), true) => Ok((true, host_port)),
+        (Some("tcp"), false) => Ok((false, host_port)),
+        (Some("tcp"), true) => Err(format!(
+            "{host_port}: tcp:// would be plain TCP, and TLS was asked for: write the server without tcp://"
+        )),
+        (Some("tcp+tls"), false) => Err(format!("{host_port}: tcp+tls:// needs the CA: give --zk-tls-ca")),
+        (Some(other), _) => Err(format!("{host_port}: {other}:// is not supported (tcp:// or tcp+tls://)")),
+    }
 }
 
 /// What one path's answers in a multi-read say, before any follow-up read.

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use crate::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
 use crate::redis_conn::{describe, describe_with_files, PasswordFile, RedisFiles, RedisTls};
-use crate::ZkDigest;
+use crate::settings::Overrides;
+use crate::{ZkConnect, ZkDigest};
 use anyhow::Context;
 use clap::Args;
 use redis::aio::MultiplexedConnection;
@@ -86,15 +87,49 @@ impl RedisFileArgs {
     }
 }
 
-/// Where ZooKeeper is, for commands that need it.
-#[derive(Args)]
+/// Where ZooKeeper is and how to reach it: the same flags (and environment) for every command
+/// that talks to ZooKeeper.
+#[derive(Args, Clone, Default)]
 pub struct ZkArgs {
-    /// ZooKeeper servers, host:port[,host:port...].
-    #[arg(long, env = "ZKMIRROR_ZK", default_value = crate::config::DEFAULT_ZK_SERVERS)]
-    pub zk: String,
+    /// ZooKeeper servers, host:port[,host:port...] [default: 127.0.0.1:2181].
+    #[arg(long, env = "ZKMIRROR_ZK")]
+    pub zk: Option<String>,
     /// ZooKeeper digest credentials, user:password.
     #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
     pub zk_auth: Option<ZkDigest>,
+    /// A file holding the ZooKeeper digest credentials, user:password (a trailing newline is
+    /// ignored); instead of --zk-auth.
+    #[arg(long, env = "ZKMIRROR_ZK_AUTH_FILE", value_name = "FILE")]
+    pub zk_auth_file: Option<PathBuf>,
+    /// TLS to every ZooKeeper server: the CA (PEM) their certificates must be signed by.
+    #[arg(long, env = "ZKMIRROR_ZK_TLS_CA", value_name = "FILE")]
+    pub zk_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS (ZooKeeper's x509 scheme); needs --zk-tls-key.
+    #[arg(long, env = "ZKMIRROR_ZK_TLS_CERT", value_name = "FILE")]
+    pub zk_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "ZKMIRROR_ZK_TLS_KEY", value_name = "FILE")]
+    pub zk_tls_key: Option<PathBuf>,
+}
+
+impl ZkArgs {
+    /// These flags as settings overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            zk: self.zk.clone(),
+            zk_auth: self.zk_auth.clone(),
+            zk_auth_file: self.zk_auth_file.clone(),
+            zk_tls_ca: self.zk_tls_ca.clone(),
+            zk_tls_cert: self.zk_tls_cert.clone(),
+            zk_tls_key: self.zk_tls_key.clone(),
+            ..Overrides::default()
+        }
+    }
+
+    /// The ZooKeeper settings, files read and checked (for commands without a settings file).
+    pub fn resolve(&self) -> anyhow::Result<ZkConnect> {
+        Ok(crate::settings::zk_connect(&self.overrides())?)
+    }
 }
 
 pub fn no() -> ExitCode {
@@ -103,32 +138,27 @@ pub fn no() -> ExitCode {
 
 /// A one-shot ZooKeeper session. Each attempt fails fast (`fail_eagerly`) when no server
 /// answers; attempts repeat until `CONNECT_TIMEOUT`, so a server that is still starting (its
-/// port open, sessions not yet served) is waited for. The error names the servers.
-pub async fn connect_zk(servers: &str, auth: Option<&ZkDigest>) -> anyhow::Result<zookeeper_client::Client> {
-    validate_zk_servers(servers)?;
+/// port open, sessions not yet served) is waited for. A TLS failure (a certificate that does
+/// not validate, a plain port where TLS was asked) or rejected credentials end it at once:
+/// waiting will not help. The error names the servers.
+pub async fn connect_zk(zk: &ZkConnect) -> anyhow::Result<zookeeper_client::Client> {
+    validate_zk_servers(&zk.servers)?;
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    // Each attempt's probe gets a few retry pauses, the session the whole remaining time.
+    let mut zk = zk.clone();
+    zk.session_timeout = zk.session_timeout.min(CONNECT_TIMEOUT);
     loop {
-        let mut connector =
-            zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(10)).with_fail_eagerly();
-        if let Some(digest) = auth {
-            connector = connector.with_auth("digest", format!("{}:{}", digest.user, digest.password).as_bytes());
-        }
-        let error = match tokio::time::timeout_at(deadline, connector.connect(servers)).await {
+        let error = match tokio::time::timeout_at(deadline, zk.connect(true)).await {
             Ok(Ok(client)) => return Ok(client),
-            // Wrong credentials will not get better by waiting.
-            Ok(Err(error @ zookeeper_client::Error::AuthFailed)) => {
-                return Err(error).with_context(|| format!("ZooKeeper at {servers} refused --zk-auth"))
+            Ok(Err(error @ crate::ZkError::AuthFailed)) => {
+                return Err(anyhow::anyhow!("ZooKeeper at {} refused the digest credentials: {error}", zk.servers))
             }
-            // The client says only "no hosts" when no server accepted the connection: ask
-            // the OS why (refused, unknown host, ...).
-            Ok(Err(error)) => match crate::zk::probe(servers, CONNECT_RETRY * 8).await {
-                Err(why) => why,
-                Ok(()) => error.to_string(),
-            },
-            Err(_) => "no session".to_owned(),
+            Ok(Err(error @ crate::ZkError::Tls { .. })) => return Err(error.into()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("cannot connect to ZooKeeper at {}: no session", zk.servers),
         };
         if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
-            anyhow::bail!("cannot connect to ZooKeeper at {servers}: {error} (tried for {CONNECT_TIMEOUT:?})");
+            anyhow::bail!("{error} (tried for {CONNECT_TIMEOUT:?})");
         }
         tokio::time::sleep(CONNECT_RETRY).await;
     }

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::settings::{parse_duration_text, Overrides, Settings};
-use crate::ZkDigest;
 use anyhow::Context;
 use clap::Args;
 use tracing::info;
@@ -32,9 +31,8 @@ struct SettingsArgs {
     /// TOML settings file (watched: a valid change applies without a restart; SIGHUP reloads).
     #[arg(long, env = "ZKMIRROR_CONFIG")]
     config: Option<PathBuf>,
-    /// ZooKeeper servers, host:port[,host:port...] [default: 127.0.0.1:2181].
-    #[arg(long, env = "ZKMIRROR_ZK")]
-    zk: Option<String>,
+    #[command(flatten)]
+    zk: super::ZkArgs,
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
     /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
@@ -47,9 +45,6 @@ struct SettingsArgs {
     /// Key prefix in Redis [default: zk].
     #[arg(long, env = "ZKMIRROR_PREFIX")]
     prefix: Option<String>,
-    /// ZooKeeper digest credentials, user:password.
-    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
-    zk_auth: Option<ZkDigest>,
     /// ZooKeeper session timeout (the server clamps it) [default: 10s].
     #[arg(long, env = "ZKMIRROR_SESSION_TIMEOUT", value_parser = parse_duration_text)]
     session_timeout: Option<Duration>,
@@ -90,8 +85,6 @@ struct SettingsArgs {
 impl SettingsArgs {
     fn split(self) -> (Option<PathBuf>, Overrides) {
         let overrides = Overrides {
-            zk: self.zk,
-            zk_auth: self.zk_auth,
             redis: self.redis,
             redis_tls_ca: self.redis_files.redis_tls_ca,
             redis_tls_cert: self.redis_files.redis_tls_cert,
@@ -109,6 +102,7 @@ impl SettingsArgs {
             metrics_addr: self.metrics_addr,
             ha: self.ha,
             instance: self.instance,
+            ..self.zk.overrides()
         };
         (self.config, overrides)
     }

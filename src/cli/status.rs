@@ -19,7 +19,6 @@ use std::time::Duration;
 use crate::lag::{read_clock, Behind, SubtreeClock};
 use crate::reader::{mirror_state, root_state, MirrorState};
 use crate::schema::Keys;
-use crate::ZkDigest;
 use clap::Args;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
@@ -35,13 +34,10 @@ pub struct StatusArgs {
     /// every znode under the mirrored root (as one anti-entropy pass does).
     #[arg(long)]
     lag: bool,
-    /// ZooKeeper servers, host:port[,host:port...]; giving them implies --lag
-    /// [default: 127.0.0.1:2181].
-    #[arg(long, env = "ZKMIRROR_ZK")]
-    zk: Option<String>,
-    /// ZooKeeper digest credentials, user:password.
-    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
-    zk_auth: Option<ZkDigest>,
+    /// ZooKeeper (for --lag and --instances): --zk (giving it implies --lag), its credentials
+    /// and TLS.
+    #[command(flatten)]
+    zk: super::ZkArgs,
     /// A heartbeat older than this makes the mirror stale (exit 1), e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration_text)]
     max_heartbeat_age: Duration,
@@ -108,7 +104,7 @@ impl StatusArgs {
     /// The ZooKeeper servers to measure the lag against, if the lag is asked for: `--zk` (or
     /// `ZKMIRROR_ZK`) asks by itself, `--lag` alone uses the default servers.
     fn lag_servers(&self) -> Option<&str> {
-        match (&self.zk, self.lag) {
+        match (&self.zk.zk, self.lag) {
             (Some(servers), _) => Some(servers),
             (None, true) => Some(crate::config::DEFAULT_ZK_SERVERS),
             (None, false) => None,
@@ -140,7 +136,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(no());
     };
     let zk = match args.lag_servers() {
-        Some(servers) => Some(connect_zk(servers, args.zk_auth.as_ref()).await?),
+        Some(servers) => {
+            let mut zk = args.zk.resolve()?;
+            zk.servers = servers.to_owned();
+            Some(connect_zk(&zk).await?)
+        }
         None => None,
     };
     let ctx = Inquiry { args: &args, keys: &keys, server: &server, zk: zk.as_ref() };
@@ -390,8 +390,9 @@ struct Competitor {
 async fn instances(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let path = args.ha.as_deref().unwrap_or_default();
     crate::settings::validate_ha_path(path, std::iter::empty()).map_err(|(_, why)| anyhow::anyhow!(why))?;
-    let servers = args.zk.as_deref().unwrap_or(crate::config::DEFAULT_ZK_SERVERS);
-    let zk = connect_zk(servers, args.zk_auth.as_ref()).await?;
+    let connect = args.zk.resolve()?;
+    let servers = connect.servers.as_str();
+    let zk = connect_zk(&connect).await?;
     let children = match zk.list_children(path).await {
         Ok(children) => children,
         Err(zookeeper_client::Error::NoNode) => Vec::new(),

@@ -55,7 +55,7 @@ enum Form {
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     crate::path::validate(&args.root)?;
     let tree = transfer::read_source(&args.source)?;
-    let zk = connect_zk(&args.zk.zk, args.zk.zk_auth.as_ref()).await?;
+    let zk = connect_zk(&args.zk.resolve()?).await?;
     let plan = transfer::plan_import(&zk, &args.root, &tree).await?;
     let source = args.source.display();
     if plan.changes.is_empty() {
@@ -133,7 +133,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn read(args: &ExportArgs) -> anyhow::Result<transfer::Exported> {
-    let zk = connect_zk(&args.zk.zk, args.zk.zk_auth.as_ref()).await?;
+    let zk = connect_zk(&args.zk.resolve()?).await?;
     let exported = transfer::export(&zk, &args.path).await?;
     if !exported.ephemeral_skipped.is_empty() {
         eprintln!(

@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::schema::{KeyKind, Keys};
 use crate::settings::{Overrides, Settings};
 use crate::verify::{compare_settled, Report};
-use crate::{MirrorConfig, ZkDigest};
+use crate::MirrorConfig;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
@@ -28,9 +28,8 @@ pub struct VerifyArgs {
     /// other flags and the environment override the file as they do for `run`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["include", "exclude", "max_depth"])]
     config: Option<PathBuf>,
-    /// ZooKeeper servers, host:port[,host:port...] [default: 127.0.0.1:2181].
-    #[arg(long, env = "ZKMIRROR_ZK")]
-    zk: Option<String>,
+    #[command(flatten)]
+    zk: super::ZkArgs,
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
     /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
@@ -44,9 +43,6 @@ pub struct VerifyArgs {
     /// Key prefix in Redis [default: zk].
     #[arg(long, env = "ZKMIRROR_PREFIX")]
     prefix: Option<String>,
-    /// ZooKeeper digest credentials, user:password.
-    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
-    zk_auth: Option<ZkDigest>,
     /// Only znodes matching this glob are expected in Redis (repeatable; as `include` of a
     /// `[[roots]]` entry).
     #[arg(long, value_name = "GLOB")]
@@ -72,8 +68,6 @@ pub struct VerifyArgs {
 /// The roots to verify, from the file or the flags.
 fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
     let overrides = Overrides {
-        zk: args.zk.clone(),
-        zk_auth: args.zk_auth.clone(),
         redis: args.redis.clone(),
         redis_tls_ca: args.redis_files.redis_tls_ca.clone(),
         redis_tls_cert: args.redis_files.redis_tls_cert.clone(),
@@ -81,7 +75,7 @@ fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
         redis_password_file: args.redis_files.redis_password_file.clone(),
         root: args.root.clone(),
         prefix: args.prefix.clone(),
-        ..Overrides::default()
+        ..args.zk.overrides()
     };
     let mut mirrors = Settings::load(args.config.as_deref(), &overrides)?.mirrors;
     if args.config.is_none() {
@@ -99,7 +93,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     // One process's settings name one ZooKeeper and one Redis for all roots.
     let (mut conn, server) =
         connect_redis_with(&first.redis_url, &first.redis_tls, first.redis_password.as_ref()).await?;
-    let zk = connect_zk(&first.zk_servers, first.zk_auth.as_ref()).await?;
+    let zk = connect_zk(&first.zk_connect()).await?;
     let mut reports = Vec::new();
     for m in &mirrors {
         let report = compare_settled(&zk, &mut conn, &m.prefix, &m.root, &m.filter, args.grace)

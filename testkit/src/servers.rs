@@ -45,9 +45,14 @@ const LOG_TAIL_LINES: usize = 40;
 /// The ZooKeeper classpath. `zookeeper.jar`'s manifest `Class-Path` already names the Debian
 /// jars it needs at runtime (zookeeper-jute, netty-*, metrics-core, snappy-java, commons-*,
 /// jackson-*, jetty9-*); what it lacks is an slf4j binding, so slf4j-simple is added and logs
-/// go to stderr, which is redirected to a log file in the server's temp dir.
+/// go to stderr, which is redirected to a log file in the server's temp dir. The manifest names
+/// netty's buffer, common, handler and transport jars but not those they need in turn for the
+/// TLS port (`NettyServerCnxnFactory`'s `SslHandler` is a codec; the transport resolves
+/// addresses): netty-codec, netty-resolver and netty-transport-native-unix-common are added.
 const ZK_CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:\
-                            /usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar";
+                            /usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar:\
+                            /usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:\
+                            /usr/share/java/netty-transport-native-unix-common.jar";
 const ZK_MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -376,6 +381,40 @@ pub struct ZkServer {
     process: Option<ServerProcess>,
     dir: TempDir,
     jvm_options: &'static [&'static str],
+    /// `Some`: a TLS client port beside the plain one.
+    tls: Option<ZkTls>,
+}
+
+/// A ZooKeeper server's TLS client port (`secureClientPort`, served by Netty).
+#[derive(Clone, Debug)]
+struct ZkTls {
+    port: u16,
+    /// Holds the server's key and certificate (PEM), as ZooKeeper's PEM key store reads them.
+    keystore: PathBuf,
+    /// The CA (PEM) client certificates must be signed by.
+    truststore: PathBuf,
+    client_auth: ClientAuth,
+}
+
+/// Whether a TLS ZooKeeper asks clients for a certificate (`ssl.clientAuth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without a certificate is refused.
+    Need,
+    /// A client certificate is asked for and checked when given; x509 ids come from it.
+    Want,
+    /// No client certificate is asked for.
+    None,
+}
+
+impl ClientAuth {
+    fn setting(self) -> &'static str {
+        match self {
+            ClientAuth::Need => "need",
+            ClientAuth::Want => "want",
+            ClientAuth::None => "none",
+        }
+    }
 }
 
 /// Small and quick to start: tests run several JVMs in parallel.
@@ -395,7 +434,23 @@ impl ZkServer {
         ZkServer::start_with(TEST_JVM)
     }
 
+    /// A server that also serves TLS on [`ZkServer::tls_port`] (ZooKeeper 3.8's
+    /// `secureClientPort` through `NettyServerCnxnFactory`, PEM key and trust stores), with
+    /// the `x509` auth scheme on: a client's certificate subject is its id. `server` is its
+    /// certificate and key, `ca` the CA client certificates must chain to. The plain port
+    /// stays open (readiness probes, plain clients in the same test).
+    pub fn start_tls(server: &crate::tls::CertFiles, ca: &Path, client_auth: ClientAuth) -> ZkServer {
+        ZkServer::start_inner(TEST_JVM, Some((server, ca, client_auth)))
+    }
+
     fn start_with(jvm_options: &'static [&'static str]) -> ZkServer {
+        ZkServer::start_inner(jvm_options, None)
+    }
+
+    fn start_inner(
+        jvm_options: &'static [&'static str],
+        tls: Option<(&crate::tls::CertFiles, &Path, ClientAuth)>,
+    ) -> ZkServer {
         let dir = temp_dir("zkmirror-test-zk-");
         let data_dir = dir.path().join("data");
         fs::create_dir(&data_dir).unwrap_or_else(|err| panic!("creating {}: {err}", data_dir.display()));
@@ -404,11 +459,22 @@ impl ZkServer {
             config: dir.path().join("zoo.cfg"),
             log: dir.path().join("zookeeper.log"),
             process: None,
-            dir,
+            tls: None,
             jvm_options,
+            dir,
         };
+        if let Some((cert, ca, client_auth)) = tls {
+            let keystore = server.dir.path().join("keystore.pem");
+            write_keystore(&keystore, cert);
+            let truststore = server.dir.path().join("truststore.pem");
+            fs::copy(ca, &truststore).unwrap_or_else(|err| panic!("copying {}: {err}", ca.display()));
+            server.tls = Some(ZkTls { port: 0, keystore, truststore, client_auth });
+        }
         let process = launch_with_retries("starting ZooKeeper", Duration::ZERO, || {
             server.port = free_port();
+            if let Some(tls) = server.tls.as_mut() {
+                tls.port = free_port();
+            }
             server.write_config(&data_dir);
             server.launch()
         });
@@ -438,6 +504,23 @@ impl ZkServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS client port (see [`ZkServer::start_tls`]). Panics for a plain server.
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().map(|t| t.port).expect("a ZooKeeper started with ZkServer::start_tls")
+    }
+
+    /// `127.0.0.1:TLS_PORT`: the connect string for TLS clients.
+    pub fn tls_connect_string(&self) -> String {
+        loopback(self.tls_port()).to_string()
+    }
+
+    /// Serves `cert` on the TLS port from the next start on ([`ZkServer::restart`]):
+    /// ZooKeeper reads its key store once.
+    pub fn set_certificate(&self, cert: &crate::tls::CertFiles) {
+        let tls = self.tls.as_ref().expect("a ZooKeeper started with ZkServer::start_tls");
+        write_keystore(&tls.keystore, cert);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -501,6 +584,27 @@ impl ZkServer {
             data_dir = data_dir.display(),
             port = self.port,
         );
+        // Keys ZooKeeper does not know as settings become `zookeeper.`-prefixed system
+        // properties: ssl.* configure the TLS port, authProvider.x509 the x509 scheme.
+        let config = match &self.tls {
+            None => config,
+            Some(tls) => format!(
+                "{config}\
+                 secureClientPort={port}\n\
+                 secureClientPortAddress=127.0.0.1\n\
+                 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                 ssl.keyStore.location={keystore}\n\
+                 ssl.keyStore.type=PEM\n\
+                 ssl.trustStore.location={truststore}\n\
+                 ssl.trustStore.type=PEM\n\
+                 ssl.clientAuth={client_auth}\n\
+                 authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n",
+                port = tls.port,
+                keystore = tls.keystore.display(),
+                truststore = tls.truststore.display(),
+                client_auth = tls.client_auth.setting(),
+            ),
+        };
         fs::write(&self.config, config).unwrap_or_else(|err| panic!("writing {}: {err}", self.config.display()));
     }
 
@@ -538,6 +642,13 @@ impl ZkServer {
             }
         })
     }
+}
+
+/// ZooKeeper's PEM key store: the private key and the certificate in one file.
+fn write_keystore(path: &Path, cert: &crate::tls::CertFiles) {
+    let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|err| panic!("reading {}: {err}", p.display()));
+    let pem = format!("{}{}", read(&cert.key), read(&cert.cert));
+    fs::write(path, pem).unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
 }
 
 impl Drop for ZkServer {
