@@ -104,7 +104,7 @@ pub mod testing {
     pub use crate::path::is_within;
     pub use crate::schema::{status_field, KeyKind, Keys, STAT_FIELDS};
     pub use crate::service::{ReloadOutcome, Service};
-    pub use crate::settings::Settings;
+    pub use crate::settings::{Overrides, Settings};
     pub use crate::store::{Applied, BatchOutcome, Refusal, Store, StoredMark, Write, WriteOutcome};
     pub use crate::zk::ZkSession;
     pub use crate::zkwalk::{Walk, WalkLimits};
