@@ -14,6 +14,8 @@
 //! 5. **Memory** ([`memory`]): the mirror's peak RSS over cold syncs of very different trees.
 //! 6. **Failover** ([`failover`]): two `--ha` instances; kill -9 or SIGTERM the leader, change a
 //!    znode at once; kill → the change visible in Redis, and the standby's CPU and RSS.
+//! 7. **TLS** ([`tls`]): mutual TLS to both servers against plain TCP to the same servers,
+//!    alternately: cold sync and propagation, as TLS / plain ratios.
 //!
 //! Every figure is printed next to the reference it is measured against and the target,
 //! judged from the measurement (never hard-coded). How each figure is measured, and its
@@ -28,7 +30,7 @@
 //!   servers, processes, clients and waits it shares with the tests come from the dev-only
 //!   `zkmirror-testkit` crate (`testkit/`).
 //! - `mirror/cold_sync.rs`, `mirror/latency.rs`, `mirror/ceiling.rs`, `mirror/reconcile.rs`,
-//!   `mirror/memory.rs`, `mirror/failover.rs`: one section each: its orchestration, its helper roles, its table and its verdicts.
+//!   `mirror/memory.rs`, `mirror/failover.rs`, `mirror/tls.rs`: one section each: its orchestration, its helper roles, its table and its verdicts.
 
 #[path = "mirror/ceiling.rs"]
 mod ceiling;
@@ -44,6 +46,8 @@ mod memory;
 mod reconcile;
 #[path = "mirror/support.rs"]
 mod support;
+#[path = "mirror/tls.rs"]
+mod tls;
 
 use std::path::PathBuf;
 
@@ -117,6 +121,8 @@ enum Section {
     Reconcile,
     Memory,
     Failover,
+    /// Section 7: mutual TLS on both sides against plain TCP, same servers.
+    Tls,
 }
 
 /// The helper processes: this binary started again by the benchmark itself.
@@ -179,6 +185,8 @@ fn main() {
     let reconcile =
         runs_section(Section::Reconcile).then(|| runtime.block_on(reconcile::run(cli.tree_nodes, runs.max(1))));
     let memory = runs_section(Section::Memory).then(|| runtime.block_on(memory::run()));
+    let tls_section = runs_section(Section::Tls)
+        .then(|| runtime.block_on(tls::run(cli.tree_nodes, runs, cli.latency_rate, latency_seconds.min(10.0))));
     let failover = runs_section(Section::Failover)
         .then(|| runtime.block_on(failover::run(failover_rounds, cli.failover_session_ms)));
     let versions = support::versions();
@@ -236,6 +244,11 @@ fn main() {
         failover::print(f, &v);
         verdicts.extend(v);
     }
+    if let Some(t) = &tls_section {
+        let v = tls::verdicts(t);
+        tls::print(t, &v);
+        verdicts.extend(v);
+    }
     println!();
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
@@ -271,6 +284,7 @@ fn main() {
             "reconcile": reconcile,
             "memory": memory,
             "failover": failover,
+            "tls": tls_section,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");

@@ -167,6 +167,37 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     let client = support::zk_client(&zk).await;
     eprintln!("[latency] populating {nodes} znodes ...");
     support::populate(&client, nodes).await;
+    let links = MirrorLinks { zk: zk.clone(), redis: redis_url.clone(), extra: Vec::new(), log_name: "latency" };
+    let pids = [servers.zk.pid().unwrap_or(0), servers.redis.pid().unwrap_or(0)];
+    run_on(&zk, &redis_url, pids, &links, nodes, rate, seconds).await
+}
+
+/// How the mirror reaches the servers: the same as the writer and the reader (plain TCP), or
+/// other ports with TLS flags (the TLS section), while the writer and the reader stay plain.
+pub struct MirrorLinks {
+    pub zk: String,
+    pub redis: String,
+    pub extra: Vec<String>,
+    pub log_name: &'static str,
+}
+
+/// The propagation measurement on servers that exist and a tree of `nodes` znodes under the
+/// benchmark's root that is already there: the writer writes ZooKeeper at `zk`, the reader
+/// polls Redis at `redis_url`, the mirror connects as `links` say. `server_pids`: ZooKeeper's
+/// and Redis's, for the CPU figures.
+pub async fn run_on(
+    zk: &str,
+    redis_url: &str,
+    server_pids: [u32; 2],
+    links: &MirrorLinks,
+    nodes: usize,
+    rate: f64,
+    seconds: f64,
+) -> Latency {
+    let zk = zk.to_owned();
+    let redis_url = redis_url.to_owned();
+    let client = support::zk_client(&zk).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut support::redis_conn(&redis_url).await).await.expect("FLUSHALL");
     // The watched leaves and the mzxid each was created with (the value `INITIAL` stands for).
     let leaves = support::leaf_paths(nodes);
     let mut rng = Rng::new(0x5eed_0001);
@@ -214,10 +245,12 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
 
     let mut conn = support::redis_conn(&redis_url).await;
     let metrics_addr = format!("127.0.0.1:{}", zkmirror_testkit::servers::free_port());
-    let mut mirror = support::spawn_mirror_with(&zk, &redis_url, "latency", &["--metrics-addr", &metrics_addr]);
+    let mut extra: Vec<&str> = vec!["--metrics-addr", &metrics_addr];
+    extra.extend(links.extra.iter().map(String::as_str));
+    let mut mirror = support::spawn_mirror_with(&links.zk, &links.redis, links.log_name, &extra);
     support::wait_state(&mut conn, &mut mirror, "live", Duration::from_secs(600))
         .await
-        .expect("the mirror did not reach `live`; see target/bench-logs/latency.log");
+        .unwrap_or_else(|| panic!("the mirror did not reach `live`; see target/bench-logs/{}.log", links.log_name));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut writer = support::role_command("latency-writer", &writer_args(&paths_file, seconds, &writer_out));
@@ -241,14 +274,7 @@ pub async fn run(nodes: usize, rate: f64, seconds: f64) -> Latency {
     BufReader::new(reader.child.stdout.take().expect("reader stdout")).read_line(&mut ready).expect("reader ready");
     assert_eq!(ready.trim(), "ready", "the reader did not start");
 
-    let pids = [
-        mirror.pid(),
-        servers.zk.pid().unwrap_or(0),
-        servers.redis.pid().unwrap_or(0),
-        writer.pid(),
-        reader.pid(),
-        std::process::id(),
-    ];
+    let pids = [mirror.pid(), server_pids[0], server_pids[1], writer.pid(), reader.pid(), std::process::id()];
     let cpu = CpuSample::take(&pids);
     eprintln!("[latency] writing {rate}/s for {seconds} s on {} leaves; reader polling ...", watched.len());
     start_writer(&mut writer);

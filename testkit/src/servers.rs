@@ -443,6 +443,12 @@ impl ZkServer {
         ZkServer::start_inner(TEST_JVM, Some((server, ca, client_auth)))
     }
 
+    /// [`ZkServer::start_tls`] tuned like [`ZkServer::start_for_benchmark`]: plain and TLS
+    /// clients measured against one server.
+    pub fn start_tls_for_benchmark(server: &crate::tls::CertFiles, ca: &Path, client_auth: ClientAuth) -> ZkServer {
+        ZkServer::start_inner(BENCH_JVM, Some((server, ca, client_auth)))
+    }
+
     fn start_with(jvm_options: &'static [&'static str]) -> ZkServer {
         ZkServer::start_inner(jvm_options, None)
     }
@@ -704,6 +710,8 @@ pub struct RedisServer {
     acl: Option<String>,
     /// Set for servers started with [`RedisServer::start_tls`]: the port speaks TLS only.
     tls: Option<RedisTls>,
+    /// A plain TCP port besides the TLS one ([`RedisServer::start_tls_and_plain`]); 0: none.
+    also_plain: u16,
     config: PathBuf,
     log: PathBuf,
     /// `None` while stopped. Declared before `dir` (see [`ZkServer`]).
@@ -721,6 +729,21 @@ impl RedisServer {
     /// Debian builds it (linked with OpenSSL), with the given certificates.
     pub fn start_tls(tls: RedisTls) -> RedisServer {
         RedisServer::start_inner(None, None, Some(tls))
+    }
+
+    /// [`RedisServer::start_tls`] with a plain TCP port as well ([`RedisServer::plain_port_url`]):
+    /// one server, one data set, reached both ways (the benchmark's TLS row).
+    pub fn start_tls_and_plain(tls: RedisTls) -> RedisServer {
+        let mut server = RedisServer::start_inner(None, None, Some(tls));
+        server.also_plain = free_port();
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT/` of the plain port of a [`RedisServer::start_tls_and_plain`].
+    pub fn plain_port_url(&self) -> String {
+        assert!(self.also_plain != 0, "plain_port_url is for servers started with start_tls_and_plain");
+        format!("redis://{}/", loopback(self.also_plain))
     }
 
     /// [`RedisServer::start_tls`] and [`RedisServer::start_with_password`] together.
@@ -759,6 +782,7 @@ impl RedisServer {
             credentials,
             acl,
             tls,
+            also_plain: 0,
             config: dir.path().join("redis.conf"),
             log: dir.path().join("redis.log"),
             process: None,
@@ -845,9 +869,9 @@ impl RedisServer {
     /// Writes the whole configuration to a file rather than passing `--option`s: ACL user
     /// lines with arbitrary passwords need redis' config-file quoting.
     fn write_config(&self) {
-        // A TLS server listens on its port with TLS only.
+        // A TLS server listens on its port with TLS only (and on `also_plain`, if set, without).
         let (port, tls_port) = match self.tls {
-            Some(_) => (0, self.port),
+            Some(_) => (self.also_plain, self.port),
             None => (self.port, 0),
         };
         let mut config = format!(
