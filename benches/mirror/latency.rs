@@ -198,12 +198,18 @@ pub async fn run_on(
     let redis_url = redis_url.to_owned();
     let client = support::zk_client(&zk).await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut support::redis_conn(&redis_url).await).await.expect("FLUSHALL");
-    // The watched leaves and the mzxid each was created with (the value `INITIAL` stands for).
+    // The watched leaves and the mzxid of their initial value (what `INITIAL` stands for).
     let leaves = support::leaf_paths(nodes);
     let mut rng = Rng::new(0x5eed_0001);
     let watched = pick_leaves(&mut rng, &leaves, &[]);
     // The reference pass writes other leaves, so that its values never meet the reader.
     let reference_leaves = pick_leaves(&mut rng, &leaves, &watched);
+    // An earlier pass on the same tree (the TLS section runs two) left its sequence numbers in
+    // these leaves: back to the tree's initial value, or its values would read as backwards.
+    let initial = vec![b'v'; support::DATA_LEN];
+    for path in watched.iter().chain(&reference_leaves) {
+        client.set_data(path, &initial, None).await.unwrap_or_else(|e| panic!("resetting {path}: {e}"));
+    }
     let mut initial_mzxid = Vec::new();
     for path in &watched {
         initial_mzxid.push(client.get_data(path).await.expect("get_data").1.mzxid);
