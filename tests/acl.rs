@@ -19,12 +19,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
+use common::binary::{self, Daemon};
 use common::world::{
     assert_converges, create_tree, hget, redis_conn, test_config, wait_for_field, RunningMirror, CONVERGE,
 };
-use common::{create_all, unique_root, wait_until, zk_client, Guarded, RedisServer, ZkServer};
+use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
 use redis::aio::MultiplexedConnection;
 
 /// The committed file: one `user` line per role, passwords to be replaced.
@@ -89,46 +89,15 @@ async fn delete_tree(zk: &zookeeper_client::Client, path: &str) {
     zk.delete(path, None).await.unwrap_or_else(|e| panic!("deleting {path}: {e}"));
 }
 
+const BINARY: &str = env!("CARGO_BIN_EXE_zkmirror");
+
 /// `zkmirror run ARGS...` with its output in `log`, stopped by pid (SIGTERM) when dropped.
-fn daemon(args: &[&str], log: &Path) -> Guarded {
-    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-    let err = out.try_clone().expect("cloning the log file handle");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-    command
-        .arg("run")
-        .args(args)
-        .env("RUST_LOG", "zkmirror=info,zkmirror::engine=debug")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for var in [
-        "ZKMIRROR_CONFIG",
-        "ZKMIRROR_ZK",
-        "ZKMIRROR_REDIS",
-        "ZKMIRROR_ROOT",
-        "ZKMIRROR_PREFIX",
-        "ZKMIRROR_ZK_AUTH",
-        "ZKMIRROR_METRICS_ADDR",
-        "ZKMIRROR_HA",
-    ] {
-        command.env_remove(var);
-    }
-    Guarded::spawn("zkmirror run", command)
+fn daemon(args: &[&str], log: &Path) -> Daemon {
+    Daemon::start(BINARY, args, "zkmirror=info,zkmirror::engine=debug", log)
 }
 
 fn read(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// Waits until the log holds `needle` and returns that line.
-async fn wait_for_log(process: &mut Guarded, log: &Path, needle: &str) -> String {
-    wait_until(CONVERGE, &format!("{} says {needle:?}", log.display()), || {
-        process.assert_running();
-        let text = read(log);
-        let found = text.lines().find(|l| l.contains(needle)).map(str::to_owned);
-        async move { found.ok_or_else(|| text.lines().rev().take(8).collect::<Vec<_>>().join("\n")) }
-    })
-    .await
 }
 
 /// The keys matching `pattern`, by `SCAN` (as whoever `conn` is).
@@ -201,7 +170,7 @@ async fn the_mirror_user_does_everything_the_mirror_does_and_is_refused_nothing(
     std::fs::write(&config, settings(&zk_server.connect_string(), &mirror_url, &[&a, &b])).expect("settings");
     let mut process = daemon(&["--config", config.to_str().expect("utf-8 path")], &log);
 
-    let warning = wait_for_log(&mut process, &log, "maxmemory-policy is allkeys-lru").await;
+    let warning = process.wait_for_log("maxmemory-policy is allkeys-lru").await;
     assert!(warning.contains("WARN"), "{warning}");
     assert_converges(&zk, &reader_url, "zk", &a).await;
     assert_converges(&zk, &reader_url, "zk", &b).await;
@@ -270,8 +239,7 @@ async fn the_mirror_user_leads_and_fences_with_ha() {
     let mirror_url = url(&redis, MIRROR);
     let zk_connect = zk_server.connect_string();
     let args = ["--zk", &zk_connect, "--redis", &mirror_url, "--root", &root, "--ha", &ha, "--instance", "acl-1"];
-    let mut process =
-        daemon(&[&args[..], &["--session-timeout", "2s", "--anti-entropy-interval", "1s"]].concat(), &log);
+    let process = daemon(&[&args[..], &["--session-timeout", "2s", "--anti-entropy-interval", "1s"]].concat(), &log);
 
     assert_converges(&zk, &reader_url, "zk", &root).await;
     wait_for_field(&reader, "zk:mirror", "leader", "acl-1").await;
@@ -336,17 +304,9 @@ async fn the_mirror_user_cannot_touch_other_keys_or_run_other_commands() {
 }
 
 /// The binary `zkmirror ARGS...` to completion: (exit code, stdout, stderr).
-fn zkmirror(args: &[&str]) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-    command.args(args).env("RUST_LOG", "warn").stdin(Stdio::null());
-    for var in
-        ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_ZK_AUTH", "ZKMIRROR_CONFIG"]
-    {
-        command.env_remove(var);
-    }
-    let output = command.output().expect("running the zkmirror binary");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+async fn zkmirror(args: &[&str]) -> (i32, String, String) {
+    let outcome = binary::run(BINARY, args).await;
+    (outcome.code, outcome.stdout, outcome.stderr)
 }
 
 /// (c) and (d): the `zkmirror-reader` user reads everything the layout promises a reader
@@ -416,17 +376,18 @@ async fn the_reader_user_reads_everything_and_writes_nothing() {
 
     let zk_connect = zk_server.connect_string();
     let redis_args = ["--redis", &reader_url];
-    let (code, out, err) = zkmirror(&[&["status"][..], &redis_args].concat());
+    let (code, out, err) = zkmirror(&[&["status"][..], &redis_args].concat()).await;
     assert_eq!(code, 0, "status as the reader: {out}{err}");
-    let (code, out, err) = zkmirror(&[&["status", "--zk", &zk_connect][..], &redis_args].concat());
+    let (code, out, err) = zkmirror(&[&["status", "--zk", &zk_connect][..], &redis_args].concat()).await;
     assert_eq!(code, 0, "status --zk as the reader: {out}{err}");
-    let (code, out, err) = zkmirror(&[&["verify", "--zk", &zk_connect, "--root", &root][..], &redis_args].concat());
+    let (code, out, err) =
+        zkmirror(&[&["verify", "--zk", &zk_connect, "--root", &root][..], &redis_args].concat()).await;
     assert_eq!(code, 0, "verify as the reader: {out}{err}");
-    let (code, out, err) = zkmirror(&[&["get", &format!("{root}/db/url")][..], &redis_args].concat());
+    let (code, out, err) = zkmirror(&[&["get", &format!("{root}/db/url")][..], &redis_args].concat()).await;
     assert_eq!((code, out.as_str()), (0, "postgres://db"), "get as the reader: {err}");
-    let (code, out, err) = zkmirror(&[&["get", "--meta", &format!("{root}/db/url")][..], &redis_args].concat());
+    let (code, out, err) = zkmirror(&[&["get", "--meta", &format!("{root}/db/url")][..], &redis_args].concat()).await;
     assert_eq!(code, 0, "get --meta as the reader: {out}{err}");
-    let (code, out, err) = zkmirror(&[&["ls", &format!("{root}/db")][..], &redis_args].concat());
+    let (code, out, err) = zkmirror(&[&["ls", &format!("{root}/db")][..], &redis_args].concat()).await;
     assert_eq!((code, out.as_str()), (0, "url\n"), "ls as the reader: {err}");
 
     let sha = redis::Script::new("return 1").get_hash().to_owned();
@@ -456,7 +417,7 @@ async fn the_reader_user_reads_everything_and_writes_nothing() {
     let aborted =
         redis::pipe().atomic().cmd("SET").arg(&data_key).arg("x").query_async::<redis::Value>(&mut reader).await;
     assert!(aborted.is_err(), "{aborted:?}");
-    let (code, out, _) = zkmirror(&[&["get", &format!("{root}/db/url")][..], &redis_args].concat());
+    let (code, out, _) = zkmirror(&[&["get", &format!("{root}/db/url")][..], &redis_args].concat()).await;
     assert_eq!((code, out.as_str()), (0, "postgres://db"), "the reader changed nothing");
     assert_converges(&zk, &reader_url, "zk", &root).await;
     mirror.stop().await;
@@ -481,7 +442,7 @@ async fn a_mirror_user_short_of_a_right_is_told_which_and_recovers_once_granted(
     let mirror_url = url(&redis, MIRROR);
     let zk_connect = zk_server.connect_string();
     let mut process = daemon(&["--zk", &zk_connect, "--redis", &mirror_url, "--root", &root], &log);
-    let line = wait_for_log(&mut process, &log, "refused user zkmirror").await;
+    let line = process.wait_for_log("refused user zkmirror").await;
     assert!(line.contains("the command XADD in put.lua, line "), "{line}");
     assert!(line.contains("redis.call('XADD'") && line.contains("schema/redis-acl.conf"), "{line}");
     assert!(!line.contains(MIRROR.1), "the password stays out of the log: {line}");

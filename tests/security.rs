@@ -158,7 +158,7 @@ async fn mutual_tls_both_sides_with_secrets_from_files_syncs_reconnects_and_leak
         (command(&["status"], &[&redis_flags("wrong-password")]), 2),
     ];
     for (args, code) in runs {
-        let outcome = binary::run_with_log_level(BINARY, &args, "trace").await.expect(code);
+        let outcome = binary::run_logging(BINARY, &args, Some("trace")).await.expect(code);
         outputs.push((format!("zkmirror {}", args.join(" ")), all_output(&outcome)));
     }
     outputs.push(("Debug of the settings".into(), format!("{loaded:?}\n{loaded:#?}\n{config:?}")));

@@ -8,8 +8,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 
+use common::binary::{self, Outcome};
 use common::tls::{CertSpec, Pki};
 use common::world::{
     assert_converges_on, init_logging_captured, logged, redis_conn_for, test_config, RunningMirror, CONVERGE,
@@ -50,44 +50,14 @@ fn mutual_flags(pki: &Pki) -> Vec<String> {
     ]
 }
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the real `zkmirror` binary to completion, with no zkmirror variable from the
-/// environment.
+/// environment (bounded: a `run` that should refuse its files must not hang the test).
 async fn zkmirror(args: &[String]) -> Outcome {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-    command.args(args).env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true);
-    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("ZKMIRROR_")) {
-        command.env_remove(var);
-    }
-    // `run` with files that load connects and retries for ever: a break here must fail, not hang.
-    let output = tokio::time::timeout(CONVERGE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("zkmirror {args:?} did not exit within {CONVERGE:?}"))
-        .expect("running the zkmirror binary");
-    Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    binary::run(env!("CARGO_BIN_EXE_zkmirror"), args).await
 }
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// Asserts exit code 2 and a message on stderr holding every one of `needles`; returns it.
-#[track_caller]
-fn refused(outcome: &Outcome, needles: &[&str]) -> String {
-    assert_eq!(outcome.code, 2, "exit code; stdout:\n{}\nstderr:\n{}", outcome.stdout, outcome.stderr);
-    for needle in needles {
-        assert!(outcome.stderr.contains(needle), "{needle:?} not in the message:\n{}", outcome.stderr);
-    }
-    outcome.stderr.clone()
 }
 
 /// Mutual TLS end to end in-process: the cold sync, live changes, and a redis-server restarted
@@ -171,7 +141,7 @@ async fn status_verify_and_get_work_over_mutual_tls() {
         &pki.ca.display().to_string(),
     ]))
     .await;
-    refused(&out, &[&url, "TLS failure"]);
+    out.refused(&[&url, "TLS failure"]);
     mirror.stop().await;
 }
 
@@ -222,13 +192,13 @@ async fn a_password_file_authenticates_over_tls() {
     let both = format!("rediss://mirror:{password}@{}/", redis.addr());
     let out =
         zkmirror(&args(&["status", "--redis", &both, "--redis-tls-ca", &ca, "--redis-password-file", &file])).await;
-    let message = refused(&out, &["--redis-password-file", &file, "one place only"]);
+    let message = out.refused(&["--redis-password-file", &file, "one place only"]);
     assert!(!message.contains(password), "{message}");
     let empty = pki.dir().join("empty-password");
     std::fs::write(&empty, "\n").expect("write");
     let out =
         zkmirror(&args(&["status", "--redis", &url, "--redis-password-file", &empty.display().to_string()])).await;
-    refused(&out, &["--redis-password-file", &empty.display().to_string(), "is empty"]);
+    out.refused(&["--redis-password-file", &empty.display().to_string(), "is empty"]);
     mirror.stop().await;
 }
 
@@ -258,7 +228,7 @@ async fn bad_server_certificates_are_refused_naming_the_server_and_the_check() {
             args(&["get", "/app", "--redis", &url, "--redis-tls-ca", &ca]),
         ] {
             let out = zkmirror(&command).await;
-            let message = refused(&out, &[&url, "TLS failure", why, &ca_named]);
+            let message = out.refused(&[&url, "TLS failure", why, &ca_named]);
             assert_eq!(message.trim().lines().count(), 1, "{case}: one line: {message}");
         }
     }
@@ -267,7 +237,7 @@ async fn bad_server_certificates_are_refused_naming_the_server_and_the_check() {
     let url = redis.url();
     let zk = ZkServer::shared().connect_string();
     let out = zkmirror(&args(&["verify", "--zk", &zk, "--root", "/app", "--redis", &url, "--redis-tls-ca", &ca])).await;
-    refused(&out, &[&url, "TLS failure", "not signed by a CA zkmirror trusts"]);
+    out.refused(&[&url, "TLS failure", "not signed by a CA zkmirror trusts"]);
 }
 
 /// TLS asked of a plain server, and plain TCP of a TLS-only one: each fails within the
@@ -279,14 +249,14 @@ async fn the_wrong_scheme_fails_in_bounded_time_saying_why() {
     let rediss = format!("rediss://{}/", plain.addr());
     let ca = pki.ca.display().to_string();
     let out = zkmirror(&args(&["status", "--redis", &rediss, "--redis-tls-ca", &ca])).await;
-    refused(&out, &[&rediss, "plain"]);
+    out.refused(&[&rediss, "plain"]);
 
     let tls = RedisServer::start_tls(RedisTls::server_only(&pki));
     let out = zkmirror(&args(&["status", "--redis", &tls.plain_url()])).await;
-    refused(&out, &[&tls.plain_url(), "rediss://"]);
+    out.refused(&[&tls.plain_url(), "rediss://"]);
     // TLS files with a redis:// URL: refused before connecting, never sent in plain TCP.
     let out = zkmirror(&args(&["status", "--redis", &tls.plain_url(), "--redis-tls-ca", &ca])).await;
-    refused(&out, &["--redis-tls-ca", "rediss://", &tls.plain_url()]);
+    out.refused(&["--redis-tls-ca", "rediss://", &tls.plain_url()]);
 }
 
 /// Bad files are settings errors (exit 2 before anything connects) naming the flag or the
@@ -312,13 +282,13 @@ async fn bad_tls_files_are_refused_at_load_naming_the_file() {
         let with =
             |extra: &[&str]| base.iter().cloned().chain(extra.iter().map(|s| (*s).to_owned())).collect::<Vec<_>>();
         let out = zkmirror(&with(&mismatch)).await;
-        refused(&out, &["--redis-tls-key", &stray_text, &cert, "does not belong to"]);
+        out.refused(&["--redis-tls-key", &stray_text, &cert, "does not belong to"]);
         let out = zkmirror(&with(&["--redis-tls-ca", &missing])).await;
-        refused(&out, &["--redis-tls-ca", &missing, "cannot read"]);
+        out.refused(&["--redis-tls-ca", &missing, "cannot read"]);
         let out = zkmirror(&with(&["--redis-tls-ca", &not_pem])).await;
-        refused(&out, &["--redis-tls-ca", &not_pem, "no certificate"]);
+        out.refused(&["--redis-tls-ca", &not_pem, "no certificate"]);
         let out = zkmirror(&with(&["--redis-tls-cert", &cert])).await;
-        refused(&out, &["--redis-tls-cert", &cert, "--redis-tls-key"]);
+        out.refused(&["--redis-tls-cert", &cert, "--redis-tls-key"]);
     }
     // The settings file's keys: named with file, line and key.
     let file = pki.dir().join("zkmirror.toml");
@@ -326,10 +296,10 @@ async fn bad_tls_files_are_refused_at_load_naming_the_file() {
     std::fs::write(&file, settings(&format!("tls_cert = {cert:?}\ntls_key = {stray_text:?}"))).expect("write");
     let toml = file.display().to_string();
     let out = zkmirror(&args(&["check-config", &toml])).await;
-    refused(&out, &[&format!("{toml}:4: redis.tls_key"), &stray_text, "does not belong to"]);
+    out.refused(&[&format!("{toml}:4: redis.tls_key"), &stray_text, "does not belong to"]);
     std::fs::write(&file, settings(&format!("tls_ca = {missing:?}"))).expect("write");
     let out = zkmirror(&args(&["check-config", &toml])).await;
-    refused(&out, &[&format!("{toml}:3: redis.tls_ca"), &missing, "cannot read"]);
+    out.refused(&[&format!("{toml}:3: redis.tls_ca"), &missing, "cannot read"]);
     // A good file: check-config shows the paths, never a key's content.
     std::fs::write(
         &file,

@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use common::binary::{self, Daemon, Outcome};
 use common::servers::ClientAuth;
 use common::tls::{CertSpec, Pki};
-use common::world::{assert_converges, redis_conn, test_config, RunningMirror, CONVERGE};
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use common::world::{assert_converges, hget, redis_conn, test_config, wait_for_field, RunningMirror};
+use common::{create_all, unique_root, zk_client, RedisServer, ZkServer};
 use zkmirror::testing::Keys;
 use zkmirror::{Phase, TlsFiles, ZkConnect};
 use zookeeper_client::{Acl, Acls, AuthId, Client, Permission};
@@ -137,30 +136,12 @@ async fn an_x509_acl_admits_the_mirror_by_its_client_certificate() {
 // Bad input through the binary
 // ---------------------------------------------------------------------------------------------
 
-struct Outcome {
-    code: i32,
-    stderr: String,
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_zkmirror");
 
-fn binary(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-    // Without RUST_LOG: the binary's own default filter, as an operator runs it.
-    command.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    for (var, _) in std::env::vars() {
-        if var.starts_with("ZKMIRROR_") {
-            command.env_remove(var);
-        }
-    }
-    command
-}
-
-/// Runs `zkmirror ARGS...` to completion (on a blocking thread: it may take a connect timeout).
+/// Runs `zkmirror ARGS...` to completion, with the binary's own log filter (no RUST_LOG), as an
+/// operator runs it.
 async fn zkmirror(args: &[&str]) -> Outcome {
-    let mut command = binary(args);
-    let output = tokio::task::spawn_blocking(move || command.output().expect("running zkmirror"))
-        .await
-        .expect("the blocking task");
-    Outcome { code: output.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
+    binary::run_logging(BINARY, args, None).await
 }
 
 /// Asserts exit code 2 and a stderr holding every one of `parts`.
@@ -282,73 +263,6 @@ async fn bad_certificates_and_files_are_one_clear_message_and_exit_2() {
 // While running: a certificate that stops validating, and reloads
 // ---------------------------------------------------------------------------------------------
 
-/// A `zkmirror run` process, its output in a log file; killed by pid when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &[&str], log: &Path) -> Daemon {
-        let out = File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file handle");
-        let mut command = binary(&["run"]);
-        command.args(args).env("RUST_LOG", "info").stdout(out).stderr(err);
-        Daemon { child: command.spawn().expect("starting zkmirror run"), log: log.to_owned() }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("zkmirror exited with {status}; log:\n{}", self.log_text());
-        }
-    }
-
-    /// Waits until the log holds `count` lines with every one of `parts`.
-    async fn wait_for_log(&self, parts: &[&str], count: usize) -> String {
-        wait_until(CONVERGE, &format!("{count} log line(s) with {parts:?}"), || async {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().filter(|l| parts.iter().all(|p| l.contains(p))).collect();
-            match lines.get(count - 1) {
-                Some(line) => {
-                    eprintln!("[tls_zk] log: {line}");
-                    Ok(line.to_string())
-                }
-                None => Err(format!("{} such lines; log:\n{text}", lines.len())),
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("[tls_zk] zkmirror log:\n{}", self.log_text());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn state(redis_url: &str) -> Option<String> {
-    let mut conn = redis_conn(redis_url).await;
-    common::world::mirror_state(&mut conn, "zk").await
-}
-
-async fn wait_for_state(redis_url: &str, want: &str) {
-    wait_until(CONVERGE, &format!("the mirror's state is {want}"), || async {
-        match state(redis_url).await {
-            Some(s) if s == want => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-}
-
 /// The server's certificate is rotated to one signed by a second CA: the running mirror cannot
 /// validate it, goes `degraded` and says why (TLS, the CA file), retrying. Writing the new CA
 /// into the `--zk-tls-ca` file reloads the settings: the mirror restarts with it (its copy
@@ -370,6 +284,7 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
     let log = dir.path().join("zkmirror.log");
     let (server, url) = (zk.tls_connect_string(), redis.url());
     let mut daemon = Daemon::start(
+        BINARY,
         &[
             "--zk",
             &server,
@@ -386,9 +301,11 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
             "--zk-tls-key",
             s(&pki.client.key),
         ],
+        "info",
         &log,
     );
-    wait_for_state(&url, "live").await;
+    let conn = redis_conn(&url).await;
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
     assert_converges(&plain, &url, "zk", &root).await;
 
     // The server now presents a certificate of the next CA, which the mirror does not trust.
@@ -397,9 +314,9 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
     zk.restart();
     let plain = zk_client(&zk.connect_string()).await;
     create_all(&plain, &format!("{root}/b"), b"while degraded").await;
-    wait_for_state(&url, "degraded").await;
-    daemon.wait_for_log(&["ZooKeeper unreachable", "TLS", "not signed by the CA in", s(&ca_file)], 1).await;
-    daemon.assert_running();
+    wait_for_field(&conn, "zk:mirror", "state", "degraded").await;
+    daemon.wait_for_lines(&["ZooKeeper unreachable", "TLS", "not signed by the CA in", s(&ca_file)], 1).await;
+    daemon.process.assert_running();
 
     // The operator installs the next CA (beside the old: the client certificate is the old
     // CA's, which the server still trusts); the file watch reloads.
@@ -409,15 +326,15 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
         std::fs::read_to_string(&second.ca).expect("read")
     );
     std::fs::write(&ca_file, both).expect("write the new CA file");
-    daemon.wait_for_log(&["reload applied", &format!("restarted={root} ")], 1).await;
-    wait_for_state(&url, "live").await;
+    daemon.wait_for_lines(&["reload applied", &format!("restarted={root} ")], 1).await;
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
     assert_converges(&plain, &url, "zk", &root).await;
 
     // A broken CA file is rejected; the running material stays and mirroring goes on.
     std::fs::write(&ca_file, "not a certificate\n").expect("break the CA file");
-    daemon.wait_for_log(&["reload rejected", "--zk-tls-ca", s(&ca_file)], 1).await;
+    daemon.wait_for_lines(&["reload rejected", "--zk-tls-ca", s(&ca_file)], 1).await;
     create_all(&plain, &format!("{root}/c"), b"after the rejected reload").await;
     assert_converges(&plain, &url, "zk", &root).await;
-    daemon.assert_running();
-    assert_eq!(state(&url).await.as_deref(), Some("live"));
+    daemon.process.assert_running();
+    assert_eq!(hget(&conn, "zk:mirror", "state").await.as_deref(), Some("live"));
 }

@@ -50,15 +50,19 @@ fn without_settings_from_env(command: &mut Command) {
 /// after [`CONVERGE`] fails the test (a `run` that should have refused its settings would
 /// otherwise retry for ever).
 pub async fn run<S: AsRef<str>>(binary: &str, args: &[S]) -> Outcome {
-    run_with_log_level(binary, args, "warn").await
+    run_logging(binary, args, Some("warn")).await
 }
 
-/// [`run`] with the given `RUST_LOG`.
-pub async fn run_with_log_level<S: AsRef<str>>(binary: &str, args: &[S], rust_log: &str) -> Outcome {
+/// [`run`] with the given `RUST_LOG`; `None`: the binary's own default, as an operator runs it.
+pub async fn run_logging<S: AsRef<str>>(binary: &str, args: &[S], rust_log: Option<&str>) -> Outcome {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let mut command = Command::new(binary);
     without_settings_from_env(&mut command);
-    command.args(&args).env("RUST_LOG", rust_log).stdin(Stdio::null());
+    command.args(&args).stdin(Stdio::null());
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
     let output = tokio::time::timeout(CONVERGE, command.output())
@@ -110,9 +114,33 @@ impl Daemon {
         .await
     }
 
+    /// Waits until the log holds `count` lines that each contain every one of `parts`; returns
+    /// the `count`-th.
+    pub async fn wait_for_lines(&mut self, parts: &[&str], count: usize) -> String {
+        let log = self.log.clone();
+        let process = &mut self.process;
+        wait_until(CONVERGE, &format!("{count} log line(s) with {parts:?}"), || {
+            process.assert_running();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| parts.iter().all(|p| l.contains(p))).collect();
+            let found = lines.get(count.saturating_sub(1)).map(|l| (*l).to_owned());
+            let have = lines.len();
+            async move { found.ok_or_else(|| format!("{have} such lines; log:\n{text}")) }
+        })
+        .await
+    }
+
     /// SIGTERM, waits for the exit (SIGKILL after a grace period), and returns the log.
     pub fn stop(mut self) -> String {
         self.process.stop();
         self.log_text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[zkmirror run] log {}:\n{}", self.log.display(), self.log_text());
+        }
     }
 }
