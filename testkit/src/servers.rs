@@ -334,9 +334,24 @@ fn loopback(port: u16) -> SocketAddr {
 /// Opens a short-lived TCP connection, writes `request`, and returns what the server sends
 /// until it closes the connection or goes quiet for a second.
 fn exchange(addr: SocketAddr, request: &[u8], read_until: impl Fn(&[u8]) -> bool) -> io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    converse(&mut short_lived(addr)?, request, read_until)
+}
+
+/// A TCP connection to `addr` whose connect, reads and writes each give up after a second.
+pub(crate) fn short_lived(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    Ok(stream)
+}
+
+/// Writes `request` on `stream` (plain or TLS) and returns what comes back until the server
+/// closes, goes quiet (the stream's read timeout), or `read_until` says the answer is whole.
+pub(crate) fn converse(
+    stream: &mut impl ReadWrite,
+    request: &[u8],
+    read_until: impl Fn(&[u8]) -> bool,
+) -> io::Result<String> {
     stream.write_all(request)?;
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
@@ -355,6 +370,10 @@ fn exchange(addr: SocketAddr, request: &[u8], read_until: impl Fn(&[u8]) -> bool
     }
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
+
+/// What [`converse`] talks over.
+pub(crate) trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn temp_dir(prefix: &str) -> TempDir {
     tempfile::Builder::new()

@@ -130,7 +130,6 @@ pub(crate) fn exchange_tls(
     request: &[u8],
     read_until: impl Fn(&[u8]) -> bool,
 ) -> std::io::Result<String> {
-    use std::io::{Read, Write};
     use std::sync::Arc;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -150,27 +149,8 @@ pub(crate) fn exchange_tls(
     };
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
     let connection = rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
-    let stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
-    stream.set_write_timeout(Some(std::time::Duration::from_secs(1)))?;
-    let mut tls = rustls::StreamOwned::new(connection, stream);
-    tls.write_all(request)?;
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tls.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                response.extend_from_slice(&buf[..n]);
-                if read_until(&response) {
-                    break;
-                }
-            }
-            Err(err) if response.is_empty() => return Err(err),
-            Err(_) => break,
-        }
-    }
-    Ok(String::from_utf8_lossy(&response).into_owned())
+    let stream = crate::servers::short_lived(addr)?;
+    crate::servers::converse(&mut rustls::StreamOwned::new(connection, stream), request, read_until)
 }
 
 use rustls::pki_types::pem::PemObject;
