@@ -297,8 +297,12 @@ pub fn own_strays(ahead: &[(String, i64)], session: i64) -> Vec<String> {
 /// Where and as whom to compete.
 #[derive(Clone, Debug)]
 pub struct ElectionConfig {
-    /// The mirrors' ZooKeeper settings (servers, credentials, TLS, session timeout).
-    pub zk: crate::zk::ZkConnect,
+    /// The mirrors' ZooKeeper settings (servers, credentials, TLS, session timeout), as the
+    /// last reload left them: each new session takes the latest, so that a rotated CA,
+    /// certificate or credential reaches the election too (a session already open keeps what it
+    /// was opened with; once it cannot reconnect with that, it is lost and the next one uses the
+    /// new files).
+    pub zk: tokio::sync::watch::Receiver<crate::zk::ZkConnect>,
     /// The election path (`--ha`).
     pub path: String,
     /// This instance's name (`--instance`).
@@ -364,7 +368,7 @@ impl Election {
         role: watch::Sender<Role>,
         shutdown: Shutdown,
     ) -> Election {
-        let machine = Machine::new(give_up_after(config.zk.session_timeout));
+        let machine = Machine::new(give_up_after(config.zk.borrow().session_timeout));
         Election { config, notices, step_down, role, shutdown, machine }
     }
 
@@ -381,11 +385,11 @@ impl Election {
             let client = match connected {
                 Ok(client) => client,
                 Err(crate::ZkError::AuthFailed) => {
-                    return Err(ElectionError::AuthFailed { servers: self.config.zk.servers.clone() })
+                    return Err(ElectionError::AuthFailed { servers: self.config.zk.borrow().servers.clone() })
                 }
                 Err(e) => {
                     if !failing {
-                        warn!(servers = %self.config.zk.servers, error = %e, "election: cannot connect to ZooKeeper; retrying");
+                        warn!(servers = %self.config.zk.borrow().servers, error = %e, "election: cannot connect to ZooKeeper; retrying");
                         failing = true;
                     }
                     if self.pause(backoff.next_delay()).await {
@@ -441,7 +445,9 @@ impl Election {
                     }
                     Err(ZkClientError::SessionExpired) => return SessionEnd::Renew,
                     Err(ZkClientError::AuthFailed) => {
-                        return SessionEnd::Fatal(ElectionError::AuthFailed { servers: self.config.zk.servers.clone() })
+                        return SessionEnd::Fatal(ElectionError::AuthFailed {
+                            servers: self.config.zk.borrow().servers.clone(),
+                        })
                     }
                     Err(
                         e
@@ -554,7 +560,7 @@ impl Election {
         session: i64,
         creation: &mut LockCreation,
     ) -> Result<String, ZkClientError> {
-        let acls = if self.config.zk.auth.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
+        let acls = if self.config.zk.borrow().auth.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
         let prefix = crate::path::child(&self.config.path, LOCK_PREFIX);
         let ephemeral = CreateMode::EphemeralSequential.with_acls(acls);
         loop {
@@ -776,7 +782,8 @@ impl Election {
 
 /// Connects the election session (with the mirrors' credentials and TLS, if any).
 async fn connect(config: &ElectionConfig) -> Result<Client, crate::ZkError> {
-    config.zk.connect(false).await
+    let zk = config.zk.borrow().clone();
+    zk.connect(false).await
 }
 
 /// Deletes the own lock znode, so that the next in line leads at once. Best effort: when it

@@ -590,11 +590,14 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     let mut leading: Option<Leadership> = None;
     let mut leader_metrics = ha.as_ref().map(|ha| crate::observe::LeaderMetrics::new(&ha.instance));
     let mut aggregator: Option<Aggregator> = None;
+    // How the election reaches ZooKeeper, updated by reloads (new TLS files, credentials).
+    let mut election_zk: Option<watch::Sender<crate::zk::ZkConnect>> = None;
     match (&ha, settings.mirrors.first()) {
         (Some(ha), Some(first)) => {
             info!(election = %ha.path, instance = %ha.instance, "high availability: standing by until elected");
-            let config =
-                ElectionConfig { zk: first.zk_connect(), path: ha.path.clone(), instance: ha.instance.clone() };
+            let (zk_tx, zk) = watch::channel(first.zk_connect());
+            election_zk = Some(zk_tx);
+            let config = ElectionConfig { zk, path: ha.path.clone(), instance: ha.instance.clone() };
             let contender = Election::new(config, notice_tx.clone(), step_down_rx, role_tx, election_shutdown);
             election = Some(tokio::spawn(contender.run()));
         }
@@ -621,6 +624,17 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                         }
                         check_policies(&new.mirrors, &mut background);
                         watcher.follow(&new.watched_files());
+                        if let (Some(tx), Some(first)) = (&election_zk, new.mirrors.first()) {
+                            let zk = first.zk_connect();
+                            tx.send_if_modified(|current| {
+                                let changed = *current != zk;
+                                if changed {
+                                    info!("reload: the election's next ZooKeeper session uses the new settings");
+                                    *current = zk;
+                                }
+                                changed
+                            });
+                        }
                         settings = new;
                         if ha.is_some() && leading.is_none() {
                             info!("reload: standing by; the new settings apply once this instance leads");

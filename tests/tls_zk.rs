@@ -338,3 +338,67 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
     daemon.process.assert_running();
     assert_eq!(hget(&conn, "zk:mirror", "state").await.as_deref(), Some("live"));
 }
+
+/// With `--ha`, the election's session is what a rotation must reach too: once the server
+/// presents a certificate of a CA the instance does not trust, the election's session cannot
+/// reconnect, and the instance steps down. The new CA written into the `--zk-tls-ca` file, the
+/// election's next session takes it (with the files it started with it would stand by for
+/// ever), the instance leads again and its mirror copies what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ha_the_election_takes_a_rotated_ca_at_its_next_session() {
+    let pki = Pki::generate();
+    let second = Pki::generate_named("the next CA");
+    let mut zk = ZkServer::start_tls(&pki.server, &pki.ca, ClientAuth::Need);
+    let redis = RedisServer::start();
+    let root = unique_root("rotate-ha");
+    let election = unique_root("rotate-ha-election");
+    let plain = zk_client(&zk.connect_string()).await;
+    create_all(&plain, &format!("{root}/a"), b"1").await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = dir.path().join("zk-ca.pem");
+    std::fs::copy(&pki.ca, &ca_file).expect("copy the CA");
+    let (server, url) = (zk.tls_connect_string(), redis.url());
+    let args = [
+        "--zk",
+        &server,
+        "--redis",
+        &url,
+        "--root",
+        &root,
+        "--session-timeout",
+        "2s",
+        "--zk-tls-ca",
+        s(&ca_file),
+        "--zk-tls-cert",
+        s(&pki.client.cert),
+        "--zk-tls-key",
+        s(&pki.client.key),
+        "--ha",
+        &election,
+        "--instance",
+        "rotating-1",
+    ];
+    let mut daemon = Daemon::start(BINARY, &args, "info", &dir.path().join("zkmirror.log"));
+    let conn = redis_conn(&url).await;
+    wait_for_field(&conn, "zk:mirror", "leader", "rotating-1").await;
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
+
+    zk.set_certificate(&second.server);
+    drop(plain);
+    zk.restart();
+    let plain = zk_client(&zk.connect_string()).await;
+    daemon.wait_for_lines(&["no longer the leader"], 1).await;
+    create_all(&plain, &format!("{root}/b"), b"while no instance led").await;
+
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&pki.ca).expect("read"),
+        std::fs::read_to_string(&second.ca).expect("read")
+    );
+    std::fs::write(&ca_file, both).expect("write the new CA file");
+    daemon.wait_for_lines(&["elected leader"], 2).await;
+    wait_for_field(&conn, "zk:mirror", "state", "live").await;
+    assert_converges(&plain, &url, "zk", &root).await;
+    daemon.process.assert_running();
+}
