@@ -734,3 +734,44 @@ fn a_newer_history_in_redis_is_adopted_when_the_scripts_load_and_on_refusal() {
     let (syncs, claims) = syncs_and_claims(&s.take());
     assert_eq!((syncs, claims), (vec![2], vec![(4, Some(0))]));
 }
+
+/// Review 4: a Redis that stays unreachable (refused, or a certificate that no longer
+/// validates) is logged once, then at most every 30 s (`redis_failed`'s "Redis unreachable;
+/// retrying" branch), not once per retry. Each retry's probe puts the link in `Loading`, so
+/// the failed probe is taken for a fresh failure and logs "Redis write failed" again: a
+/// warning per retry (measured: 43 in 40 s with a rotated server certificate).
+#[test]
+fn review4_a_redis_that_stays_down_is_not_logged_at_every_retry() {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut s = Script::live(|_| {});
+        s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+        let first = s.reads();
+        s.feed(answer(&first[0], |p| znode(p, 5, &[])));
+        s.take();
+        let down = || StoreError::Unexpected { server: "redis".into(), what: "test", detail: "review4 down".into() };
+        s.feed(Input::WriteDone(Err(down())));
+        for _ in 0..10 {
+            s.wait(Duration::from_secs(6)); // past the longest backoff (5 s)
+            assert!(s.take().iter().any(|e| matches!(e, Effect::LoadScripts)), "probed after the backoff");
+            s.feed(Input::ScriptsLoaded(Err(down())));
+        }
+    });
+    let text = String::from_utf8_lossy(&lines.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
+    let warnings = text.lines().filter(|l| l.contains("review4 down")).count();
+    // 66 s of an unreachable Redis: the first failure, then at most one line per 30 s.
+    assert!(warnings <= 3, "{warnings} warnings in 66 s of retries:\n{text}");
+}
