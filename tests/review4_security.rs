@@ -141,3 +141,14 @@ async fn with_ha_a_rotated_zookeeper_ca_file_lets_the_election_lead_again() {
     .await;
     daemon.stop();
 }
+
+/// A malformed `--zk-auth` (or `ZKMIRROR_ZK_AUTH`), say the password alone without `user:`, is
+/// echoed by clap's error (`invalid value '<the password>' for '--zk-auth <ZK_AUTH>'`):
+/// `hide_env_values` hides it from `--help` only.
+#[tokio::test]
+async fn a_malformed_zk_auth_is_not_echoed() {
+    let secret = "Review4-OnlyThePassword";
+    let outcome = binary::run(BIN, &["export", "/x", "--zk", "127.0.0.1:1", "--zk-auth", secret]).await;
+    assert_eq!(outcome.code, 2, "{outcome:?}");
+    assert!(!outcome.stderr.contains(secret), "the password is printed: {}", outcome.stderr);
+}
