@@ -185,6 +185,12 @@ impl MirrorConfig {
         crate::path::validate(&self.root)?;
         validate_prefix(&self.prefix)?;
         validate_zk_servers(&self.zk_servers)?;
+        // With TLS asked for, no server may be written `tcp://`: zookeeper-client would speak
+        // plain TCP to it (the settings refuse it too; this covers a config built in code).
+        for server in self.zk_servers.split(',').map(str::trim) {
+            crate::zk::split_server(server, self.zk_tls.is_some())
+                .map_err(|why| ConfigError::BadZkAddress { zk: self.zk_servers.clone(), why })?;
+        }
         validate_redis_url(&self.redis_url)?;
         // TLS material needs a TLS URL: set directly (not through the settings), it must not be
         // dropped silently either.
@@ -333,17 +339,38 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
 /// The URL with any password replaced by `***`, for logs and errors.
 pub fn mask_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            // redis-rs takes a unix socket's password from the query (`?pass=`).
+            if parsed.query_pairs().any(|(name, _)| is_password_param(&name)) {
+                let masked: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(name, value)| {
+                        let value = if is_password_param(&name) { "***".to_owned() } else { value.into_owned() };
+                        (name.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(masked);
+            }
             parsed.to_string()
         }
-        Ok(parsed) => parsed.to_string(),
-        // Still name what was given, less anything before an '@' (it may hold a password).
-        Err(_) => match url.rsplit_once('@') {
-            Some((_, host)) => format!("{:?}", format!("***@{host}")),
-            None => format!("{url:?}"),
-        },
+        // Still name what was given, less anything before an '@' (it may hold a password)
+        // and any query (it may too).
+        Err(_) => {
+            let url = url.split_once('?').map_or(url, |(before, _)| before);
+            match url.rsplit_once('@') {
+                Some((_, host)) => format!("{:?}", format!("***@{host}")),
+                None => format!("{url:?}"),
+            }
+        }
     }
+}
+
+/// A URL query parameter that carries a password (`pass`, `password`, any case).
+fn is_password_param(name: &str) -> bool {
+    name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
 }
 
 #[cfg(test)]
@@ -352,6 +379,14 @@ mod tests {
 
     fn config() -> MirrorConfig {
         MirrorConfig::new("127.0.0.1:2181", "redis://127.0.0.1:6379/", "/app")
+    }
+
+    #[test]
+    fn a_password_in_a_unix_socket_query_is_masked_too() {
+        let masked = mask_url("redis+unix:///run/redis.sock?user=u&pass=s3cret&db=2");
+        assert!(!masked.contains("s3cret") && masked.contains("pass=***") && masked.contains("db=2"), "{masked}");
+        assert!(!mask_url("unix:///s?password=s3cret").contains("s3cret"));
+        assert!(!mask_url("not a url?pass=s3cret").contains("s3cret"));
     }
 
     #[test]

@@ -51,8 +51,16 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // and then succeeds with (a one-shot command's first attempt while the server is still
     // opening sessions), and the mirror logs each failure itself with its cause. So its target
     // is at `error` unless RUST_LOG says otherwise.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},zookeeper_client=error")));
+    // The file watcher's own crate logs every inotify event at trace: with `RUST_LOG=trace` and
+    // the log file in a watched folder, each line it writes is an event that logs a line (two
+    // million lines in 15 s, seen). It stays at `warn` unless RUST_LOG names it.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("notify")) {
+        if let Ok(directive) = "notify=warn".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 
 /// A PEM file as read when the settings loaded. `Debug` shows the path only: the bytes may be
 /// a private key.
@@ -233,12 +233,7 @@ fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Re
         setting: RedisSetting::TlsKey,
         why: format!("bad private key {}: {why}", key_path.display()),
     };
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            bad_key("no private key in it (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)".to_owned())
-        }
-        other => bad_key(format!("not a PEM private key: {other}")),
-    })?;
+    let key = crate::tls::private_key(&key_pem).map_err(bad_key)?;
     // What rustls checks when it builds the client config: the key loads, and it is the one
     // the certificate was issued for. Checked here so that a mismatch is a settings error
     // naming both files, not a handshake failure later.
@@ -269,6 +264,14 @@ fn load_password(path: &Path) -> Result<PasswordFile, RedisSettingError> {
     })?;
     // `echo secret > file` and editors add a newline; a password never ends with one.
     let password = text.trim_end_matches(['\n', '\r']);
+    if password.contains(['\n', '\r']) {
+        // As the ZooKeeper credentials file: one line; a second is a mistake (two secrets in
+        // one file, a password and a note) that would otherwise be sent as the password.
+        return Err(RedisSettingError {
+            setting,
+            why: format!("the password file {} holds more than one line: give the password alone", path.display()),
+        });
+    }
     if password.is_empty() {
         return Err(RedisSettingError { setting, why: format!("the password file {} is empty", path.display()) });
     }
@@ -330,6 +333,20 @@ pub fn describe(error: &redis::RedisError, server: &str) -> String {
         );
     }
     text
+}
+
+/// Whether waiting cannot fix `error`: the TLS handshake failed (a certificate the files do
+/// not accept, a client certificate the server refuses), the credentials were refused, or a
+/// plain client reached a TLS port (the server drops it at once). `zkmirror run` stops at start
+/// on these; anything else (refused, unreachable, slow) it retries.
+pub fn is_misconfiguration(error: &redis::RedisError, server: &str) -> bool {
+    let tls_url = server.starts_with("rediss://") || server.starts_with("valkeys://");
+    let text = error.to_string().to_lowercase();
+    let dropped = error.is_io_error() && ["reset by peer", "unexpected end of file"].iter().any(|n| text.contains(n));
+    tls_failure(error).is_some()
+        || error.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("wrongpass")
+        || (dropped && !tls_url)
 }
 
 /// [`describe`], naming the files concerned when the failure was TLS's: the CA file when the
@@ -462,5 +479,9 @@ mod tests {
         let files = RedisFiles { password_file: Some(&empty), ..RedisFiles::default() };
         let err = files.load("redis://127.0.0.1:6379/").unwrap_err();
         assert!(err.why.contains("is empty") && err.why.contains("empty"), "{}", err.why);
+        let two = temp("two-lines", b"s3cret\nnote\n");
+        let files = RedisFiles { password_file: Some(&two), ..RedisFiles::default() };
+        let err = files.load("redis://127.0.0.1:6379/").unwrap_err();
+        assert!(err.why.contains("more than one line") && !err.why.contains("s3cret"), "{}", err.why);
     }
 }

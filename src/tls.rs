@@ -170,12 +170,28 @@ impl TlsIdentity {
                 why: "holds no CERTIFICATE block".to_owned(),
             });
         }
-        let key = PrivateKeyDer::from_pem_slice(self.key.text.as_bytes()).map_err(|e| TlsFileError::Bad {
-            path: self.key.path.clone(),
-            why: format!("holds no usable PEM private key: {e}"),
-        })?;
+        let key = private_key(self.key.text.as_bytes())
+            .map_err(|why| TlsFileError::Bad { path: self.key.path.clone(), why })?;
         Ok((chain, key))
     }
+}
+
+/// The private key in a PEM text (PKCS#8, PKCS#1 RSA or SEC1 EC), both sides' one reader. An
+/// encrypted key is said to be one: rustls cannot decrypt it, and "no key found" would send an
+/// operator looking for the wrong mistake. The error never quotes the text.
+pub(crate) fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err("the key is encrypted, which zkmirror cannot use: give it unencrypted, readable only by \
+                    zkmirror (a systemd credential, a file of mode 0600)"
+            .to_owned());
+    }
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "no private key in it (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)".to_owned()
+        }
+        other => format!("not a PEM private key: {other}"),
+    })
 }
 
 /// Performs one TLS handshake with `host:port` (then a four-letter word, so that a server that
@@ -323,5 +339,20 @@ impl rustls::client::danger::ServerCertVerifier for RefuseAll {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.schemes.clone()
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::private_key;
+
+    #[test]
+    fn an_encrypted_key_is_called_encrypted_and_never_quoted() {
+        let pem = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let why = private_key(pem).expect_err("refused");
+        assert!(why.contains("encrypted") && !why.contains("MIIF"), "{why}");
+        let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert!(private_key(legacy).expect_err("refused").contains("encrypted"));
+        assert!(private_key(b"").expect_err("refused").contains("no private key"));
     }
 }

@@ -181,6 +181,11 @@ impl ZkConnect {
     /// (one-shot commands), instead of retrying for a session timeout. A plain session that
     /// fails against a port that speaks TLS says so.
     pub async fn connect(&self, eager: bool) -> Result<Client, ZkError> {
+        // A `tcp://` server beside TLS would be plain TCP: refused before anything connects,
+        // not merely skipped by the probe (the session could still pick it).
+        for server in self.servers.split(',').map(str::trim) {
+            split_server(server, self.tls.is_some()).map_err(|why| self.tls_error(why))?;
+        }
         let per_server = self.session_timeout * 2 / 5;
         self.probe(per_server).await?;
         let mut connector = self.connector()?;

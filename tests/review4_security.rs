@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::binary::{self, Daemon};
 use common::servers::ClientAuth;
 use common::tls::Pki;
-use common::world::CONVERGE;
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use common::RedisTls;
+use common::{RedisServer, ZkServer};
 use zkmirror::{MirrorConfig, TlsFiles};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zkmirror");
@@ -68,80 +68,6 @@ async fn run_with_a_wrong_zookeeper_ca_exits_2_at_start() {
     outcome.refused(&[&tls, "not signed by the CA", s(&other.ca)]);
 }
 
-/// With `--ha`, the election's ZooKeeper session is set up once, from the settings at start
-/// (`ElectionConfig { zk: first.zk_connect() }` in `service::run`); a reload never reaches it.
-/// So when ZooKeeper's certificate is rotated to a new CA and the operator updates the CA file,
-/// the mirrors would take the new CA, but the election keeps reconnecting with the old one,
-/// never leads again, and the process mirrors nothing until restarted, while its log says
-/// "reload: standing by; the new settings apply once this instance leads" and "nothing changed".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_ha_a_rotated_zookeeper_ca_file_lets_the_election_lead_again() {
-    let pki = Pki::generate();
-    let next = Pki::generate_named("review4 next CA");
-    let mut zk = ZkServer::start_tls(&pki.server, &pki.ca, ClientAuth::Want);
-    let redis = RedisServer::start();
-    let root = unique_root("r4-ha-rotate");
-    let election = unique_root("r4-election");
-    let plain = zk_client(&zk.connect_string()).await;
-    create_all(&plain, &format!("{root}/a"), b"1").await;
-    drop(plain);
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca_file = dir.path().join("zk-ca.pem");
-    std::fs::copy(&pki.ca, &ca_file).expect("copy the CA");
-    let log = dir.path().join("zkmirror.log");
-    let (server, url) = (zk.tls_connect_string(), redis.url());
-    let args = [
-        "--zk",
-        &server,
-        "--redis",
-        &url,
-        "--root",
-        &root,
-        "--session-timeout",
-        "2s",
-        "--zk-tls-ca",
-        s(&ca_file),
-        "--ha",
-        &election,
-        "--instance",
-        "r4",
-    ];
-    let mut daemon = Daemon::start(BIN, &args, "info", &log);
-    daemon.wait_for_log("elected leader").await;
-
-    // ZooKeeper now presents a certificate of the next CA: the leader loses its session.
-    zk.set_certificate(&next.server);
-    zk.restart();
-    daemon.wait_for_log("no longer the leader").await;
-
-    // The operator installs the new CA (beside the old), replacing the file atomically.
-    let both = format!(
-        "{}{}",
-        std::fs::read_to_string(&pki.ca).expect("read"),
-        std::fs::read_to_string(&next.ca).expect("read")
-    );
-    let tmp = dir.path().join("zk-ca.pem.tmp");
-    std::fs::write(&tmp, both).expect("write the new CA");
-    std::fs::rename(&tmp, &ca_file).expect("rename");
-    daemon.wait_for_log("reloading settings").await;
-
-    let log_path = daemon.log.clone();
-    wait_until(CONVERGE, "the instance leads again with the new CA", || {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let leads = text.matches("elected leader").count();
-        async move {
-            if leads >= 2 {
-                Ok(())
-            } else {
-                Err(text.lines().rev().take(6).collect::<Vec<_>>().join("\n"))
-            }
-        }
-    })
-    .await;
-    daemon.stop();
-}
-
 /// A malformed `--zk-auth` (or `ZKMIRROR_ZK_AUTH`), say the password alone without `user:`, is
 /// echoed by clap's error (`invalid value '<the password>' for '--zk-auth <ZK_AUTH>'`):
 /// `hide_env_values` hides it from `--help` only.
@@ -151,4 +77,47 @@ async fn a_malformed_zk_auth_is_not_echoed() {
     let outcome = binary::run(BIN, &["export", "/x", "--zk", "127.0.0.1:1", "--zk-auth", secret]).await;
     assert_eq!(outcome.code, 2, "{outcome:?}");
     assert!(!outcome.stderr.contains(secret), "the password is printed: {}", outcome.stderr);
+}
+
+/// The same at start for Redis: a certificate of a CA the files do not name, a plain client on
+/// a TLS port, a refused password: `zkmirror run` stops at once, exit 2, naming the server. A
+/// Redis that is merely down is not such a case: the daemon starts and retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_at_start_on_what_waiting_cannot_fix_on_the_redis_side() {
+    let pki = Pki::generate();
+    let other = Pki::generate_named("review4 other CA");
+    let zk = ZkServer::shared().connect_string();
+    let redis = RedisServer::start_tls_with_password("mirror", "right-pw", RedisTls::server_only(&pki));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+    std::fs::write(&right, "right-pw\n").expect("write");
+    std::fs::write(&wrong, "wrong-pw\n").expect("write");
+    let tls_url = format!("rediss://mirror@{}/", redis.addr());
+    let run = |redis_url: String, extra: Vec<String>| {
+        let zk = zk.clone();
+        async move {
+            let mut args = vec!["run".to_owned(), "--zk".into(), zk, "--root".into(), "/review4-redis".into()];
+            args.extend(["--redis".to_owned(), redis_url]);
+            args.extend(extra);
+            binary::run(BIN, &args).await
+        }
+    };
+    let files = |ca: &Path, password: &Path| {
+        vec!["--redis-tls-ca".to_owned(), s(ca).to_owned(), "--redis-password-file".into(), s(password).to_owned()]
+    };
+    run(tls_url.clone(), files(&other.ca, &right)).await.refused(&[&tls_url, "TLS failure", s(&other.ca)]);
+    let plain_url = format!("redis://mirror@{}/", redis.addr());
+    let plain = run(plain_url.clone(), vec!["--redis-password-file".into(), s(&right).to_owned()]).await;
+    plain.refused(&[&plain_url, "rediss://"]);
+    let refused = run(tls_url.clone(), files(&pki.ca, &wrong)).await;
+    let message = refused.refused(&[&tls_url]);
+    assert!(!message.contains("wrong-pw"), "{message}");
+
+    // Down is not wrong: the daemon starts and waits for it.
+    let down = format!("redis://127.0.0.1:{}/", common::servers::free_port());
+    let log = dir.path().join("down.log");
+    let args = ["--zk", &zk, "--root", "/review4-redis", "--redis", &down];
+    let mut daemon = Daemon::start(BIN, &args, "info", &log);
+    daemon.wait_for_lines(&["Redis", "retry"], 1).await;
+    daemon.process.assert_running();
 }

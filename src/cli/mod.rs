@@ -95,7 +95,7 @@ pub struct ZkArgs {
     #[arg(long, env = "ZKMIRROR_ZK")]
     pub zk: Option<String>,
     /// ZooKeeper digest credentials, user:password.
-    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true)]
+    #[arg(long, env = "ZKMIRROR_ZK_AUTH", hide_env_values = true, value_parser = DigestParser)]
     pub zk_auth: Option<ZkDigest>,
     /// A file holding the ZooKeeper digest credentials, user:password (a trailing newline is
     /// ignored); instead of --zk-auth.
@@ -110,6 +110,31 @@ pub struct ZkArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "ZKMIRROR_ZK_TLS_KEY", value_name = "FILE")]
     pub zk_tls_key: Option<PathBuf>,
+}
+
+/// Parses `--zk-auth` without echoing it: clap's own error for a bad value quotes the value,
+/// which for a password pasted alone (no `user:`) is the secret.
+#[derive(Clone)]
+struct DigestParser;
+
+impl clap::builder::TypedValueParser for DigestParser {
+    type Value = ZkDigest;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ZkDigest, clap::Error> {
+        let refused = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--zk-auth (or ZKMIRROR_ZK_AUTH): {why}\n"),
+            )
+        };
+        let text = value.to_str().ok_or_else(|| refused("not UTF-8".to_owned()))?;
+        text.parse::<ZkDigest>().map_err(|e| refused(e.to_string()))
+    }
 }
 
 impl ZkArgs {

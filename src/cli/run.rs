@@ -111,7 +111,8 @@ impl SettingsArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (file, overrides) = args.settings.split();
     // Fail fast on bad settings, before any signal handler or server is set up.
-    Settings::load(file.as_deref(), &overrides)?;
+    let settings = Settings::load(file.as_deref(), &overrides)?;
+    preflight(&settings).await?;
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
@@ -125,6 +126,51 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     trigger.fire();
     daemon.await.context("the daemon task panicked")??;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each server once, before the daemon starts: what waiting cannot fix ends the start with one
+/// message naming the server (and the files) and exit code 2 (a certificate the TLS files do
+/// not accept, a client certificate refused, plain TCP against TLS either way, credentials
+/// refused). A server that is down or unreachable is not an error here: the mirror retries it,
+/// as it does any outage later.
+async fn preflight(settings: &Settings) -> anyhow::Result<()> {
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut zk_checked: Vec<crate::ZkConnect> = Vec::new();
+    let mut redis_checked: Vec<&crate::MirrorConfig> = Vec::new();
+    for m in &settings.mirrors {
+        let zk = m.zk_connect();
+        if !zk_checked.contains(&zk) {
+            let mut probe = zk.clone();
+            probe.session_timeout = probe.session_timeout.min(WITHIN);
+            match tokio::time::timeout(WITHIN * 2, probe.connect(true)).await {
+                Ok(Err(e @ (crate::ZkError::Tls { .. } | crate::ZkError::AuthFailed))) => return Err(e.into()),
+                Ok(Ok(client)) => drop(client),
+                // Down, unreachable, slow: the mirror retries.
+                Ok(Err(_)) | Err(_) => {}
+            }
+            zk_checked.push(zk);
+        }
+        let same_redis = |c: &&crate::MirrorConfig| {
+            c.redis_url == m.redis_url && c.redis_tls == m.redis_tls && c.redis_password == m.redis_password
+        };
+        if !redis_checked.iter().any(same_redis) {
+            let server = crate::config::mask_url(&m.redis_url);
+            let client = m.redis_client().map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {e}"))?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(WITHIN))
+                .set_response_timeout(Some(WITHIN));
+            if let Err(e) = client.get_multiplexed_async_connection_with_config(&config).await {
+                if crate::redis_conn::is_misconfiguration(&e, &m.redis_url) {
+                    anyhow::bail!(
+                        "cannot connect to Redis at {server}: {}",
+                        crate::redis_conn::describe_with_files(&e, &m.redis_url, &m.redis_tls)
+                    );
+                }
+            }
+            redis_checked.push(m);
+        }
+    }
+    Ok(())
 }
 
 /// Validates a settings file (with any flags or environment on top) and prints the effective

@@ -1168,7 +1168,9 @@ impl Core {
     /// once Redis answers again) and probe it with backoff.
     fn redis_failed(&mut self, error: StoreError, now: Instant) {
         let wait = self.redis_backoff.next_delay();
-        if !matches!(self.redis, RedisLink::Down { .. }) {
+        // A probe after the backoff fails in `Loading { was_down: true }`: still the same outage,
+        // logged at most every 30 s, not at every retry.
+        if !matches!(self.redis, RedisLink::Down { .. } | RedisLink::Loading { was_down: true }) {
             warn!(%error, retry_in = ?wait, "Redis write failed; pausing, will reconcile when it is back");
             self.last_redis_error_log = Some(now);
         } else if self.last_redis_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
