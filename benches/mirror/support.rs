@@ -786,11 +786,16 @@ impl Servers {
     pub async fn start() -> Servers {
         let zk = ZkServer::start_for_benchmark();
         let redis = RedisServer::start();
-        if SERVER_VERSIONS.get().is_none() {
-            let mut conn = redis_conn(&redis.url()).await;
-            let _ = SERVER_VERSIONS.set((zookeeper_version(&zk), redis_version(&mut conn).await));
-        }
+        record_versions(&zk, &redis.url()).await;
         Servers { zk, redis }
+    }
+}
+
+/// Notes the servers' versions for the report, from the first section that starts servers.
+pub async fn record_versions(zk: &ZkServer, redis_url: &str) {
+    if SERVER_VERSIONS.get().is_none() {
+        let mut conn = redis_conn(redis_url).await;
+        let _ = SERVER_VERSIONS.set((zookeeper_version(zk), redis_version(&mut conn).await));
     }
 }
 
