@@ -156,8 +156,27 @@ impl MirrorConfig {
 
     /// A client for this mirror's Redis: the URL, its TLS material and password (see
     /// [`crate::redis_conn::client`], the one place clients are built).
+    ///
+    /// A Sentinel URL has no one server to build a client for: use
+    /// [`MirrorConfig::redis_connect`] (or the store's link), which resolves the primary.
     pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        if crate::sentinel::is_sentinel_url(&self.redis_url) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Sentinel URL names no single server",
+                mask_url(&self.redis_url),
+            )));
+        }
         crate::redis_conn::client(&self.redis_url, &self.redis_tls, self.redis_password.as_ref())
+    }
+
+    /// A connection to this mirror's Redis (for a Sentinel URL, to the primary its sentinels
+    /// name now), made with `config`.
+    pub async fn redis_connect(
+        &self,
+        config: &redis::AsyncConnectionConfig,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        crate::redis_conn::connect(&self.redis_url, &self.redis_tls, self.redis_password.as_ref(), config).await
     }
 
     /// How to reach ZooKeeper: the one connect path (see [`crate::zk::ZkConnect`]).
@@ -194,7 +213,7 @@ impl MirrorConfig {
         validate_redis_url(&self.redis_url)?;
         // TLS material needs a TLS URL: set directly (not through the settings), it must not be
         // dropped silently either.
-        if !self.redis_tls.is_empty() && !self.redis_url.starts_with("rediss://") {
+        if !self.redis_tls.is_empty() && !crate::redis_conn::is_tls_url(&self.redis_url) {
             return Err(ConfigError::BadRedisUrl {
                 url: mask_url(&self.redis_url),
                 why: "TLS files are given: the URL must be rediss:// (zkmirror never falls back to plain TCP)".into(),
@@ -312,6 +331,10 @@ const REDIS_URL_FORM: &str =
 
 pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let bad = |why: String| ConfigError::BadRedisUrl { url: mask_url(url), why };
+    // `redis+sentinel://a:1,b:2/SERVICE` is no URL the url crate or redis-rs's client parse.
+    if let Some(sentinel) = crate::sentinel::SentinelUrl::parse(url) {
+        return sentinel.map(drop).map_err(bad);
+    }
     // `HOST:PORT` is what redis-cli users type first; the url crate then reports "relative URL
     // without a base" or takes the host for a scheme, neither of which says what to write.
     let host_port = !url.contains("://")
@@ -322,7 +345,10 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     }
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {REDIS_URL_FORM}")))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-        return Err(bad(format!("the scheme {:?} is not redis:// or rediss://; {REDIS_URL_FORM}", parsed.scheme())));
+        return Err(bad(format!(
+            "the scheme {:?} is not redis://, rediss:// or redis+sentinel://; {REDIS_URL_FORM}",
+            parsed.scheme()
+        )));
     }
     // `#insecure` would turn certificate checks off (it needs a redis-rs feature not built in,
     // and would fail at the first connection): refused here, by name.
@@ -338,34 +364,49 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
 
 /// The URL with any password replaced by `***`, for logs and errors.
 pub fn mask_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            // redis-rs takes a unix socket's password from the query (`?pass=`).
-            if parsed.query_pairs().any(|(name, _)| is_password_param(&name)) {
-                let masked: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(name, value)| {
-                        let value = if is_password_param(&name) { "***".to_owned() } else { value.into_owned() };
-                        (name.into_owned(), value)
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(masked);
-            }
-            parsed.to_string()
+    match crate::sentinel::SentinelUrl::parse(url) {
+        Some(Ok(sentinel)) => return sentinel.masked(),
+        // Unparsable: the scheme, and nothing of the userinfo (it may hold a password).
+        Some(Err(_)) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("redis+sentinel", url));
+            let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+            return match rest.rsplit_once('@') {
+                Some((_, after)) => format!("{scheme}://***@{after}"),
+                None => format!("{scheme}://{rest}"),
+            };
         }
-        // Still name what was given, less anything before an '@' (it may hold a password)
-        // and any query (it may too).
-        Err(_) => {
-            let url = url.split_once('?').map_or(url, |(before, _)| before);
-            match url.rsplit_once('@') {
-                Some((_, host)) => format!("{:?}", format!("***@{host}")),
-                None => format!("{url:?}"),
+        None => {
+            if let Ok(parsed) = url::Url::parse(url) {
+                return mask_parsed(parsed);
             }
         }
     }
+    // Still name what was given, less anything before an '@' (it may hold a password)
+    // and any query (it may too).
+    let url = url.split_once('?').map_or(url, |(before, _)| before);
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("{:?}", format!("***@{host}")),
+        None => format!("{url:?}"),
+    }
+}
+
+/// A parsed URL with its password (userinfo, or a unix socket's `?pass=`) masked.
+fn mask_parsed(mut parsed: url::Url) -> String {
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    // redis-rs takes a unix socket's password from the query (`?pass=`).
+    if parsed.query_pairs().any(|(name, _)| is_password_param(&name)) {
+        let masked: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_password_param(&name) { "***".to_owned() } else { value.into_owned() };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(masked);
+    }
+    parsed.to_string()
 }
 
 /// A URL query parameter that carries a password (`pass`, `password`, any case).

@@ -78,6 +78,7 @@ mod path;
 pub mod reader;
 pub mod redis_conn;
 mod schema;
+pub mod sentinel;
 mod service;
 mod settings;
 mod shutdown;

@@ -77,6 +77,13 @@ pub struct PasswordFile {
     password: String,
 }
 
+impl PasswordFile {
+    /// The password itself: for building a connection, never for a message.
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+}
+
 impl std::fmt::Debug for PasswordFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (password ***)", self.path.display())
@@ -137,7 +144,14 @@ impl RedisFiles<'_> {
     /// Reads and checks the files for a connection to `url` (already a valid Redis URL).
     pub fn load(&self, url: &str) -> Result<(RedisTls, Option<PasswordFile>), RedisSettingError> {
         let parsed = url::Url::parse(url).ok();
-        let tls_url = parsed.as_ref().is_some_and(|u| matches!(u.scheme(), "rediss" | "valkeys"));
+        // A Sentinel URL (`a,b` hosts) is no `url::Url`: its own parser says what it holds.
+        let sentinel = crate::sentinel::SentinelUrl::parse(url).and_then(Result::ok);
+        let tls_url = parsed.as_ref().is_some_and(|u| matches!(u.scheme(), "rediss" | "valkeys"))
+            || sentinel.as_ref().is_some_and(|s| s.tls);
+        let url_password = match &sentinel {
+            Some(s) => s.password.is_some(),
+            None => parsed.as_ref().is_some_and(|u| u.password().is_some()),
+        };
         let given = [
             (self.tls_ca, RedisSetting::TlsCa),
             (self.tls_cert, RedisSetting::TlsCert),
@@ -147,8 +161,8 @@ impl RedisFiles<'_> {
             return Err(RedisSettingError {
                 setting: *setting,
                 why: format!(
-                    "TLS files need a rediss:// URL, and the Redis URL is {}: write rediss:// (zkmirror never \
-                     connects in plain TCP when TLS files are given)",
+                    "TLS files need a rediss:// (or rediss+sentinel://) URL, and the Redis URL is {}: write \
+                     rediss:// (zkmirror never connects in plain TCP when TLS files are given)",
                     crate::config::mask_url(url)
                 ),
             });
@@ -179,7 +193,7 @@ impl RedisFiles<'_> {
         let password = match self.password_file {
             None => None,
             Some(path) => {
-                if parsed.as_ref().is_some_and(|u| u.password().is_some()) {
+                if url_password {
                     return Err(RedisSettingError {
                         setting: RedisSetting::PasswordFile,
                         why: format!(
@@ -292,21 +306,46 @@ pub fn client(url: &str, tls: &RedisTls, password: Option<&PasswordFile>) -> red
     if tls.is_empty() {
         return redis::Client::open(info);
     }
-    let certificates = redis::TlsCertificates {
+    redis::Client::build_with_tls(info, certificates(tls))
+}
+
+/// The TLS material as redis-rs takes it (for a client, and for the sentinels and the nodes
+/// they name).
+pub(crate) fn certificates(tls: &RedisTls) -> redis::TlsCertificates {
+    redis::TlsCertificates {
         client_tls: tls.identity.as_ref().map(|identity| redis::ClientTlsConfig {
             client_cert: identity.cert.pem.clone(),
             client_key: identity.key.pem.clone(),
         }),
         root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
-    };
-    redis::Client::build_with_tls(info, certificates)
+    }
+}
+
+/// A connection to the Redis `url` names, made with `config`: to the server itself, or for a
+/// Sentinel URL (`redis+sentinel://`) to the primary its sentinels name now. The one-shot
+/// commands (`status`, `verify`, `get`, `ls`) and the start check of `run` connect through it.
+pub async fn connect(
+    url: &str,
+    tls: &RedisTls,
+    password: Option<&PasswordFile>,
+    config: &redis::AsyncConnectionConfig,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    match crate::sentinel::SentinelUrl::parse(url) {
+        Some(parsed) => {
+            let parsed = parsed.map_err(|why| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Sentinel URL", why))
+            })?;
+            Ok(crate::sentinel::connect_primary(&parsed, tls, password, config).await?.0)
+        }
+        None => client(url, tls, password)?.get_multiplexed_async_connection_with_config(config).await,
+    }
 }
 
 /// What went wrong reaching `server` (a masked URL), for people: a TLS failure says it is one
 /// and why (which check the server's certificate failed, or that the other side does not speak
 /// TLS); a connection that gets no answer says what that usually means for its scheme.
 pub fn describe(error: &redis::RedisError, server: &str) -> String {
-    let tls_url = server.starts_with("rediss://") || server.starts_with("valkeys://");
+    let tls_url = is_tls_url(server);
     if let Some(tls) = tls_failure(error) {
         return format!("TLS failure: {}", explain_tls(tls));
     }
@@ -340,13 +379,21 @@ pub fn describe(error: &redis::RedisError, server: &str) -> String {
 /// plain client reached a TLS port (the server drops it at once). `zkmirror run` stops at start
 /// on these; anything else (refused, unreachable, slow) it retries.
 pub fn is_misconfiguration(error: &redis::RedisError, server: &str) -> bool {
-    let tls_url = server.starts_with("rediss://") || server.starts_with("valkeys://");
+    let tls_url = is_tls_url(server);
     let text = error.to_string().to_lowercase();
     let dropped = error.is_io_error() && ["reset by peer", "unexpected end of file"].iter().any(|n| text.contains(n));
+    // Behind Sentinel the text may quote a sentinel's or a node's dropped connection: the
+    // heuristic is for a plain client at a TLS port, which a Sentinel URL never names.
+    let sentinel = crate::sentinel::is_sentinel_url(server);
     tls_failure(error).is_some()
         || error.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("wrongpass")
-        || (dropped && !tls_url)
+        || (dropped && !tls_url && !sentinel)
+}
+
+/// Whether `url` asks for TLS: `rediss://`, `valkeys://`, `rediss+sentinel://`.
+pub fn is_tls_url(url: &str) -> bool {
+    ["rediss://", "valkeys://", "rediss+sentinel://"].iter().any(|scheme| url.starts_with(scheme))
 }
 
 /// [`describe`], naming the files concerned when the failure was TLS's: the CA file when the

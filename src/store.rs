@@ -9,13 +9,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Pipeline, Value};
 
 use crate::config::{mask_url, MirrorConfig};
 use crate::error::StoreError;
 use crate::path;
 use crate::schema::{status_field, KeyKind, Keys, Scripts};
+use crate::sentinel::{SentinelLink, SentinelUrl};
 use crate::znode::{Znode, ZnodeStat};
 
 /// One change to make in Redis for one znode.
@@ -217,10 +218,55 @@ pub struct StatusWrite {
     pub existed: bool,
 }
 
+/// How the store reaches Redis.
+#[derive(Clone)]
+enum Link {
+    /// One server: redis-rs's `ConnectionManager` reconnects to it after a failure.
+    Direct(ConnectionManager),
+    /// The primary of a Sentinel service: resolved again through the sentinels after a
+    /// failure, since after a failover it is another server (see [`crate::sentinel`]).
+    Sentinel(Arc<SentinelLink>),
+}
+
+/// The connection one command or pipeline goes over.
+#[derive(Clone)]
+enum Conn {
+    Direct(ConnectionManager),
+    Node(MultiplexedConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Direct(conn) => conn.req_packed_command(cmd),
+            Conn::Node(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Direct(conn) => conn.get_db(),
+            Conn::Node(conn) => conn.get_db(),
+        }
+    }
+}
+
 /// A handle on the mirror's Redis. Cheap to clone: clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    link: Link,
     keys: Keys,
     scripts: Arc<Scripts>,
     /// The URL with the password masked: what errors and logs name.
@@ -243,18 +289,40 @@ impl Store {
     /// down at start is retried by the caller like any later outage.
     pub fn new(config: &MirrorConfig) -> Result<Store, StoreError> {
         let server = mask_url(&config.redis_url);
-        // The URL, TLS material and password, as every command connects (Nagle off there too).
-        let client = config.redis_client().map_err(|source| StoreError::Redis { server: server.clone(), source })?;
-        // Named in ACL refusals: which user lacks the right.
-        let user = client.get_connection_info().redis_settings().username().unwrap_or("default").to_owned();
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+        let connection_timeout = Duration::from_secs(2);
+        let response_timeout = Duration::from_secs(10);
+        let (link, user) = match SentinelUrl::parse(&config.redis_url) {
+            Some(parsed) => {
+                let parsed = parsed.map_err(|why| StoreError::Unexpected {
+                    server: server.clone(),
+                    what: "the Sentinel URL",
+                    detail: why,
+                })?;
+                let user = parsed.user.clone().unwrap_or_else(|| "default".to_owned());
+                let node_config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connection_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let link = SentinelLink::new(parsed, &config.redis_tls, config.redis_password.as_ref(), node_config)
+                    .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+                (Link::Sentinel(Arc::new(link)), user)
+            }
+            None => {
+                // The URL, TLS material and password, as every command connects (Nagle off there too).
+                let client =
+                    config.redis_client().map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+                // Named in ACL refusals: which user lacks the right.
+                let user = client.get_connection_info().redis_settings().username().unwrap_or("default").to_owned();
+                let manager_config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(connection_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
+                (Link::Direct(conn), user)
+            }
+        };
         Ok(Store {
-            conn,
+            link,
             keys: Keys::new(&config.prefix),
             scripts: Arc::new(Scripts::load()),
             server,
@@ -280,6 +348,12 @@ impl Store {
     }
 
     fn error(&self, source: redis::RedisError) -> StoreError {
+        if let Link::Sentinel(link) = &self.link {
+            // A server gone, or demoted to a replica (`READONLY`): ask the sentinels again.
+            if crate::sentinel::needs_resolving(&source) {
+                link.invalidate();
+            }
+        }
         match refused_by_acl(&self.scripts, source.code().unwrap_or(""), source.detail()) {
             Some(action) => self.denied(action, source.to_string()),
             None => StoreError::Redis { server: self.server.clone(), source },
@@ -290,10 +364,41 @@ impl Store {
         StoreError::Denied { server: self.server.clone(), user: self.user.clone(), action, reply }
     }
 
+    /// The connection for the next command. Behind Sentinel, once the primary changed (the
+    /// connection reached another server than the one written to before), every command fails
+    /// with the [`crate::sentinel::Switch`] until [`Store::load_scripts`] acknowledges it: the
+    /// engine takes the failure for an outage and reconciles when Redis answers again (its
+    /// probe is `load_scripts`), so writes the old primary acknowledged and the new one lacks
+    /// are rewritten, and no watermark earned on the old one is claimed on the new one.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.link {
+            Link::Direct(manager) => Ok(Conn::Direct(manager.clone())),
+            Link::Sentinel(link) => {
+                let conn = link.connection().await.map_err(|e| self.error(e))?;
+                if let Some(switch) = link.pending_switch() {
+                    let source = switch.error(&link.url().service);
+                    return Err(StoreError::Redis { server: self.server.clone(), source });
+                }
+                Ok(Conn::Node(conn))
+            }
+        }
+    }
+
     /// Loads the Lua scripts. Needed after every (re)connect: a Redis restarted empty has none,
     /// and scripts inside a pipeline are not loaded for us.
+    ///
+    /// Also acknowledges a change of Sentinel primary (see [`Store::conn`]): the engine loads
+    /// the scripts when Redis returns from an outage and at every resync, and a reconcile walk
+    /// follows each time.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        if let Link::Sentinel(link) = &self.link {
+            link.connection().await.map_err(|e| self.error(e))?;
+            if let Some(switch) = link.take_switch() {
+                tracing::warn!(from = %switch.from, to = %switch.to,
+                               "writing to a new Redis primary: reconciling the copy (a failover may have lost writes)");
+            }
+        }
+        let mut conn = self.conn().await?;
         for script in self.scripts.all() {
             script.load_async(&mut conn).await.map_err(|e| self.error(e))?;
         }
@@ -310,7 +415,7 @@ impl Store {
     /// has led since this one won its election.
     pub async fn publish_fence(&self) -> Result<(), StoreError> {
         let Some(token) = self.fence else { return Ok(()) };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         const CHUNK: usize = 2048;
         for first in (0..crate::fence::SLOTS).step_by(CHUNK) {
             let mut pipe = redis::pipe();
@@ -387,7 +492,7 @@ impl Store {
         let store = self.clone();
         let kinds: Vec<bool> = writes.iter().map(|w| matches!(w, Write::Put(_))).collect();
         async move {
-            let mut conn = store.conn.clone();
+            let mut conn = store.conn().await?;
             let mut answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
             let expected = kinds.len() + usize::from(advance_to.is_some());
             if answers.len() != expected {
@@ -451,7 +556,7 @@ impl Store {
 
     /// `zxid` and `epoch` of this mirror's status hash (absent: `None` and 0).
     pub async fn stored_mark(&self) -> Result<StoredMark, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let (zxid, epoch): (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(&self.status_key)
             .arg(status_field::ZXID)
@@ -483,7 +588,7 @@ impl Store {
             pipe.cmd("HMGET").arg(self.keys.meta(path)).arg(&FIELDS[..]);
             pipe.cmd("GET").arg(self.keys.tomb(path));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| self.error(e))?;
         if answers.len() != 2 * paths.len() {
             let detail = format!("{} answers to {} commands", answers.len(), 2 * paths.len());
@@ -607,7 +712,7 @@ impl Store {
     }
 
     async fn write_status_at(&self, key: &str, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         if fields.is_empty() {
             // HSET needs a field; there is nothing to write, only the question to answer.
             let existed: bool =
@@ -655,7 +760,7 @@ impl Store {
         cursor: u64,
         keep: impl Fn(&str) -> bool,
     ) -> Result<(u64, Vec<String>), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let pattern = self.keys.scan_pattern(root);
         let (next, keys) = self.scan_page(&mut conn, cursor, &pattern).await?;
         let paths: HashSet<&str> = keys
@@ -712,7 +817,7 @@ impl Store {
     /// every key it writes is of a znode it read, and a znode deleted after its read is reported
     /// by the watch. On a larger keyspace the scan gives up and answers true (sweep as usual).
     pub async fn may_hold_subtree(&self, root: &str, max_pages: usize) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let pattern = self.keys.scan_pattern(root);
         let mut cursor: u64 = 0;
         for _ in 0..max_pages {
@@ -733,12 +838,7 @@ impl Store {
     }
 
     /// One page of `SCAN cursor MATCH pattern`: the next cursor (0 at the end) and the keys.
-    async fn scan_page(
-        &self,
-        conn: &mut ConnectionManager,
-        cursor: u64,
-        pattern: &str,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    async fn scan_page(&self, conn: &mut Conn, cursor: u64, pattern: &str) -> Result<(u64, Vec<String>), StoreError> {
         redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
@@ -756,7 +856,7 @@ impl Store {
     /// deposed leader's reload cannot delete what the new leader mirrors. Tombstones are left to
     /// expire. Answers the number of znodes removed.
     pub async fn purge(&self, root: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let pattern = self.keys.scan_pattern(root);
         let mut cursor: u64 = 0;
         let mut removed = 0;
@@ -801,7 +901,7 @@ impl Store {
 
     /// Runs one raw command on the mirror's connection (used by `verify` and tests' helpers).
     pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
     }
 }

@@ -44,7 +44,8 @@ const CONNECT_RETRY: Duration = Duration::from_millis(250);
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args)]
 pub struct RedisArgs {
-    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS).
+    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS), or
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://).
     #[arg(long, env = "ZKMIRROR_REDIS", default_value = crate::config::DEFAULT_REDIS_URL)]
     pub redis: String,
     /// Key prefix in Redis.
@@ -207,12 +208,14 @@ pub async fn connect_redis_with(
     password: Option<&PasswordFile>,
 ) -> anyhow::Result<(MultiplexedConnection, String)> {
     let server = mask_url(url);
-    let client = crate::redis_conn::client(url, tls, password)
-        .map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {}", describe(&e, &server)))?;
+    if !crate::sentinel::is_sentinel_url(url) {
+        crate::redis_conn::client(url, tls, password)
+            .map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {}", describe(&e, &server)))?;
+    }
     let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
     // Not `.context()`: a RedisError's text already ends with its io error's, which `{:#}`
-    // would print a second time as the source.
-    let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| {
+    // would print a second time as the source. Behind Sentinel: the primary named now.
+    let conn = crate::redis_conn::connect(url, tls, password, &config).await.map_err(|e| {
         anyhow::anyhow!("cannot connect to Redis at {server}: {}", describe_with_files(&e, &server, tls))
     })?;
     Ok((conn, server))

@@ -33,7 +33,8 @@ struct SettingsArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     zk: super::ZkArgs,
-    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
+    /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS), or
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://)
     /// [default: redis://127.0.0.1:6379/].
     #[arg(long, env = "ZKMIRROR_REDIS")]
     redis: Option<String>,
@@ -155,11 +156,13 @@ async fn preflight(settings: &Settings) -> anyhow::Result<()> {
         };
         if !redis_checked.iter().any(same_redis) {
             let server = crate::config::mask_url(&m.redis_url);
-            let client = m.redis_client().map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {e}"))?;
+            if !crate::sentinel::is_sentinel_url(&m.redis_url) {
+                m.redis_client().map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {e}"))?;
+            }
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(WITHIN))
                 .set_response_timeout(Some(WITHIN));
-            if let Err(e) = client.get_multiplexed_async_connection_with_config(&config).await {
+            if let Err(e) = m.redis_connect(&config).await {
                 if crate::redis_conn::is_misconfiguration(&e, &m.redis_url) {
                     anyhow::bail!(
                         "cannot connect to Redis at {server}: {}",

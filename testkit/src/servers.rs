@@ -1013,3 +1013,265 @@ fn percent_encode(value: &str) -> String {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Redis Sentinel
+// ---------------------------------------------------------------------------------------------
+
+/// How long the sentinels may take to find each other and the replica (hello messages every 2 s).
+const SENTINEL_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `down-after-milliseconds`: how long a silent primary is taken for alive.
+const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+/// `failover-timeout`: also the pause before a failed failover is tried again.
+const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 3000;
+
+/// One process of a [`SentinelSetup`]: a data node (`redis-server CONF`) or a sentinel
+/// (`redis-server CONF --sentinel`; Debian's redis-server binary is a sentinel when asked,
+/// `redis-sentinel` is not needed), each in its own temp dir, on its own loopback port.
+struct SentinelNode {
+    port: u16,
+    sentinel: bool,
+    config: PathBuf,
+    log: PathBuf,
+    /// `None` once killed. Declared before `dir` (see [`ZkServer`]).
+    process: Option<ServerProcess>,
+    dir: TempDir,
+}
+
+impl SentinelNode {
+    /// Starts a node whose config is `lines(port, dir)` after the common lines.
+    fn start(what: &str, sentinel: bool, lines: impl Fn(u16) -> String) -> SentinelNode {
+        let dir = temp_dir(&format!("zkmirror-test-{what}-"));
+        let mut node = SentinelNode {
+            port: 0,
+            sentinel,
+            config: dir.path().join(if sentinel { "sentinel.conf" } else { "redis.conf" }),
+            log: dir.path().join("redis.log"),
+            process: None,
+            dir,
+        };
+        let process = launch_with_retries(&format!("starting {what}"), Duration::ZERO, || {
+            node.port = free_port();
+            let config = format!(
+                "# Written by the zkmirror integration-test harness.\n\
+                 port {port}\n\
+                 bind 127.0.0.1\n\
+                 dir {dir}\n\
+                 daemonize no\n\
+                 logfile \"\"\n{rest}",
+                port = node.port,
+                dir = redis_quote(&node.dir.path().display().to_string()),
+                rest = lines(node.port),
+            );
+            fs::write(&node.config, config).map_err(|e| LaunchError::Failed(format!("writing the config: {e}")))?;
+            let mut command = Command::new(REDIS_SERVER);
+            command.current_dir(node.dir.path()).arg(&node.config);
+            if node.sentinel {
+                command.arg("--sentinel");
+            }
+            let addr = loopback(node.port);
+            launch(&format!("{what} on port {}", node.port), command, &node.log, REDIS_READY_TIMEOUT, || {
+                let reply = exchange(addr, &resp_command(&["PING"]), |r| r.ends_with(b"\r\n"))
+                    .map_err(|err| format!("PING: {err}"))?;
+                if reply == "+PONG\r\n" {
+                    Ok(())
+                } else {
+                    Err(format!("PING answered {reply:?}"))
+                }
+            })
+        });
+        node.process = Some(process);
+        node
+    }
+
+    fn ask(&self, args: &[&str]) -> io::Result<String> {
+        exchange(loopback(self.port), &resp_command(args), |_| false)
+    }
+}
+
+impl Drop for SentinelNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "[harness] test panicked; {} on port {} log tail:\n{}",
+                if self.sentinel { "sentinel" } else { "redis-server" },
+                self.port,
+                tail(&read_from(&self.log, 0), LOG_TAIL_LINES)
+            );
+        }
+        self.process = None;
+    }
+}
+
+/// A Sentinel-managed Redis: a primary, one replica (`replicaof`) and three sentinels
+/// monitoring the primary as `service` with quorum 2, `down-after-milliseconds` 1000 and
+/// `failover-timeout` 3000. Every process is killed by pid when this is dropped.
+///
+/// Returned once each sentinel knows the replica and the two other sentinels, so that a
+/// failover can be voted at once when the primary fails.
+pub struct SentinelSetup {
+    service: String,
+    /// The primary first, then the replica; a killed node stays (its process `None`).
+    nodes: Vec<SentinelNode>,
+    sentinels: Vec<SentinelNode>,
+}
+
+impl SentinelSetup {
+    pub fn start(service: &str) -> SentinelSetup {
+        let data = "save \"\"\nappendonly no\n";
+        let primary = SentinelNode::start("redis-primary", false, |_| data.to_owned());
+        let primary_port = primary.port;
+        let replica = SentinelNode::start("redis-replica", false, |_| {
+            format!("{data}replicaof 127.0.0.1 {primary_port}\nreplica-serve-stale-data yes\n")
+        });
+        let sentinel_lines = |_| {
+            format!(
+                "sentinel monitor {service} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {service} {SENTINEL_DOWN_AFTER_MS}\n\
+                 sentinel failover-timeout {service} {SENTINEL_FAILOVER_TIMEOUT_MS}\n\
+                 sentinel parallel-syncs {service} 1\n"
+            )
+        };
+        let sentinels = (0..3).map(|_| SentinelNode::start("redis-sentinel", true, sentinel_lines)).collect();
+        let setup = SentinelSetup { service: service.to_owned(), nodes: vec![primary, replica], sentinels };
+        setup.wait_ready();
+        setup
+    }
+
+    /// Until the replica is in sync and every sentinel sees it and the two other sentinels.
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < SENTINEL_READY_TIMEOUT {
+            let synced = self.nodes[1]
+                .ask(&["INFO", "replication"])
+                .map(|info| info.contains("master_link_status:up"))
+                .unwrap_or(false);
+            let views: Vec<String> = self
+                .sentinels
+                .iter()
+                .map(|s| s.ask(&["SENTINEL", "MASTER", &self.service]).unwrap_or_else(|e| e.to_string()))
+                .collect();
+            // `SENTINEL MASTER` answers a flat array of field names and values.
+            let field = |view: &str, name: &str| -> Option<String> {
+                let lines: Vec<&str> = view.split("\r\n").filter(|l| !l.starts_with(['*', '$'])).collect();
+                lines.iter().position(|l| *l == name).and_then(|i| lines.get(i + 1)).map(|v| v.to_string())
+            };
+            let ready = views.iter().all(|v| {
+                field(v, "num-slaves").as_deref() == Some("1")
+                    && field(v, "num-other-sentinels").as_deref() == Some("2")
+            });
+            if synced && ready {
+                eprintln!("[harness] Sentinel service {} ready after {:?}", self.service, started.elapsed());
+                return;
+            }
+            last = format!("replica in sync: {synced}; sentinels: {views:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("Sentinel service {} not ready after {SENTINEL_READY_TIMEOUT:?}: {last}", self.service);
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/SERVICE`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| loopback(s.port).to_string()).collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), self.service)
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The ports of the sentinels.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    /// The port of the primary the setup started with.
+    pub fn first_primary_port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    /// The port of the data node that is not `port` (the replica of the first primary, or the
+    /// first primary itself).
+    pub fn other_node_port(&self, port: u16) -> u16 {
+        self.nodes.iter().map(|n| n.port).find(|p| *p != port).unwrap_or(port)
+    }
+
+    /// The primary's port as each sentinel reports it (`SENTINEL get-master-addr-by-name`);
+    /// `None` for a sentinel that did not answer.
+    pub async fn reported_primaries(&self) -> Vec<Option<u16>> {
+        let mut ports = Vec::new();
+        for sentinel in &self.sentinels {
+            let url = format!("redis://{}/", loopback(sentinel.port));
+            let asked = async {
+                let client = redis::Client::open(url).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                let (_, port): (String, u16) = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.service)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                Some(port)
+            };
+            ports.push(asked.await);
+        }
+        ports
+    }
+
+    /// Waits until every sentinel reports a primary other than `old` and that server answers
+    /// `ROLE` as a primary; returns its port. Panics after `deadline`.
+    pub async fn wait_for_new_primary(&self, old: u16, deadline: Duration) -> u16 {
+        crate::wait_until(deadline, &format!("the sentinels of {} name a primary other than port {old}", self.service), || async {
+            let reported = self.reported_primaries().await;
+            let port = match reported.first() {
+                Some(Some(port)) if *port != old && reported.iter().all(|p| *p == Some(*port)) => *port,
+                _ => return Err(format!("sentinels report {reported:?}")),
+            };
+            let mut conn = crate::world::redis_conn(&format!("redis://{}/", loopback(port))).await;
+            let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            match role {
+                redis::Value::Array(items) if matches!(items.first(), Some(redis::Value::BulkString(b)) if b == b"master") => Ok(port),
+                other => Err(format!("port {port} answers ROLE {other:?}")),
+            }
+        })
+        .await
+    }
+
+    /// `redis://127.0.0.1:PORT/` of the primary the first sentinel reports now.
+    pub async fn primary_url(&self) -> String {
+        let reported = self.reported_primaries().await;
+        let port = reported.iter().flatten().next().copied().unwrap_or_else(|| panic!("no sentinel answered"));
+        format!("redis://{}/", loopback(port))
+    }
+
+    fn node(&mut self, port: u16) -> &mut SentinelNode {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap_or_else(|| panic!("no data node on port {port}"))
+    }
+
+    /// Kills the data node on `port` (SIGKILL, reaped): `kill -9` of a primary.
+    pub fn kill_node(&mut self, port: u16) {
+        self.node(port).process = None;
+    }
+
+    /// Closes the primary's replication links on `port` (`CLIENT KILL TYPE replica`): with the
+    /// replica paused ([`SentinelSetup::pause_node`]) it cannot reconnect, and what the primary
+    /// acknowledges from then on never reaches it. (Pausing alone is not enough: the kernel
+    /// still receives the replication stream into the paused replica's socket.)
+    pub fn cut_replication(&self, port: u16) {
+        let node = self.nodes.iter().find(|n| n.port == port).unwrap_or_else(|| panic!("no data node on port {port}"));
+        let reply = node.ask(&["CLIENT", "KILL", "TYPE", "replica"]).unwrap_or_else(|e| panic!("CLIENT KILL: {e}"));
+        assert!(reply.starts_with(':'), "CLIENT KILL TYPE replica on port {port} answered {reply:?}");
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the data node on `port`: a paused server keeps its
+    /// connections open and answers nothing, like a hung or partitioned one.
+    pub fn pause_node(&mut self, port: u16, paused: bool) {
+        let node = self.node(port);
+        let pid = node.process.as_ref().map(ServerProcess::pid).unwrap_or_else(|| panic!("port {port} is killed"));
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a plain syscall on a child this process spawned and has not reaped.
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "signalling redis-server pid {pid}: {}", io::Error::last_os_error());
+    }
+}

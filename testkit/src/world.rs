@@ -145,11 +145,10 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
 /// A connection to the Redis `config` names, made as the mirror makes it (its TLS material and
 /// password): what a test uses to look at a TLS Redis.
 pub async fn redis_conn_for(config: &MirrorConfig) -> MultiplexedConnection {
+    // Behind Sentinel: the primary its sentinels name now.
     let url = &config.redis_url;
     config
-        .redis_client()
-        .unwrap_or_else(|e| panic!("bad Redis URL {url}: {e}"))
-        .get_multiplexed_async_connection()
+        .redis_connect(&redis::AsyncConnectionConfig::new())
         .await
         .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
 }
