@@ -342,14 +342,10 @@ async fn a_certificate_that_stops_validating_degrades_the_mirror_until_it_is_fix
         }
     })
     .await;
-    // Still retrying: more than one such line.
-    wait_until(CONVERGE, "the mirror retries", || async {
-        match logged(&[&server, "TLS failure"]).len() {
-            n if n >= 2 => Ok(()),
-            n => Err(format!("{n} lines")),
-        }
-    })
-    .await;
+    // It says it retries (an outage is logged again at most every 30 s, not at each retry);
+    // that it did retry shows below, when the right certificate brings it back by itself.
+    let lines = logged(&[&server, "TLS failure"]);
+    assert!(lines.iter().any(|l| l.contains("retry")), "{lines:?}");
     create_all(&client, &format!("{root}/b"), b"while degraded").await;
 
     redis.set_tls(RedisTls::mutual(&pki));

@@ -269,6 +269,8 @@ pub(crate) struct Core {
     redis: RedisLink,
     redis_backoff: Backoff,
     last_redis_error_log: Option<Instant>,
+    /// The last Redis failure's text: a different one is logged even within the 30 s.
+    last_redis_error: Option<String>,
     /// Redis answers, but its ACLs refuse a command the writes need (an operator gave the
     /// mirror's user too few rights). The copy cannot advance, so the status says `degraded`
     /// even while the link is up; the status hash itself needs no refused command and can say
@@ -386,6 +388,7 @@ impl Core {
             redis_refusing: false,
             redis_backoff: Backoff::between(Duration::from_millis(100), Duration::from_secs(5)),
             last_redis_error_log: None,
+            last_redis_error: None,
             dirty: DirtyPaths::default(),
             walk: None,
             next_generation: 1,
@@ -1169,14 +1172,19 @@ impl Core {
     fn redis_failed(&mut self, error: StoreError, now: Instant) {
         let wait = self.redis_backoff.next_delay();
         // A probe after the backoff fails in `Loading { was_down: true }`: still the same outage,
-        // logged at most every 30 s, not at every retry.
+        // logged at most every 30 s, not at every retry; but a new cause (the connection was
+        // dropped, now the certificate is refused) is news and logged at once.
+        let why = error.to_string();
+        let new_cause = self.last_redis_error.as_deref() != Some(why.as_str());
         if !matches!(self.redis, RedisLink::Down { .. } | RedisLink::Loading { was_down: true }) {
             warn!(%error, retry_in = ?wait, "Redis write failed; pausing, will reconcile when it is back");
             self.last_redis_error_log = Some(now);
-        } else if self.last_redis_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
+        } else if new_cause || self.last_redis_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30))
+        {
             warn!(%error, retry_in = ?wait, "Redis unreachable; retrying with backoff (at most every 5 s)");
             self.last_redis_error_log = Some(now);
         }
+        self.last_redis_error = Some(why);
         self.redis = RedisLink::Down { retry_at: now + wait };
         // Whatever Redis holds when it returns, the watermark is written again after the
         // reconcile.
