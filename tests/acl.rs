@@ -100,6 +100,14 @@ fn read(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
+/// Redis refused the mirror user nothing: its `ACL LOG` is empty and the mirror's log has no
+/// refusal in it.
+async fn assert_refused_nothing(admin: &mut MultiplexedConnection, log: &Path) {
+    assert_eq!(acl_log(admin).await, Vec::<String>::new(), "Redis refused the mirror user something");
+    let text = read(log);
+    assert!(!text.contains("NOPERM") && !text.contains("refused user"), "{text}");
+}
+
 /// The keys matching `pattern`, by `SCAN` (as whoever `conn` is).
 async fn scan(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
     let mut cursor: u64 = 0;
@@ -214,9 +222,7 @@ async fn the_mirror_user_does_everything_the_mirror_does_and_is_refused_nothing(
 
     process.stop();
     assert_eq!(hget(&reader, "zk:mirror", "state").await.as_deref(), Some("stopped"));
-    assert_eq!(acl_log(&mut admin).await, Vec::<String>::new(), "Redis refused the mirror user something");
-    let text = read(&log);
-    assert!(!text.contains("NOPERM") && !text.contains("refused user"), "{text}");
+    assert_refused_nothing(&mut admin, &log).await;
 }
 
 /// (a) With `--ha`: the election, the fence on every hash slot (`fence.lua`, 16,384 keys),
@@ -254,9 +260,7 @@ async fn the_mirror_user_leads_and_fences_with_ha() {
     assert_converges(&zk, &reader_url, "zk", &root).await;
 
     process.stop();
-    assert_eq!(acl_log(&mut admin).await, Vec::<String>::new(), "Redis refused the mirror user something");
-    let text = read(&log);
-    assert!(!text.contains("NOPERM") && !text.contains("refused user"), "{text}");
+    assert_refused_nothing(&mut admin, &log).await;
 }
 
 /// (b) The `zkmirror` user reaches nothing outside `zk:*` (not even a key that merely starts

@@ -38,6 +38,32 @@ fn spawn_instance(zk: &str, redis: &str, root: &str, ha: &str, instance: &str, l
     Guarded::spawn(&format!("zkmirror run --instance {instance}"), command)
 }
 
+/// A settings file's text for an `--ha` instance at `server` and `redis_url`, competing under
+/// `ha`, mirroring `roots`.
+fn ha_settings(server: &str, redis_url: &str, ha: &str, roots: &[&str]) -> String {
+    let mut text = format!(
+        "[zookeeper]\nservers = \"{server}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{redis_url}\"\n[ha]\npath = \"{ha}\"\n"
+    );
+    for root in roots {
+        text.push_str(&format!("[[roots]]\npath = \"{root}\"\n"));
+    }
+    text
+}
+
+/// `zkmirror run --instance INSTANCE --config FILE`, its output in `log`.
+fn spawn_from_file(file: &Path, instance: &str, log: &Path) -> Guarded {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let err = out.try_clone().expect("cloning the log file handle");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
+    command.args(["run", "--instance", instance, "--config"]).arg(file).env("RUST_LOG", "info");
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    for var in ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
+    {
+        command.env_remove(var);
+    }
+    Guarded::spawn(&format!("zkmirror run --instance {instance}"), command)
+}
+
 /// What `zkmirror status --instances --json` says: (role, instance, lock path) in line order.
 fn instances(zk: &str, ha: &str) -> Result<Vec<(String, String, String)>, String> {
     let output = Command::new(env!("CARGO_BIN_EXE_zkmirror"))
@@ -401,38 +427,14 @@ async fn a_reload_applies_on_the_leader_and_is_kept_by_the_standby() {
     create_all(&zk, &format!("{second}/seed"), b"seed").await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = |roots: &[&str]| {
-        let mut text = format!(
-            "[zookeeper]\nservers = \"{}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{}\"\n[ha]\npath = \"{ha}\"\n",
-            server.connect_string(),
-            redis.url()
-        );
-        for root in roots {
-            text.push_str(&format!("[[roots]]\npath = \"{root}\"\n"));
-        }
-        text
-    };
+    let settings = |roots: &[&str]| ha_settings(&server.connect_string(), &redis.url(), &ha, roots);
     let mut processes = Vec::new();
     for name in ["a", "b"] {
         let file = dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, settings(&[&first])).expect("writing the settings");
         let log = dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("cloning the log file handle");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-        command
-            .args(["run", "--instance", name, "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for var in
-            ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
-        {
-            command.env_remove(var);
-        }
-        processes.push((name, file, log, Guarded::spawn(&format!("zkmirror run --instance {name}"), command)));
+        let process = spawn_from_file(&file, name, &log);
+        processes.push((name, file, log, process));
     }
     let (leader, _) = wait_for_leader(&server.connect_string(), &ha, 2).await;
     let at = |name: &str| processes.iter().position(|(n, ..)| *n == name).expect("started");
@@ -555,24 +557,9 @@ async fn with_a_shared_prefix_the_aggregate_status_names_the_leader_and_its_fenc
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("a.toml");
-    let text = format!(
-        "[zookeeper]\nservers = \"{}\"\nsession_timeout = \"{SESSION}\"\n[redis]\nurl = \"{}\"\n[ha]\npath = \"{ha}\"\n\
-         [[roots]]\npath = \"{first}\"\n[[roots]]\npath = \"{second}\"\n",
-        server.connect_string(),
-        redis.url()
-    );
-    std::fs::write(&file, text).expect("writing the settings");
-    let log = dir.path().join("a.log");
-    let out = std::fs::File::create(&log).expect("log file");
-    let err = out.try_clone().expect("cloning the log file handle");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zkmirror"));
-    command.args(["run", "--instance", "a", "--config"]).arg(&file).env("RUST_LOG", "info");
-    command.stdin(Stdio::null()).stdout(out).stderr(err);
-    for var in ["ZKMIRROR_ZK", "ZKMIRROR_REDIS", "ZKMIRROR_ROOT", "ZKMIRROR_PREFIX", "ZKMIRROR_HA", "ZKMIRROR_ZK_AUTH"]
-    {
-        command.env_remove(var);
-    }
-    let _process = Guarded::spawn("zkmirror run --instance a", command);
+    std::fs::write(&file, ha_settings(&server.connect_string(), &redis.url(), &ha, &[&first, &second]))
+        .expect("writing the settings");
+    let _process = spawn_from_file(&file, "a", &dir.path().join("a.log"));
     let (leader, lock) = wait_for_leader(&server.connect_string(), &ha, 1).await;
     assert_eq!(leader, "a");
     let lock = if lock.starts_with('/') { lock } else { format!("{ha}/{lock}") };

@@ -263,6 +263,30 @@ async fn bad_certificates_and_files_are_one_clear_message_and_exit_2() {
 // While running: a certificate that stops validating, and reloads
 // ---------------------------------------------------------------------------------------------
 
+/// `zkmirror run`'s arguments for a mirror of `root` over mutual TLS to `zk`'s TLS port, its CA
+/// from `ca_file` (which the rotation tests rewrite), a 2 s session.
+fn mutual_tls_run_args(zk: &ZkServer, redis_url: &str, root: &str, ca_file: &Path, pki: &Pki) -> Vec<String> {
+    [
+        "--zk",
+        &zk.tls_connect_string(),
+        "--redis",
+        redis_url,
+        "--root",
+        root,
+        "--session-timeout",
+        "2s",
+        "--zk-tls-ca",
+        s(ca_file),
+        "--zk-tls-cert",
+        s(&pki.client.cert),
+        "--zk-tls-key",
+        s(&pki.client.key),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
 /// The server's certificate is rotated to one signed by a second CA: the running mirror cannot
 /// validate it, goes `degraded` and says why (TLS, the CA file), retrying. Writing the new CA
 /// into the `--zk-tls-ca` file reloads the settings: the mirror restarts with it (its copy
@@ -282,28 +306,9 @@ async fn a_rotated_server_certificate_degrades_the_mirror_until_the_ca_file_is_u
     let ca_file = dir.path().join("zk-ca.pem");
     std::fs::copy(&pki.ca, &ca_file).expect("copy the CA");
     let log = dir.path().join("zkmirror.log");
-    let (server, url) = (zk.tls_connect_string(), redis.url());
-    let mut daemon = Daemon::start(
-        BINARY,
-        &[
-            "--zk",
-            &server,
-            "--redis",
-            &url,
-            "--root",
-            &root,
-            "--session-timeout",
-            "2s",
-            "--zk-tls-ca",
-            s(&ca_file),
-            "--zk-tls-cert",
-            s(&pki.client.cert),
-            "--zk-tls-key",
-            s(&pki.client.key),
-        ],
-        "info",
-        &log,
-    );
+    let url = redis.url();
+    let args = mutual_tls_run_args(&zk, &url, &root, &ca_file, &pki);
+    let mut daemon = Daemon::start(BINARY, &args, "info", &log);
     let conn = redis_conn(&url).await;
     wait_for_field(&conn, "zk:mirror", "state", "live").await;
     assert_converges(&plain, &url, "zk", &root).await;
@@ -358,27 +363,9 @@ async fn with_ha_the_election_takes_a_rotated_ca_at_its_next_session() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_file = dir.path().join("zk-ca.pem");
     std::fs::copy(&pki.ca, &ca_file).expect("copy the CA");
-    let (server, url) = (zk.tls_connect_string(), redis.url());
-    let args = [
-        "--zk",
-        &server,
-        "--redis",
-        &url,
-        "--root",
-        &root,
-        "--session-timeout",
-        "2s",
-        "--zk-tls-ca",
-        s(&ca_file),
-        "--zk-tls-cert",
-        s(&pki.client.cert),
-        "--zk-tls-key",
-        s(&pki.client.key),
-        "--ha",
-        &election,
-        "--instance",
-        "rotating-1",
-    ];
+    let url = redis.url();
+    let mut args = mutual_tls_run_args(&zk, &url, &root, &ca_file, &pki);
+    args.extend(["--ha".to_owned(), election.clone(), "--instance".into(), "rotating-1".into()]);
     let mut daemon = Daemon::start(BINARY, &args, "info", &dir.path().join("zkmirror.log"));
     let conn = redis_conn(&url).await;
     wait_for_field(&conn, "zk:mirror", "leader", "rotating-1").await;

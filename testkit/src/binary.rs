@@ -103,15 +103,7 @@ impl Daemon {
     /// Waits until the log holds a line with `needle` and returns that line; panics if the
     /// process exits first.
     pub async fn wait_for_log(&mut self, needle: &str) -> String {
-        let log = self.log.clone();
-        let process = &mut self.process;
-        wait_until(CONVERGE, &format!("{} says {needle:?}", log.display()), || {
-            process.assert_running();
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let found = text.lines().find(|l| l.contains(needle)).map(str::to_owned);
-            async move { found.ok_or_else(|| text.lines().rev().take(8).collect::<Vec<_>>().join("\n")) }
-        })
-        .await
+        self.wait_for_lines(&[needle], 1).await
     }
 
     /// Waits until the log holds `count` lines that each contain every one of `parts`; returns
