@@ -50,6 +50,15 @@ fn ha_settings(server: &str, redis_url: &str, ha: &str, roots: &[&str]) -> Strin
     text
 }
 
+/// Two new roots, each with a `seed` znode, and an election path beside them.
+async fn two_roots_and_an_election(zk: &zookeeper_client::Client, name: &str) -> (String, String, String) {
+    let (first, second) = (unique_root(name), unique_root(name));
+    let ha = format!("{}-election", unique_root(name));
+    create_all(zk, &format!("{first}/seed"), b"seed").await;
+    create_all(zk, &format!("{second}/seed"), b"seed").await;
+    (first, second, ha)
+}
+
 /// `zkmirror run --instance INSTANCE --config FILE`, its output in `log`.
 fn spawn_from_file(file: &Path, instance: &str, log: &Path) -> Guarded {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
@@ -421,10 +430,7 @@ async fn a_leader_cut_off_from_zookeeper_steps_down_by_itself_and_stands_by_agai
 async fn a_reload_applies_on_the_leader_and_is_kept_by_the_standby() {
     let server = ZkServer::shared();
     let zk = zk_client(&server.connect_string()).await;
-    let (first, second) = (unique_root("reload"), unique_root("reload"));
-    let ha = format!("{}-election", unique_root("reload"));
-    create_all(&zk, &format!("{first}/seed"), b"seed").await;
-    create_all(&zk, &format!("{second}/seed"), b"seed").await;
+    let (first, second, ha) = two_roots_and_an_election(&zk, "reload").await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let settings = |roots: &[&str]| ha_settings(&server.connect_string(), &redis.url(), &ha, roots);
@@ -550,10 +556,7 @@ async fn under_load_a_brief_then_a_long_cut_of_the_leaders_zookeeper_link() {
 async fn with_a_shared_prefix_the_aggregate_status_names_the_leader_and_its_fence() {
     let server = ZkServer::shared();
     let zk = zk_client(&server.connect_string()).await;
-    let (first, second) = (unique_root("aggregate"), unique_root("aggregate"));
-    let ha = format!("{}-election", unique_root("aggregate"));
-    create_all(&zk, &format!("{first}/seed"), b"seed").await;
-    create_all(&zk, &format!("{second}/seed"), b"seed").await;
+    let (first, second, ha) = two_roots_and_an_election(&zk, "aggregate").await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("a.toml");
