@@ -17,9 +17,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-
 /// A PEM file as read when the settings loaded. `Debug` shows the path only: the bytes may be
 /// a private key.
 #[derive(Clone, PartialEq, Eq)]
@@ -215,45 +212,39 @@ fn read(path: &Path, setting: RedisSetting) -> Result<Vec<u8>, RedisSettingError
 }
 
 fn load_ca(path: &Path) -> Result<PemFile, RedisSettingError> {
+    use crate::tls::CaProblem;
     let setting = RedisSetting::TlsCa;
     let bad = |why: String| RedisSettingError { setting, why: format!("bad CA file {}: {why}", path.display()) };
     let pem = read(path, setting)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
-        roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned()));
-    }
+    crate::tls::ca_roots(&pem).map_err(|problem| match problem {
+        CaProblem::NotPem(e) => bad(format!("not PEM: {e}")),
+        CaProblem::Unusable(e) => bad(format!("not a usable CA certificate: {e}")),
+        CaProblem::Empty => bad("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned()),
+    })?;
     Ok(PemFile { path: path.to_owned(), pem })
 }
 
 fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, RedisSettingError> {
+    use crate::tls::IdentityProblem;
     let cert_pem = read(cert_path, RedisSetting::TlsCert)?;
     let key_pem = read(key_path, RedisSetting::TlsKey)?;
     let bad_cert = |why: String| RedisSettingError {
         setting: RedisSetting::TlsCert,
         why: format!("bad client certificate {}: {why}", cert_path.display()),
     };
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_cert(format!("not PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(bad_cert("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned()));
-    }
     // Never the key's text or bytes in a message: only its path and what is wrong.
     let bad_key = |why: String| RedisSettingError {
         setting: RedisSetting::TlsKey,
         why: format!("bad private key {}: {why}", key_path.display()),
     };
-    let key = crate::tls::private_key(&key_pem).map_err(bad_key)?;
-    // What rustls checks when it builds the client config: the key loads, and it is the one
-    // the certificate was issued for. Checked here so that a mismatch is a settings error
-    // naming both files, not a handshake failure later.
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => RedisSettingError {
+    crate::tls::client_identity(&cert_pem, &key_pem).map_err(|problem| match problem {
+        IdentityProblem::CertNotPem(e) => bad_cert(format!("not PEM: {e}")),
+        IdentityProblem::NoCertificate => {
+            bad_cert("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned())
+        }
+        IdentityProblem::Key(why) => bad_key(why),
+        IdentityProblem::Unusable(why) => bad_key(format!("{why} (with the certificate {})", cert_path.display())),
+        IdentityProblem::Mismatch(_) => RedisSettingError {
             setting: RedisSetting::TlsKey,
             why: format!(
                 "the private key {} does not belong to the client certificate {} (their public keys differ)",
@@ -261,7 +252,6 @@ fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Re
                 cert_path.display()
             ),
         },
-        other => bad_key(format!("{other} (with the certificate {})", cert_path.display())),
     })?;
     Ok(ClientIdentity {
         cert: PemFile { path: cert_path.to_owned(), pem: cert_pem },

@@ -117,16 +117,14 @@ impl TlsFiles {
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TlsFileError> {
-        let bad = |why: String| TlsFileError::Bad { path: self.ca.path.clone(), why };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.ca.text.as_bytes()) {
-            let cert = cert.map_err(|e| bad(format!("not a PEM CA certificate: {e}")))?;
-            roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("holds no CERTIFICATE block: a CA file is one or more PEM certificates".to_owned()));
-        }
-        Ok(roots)
+        ca_roots(self.ca.text.as_bytes()).map_err(|problem| {
+            let why = match problem {
+                CaProblem::NotPem(e) => format!("not a PEM CA certificate: {e}"),
+                CaProblem::Unusable(e) => format!("not a usable CA certificate: {e}"),
+                CaProblem::Empty => "holds no CERTIFICATE block: a CA file is one or more PEM certificates".to_owned(),
+            };
+            TlsFileError::Bad { path: self.ca.path.clone(), why }
+        })
     }
 
     /// The same material as zookeeper-client's options.
@@ -160,20 +158,71 @@ impl TlsFiles {
 
 impl TlsIdentity {
     fn parse(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsFileError> {
-        let chain =
-            CertificateDer::pem_slice_iter(self.cert.text.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| {
-                TlsFileError::Bad { path: self.cert.path.clone(), why: format!("not a PEM certificate: {e}") }
-            })?;
-        if chain.is_empty() {
-            return Err(TlsFileError::Bad {
-                path: self.cert.path.clone(),
-                why: "holds no CERTIFICATE block".to_owned(),
-            });
-        }
-        let key = private_key(self.key.text.as_bytes())
-            .map_err(|why| TlsFileError::Bad { path: self.key.path.clone(), why })?;
-        Ok((chain, key))
+        let bad = |path: &PathBuf, why: String| TlsFileError::Bad { path: path.clone(), why };
+        client_identity(self.cert.text.as_bytes(), self.key.text.as_bytes()).map_err(|problem| match problem {
+            IdentityProblem::CertNotPem(e) => bad(&self.cert.path, format!("not a PEM certificate: {e}")),
+            IdentityProblem::NoCertificate => bad(&self.cert.path, "holds no CERTIFICATE block".to_owned()),
+            IdentityProblem::Key(why) => bad(&self.key.path, why),
+            // A pair rustls cannot use is reported as building the client config reports it.
+            IdentityProblem::Mismatch(why) | IdentityProblem::Unusable(why) => {
+                TlsFileError::Mismatch { cert: self.cert.path.clone(), key: self.key.path.clone(), why }
+            }
+        })
     }
+}
+
+/// What is wrong with a CA file; each side words it with the file and setting it names.
+pub(crate) enum CaProblem {
+    NotPem(String),
+    Unusable(String),
+    Empty,
+}
+
+/// The trust anchors of a CA file (one or more PEM certificates): both sides' one reader.
+pub(crate) fn ca_roots(pem: &[u8]) -> Result<rustls::RootCertStore, CaProblem> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| CaProblem::NotPem(e.to_string()))?;
+        roots.add(cert).map_err(|e| CaProblem::Unusable(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(CaProblem::Empty);
+    }
+    Ok(roots)
+}
+
+/// What is wrong with a client identity (certificate and key).
+pub(crate) enum IdentityProblem {
+    CertNotPem(String),
+    NoCertificate,
+    /// The key does not load ([`private_key`]'s reason).
+    Key(String),
+    /// The key is not the one the certificate was issued for.
+    Mismatch(String),
+    /// The pair loads but rustls cannot use it (an unsupported key type, say).
+    Unusable(String),
+}
+
+/// A client certificate chain and its key, checked as rustls checks them when it builds a
+/// client config (the key loads and is the certificate's): both sides' one reader, used at
+/// load so that a mismatch is a settings error naming both files, not a handshake failure.
+pub(crate) fn client_identity(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), IdentityProblem> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityProblem::CertNotPem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(IdentityProblem::NoCertificate);
+    }
+    let key = private_key(key_pem).map_err(IdentityProblem::Key)?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => IdentityProblem::Mismatch(e.to_string()),
+        other => IdentityProblem::Unusable(other.to_string()),
+    })?;
+    Ok((chain, key))
 }
 
 /// The private key in a PEM text (PKCS#8, PKCS#1 RSA or SEC1 EC), both sides' one reader. An
