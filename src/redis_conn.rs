@@ -17,32 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A PEM file as read when the settings loaded. `Debug` shows the path only: the bytes may be
-/// a private key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PemFile {
-    pub path: PathBuf,
-    pem: Vec<u8>,
-}
-
-impl PemFile {
-    pub fn pem(&self) -> &[u8] {
-        &self.pem
-    }
-}
-
-impl std::fmt::Debug for PemFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.path.display())
-    }
-}
-
-/// A client certificate (chain) and its private key, for mutual TLS.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity {
-    pub cert: PemFile,
-    pub key: PemFile,
-}
+// The files as read, the same types as ZooKeeper's side: `Debug` shows paths only.
+pub use crate::tls::{PemFile, TlsIdentity};
 
 /// What TLS to Redis trusts and presents beyond the defaults. Empty (the default): with a
 /// `rediss://` URL the system roots are trusted and no client certificate is sent.
@@ -51,7 +27,7 @@ pub struct RedisTls {
     /// `--redis-tls-ca`: the only CA trusted for the server's certificate.
     pub ca: Option<PemFile>,
     /// `--redis-tls-cert` and `--redis-tls-key`.
-    pub identity: Option<ClientIdentity>,
+    pub identity: Option<TlsIdentity>,
 }
 
 impl RedisTls {
@@ -61,8 +37,8 @@ impl RedisTls {
 
     /// The files this material was read from (for a reload watcher).
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        let identity = self.identity.iter().flat_map(|i| [i.cert.path.as_path(), i.key.path.as_path()]);
-        self.ca.iter().map(|ca| ca.path.as_path()).chain(identity)
+        let identity = self.identity.iter().flat_map(|i| [i.cert.path(), i.key.path()]);
+        self.ca.iter().map(PemFile::path).chain(identity)
     }
 }
 
@@ -215,19 +191,20 @@ fn load_ca(path: &Path) -> Result<PemFile, RedisSettingError> {
     use crate::tls::CaProblem;
     let setting = RedisSetting::TlsCa;
     let bad = |why: String| RedisSettingError { setting, why: format!("bad CA file {}: {why}", path.display()) };
-    let pem = read(path, setting)?;
-    crate::tls::ca_roots(&pem).map_err(|problem| match problem {
+    let file = PemFile::read(path).map_err(|e| RedisSettingError { setting, why: e.to_string() })?;
+    crate::tls::ca_roots(file.text().as_bytes()).map_err(|problem| match problem {
         CaProblem::NotPem(e) => bad(format!("not PEM: {e}")),
         CaProblem::Unusable(e) => bad(format!("not a usable CA certificate: {e}")),
         CaProblem::Empty => bad("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned()),
     })?;
-    Ok(PemFile { path: path.to_owned(), pem })
+    Ok(file)
 }
 
-fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, RedisSettingError> {
+fn load_identity(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, RedisSettingError> {
     use crate::tls::IdentityProblem;
-    let cert_pem = read(cert_path, RedisSetting::TlsCert)?;
-    let key_pem = read(key_path, RedisSetting::TlsKey)?;
+    let unreadable = |setting| move |e: crate::tls::TlsFileError| RedisSettingError { setting, why: e.to_string() };
+    let cert = PemFile::read(cert_path).map_err(unreadable(RedisSetting::TlsCert))?;
+    let key = PemFile::read(key_path).map_err(unreadable(RedisSetting::TlsKey))?;
     let bad_cert = |why: String| RedisSettingError {
         setting: RedisSetting::TlsCert,
         why: format!("bad client certificate {}: {why}", cert_path.display()),
@@ -237,7 +214,7 @@ fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Re
         setting: RedisSetting::TlsKey,
         why: format!("bad private key {}: {why}", key_path.display()),
     };
-    crate::tls::client_identity(&cert_pem, &key_pem).map_err(|problem| match problem {
+    crate::tls::client_identity(cert.text().as_bytes(), key.text().as_bytes()).map_err(|problem| match problem {
         IdentityProblem::CertNotPem(e) => bad_cert(format!("not PEM: {e}")),
         IdentityProblem::NoCertificate => {
             bad_cert("no certificate in it (expected -----BEGIN CERTIFICATE-----)".to_owned())
@@ -253,10 +230,7 @@ fn load_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Re
             ),
         },
     })?;
-    Ok(ClientIdentity {
-        cert: PemFile { path: cert_path.to_owned(), pem: cert_pem },
-        key: PemFile { path: key_path.to_owned(), pem: key_pem },
-    })
+    Ok(TlsIdentity { cert, key })
 }
 
 fn load_password(path: &Path) -> Result<PasswordFile, RedisSettingError> {
@@ -304,10 +278,10 @@ pub fn client(url: &str, tls: &RedisTls, password: Option<&PasswordFile>) -> red
 pub(crate) fn certificates(tls: &RedisTls) -> redis::TlsCertificates {
     redis::TlsCertificates {
         client_tls: tls.identity.as_ref().map(|identity| redis::ClientTlsConfig {
-            client_cert: identity.cert.pem.clone(),
-            client_key: identity.key.pem.clone(),
+            client_cert: identity.cert.text().as_bytes().to_vec(),
+            client_key: identity.key.text().as_bytes().to_vec(),
         }),
-        root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
+        root_cert: tls.ca.as_ref().map(|ca| ca.text().as_bytes().to_vec()),
     }
 }
 

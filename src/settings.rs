@@ -325,10 +325,10 @@ impl Settings {
             let tls = &m.redis_tls;
             let identity = tls.identity.as_ref();
             for (key, path) in [
-                ("tls_ca", tls.ca.as_ref().map(|f| &f.path)),
-                ("tls_cert", identity.map(|i| &i.cert.path)),
-                ("tls_key", identity.map(|i| &i.key.path)),
-                ("password_file", m.redis_password.as_ref().map(|p| &p.path)),
+                ("tls_ca", tls.ca.as_ref().map(crate::tls::PemFile::path)),
+                ("tls_cert", identity.map(|i| i.cert.path())),
+                ("tls_key", identity.map(|i| i.key.path())),
+                ("password_file", m.redis_password.as_ref().map(|p| p.path.as_path())),
             ] {
                 if let Some(path) = path {
                     out.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
