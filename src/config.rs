@@ -10,9 +10,16 @@ pub const DEFAULT_ZK_SERVERS: &str = "127.0.0.1:2181";
 /// Where Redis is when nothing says otherwise: what `redis-cli` connects to by itself.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
+/// The name of the one Redis target of a process that names none (`--redis URL`, `[redis]`).
+pub const DEFAULT_TARGET: &str = "default";
+
 /// One mirror: a ZooKeeper subtree copied into Redis under one prefix.
 #[derive(Clone, PartialEq)]
 pub struct MirrorConfig {
+    /// The name of the Redis target this mirror writes to (`default` when the process has
+    /// one): with several targets (`--redis NAME=URL`, `[[targets]]`), one mirror runs per
+    /// target and root, each with its own progress, status hash and metrics.
+    pub target: String,
     /// ZooKeeper connect string: `host:port[,host:port...]`.
     pub zk_servers: String,
     /// Optional ZooKeeper digest credentials (`user:password`), added to the session.
@@ -106,6 +113,7 @@ impl std::str::FromStr for ZkDigest {
 impl std::fmt::Debug for MirrorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorConfig")
+            .field("target", &self.target)
             .field("zk_servers", &self.zk_servers)
             .field("zk_auth", &self.zk_auth)
             .field("zk_tls", &self.zk_tls)
@@ -124,6 +132,7 @@ impl MirrorConfig {
     /// A config with the documented defaults.
     pub fn new(zk_servers: impl Into<String>, redis_url: impl Into<String>, root: impl Into<String>) -> Self {
         MirrorConfig {
+            target: DEFAULT_TARGET.to_owned(),
             zk_servers: zk_servers.into(),
             zk_auth: None,
             zk_tls: None,
@@ -192,7 +201,7 @@ impl MirrorConfig {
     /// What identifies this mirror in a process: two mirrors with the same key would write the
     /// same keys, so a process runs at most one per key.
     pub fn key(&self) -> MirrorKey {
-        MirrorKey { prefix: self.prefix.clone(), root: self.root.clone() }
+        MirrorKey { target: self.target.clone(), prefix: self.prefix.clone(), root: self.root.clone() }
     }
 
     /// Checks every field; the first problem found is returned, naming the field and value.
@@ -283,14 +292,33 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 /// refused at load.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MirrorKey {
+    /// The Redis target's name: the same root and prefix in two targets are two mirrors.
+    pub target: String,
     pub prefix: String,
     pub root: String,
 }
 
 impl std::fmt::Display for MirrorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (prefix {})", self.root, self.prefix)
+        if self.target == DEFAULT_TARGET {
+            write!(f, "{} (prefix {})", self.root, self.prefix)
+        } else {
+            write!(f, "{} (prefix {}, target {})", self.root, self.prefix, self.target)
+        }
     }
+}
+
+/// A target's name is one or more of `A-Z a-z 0-9 _ . -`: it labels metrics and log lines and
+/// names a znode under `--targets-from`.
+pub fn validate_target_name(name: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadSetting { name: "target name", why: format!("{name:?}: {why}") };
+    if name.is_empty() {
+        return Err(bad("it must not be empty".into()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+        return Err(bad(format!("{c:?} is not allowed; use letters, digits, '_', '.' or '-'")));
+    }
+    Ok(())
 }
 
 /// A prefix is one or more of `A-Z a-z 0-9 _ . : -`. Braces would break the hash-tag layout.

@@ -83,9 +83,16 @@ impl Mirror {
         let store = Store::new(&self.config)?;
         let core = Core::new(
             &self.config,
-            Recorder::new(self.counters, &self.config.prefix, &self.config.root),
+            Recorder::new(self.counters, &self.config.target, &self.config.prefix, &self.config.root),
             std::time::Instant::now(),
         );
-        driver::drive(self.config, store, core, self.shutdown).await
+        // With several targets the same root runs once per target: each line says which. A
+        // lone target's lines stay as they were.
+        let span = if self.config.target == crate::config::DEFAULT_TARGET {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("target", name = %self.config.target)
+        };
+        tracing::Instrument::instrument(driver::drive(self.config, store, core, self.shutdown), span).await
     }
 }

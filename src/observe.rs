@@ -42,13 +42,15 @@ pub(crate) struct EngineMetrics {
     pub walk_duration: Histogram,
     root: String,
     prefix: String,
+    target: String,
 }
 
 impl EngineMetrics {
-    /// Every series carries `root` and `prefix`: one process may mirror the same root under two
-    /// prefixes (two copies, two mirrors), and their series must not collide.
-    pub fn new(prefix: &str, root: &str) -> EngineMetrics {
-        let labels = [("root", root.to_owned()), ("prefix", prefix.to_owned())];
+    /// Every series carries `root`, `prefix` and `target`: one process may mirror the same root
+    /// under two prefixes, or into several Redis targets (each a mirror of its own), and their
+    /// series must not collide.
+    pub fn new(target: &str, prefix: &str, root: &str) -> EngineMetrics {
+        let labels = [("root", root.to_owned()), ("prefix", prefix.to_owned()), ("target", target.to_owned())];
         let with = |name: &'static str, value: &'static str| {
             let mut l: Vec<(&'static str, String)> = labels.to_vec();
             l.push((name, value.to_owned()));
@@ -76,13 +78,15 @@ impl EngineMetrics {
             walk_duration: histogram!("zkmirror_walk_duration_seconds", &labels),
             root: root.to_owned(),
             prefix: prefix.to_owned(),
+            target: target.to_owned(),
         }
     }
 
     /// Counts a finished walk (cold sync, reconcile, anti-entropy) by its reason.
     pub fn walk_done(&self, reason: &'static str, seconds: f64) {
-        counter!("zkmirror_walks_total", "root" => self.root.clone(), "prefix" => self.prefix.clone(), "reason" => reason)
-            .increment(1);
+        counter!("zkmirror_walks_total", "root" => self.root.clone(), "prefix" => self.prefix.clone(),
+                 "target" => self.target.clone(), "reason" => reason)
+        .increment(1);
         self.walk_duration.record(seconds);
     }
 }

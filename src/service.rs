@@ -94,9 +94,12 @@ impl Plan {
     }
 }
 
-/// Compares the running configs (`old`) with the wanted ones (`new`), mirror by (prefix, root).
-/// Pure: it decides, [`Service::apply`] does. A changed prefix is a different mirror: the old
-/// one stops (its keys purged unless covered), the new one starts.
+/// Compares the running configs (`old`) with the wanted ones (`new`), mirror by (target,
+/// prefix, root). Pure: it decides, [`Service::apply`] does. A changed prefix is a different
+/// mirror: the old one stops (its keys purged unless covered), the new one starts. A target
+/// that is gone takes nothing with it: its mirrors stop and its keys stay (an operator who drops
+/// a regional Redis from the list, or a registration that vanished, has not asked for its data
+/// to be deleted, and the copy stays readable there).
 pub fn plan(old: &[MirrorConfig], new: &[MirrorConfig]) -> Plan {
     let old_by: BTreeMap<MirrorKey, &MirrorConfig> = old.iter().map(|c| (c.key(), c)).collect();
     let new_by: BTreeMap<MirrorKey, &MirrorConfig> = new.iter().map(|c| (c.key(), c)).collect();
@@ -106,9 +109,11 @@ pub fn plan(old: &[MirrorConfig], new: &[MirrorConfig]) -> Plan {
             Some(wanted) if *wanted == *running => plan.keep.push(key.clone()),
             Some(_) => plan.restart.push(key.clone()),
             None => {
-                let covered =
-                    new_by.keys().any(|n| n.prefix == key.prefix && crate::path::is_within(&key.root, &n.root));
-                plan.stop.push(Stop { key: key.clone(), purge: !covered });
+                let target_stays = new_by.keys().any(|n| n.target == key.target);
+                let covered = new_by.keys().any(|n| {
+                    n.target == key.target && n.prefix == key.prefix && crate::path::is_within(&key.root, &n.root)
+                });
+                plan.stop.push(Stop { key: key.clone(), purge: target_stays && !covered });
             }
         }
     }
@@ -1001,23 +1006,26 @@ async fn aggregate_shared_status(
     started_at: u64,
     mut stop: Shutdown,
 ) {
-    let mut by_prefix: BTreeMap<&str, Vec<&MirrorConfig>> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<(&str, &str), Vec<&MirrorConfig>> = BTreeMap::new();
     for m in mirrors.iter().filter(|m| m.shared_prefix) {
-        by_prefix.entry(m.prefix.as_str()).or_default().push(m);
+        by_prefix.entry((m.target.as_str(), m.prefix.as_str())).or_default().push(m);
     }
-    let groups: Vec<(Store, Vec<&str>, u64, Option<&crate::config::Leadership>)> = by_prefix
-        .values()
-        .filter_map(|group| {
+    let mut groups: Vec<AggregateGroup<'_>> = by_prefix
+        .iter()
+        .filter_map(|((target, _), group)| {
             let stale_after =
                 group.iter().map(|m| m.heartbeat_interval).max().unwrap_or(Duration::from_secs(1)) * STALE_HEARTBEATS;
-            let roots = group.iter().map(|m| m.root.as_str()).collect();
-            Store::new(group[0])
-                .ok()
-                .map(|store| (store, roots, stale_after.as_millis() as u64, group[0].leadership.as_ref()))
+            Store::new(group[0]).ok().map(|store| AggregateGroup {
+                target,
+                store,
+                roots: group.iter().map(|m| m.root.as_str()).collect(),
+                stale_after_ms: stale_after.as_millis() as u64,
+                leadership: group[0].leadership.as_ref(),
+                failing: false,
+            })
         })
         .collect();
     let started_at = started_at.to_string();
-    let mut failing = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let stopping = tokio::select! {
@@ -1025,60 +1033,77 @@ async fn aggregate_shared_status(
             _ = tick.tick() => false,
         };
         let snapshot = observers.snapshot();
-        for (store, roots, stale_after, leadership) in &groups {
-            let prefix = store.keys().prefix();
-            let fields = if stopping {
-                Ok(Some(vec![
-                    (status_field::STATE, Phase::Stopped.as_str().to_owned()),
-                    (status_field::HEARTBEAT, now_ms().to_string()),
-                ]))
-            } else {
-                let mut reports = Vec::with_capacity(roots.len());
-                let mut read = Ok(());
-                for root in roots {
-                    let phase = snapshot
-                        .iter()
-                        .find(|(k, _)| k.prefix == prefix && k.root == *root)
-                        .map(|(_, h)| h.status().phase);
-                    match read_root_status(store, root).await {
-                        Ok((zxid, heartbeat)) => reports.push(phase.map(|phase| RootReport { phase, zxid, heartbeat })),
-                        Err(e) => {
-                            read = Err(e);
-                            break;
-                        }
-                    }
-                }
-                read.map(|()| aggregate_fields(roots, &reports, now_ms(), *stale_after, &started_at))
-            };
-            let written = match fields {
-                Ok(Some(mut fields)) => {
-                    if let Some(leadership) = leadership {
-                        // The aggregate names the leader too, and a deposed one's is refused.
-                        fields.push((status_field::LEADER, leadership.instance.clone()));
-                        fields.push((status_field::LEADER_SINCE, leadership.since_ms.to_string()));
-                        fields.push((status_field::FENCE, leadership.fence.to_string()));
-                    }
-                    store.write_aggregate_status(&fields).await
-                }
-                Ok(None) => Ok(()), // a root is (re)starting: no aggregate without it
-                Err(e) => Err(e),
-            };
-            match written {
-                Ok(()) if failing => {
-                    failing = false;
-                    info!(%prefix, "the aggregate status is written again");
-                }
-                Ok(()) => {}
-                // Once per outage: the mirrors report Redis themselves.
-                Err(e) if !failing => {
-                    failing = true;
-                    warn!(%prefix, error = %e, "cannot write the aggregate status");
-                }
-                Err(_) => {}
-            }
-        }
+        // Each (target, prefix) at once: a Redis that is down or slow (each command may wait
+        // for its timeouts) must not hold back the aggregate of another target.
+        futures::future::join_all(groups.iter_mut().map(|g| g.write(&snapshot, stopping, &started_at))).await;
         if stopping {
             return;
+        }
+    }
+}
+
+/// The roots sharing one prefix in one target, whose aggregate `P:mirror` one task writes.
+struct AggregateGroup<'a> {
+    target: &'a str,
+    store: Store,
+    roots: Vec<&'a str>,
+    stale_after_ms: u64,
+    leadership: Option<&'a crate::config::Leadership>,
+    /// Whether the last write failed: a failure is logged once per outage.
+    failing: bool,
+}
+
+impl AggregateGroup<'_> {
+    async fn write(&mut self, snapshot: &[(MirrorKey, MirrorHandle)], stopping: bool, started_at: &str) {
+        let prefix = self.store.keys().prefix().to_owned();
+        let fields = if stopping {
+            Ok(Some(vec![
+                (status_field::STATE, Phase::Stopped.as_str().to_owned()),
+                (status_field::HEARTBEAT, now_ms().to_string()),
+            ]))
+        } else {
+            let mut reports = Vec::with_capacity(self.roots.len());
+            let mut read = Ok(());
+            for root in &self.roots {
+                let phase = snapshot
+                    .iter()
+                    .find(|(k, _)| k.target == self.target && k.prefix == prefix && k.root == *root)
+                    .map(|(_, h)| h.status().phase);
+                match read_root_status(&self.store, root).await {
+                    Ok((zxid, heartbeat)) => reports.push(phase.map(|phase| RootReport { phase, zxid, heartbeat })),
+                    Err(e) => {
+                        read = Err(e);
+                        break;
+                    }
+                }
+            }
+            read.map(|()| aggregate_fields(&self.roots, &reports, now_ms(), self.stale_after_ms, started_at))
+        };
+        let written = match fields {
+            Ok(Some(mut fields)) => {
+                if let Some(leadership) = self.leadership {
+                    // The aggregate names the leader too, and a deposed one's is refused.
+                    fields.push((status_field::LEADER, leadership.instance.clone()));
+                    fields.push((status_field::LEADER_SINCE, leadership.since_ms.to_string()));
+                    fields.push((status_field::FENCE, leadership.fence.to_string()));
+                }
+                self.store.write_aggregate_status(&fields).await
+            }
+            Ok(None) => Ok(()), // a root is (re)starting: no aggregate without it
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                info!(%prefix, target = %self.target, "the aggregate status is written again");
+            }
+            Ok(()) => {}
+            // Once per outage: the mirrors report Redis themselves.
+            Err(e) if !self.failing => {
+                self.failing = true;
+                warn!(%prefix, target = %self.target, error = %e, "cannot write the aggregate status");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -1159,11 +1184,33 @@ mod tests {
     }
 
     fn key(prefix: &str, root: &str) -> MirrorKey {
-        MirrorKey { prefix: prefix.to_owned(), root: root.to_owned() }
+        MirrorKey { target: crate::config::DEFAULT_TARGET.to_owned(), prefix: prefix.to_owned(), root: root.to_owned() }
     }
 
     fn stop(prefix: &str, root: &str, purge: bool) -> Stop {
         Stop { key: key(prefix, root), purge }
+    }
+
+    #[test]
+    fn a_target_that_is_gone_keeps_its_keys_and_a_root_removed_from_a_target_does_not() {
+        let in_target = |target: &str, root: &str| {
+            let mut c = config("zk", root);
+            c.target = target.to_owned();
+            c
+        };
+        let old = [in_target("eu", "/a"), in_target("eu", "/b"), in_target("us", "/a")];
+        // "us" is gone (its Redis keeps its copy); "eu" no longer mirrors /b (purged there).
+        let new = [in_target("eu", "/a")];
+        let p = plan(&old, &new);
+        let stops: Vec<(String, String, bool)> =
+            p.stop.iter().map(|s| (s.key.target.clone(), s.key.root.clone(), s.purge)).collect();
+        assert_eq!(stops, [("eu".into(), "/b".into(), true), ("us".into(), "/a".into(), false)]);
+        assert_eq!(p.keep.len(), 1);
+        // A new target starts its own mirrors; the others are kept.
+        let more = [in_target("eu", "/a"), in_target("eu", "/b"), in_target("us", "/a"), in_target("ap", "/a")];
+        let p = plan(&old, &more);
+        assert_eq!(p.start.iter().map(|k| k.target.as_str()).collect::<Vec<_>>(), ["ap"]);
+        assert_eq!(p.keep.len(), 3);
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct Overrides {
     pub zk_tls_ca: Option<PathBuf>,
     pub zk_tls_cert: Option<PathBuf>,
     pub zk_tls_key: Option<PathBuf>,
-    pub redis: Option<String>,
+    /// `--redis [NAME=]URL`, once per target (none: the file's, then the default).
+    pub redis: Vec<String>,
     /// `--redis-tls-ca`, `--redis-tls-cert`, `--redis-tls-key`: PEM files for `rediss://`.
     pub redis_tls_ca: Option<PathBuf>,
     pub redis_tls_cert: Option<PathBuf>,
@@ -97,6 +98,9 @@ struct FileSettings {
     zookeeper: ZkSection,
     #[serde(default)]
     redis: RedisSection,
+    /// Several Redis targets, each a `[redis]`-like table with a `name`; not beside `[redis]`.
+    #[serde(default)]
+    targets: Vec<RedisSection>,
     #[serde(default)]
     mirror: MirrorSection,
     #[serde(default)]
@@ -129,6 +133,8 @@ struct ZkSection {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RedisSection {
+    /// The target's name (`default` for a lone `[redis]` that gives none).
+    name: Option<Spanned<String>>,
     url: Option<Spanned<String>>,
     tls_ca: Option<Spanned<PathBuf>>,
     tls_cert: Option<Spanned<PathBuf>>,
@@ -289,6 +295,18 @@ impl Settings {
         files
     }
 
+    /// One mirror of each Redis target, in the order the targets were given: what says where
+    /// each target is (every root of a target has the same URL and files).
+    pub fn targets(&self) -> Vec<&MirrorConfig> {
+        let mut seen: Vec<&MirrorConfig> = Vec::new();
+        for m in &self.mirrors {
+            if !seen.iter().any(|s| s.target == m.target) {
+                seen.push(m);
+            }
+        }
+        seen
+    }
+
     /// The effective settings as TOML, with secrets masked: what `check-config` prints.
     pub fn render_masked(&self) -> String {
         let mut out = String::new();
@@ -315,26 +333,34 @@ impl Settings {
                 (None, None) => Some("\"\" # none".to_owned()),
             };
             out.push_str(&format!(
-                "[zookeeper]\nservers = {:?}\n{}{zk_files}session_timeout = \"{}ms\"\n\n[redis]\nurl = {:?}\n",
+                "[zookeeper]\nservers = {:?}\n{}{zk_files}session_timeout = \"{}ms\"\n\n",
                 m.zk_servers,
                 auth.map(|a| format!("auth = {a}\n")).unwrap_or_default(),
                 m.session_timeout.as_millis(),
-                mask_url(&m.redis_url),
             ));
-            // The files' paths, never their content.
-            let tls = &m.redis_tls;
-            let identity = tls.identity.as_ref();
-            for (key, path) in [
-                ("tls_ca", tls.ca.as_ref().map(crate::tls::PemFile::path)),
-                ("tls_cert", identity.map(|i| i.cert.path())),
-                ("tls_key", identity.map(|i| i.key.path())),
-                ("password_file", m.redis_password.as_ref().map(|p| p.path.as_path())),
-            ] {
-                if let Some(path) = path {
-                    out.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
+            let targets = self.targets();
+            let lone = targets.len() == 1 && targets[0].target == crate::config::DEFAULT_TARGET;
+            for t in targets {
+                if lone {
+                    out.push_str(&format!("[redis]\nurl = {:?}\n", mask_url(&t.redis_url)));
+                } else {
+                    out.push_str(&format!("[[targets]]\nname = {:?}\nurl = {:?}\n", t.target, mask_url(&t.redis_url)));
                 }
+                // The files' paths, never their content.
+                let tls = &t.redis_tls;
+                let identity = tls.identity.as_ref();
+                for (key, path) in [
+                    ("tls_ca", tls.ca.as_ref().map(crate::tls::PemFile::path)),
+                    ("tls_cert", identity.map(|i| i.cert.path())),
+                    ("tls_key", identity.map(|i| i.key.path())),
+                    ("password_file", t.redis_password.as_ref().map(|p| p.path.as_path())),
+                ] {
+                    if let Some(path) = path {
+                        out.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
+                    }
+                }
+                out.push('\n');
             }
-            out.push('\n');
             out.push_str(&format!(
                 "[mirror]\nanti_entropy_interval = \"{}ms\"\ntombstone_ttl = \"{}ms\"\nchanges_maxlen = {}\nread_window = {}\nmemory_budget = \"{}\"\nmax_znode_size = \"{}\"\nkeep_keys_on_remove = {}\n\n",
                 m.anti_entropy_interval.as_millis(),
@@ -352,7 +378,8 @@ impl Settings {
         if let Some(ha) = &self.ha {
             out.push_str(&format!("[ha]\npath = {:?}\ninstance = {:?}\n\n", ha.path, ha.instance));
         }
-        for m in &self.mirrors {
+        let first_target = first.map(|m| m.target.as_str());
+        for m in self.mirrors.iter().filter(|m| Some(m.target.as_str()) == first_target) {
             out.push_str(&format!(
                 "[[roots]]\npath = {:?}\nprefix = {:?}\n# {}{}\n\n",
                 m.root,
@@ -406,10 +433,7 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
     // flag and always win over the file.
     let (zk, zk_origin) = layer(o.zk.as_ref(), "--zk", file.zookeeper.servers.as_ref(), source, "zookeeper.servers")
         .unwrap_or_else(|| (DEFAULT_ZK_SERVERS.to_owned(), Origin::Default));
-    let (redis, redis_origin) = layer(o.redis.as_ref(), "--redis", file.redis.url.as_ref(), source, "redis.url")
-        .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
-    crate::config::validate_redis_url(&redis).map_err(|e| redis_origin.error(e.to_string()))?;
-    let (redis_tls, redis_password) = redis_files(&file.redis, source, o, &redis, &redis_origin)?;
+    let targets = targets(&file, source, o)?;
     let zk_security = zk_security(&file.zookeeper, source, o)?;
     check_schemes(&zk, &zk_origin, zk_security.tls.is_some())?;
     // Each value with where it came from: `validate` may refuse it, and the error must name
@@ -521,71 +545,77 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
     }
 
     let mut mirrors = Vec::new();
-    let mut prefix_users: HashMap<String, usize> = HashMap::new();
-    for spec in &specs {
-        let mut config = MirrorConfig::new(zk.clone(), redis.clone(), spec.path.0.clone());
-        let (prefix, prefix_origin) = match (&spec.prefix, &default_prefix) {
-            (Some((p, origin)), _) => (p.clone(), origin),
-            (None, Some((p, origin))) => (p.clone(), origin),
-            (None, None) => (config.prefix.clone(), &Origin::Default),
-        };
-        config.prefix = prefix;
-        config.redis_tls = redis_tls.clone();
-        config.redis_password = redis_password.clone();
-        config.zk_auth = zk_security.auth.clone();
-        config.zk_auth_file = zk_security.auth_file.clone();
-        config.zk_tls = zk_security.tls.clone();
-        config.session_timeout = session_timeout;
-        config.anti_entropy_interval = anti_entropy;
-        config.tombstone_ttl = tombstone_ttl;
-        if let Some((n, _)) = &changes_maxlen {
-            config.changes_maxlen = *n;
-        }
-        if let Some((n, _)) = &read_window {
-            config.read_window = usize::try_from(*n).unwrap_or(usize::MAX);
-        }
-        if let Some((n, _)) = &memory_budget {
-            config.memory_budget = usize::try_from(*n).unwrap_or(usize::MAX);
-        }
-        if let Some((n, _)) = &max_znode_size {
-            config.max_znode_bytes = usize::try_from(*n).unwrap_or(usize::MAX);
-        }
-        config.filter = spec.filter.clone();
-        config.validate().map_err(|e| match e {
-            ConfigError::BadRoot { .. } => spec.path.1.error(e.to_string()),
-            ConfigError::BadPrefix { .. } => prefix_origin.error(e.to_string()),
-            ConfigError::BadRedisUrl { .. } => redis_origin.error(e.to_string()),
-            ConfigError::BadZkAddress { .. } => zk_origin.error(e.to_string()),
-            ConfigError::BadSetting { name, .. } => {
-                let origin = match name {
-                    "tombstone_ttl" => Some(&tombstone_ttl_origin),
-                    "session_timeout" => Some(&session_timeout_origin),
-                    "anti_entropy_interval" => Some(&anti_entropy_origin),
-                    "changes_maxlen" => changes_maxlen.as_ref().map(|(_, o)| o),
-                    "read_window" => read_window.as_ref().map(|(_, o)| o),
-                    "memory_budget" => memory_budget.as_ref().or(max_znode_size.as_ref()).map(|(_, o)| o),
-                    _ => None,
-                };
-                match origin {
-                    Some(origin) => origin.error(e.to_string()),
-                    None => SettingsError::Other { origin: "settings".into(), why: e.to_string() },
-                }
+    let mut prefix_users: HashMap<(String, String), usize> = HashMap::new();
+    let mut owners: Vec<&Origin<'_>> = Vec::new();
+    for target in &targets {
+        for spec in &specs {
+            let redis_origin = &target.url_origin;
+            let mut config = MirrorConfig::new(zk.clone(), target.url.clone(), spec.path.0.clone());
+            config.target = target.name.clone();
+            let (prefix, prefix_origin) = match (&spec.prefix, &default_prefix) {
+                (Some((p, origin)), _) => (p.clone(), origin),
+                (None, Some((p, origin))) => (p.clone(), origin),
+                (None, None) => (config.prefix.clone(), &Origin::Default),
+            };
+            config.prefix = prefix;
+            config.redis_tls = target.tls.clone();
+            config.redis_password = target.password.clone();
+            config.zk_auth = zk_security.auth.clone();
+            config.zk_auth_file = zk_security.auth_file.clone();
+            config.zk_tls = zk_security.tls.clone();
+            config.session_timeout = session_timeout;
+            config.anti_entropy_interval = anti_entropy;
+            config.tombstone_ttl = tombstone_ttl;
+            if let Some((n, _)) = &changes_maxlen {
+                config.changes_maxlen = *n;
             }
-            other => SettingsError::Other { origin: "settings".into(), why: other.to_string() },
-        })?;
-        *prefix_users.entry(config.prefix.clone()).or_default() += 1;
-        mirrors.push(config);
+            if let Some((n, _)) = &read_window {
+                config.read_window = usize::try_from(*n).unwrap_or(usize::MAX);
+            }
+            if let Some((n, _)) = &memory_budget {
+                config.memory_budget = usize::try_from(*n).unwrap_or(usize::MAX);
+            }
+            if let Some((n, _)) = &max_znode_size {
+                config.max_znode_bytes = usize::try_from(*n).unwrap_or(usize::MAX);
+            }
+            config.filter = spec.filter.clone();
+            config.validate().map_err(|e| match e {
+                ConfigError::BadRoot { .. } => spec.path.1.error(e.to_string()),
+                ConfigError::BadPrefix { .. } => prefix_origin.error(e.to_string()),
+                ConfigError::BadRedisUrl { .. } => redis_origin.error(e.to_string()),
+                ConfigError::BadZkAddress { .. } => zk_origin.error(e.to_string()),
+                ConfigError::BadSetting { name, .. } => {
+                    let origin = match name {
+                        "tombstone_ttl" => Some(&tombstone_ttl_origin),
+                        "session_timeout" => Some(&session_timeout_origin),
+                        "anti_entropy_interval" => Some(&anti_entropy_origin),
+                        "changes_maxlen" => changes_maxlen.as_ref().map(|(_, o)| o),
+                        "read_window" => read_window.as_ref().map(|(_, o)| o),
+                        "memory_budget" => memory_budget.as_ref().or(max_znode_size.as_ref()).map(|(_, o)| o),
+                        _ => None,
+                    };
+                    match origin {
+                        Some(origin) => origin.error(e.to_string()),
+                        None => SettingsError::Other { origin: "settings".into(), why: e.to_string() },
+                    }
+                }
+                other => SettingsError::Other { origin: "settings".into(), why: other.to_string() },
+            })?;
+            *prefix_users.entry((config.target.clone(), config.prefix.clone())).or_default() += 1;
+            mirrors.push(config);
+            owners.push(&spec.path.1);
+        }
     }
     // One mirror per (prefix, root): a second would write the same keys, and the service keys
     // its mirrors by that pair.
     for (i, a) in mirrors.iter().enumerate() {
         for (j, b) in mirrors.iter().enumerate().skip(i + 1) {
             if a.key() == b.key() {
-                return Err(specs[j].path.1.error(format!(
+                return Err(owners[j].error(format!(
                     "root {} with prefix {:?} is already mirrored by {}: remove one, or give one another prefix",
                     b.root,
                     b.prefix,
-                    specs[i].path.1.describe()
+                    owners[i].describe()
                 )));
             }
         }
@@ -593,8 +623,9 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
     // Roots that share a prefix must not overlap: their keys would collide.
     for (i, a) in mirrors.iter().enumerate() {
         for (j, b) in mirrors.iter().enumerate().skip(i + 1) {
-            if a.prefix == b.prefix && (path::is_within(&a.root, &b.root) || path::is_within(&b.root, &a.root)) {
-                return Err(specs[j].path.1.error(format!(
+            let same_keys = a.target == b.target && a.prefix == b.prefix;
+            if same_keys && (path::is_within(&a.root, &b.root) || path::is_within(&b.root, &a.root)) {
+                return Err(owners[j].error(format!(
                     "root {} overlaps root {} and both use prefix {:?}: give one of them its own prefix",
                     b.root, a.root, a.prefix
                 )));
@@ -602,7 +633,7 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         }
     }
     for m in &mut mirrors {
-        m.shared_prefix = prefix_users.get(&m.prefix).copied().unwrap_or(0) > 1;
+        m.shared_prefix = prefix_users.get(&(m.target.clone(), m.prefix.clone())).copied().unwrap_or(0) > 1;
     }
     let metrics_addr = match (&o.metrics_addr, &file.metrics.addr, source) {
         (Some(addr), _, _) => Some(*addr),
@@ -620,13 +651,15 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
 /// bad file is refused and the running config stays.
 fn redis_files(
     section: &RedisSection,
+    table: &str,
     source: Option<&Source<'_>>,
     o: &Overrides,
     url: &str,
     url_origin: &Origin<'_>,
 ) -> Result<(RedisTls, Option<PasswordFile>), SettingsError> {
     let pick = |flag: Option<&PathBuf>, setting: RedisSetting, file: Option<&Spanned<PathBuf>>| {
-        layer(flag, setting.flag(), file, source, setting.key())
+        let key = format!("{table}.{}", setting.key().trim_start_matches("redis."));
+        layer(flag, setting.flag(), file, source, &key)
             .map(|(path, origin)| (file_path(&path.to_string_lossy(), &origin), origin))
     };
     let ca = pick(o.redis_tls_ca.as_ref(), RedisSetting::TlsCa, section.tls_ca.as_ref());
@@ -652,6 +685,110 @@ fn redis_files(
             None => SettingsError::Other { origin: e.setting.flag().to_owned(), why: e.why },
         }
     })
+}
+
+/// One Redis target as the settings name it: its URL and connection files, read and checked.
+struct TargetSpec<'a> {
+    name: String,
+    url: String,
+    url_origin: Origin<'a>,
+    tls: RedisTls,
+    password: Option<PasswordFile>,
+}
+
+/// The Redis targets: `--redis` (once per target, `NAME=URL` when more than one) replaces the
+/// file's; the file has either one `[redis]` or several `[[targets]]`; the default is one
+/// Redis at the standard local port. The `--redis-tls-*` and `--redis-password-file` flags
+/// apply to every target, over each one's file keys.
+fn targets<'a>(
+    file: &'a FileSettings,
+    source: Option<&'a Source<'a>>,
+    o: &Overrides,
+) -> Result<Vec<TargetSpec<'a>>, SettingsError> {
+    let mut found: Vec<(String, Origin<'a>, String, Origin<'a>, &'a RedisSection, String)> = Vec::new();
+    let file_name = |section: &'a RedisSection, key: &str| layer(None, "", section.name.as_ref(), source, key);
+    if !o.redis.is_empty() {
+        let several = o.redis.len() > 1;
+        for given in &o.redis {
+            let (name, url) = split_target(given);
+            let origin = Origin::Flag("--redis");
+            let name = match name {
+                Some(name) => name.to_owned(),
+                None if several => {
+                    return Err(origin.error(format!(
+                        "{} is one of several targets: name each as NAME=URL (e.g. --redis eu={})",
+                        mask_url(url),
+                        mask_url(url)
+                    )))
+                }
+                None => file_name(&file.redis, "redis.name")
+                    .map_or_else(|| crate::config::DEFAULT_TARGET.to_owned(), |(name, _)| name),
+            };
+            found.push((name, Origin::Flag("--redis"), url.to_owned(), origin, &file.redis, "redis".to_owned()));
+        }
+    } else if !file.targets.is_empty() {
+        if let (Some(url), Some(source)) = (&file.redis.url, source) {
+            return Err(source.error(
+                url.span().start,
+                "redis.url",
+                "both [redis] and [[targets]] are given: put this Redis into [[targets]] with a name",
+            ));
+        }
+        for (i, section) in file.targets.iter().enumerate() {
+            let table = format!("targets[{i}]");
+            let (Some(source), Some(url)) = (source, &section.url) else {
+                let at = section.name.as_ref().map_or(0, |n| n.span().start);
+                let why = "a target needs a url";
+                return Err(source.map_or_else(
+                    || SettingsError::Other { origin: table.clone(), why: why.into() },
+                    |source| source.error(at, &format!("{table}.url"), why),
+                ));
+            };
+            let url_origin = Origin::File(source, url.span().start, format!("{table}.url"));
+            let Some((name, name_origin)) = file_name(section, &format!("{table}.name")) else {
+                return Err(url_origin.error(format!("{table} has no name: every [[targets]] entry needs one")));
+            };
+            found.push((name, name_origin, url.get_ref().clone(), url_origin, section, table));
+        }
+    } else {
+        let (url, origin) = layer(None, "--redis", file.redis.url.as_ref(), source, "redis.url")
+            .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
+        let (name, name_origin) = file_name(&file.redis, "redis.name")
+            .unwrap_or_else(|| (crate::config::DEFAULT_TARGET.to_owned(), Origin::Default));
+        found.push((name, name_origin, url, origin, &file.redis, "redis".to_owned()));
+    }
+    let mut specs: Vec<TargetSpec<'a>> = Vec::with_capacity(found.len());
+    for (name, name_origin, url, url_origin, section, table) in found {
+        crate::config::validate_target_name(&name).map_err(|e| name_origin.error(e.to_string()))?;
+        crate::config::validate_redis_url(&url).map_err(|e| url_origin.error(e.to_string()))?;
+        if let Some(other) = specs.iter().find(|t| t.name == name) {
+            return Err(name_origin.error(format!(
+                "the target name {name:?} is already given to {} ({}): give each target its own name",
+                mask_url(&other.url),
+                other.url_origin.describe()
+            )));
+        }
+        if let Some(other) = specs.iter().find(|t| t.url == url) {
+            return Err(url_origin.error(format!(
+                "{} is already target {:?}: two targets on one Redis would write the same keys",
+                mask_url(&url),
+                other.name
+            )));
+        }
+        let (tls, password) = redis_files(section, &table, source, o, &url, &url_origin)?;
+        specs.push(TargetSpec { name, url, url_origin, tls, password });
+    }
+    Ok(specs)
+}
+
+/// `NAME=URL` into its parts; a URL alone has no name. Only what comes before the scheme's
+/// `://` can be a name, so a `=` inside a URL (a password, a query) is never taken for one.
+fn split_target(given: &str) -> (Option<&str>, &str) {
+    let scheme_end = given.find("://").unwrap_or(given.len());
+    match given[..scheme_end].split_once('=') {
+        Some((name, _)) => (Some(name), &given[name.len() + 1..]),
+        None => (None, given),
+    }
 }
 
 /// The ZooKeeper credentials and TLS material, read and checked.
@@ -934,6 +1071,86 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TWO_TARGETS: &str = r#"
+[[targets]]
+name = "eu"
+url = "redis://127.0.0.1:6380/"
+
+[[targets]]
+name = "us"
+url = "redis://127.0.0.1:6381/"
+
+[[roots]]
+path = "/a"
+
+[[roots]]
+path = "/b"
+"#;
+
+    #[test]
+    fn several_targets_run_every_root_once_per_target() {
+        let s = load_text(TWO_TARGETS, &Overrides::default()).expect("valid");
+        let keys: Vec<(String, String, String)> =
+            s.mirrors.iter().map(|m| (m.target.clone(), m.root.clone(), m.redis_url.clone())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("eu".into(), "/a".into(), "redis://127.0.0.1:6380/".into()),
+                ("eu".into(), "/b".into(), "redis://127.0.0.1:6380/".into()),
+                ("us".into(), "/a".into(), "redis://127.0.0.1:6381/".into()),
+                ("us".into(), "/b".into(), "redis://127.0.0.1:6381/".into()),
+            ]
+        );
+        // Two roots share the prefix in each target's Redis: each target has its aggregate.
+        assert!(s.mirrors.iter().all(|m| m.shared_prefix));
+        assert_eq!(s.targets().len(), 2);
+        let rendered = s.render_masked();
+        assert!(rendered.contains("[[targets]]\nname = \"us\""), "{rendered}");
+        assert_eq!(rendered.matches("[[roots]]").count(), 2, "{rendered}");
+    }
+
+    #[test]
+    fn named_flag_targets_replace_the_files() {
+        let o = Overrides {
+            redis: vec!["a=redis://127.0.0.1:7000/".into(), "b=redis://u:p=w@127.0.0.1:7001/".into()],
+            ..Overrides::default()
+        };
+        let s = load_text(TWO_TARGETS, &o).expect("valid");
+        let names: Vec<&str> = s.targets().iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(s.mirrors[2].redis_url, "redis://u:p=w@127.0.0.1:7001/", "a '=' in the password is no name");
+        // One unnamed --redis is the default target (or the file's [redis] name).
+        let one = Overrides { redis: vec!["redis://127.0.0.1:7000/".into()], ..Overrides::default() };
+        let s = load_text("[[roots]]\npath = \"/a\"\n", &one).expect("valid");
+        assert_eq!(s.mirrors[0].target, crate::config::DEFAULT_TARGET);
+        let named = "[redis]\nname = \"eu\"\n\n[[roots]]\npath = \"/a\"\n";
+        assert_eq!(load_text(named, &one).expect("valid").mirrors[0].target, "eu");
+    }
+
+    #[test]
+    fn bad_target_lists_are_refused_naming_the_entry() {
+        let err = |text: &str, o: &Overrides| load_text(text, o).err().map(|e| e.to_string()).unwrap_or_default();
+        let unnamed = Overrides {
+            redis: vec!["redis://127.0.0.1:7000/".into(), "redis://127.0.0.1:7001/".into()],
+            ..Overrides::default()
+        };
+        let e = err(TWO_TARGETS, &unnamed);
+        assert!(e.starts_with("--redis: ") && e.contains("NAME=URL"), "{e}");
+        let both = format!("[redis]\nurl = \"redis://127.0.0.1:1/\"\n{TWO_TARGETS}");
+        let e = err(&both, &Overrides::default());
+        assert!(e.contains(":2: redis.url: both [redis] and [[targets]]"), "{e}");
+        let e = err(&TWO_TARGETS.replace("\"us\"", "\"eu\""), &Overrides::default());
+        assert!(e.contains("targets[1].name: the target name \"eu\" is already given"), "{e}");
+        let e = err(&TWO_TARGETS.replace("6381", "6380"), &Overrides::default());
+        assert!(e.contains("targets[1].url") && e.contains("is already target \"eu\""), "{e}");
+        let e = err(&TWO_TARGETS.replace("name = \"us\"\n", ""), &Overrides::default());
+        assert!(e.contains("targets[1].url: targets[1] has no name"), "{e}");
+        let e = err(&TWO_TARGETS.replace("\"us\"", "\"u s\""), &Overrides::default());
+        assert!(e.contains("targets[1].name") && e.contains("' ' is not allowed"), "{e}");
+        let e = err(&TWO_TARGETS.replace("redis://127.0.0.1:6381/", "127.0.0.1:6381"), &Overrides::default());
+        assert!(e.contains("targets[1].url") && e.contains("HOST:PORT"), "{e}");
+    }
 
     fn load_text(text: &str, overrides: &Overrides) -> Result<Settings, SettingsError> {
         // Tests run in parallel: each call gets its own folder.

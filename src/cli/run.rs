@@ -36,8 +36,9 @@ struct SettingsArgs {
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS), or
     /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://)
     /// [default: redis://127.0.0.1:6379/].
-    #[arg(long, env = "ZKMIRROR_REDIS")]
-    redis: Option<String>,
+    /// Several targets: give --redis once per target, each as NAME=URL.
+    #[arg(long, env = "ZKMIRROR_REDIS", value_name = "[NAME=]URL")]
+    redis: Vec<String>,
     #[command(flatten)]
     redis_files: super::RedisFileArgs,
     /// The subtree to mirror (an absolute ZooKeeper path); replaces the file's [[roots]].

@@ -30,6 +30,10 @@ use crate::settings::parse_duration_text;
 pub struct StatusArgs {
     #[command(flatten)]
     redis: RedisArgs,
+    /// Report every Redis target (and prefix) of this settings file, each judged on its own;
+    /// exit 0 only when all are fine. Replaces --redis and --prefix.
+    #[arg(long, value_name = "FILE", conflicts_with = "instances")]
+    config: Option<std::path::PathBuf>,
     /// Also report how far the copy is behind ZooKeeper (at --zk). This reads the Stat of
     /// every znode under the mirrored root (as one anti-entropy pass does).
     #[arg(long)]
@@ -119,22 +123,6 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.max_lag.is_some() && args.lag_servers().is_none() {
         anyhow::bail!("--max-lag needs --lag (or --zk): the lag is measured against ZooKeeper");
     }
-    let (mut conn, server) = connect_redis(&args.redis).await?;
-    let keys = Keys::new(&args.redis.prefix);
-    let Some(state) = read_state(&mut conn, &keys, None, &server).await? else {
-        let message = format!(
-            "no mirror status in Redis at {server}: {} is absent (no mirror has run with prefix {})",
-            keys.status(),
-            keys.prefix()
-        );
-        if args.json {
-            let value = json!({ "ok": false, "problems": [message], "prefix": keys.prefix(), "key": keys.status() });
-            write_stdout(format!("{value}\n").as_bytes())?;
-        } else {
-            write_stdout(format!("NOT OK: {message}\n").as_bytes())?;
-        }
-        return Ok(no());
-    };
     let zk = match args.lag_servers() {
         Some(servers) => {
             let mut zk = args.zk.resolve()?;
@@ -143,29 +131,100 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let ctx = Inquiry { args: &args, keys: &keys, server: &server, zk: zk.as_ref() };
+    let Some(file) = &args.config else {
+        let (mut conn, server) = connect_redis(&args.redis).await?;
+        let keys = Keys::new(&args.redis.prefix);
+        let report = report(&args, &mut conn, &server, &keys, zk.as_ref()).await?;
+        write_stdout(report.text.as_bytes())?;
+        return Ok(if report.ok { ExitCode::SUCCESS } else { no() });
+    };
+    // Every target and prefix of the settings file, each judged on its own: one target down
+    // does not hide how the others are.
+    let settings = crate::settings::Settings::load(Some(file), &crate::settings::Overrides::default())?;
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    let (mut ok, mut texts, mut values) = (true, String::new(), Vec::new());
+    for m in &settings.mirrors {
+        if seen.contains(&(m.target.as_str(), m.prefix.as_str())) {
+            continue;
+        }
+        seen.push((&m.target, &m.prefix));
+        let keys = Keys::new(&m.prefix);
+        let server = crate::config::mask_url(&m.redis_url);
+        let report = match super::connect_redis_with(&m.redis_url, &m.redis_tls, m.redis_password.as_ref()).await {
+            Ok((mut conn, server)) => report(&args, &mut conn, &server, &keys, zk.as_ref()).await,
+            Err(e) => Err(e),
+        };
+        let report = report.unwrap_or_else(|e| Report::failed(&args, &keys, format!("{e:#}")));
+        ok &= report.ok;
+        if args.json {
+            let mut value = report.value;
+            value["target"] = json!(m.target);
+            value["server"] = json!(server);
+            values.push(value);
+        } else {
+            texts.push_str(&format!("target {} (Redis {server}):\n{}", m.target, report.text));
+        }
+    }
+    let text = if args.json { format!("{}\n", json!({ "ok": ok, "targets": values })) } else { texts };
+    write_stdout(text.as_bytes())?;
+    Ok(if ok { ExitCode::SUCCESS } else { no() })
+}
+
+/// One status, judged: whether it is fine, and the text or JSON shown for it.
+struct Report {
+    ok: bool,
+    text: String,
+    value: serde_json::Value,
+}
+
+impl Report {
+    /// A status that could not be read at all (the problem says why).
+    fn failed(args: &StatusArgs, keys: &Keys, message: String) -> Report {
+        let value = json!({ "ok": false, "problems": [message], "prefix": keys.prefix(), "key": keys.status() });
+        let text = if args.json { format!("{value}\n") } else { format!("NOT OK: {message}\n") };
+        Report { ok: false, text, value }
+    }
+}
+
+/// Reads and judges the status of `keys`' prefix in one Redis.
+async fn report(
+    args: &StatusArgs,
+    conn: &mut MultiplexedConnection,
+    server: &str,
+    keys: &Keys,
+    zk: Option<&zookeeper_client::Client>,
+) -> anyhow::Result<Report> {
+    let Some(state) = read_state(conn, keys, None, server).await? else {
+        let message = format!(
+            "no mirror status in Redis at {server}: {} is absent (no mirror has run with prefix {})",
+            keys.status(),
+            keys.prefix()
+        );
+        return Ok(Report::failed(args, keys, message));
+    };
+    let ctx = Inquiry { args, keys, server, zk };
     let shared = state.is_shared();
     let (top, each) = if shared {
         let top = ctx.judge(keys.status(), None, state, None);
         let mut each = Vec::new();
         for root in top.state.roots.clone() {
-            each.push(ctx.observe(&mut conn, Some(&root)).await?);
+            each.push(ctx.observe(conn, Some(&root)).await?);
         }
         (top, each)
     } else {
         let root = state.root.clone();
-        (ctx.observe_with(&mut conn, None, state, root.as_deref()).await?, Vec::new())
+        (ctx.observe_with(conn, None, state, root.as_deref()).await?, Vec::new())
     };
     let (mut top, mut each) = (top, each);
     for section in std::iter::once(&mut top).chain(each.iter_mut()) {
-        section.leadership = read_leadership(&mut conn, &section.key, &server).await?;
+        section.leadership = read_leadership(conn, &section.key, server).await?;
     }
     let ok = top.problems.is_empty() && each.iter().all(|s| s.problems.is_empty());
+    let mut value = json_section(&top, &ctx, ok, &each);
+    if shared {
+        value["per_root"] = each.iter().map(|s| json_section(s, &ctx, s.problems.is_empty(), &[])).collect();
+    }
     let text = if args.json {
-        let mut value = json_section(&top, &ctx, ok, &each);
-        if shared {
-            value["per_root"] = each.iter().map(|s| json_section(s, &ctx, s.problems.is_empty(), &[])).collect();
-        }
         format!("{value}\n")
     } else {
         let mut out = text_section(&top, &ctx, &each, shared);
@@ -174,8 +233,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         out
     };
-    write_stdout(text.as_bytes())?;
-    Ok(if ok { ExitCode::SUCCESS } else { no() })
+    Ok(Report { ok, text, value })
 }
 
 /// What every section is judged and shown with.

@@ -32,8 +32,9 @@ pub struct VerifyArgs {
     zk: super::ZkArgs,
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS)
     /// [default: redis://127.0.0.1:6379/].
-    #[arg(long, env = "ZKMIRROR_REDIS")]
-    redis: Option<String>,
+    /// Several targets: give --redis once per target, each as NAME=URL.
+    #[arg(long, env = "ZKMIRROR_REDIS", value_name = "[NAME=]URL")]
+    redis: Vec<String>,
     #[command(flatten)]
     redis_files: super::RedisFileArgs,
     /// The mirrored subtree (an absolute ZooKeeper path); with --config, replaces the file's
@@ -90,27 +91,35 @@ fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mirrors = roots(&args)?;
     let first = mirrors.first().context("no root to verify")?;
-    // One process's settings name one ZooKeeper and one Redis for all roots.
-    let (mut conn, server) =
-        connect_redis_with(&first.redis_url, &first.redis_tls, first.redis_password.as_ref()).await?;
+    // One process's settings name one ZooKeeper for all roots, and one Redis per target.
     let zk = connect_zk(&first.zk_connect()).await?;
+    let mut connections: Vec<(&str, redis::aio::MultiplexedConnection, String)> = Vec::new();
     let mut reports = Vec::new();
     for m in &mirrors {
-        let report = compare_settled(&zk, &mut conn, &m.prefix, &m.root, &m.filter, args.grace)
+        let at = match connections.iter().position(|(target, ..)| *target == m.target) {
+            Some(at) => at,
+            None => {
+                let (conn, server) = connect_redis_with(&m.redis_url, &m.redis_tls, m.redis_password.as_ref()).await?;
+                connections.push((&m.target, conn, server));
+                connections.len() - 1
+            }
+        };
+        let (_, conn, server) = &mut connections[at];
+        let report = compare_settled(&zk, conn, &m.prefix, &m.root, &m.filter, args.grace)
             .await
-            .with_context(|| format!("verifying {} (prefix {})", m.root, m.prefix))?;
-        reports.push((m, report));
+            .with_context(|| format!("verifying {} in Redis at {server}", m.key()))?;
+        reports.push((m, report, server.clone()));
     }
-    let exact = reports.iter().all(|(_, r)| r.is_exact());
+    let exact = reports.iter().all(|(_, r, _)| r.is_exact());
     let text = if args.json {
-        let each = reports.iter().map(|(m, r)| json_report(r, m, args.grace));
-        let value = match args.config {
-            None => each.into_iter().next().unwrap_or_default(),
-            Some(_) => json!({ "exact": exact, "roots": each.collect::<Vec<_>>() }),
+        let each = reports.iter().map(|(m, r, _)| json_report(r, m, args.grace));
+        let value = match (&args.config, reports.len()) {
+            (None, 1) => each.into_iter().next().unwrap_or_default(),
+            _ => json!({ "exact": exact, "roots": each.collect::<Vec<_>>() }),
         };
         format!("{value}\n")
     } else {
-        reports.iter().map(|(m, r)| text_report(r, m, &server, args.grace, args.show)).collect()
+        reports.iter().map(|(m, r, server)| text_report(r, m, server, args.grace, args.show)).collect()
     };
     write_stdout(text.as_bytes())?;
     Ok(if exact { ExitCode::SUCCESS } else { no() })
@@ -126,7 +135,10 @@ fn text_report(report: &Report, m: &MirrorConfig, server: &str, grace: Duration,
         n => format!("; {n} znodes unreadable to this session, skipped"),
     };
     let filter = if m.filter.is_all() { String::new() } else { format!("; filter: {}", m.filter.describe()) };
-    let scope = format!("{} znodes under {} (Redis {server}, prefix {}{filter})", report.znodes, m.root, m.prefix);
+    let target =
+        if m.target == crate::config::DEFAULT_TARGET { String::new() } else { format!("target {}, ", m.target) };
+    let scope =
+        format!("{} znodes under {} ({target}Redis {server}, prefix {}{filter})", report.znodes, m.root, m.prefix);
     if report.is_exact() {
         return format!("exact: {scope} match{unreadable}{settled}\n");
     }
@@ -156,6 +168,7 @@ fn json_report(report: &Report, m: &MirrorConfig, grace: Duration) -> serde_json
         .collect();
     json!({
         "exact": report.is_exact(),
+        "target": m.target,
         "root": m.root,
         "prefix": m.prefix,
         "filter": (!m.filter.is_all()).then(|| m.filter.describe()),

@@ -15,8 +15,8 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(counters: Arc<Counters>, prefix: &str, root: &str) -> Recorder {
-        Recorder { counters, metrics: EngineMetrics::new(prefix, root) }
+    pub fn new(counters: Arc<Counters>, target: &str, prefix: &str, root: &str) -> Recorder {
+        Recorder { counters, metrics: EngineMetrics::new(target, prefix, root) }
     }
 
     pub fn events_total(&self) -> u64 {

@@ -37,7 +37,7 @@ impl Script {
         configure(&mut config);
         let counters = Arc::new(Counters::default());
         let now = Instant::now();
-        let core = Core::new(&config, Recorder::new(counters.clone(), "zk", "/r"), now);
+        let core = Core::new(&config, Recorder::new(counters.clone(), "default", "zk", "/r"), now);
         let mut s = Script { core, now, counters, effects: Vec::new(), manual_sync: false };
         s.drain();
         s
