@@ -1161,7 +1161,7 @@ async fn report_progress(observers: Observers, mut shutdown: Shutdown) {
                     (false, None) => {}
                 }
             } else if walking {
-                info!(root = %key.root, prefix = %key.prefix, state = %status.phase, znodes = status.walk_progress,
+                info!(root = %key.root, prefix = %key.prefix, target = %key.target, state = %status.phase, znodes = status.walk_progress,
                       "walk in progress");
             }
         }

@@ -1,0 +1,172 @@
+//! Several Redis targets from one process (`[[targets]]`, `--redis NAME=URL`), against real
+//! servers: each target is mirrored on its own, so one that hangs holds back nothing of the
+//! others, and reconciles (a deleted subtree included) when it answers again; `status` and
+//! `verify` report each target; a target dropped from the settings keeps its copy, and one
+//! added is cold-synced, without a restart.
+
+mod common;
+
+use std::path::Path;
+
+use common::binary::{self, Daemon};
+use common::chaos::{finish, Load, Reader};
+use common::world::{assert_converges, create_tree, redis_conn, CONVERGE};
+use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use zookeeper_client::Client;
+
+fn binary_path() -> &'static str {
+    env!("CARGO_BIN_EXE_zkmirror")
+}
+
+/// A settings file mirroring `root` into each `(name, url)` target.
+fn write_settings(file: &Path, zk: &str, root: &str, targets: &[(&str, String)]) {
+    let mut text = format!("[zookeeper]\nservers = {zk:?}\n\n[mirror]\nanti_entropy_interval = \"1h\"\n\n");
+    for (name, url) in targets {
+        text.push_str(&format!("[[targets]]\nname = {name:?}\nurl = {url:?}\n\n"));
+    }
+    text.push_str(&format!("[[roots]]\npath = {root:?}\n"));
+    // Written whole then renamed: the daemon's file watcher never reads half a file.
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, text).expect("writing the settings file");
+    std::fs::rename(&partial, file).expect("renaming the settings file");
+}
+
+/// Sends SIGSTOP or SIGCONT to a server: a paused Redis keeps its connections open and
+/// answers nothing, like a hung or partitioned one.
+fn pause(server: &RedisServer, paused: bool) {
+    let pid = server.pid().expect("the Redis server runs");
+    let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+    // SAFETY: a plain syscall on a child this process spawned and has not reaped.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "signalling redis-server pid {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Waits until `path`'s data in the Redis at `url` is `want`.
+async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
+    let conn = redis_conn(url).await;
+    let what = format!("{path} = {:?} in {url}", String::from_utf8_lossy(want));
+    wait_until(CONVERGE, &what, || {
+        let mut conn = conn.clone();
+        async move {
+            let got: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("zk:{{{path}}}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.as_deref() == Some(want) {
+                Ok(())
+            } else {
+                Err(format!("holds {:?}", got.map(|g| String::from_utf8_lossy(&g).into_owned())))
+            }
+        }
+    })
+    .await;
+}
+
+async fn delete_tree(zk: &Client, path: &str) {
+    let (children, _) = zk.get_children(path).await.expect("listing a subtree to delete");
+    for child in children {
+        Box::pin(delete_tree(zk, &format!("{path}/{child}"))).await;
+    }
+    zk.delete(path, None).await.expect("deleting a znode");
+}
+
+/// The hardest case for independence: target `b` hangs (SIGSTOP: its connections stay open
+/// and every command waits for its timeout) under a steady load, past its write timeout, and a
+/// whole subtree is deleted meanwhile. Target `a` keeps up (a change made during the hang reaches it, and a
+/// reader polling it never sees a version go backwards); `status` says `b` is not fine and `a`
+/// is; once `b` answers again it reconciles, the deleted subtree included, and `verify`
+/// reports both exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_target_holds_back_nothing_and_reconciles_when_it_answers_again() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("targets-hung");
+    create_all(&zk, &root, b"root").await;
+    create_all(&zk, &format!("{root}/deep"), b"deep").await;
+    create_tree(&zk, &format!("{root}/deep"), 3, 3, 32).await;
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = dir.path().join("zkmirror.toml");
+    write_settings(&settings, &zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
+    let settings_arg = settings.display().to_string();
+    let mut daemon =
+        Daemon::start(binary_path(), &["--config", &settings_arg], "zkmirror=info", &dir.path().join("run.log"));
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+
+    let load = Load::start(&zk_connect, &root, 14);
+    let reader = Reader::start(&a.url(), "zk", &root);
+    pause(&b, true);
+    // While b hangs: a change reaches a, and a deep subtree goes away.
+    zk.set_data(&root, b"changed while b hangs", None).await.expect("set");
+    delete_tree(&zk, &format!("{root}/deep")).await;
+    wait_for_data(&a.url(), &root, b"changed while b hangs").await;
+    let status = binary::run(binary_path(), &["status", "--config", &settings_arg]).await;
+    assert_eq!(status.code, 1, "status with b hung: {status:?}");
+    let (a_part, b_part) = status.stdout.split_once("target b").unwrap_or_else(|| panic!("no target b: {status:?}"));
+    assert!(a_part.starts_with("target a") && a_part.contains("live"), "target a's status: {status:?}");
+    assert!(b_part.contains("NOT OK"), "target b's status: {status:?}");
+
+    // Long enough for b's writes to time out: its mirror takes the outage path, and must
+    // reconcile when b answers again (the watch told it of the delete, but not b).
+    daemon.wait_for_lines(&["name=b", "Redis write failed"], 1).await;
+    pause(&b, false);
+    daemon.wait_for_lines(&["name=b", "Redis is reachable again: reconciling"], 1).await;
+    finish(load, reader, &zk, &a.url(), &root, 50).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+    let mut b_conn = redis_conn(&b.url()).await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("zk:{{{root}/deep*")).query_async(&mut b_conn).await.expect("KEYS on b");
+    // Tombstones stay for their ttl: they are what refuses a late write of a deleted version.
+    let leftover: Vec<&String> = keys.iter().filter(|k| !k.ends_with(":tomb")).collect();
+    assert!(leftover.is_empty(), "b kept keys of the deleted subtree: {leftover:?}");
+    assert!(!keys.is_empty(), "b recorded no delete of the subtree");
+    let verify = binary::run(binary_path(), &["verify", "--config", &settings_arg, "--json"]).await.expect(0);
+    let report: serde_json::Value = serde_json::from_str(&verify.stdout).expect("verify --json");
+    let targets: Vec<&str> =
+        report["roots"].as_array().into_iter().flatten().filter_map(|r| r["target"].as_str()).collect();
+    assert_eq!(targets, ["a", "b"], "{report}");
+    assert_eq!(report["exact"], true, "{report}");
+    let status = binary::run(binary_path(), &["status", "--config", &settings_arg, "--json"]).await.expect(0);
+    let value: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json");
+    assert_eq!(value["targets"].as_array().map(Vec::len), Some(2), "{value}");
+    daemon.stop();
+}
+
+/// The settings change under a running process: target `b` is dropped (its mirror stops and its
+/// copy stays readable there: nothing asked for it to be deleted) and target `c` is added (it
+/// is cold-synced while `a` keeps running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_target_keeps_its_copy_and_an_added_one_is_synced() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("targets-reload");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 3, 2, 16).await;
+    let (a, b, c) = (RedisServer::start(), RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = dir.path().join("zkmirror.toml");
+    write_settings(&settings, &zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
+    let settings_arg = settings.display().to_string();
+    let mut daemon =
+        Daemon::start(binary_path(), &["--config", &settings_arg], "zkmirror=info", &dir.path().join("run.log"));
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+
+    write_settings(&settings, &zk_connect, &root, &[("a", a.url()), ("c", c.url())]);
+    daemon.wait_for_log("reload applied").await;
+    assert_converges(&zk, &c.url(), "zk", &root).await;
+    zk.set_data(&root, b"after the reload", None).await.expect("set");
+    wait_for_data(&a.url(), &root, b"after the reload").await;
+    wait_for_data(&c.url(), &root, b"after the reload").await;
+    // b's copy is the one it had, whole: not purged, and no longer written.
+    let mut b_conn = redis_conn(&b.url()).await;
+    let data: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("zk:{{{root}}}")).query_async(&mut b_conn).await.expect("GET on b");
+    assert_eq!(data.as_deref(), Some(&b"root"[..]), "b's copy after it was dropped");
+    let znodes: Vec<String> =
+        redis::cmd("KEYS").arg(format!("zk:{{{root}*}}:meta")).query_async(&mut b_conn).await.expect("KEYS on b");
+    assert_eq!(znodes.len(), 1 + 3 + 9, "b's copy lost znodes: {znodes:?}");
+    daemon.stop();
+}
