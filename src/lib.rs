@@ -77,6 +77,7 @@ mod observe;
 mod path;
 pub mod reader;
 pub mod redis_conn;
+mod registry;
 mod schema;
 pub mod sentinel;
 mod service;

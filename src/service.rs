@@ -45,6 +45,8 @@ const STALE_HEARTBEATS: u32 = 5;
 pub enum Control {
     /// Read the settings again and apply what changed. `why` names the trigger for the log.
     Reload { why: &'static str },
+    /// The targets registered in ZooKeeper now (`--targets-from`), sorted by name.
+    Registered(Vec<crate::registry::Registration>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,20 +597,32 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     let mut leading: Option<Leadership> = None;
     let mut leader_metrics = ha.as_ref().map(|ha| crate::observe::LeaderMetrics::new(&ha.instance));
     let mut aggregator: Option<Aggregator> = None;
-    // How the election reaches ZooKeeper, updated by reloads (new TLS files, credentials).
-    let mut election_zk: Option<watch::Sender<crate::zk::ZkConnect>> = None;
-    match (&ha, settings.mirrors.first()) {
-        (Some(ha), Some(first)) => {
+    // How the election and the registry reach ZooKeeper, updated by reloads (new TLS files,
+    // credentials): each new session of theirs uses the latest.
+    let (zk_tx, zk_rx) = watch::channel(settings.zk_connect().unwrap_or_else(|| crate::zk::ZkConnect::new("")));
+    // The targets registered in ZooKeeper, as last read (empty without --targets-from).
+    let mut registrations: Vec<crate::registry::Registration> = Vec::new();
+    if let Some(path) = settings.targets_from.clone() {
+        info!(registry = %path, "reading the Redis targets registered under {path}");
+        let tx = control_tx.clone();
+        let send = move |found| {
+            let tx = tx.clone();
+            async move { tx.send(Control::Registered(found)).await.is_ok() }
+        };
+        background.spawn(crate::registry::watch(zk_rx.clone(), path, send, background_shutdown.clone()));
+    }
+    match &ha {
+        Some(ha) => {
             info!(election = %ha.path, instance = %ha.instance, "high availability: standing by until elected");
-            let (zk_tx, zk) = watch::channel(first.zk_connect());
-            election_zk = Some(zk_tx);
+            let zk = zk_rx.clone();
             let config = ElectionConfig { zk, path: ha.path.clone(), instance: ha.instance.clone() };
             let contender = Election::new(config, notice_tx.clone(), step_down_rx, role_tx, election_shutdown);
             election = Some(tokio::spawn(contender.run()));
         }
-        _ => {
-            aggregator = Some(aggregate(&settings.mirrors));
-            log_outcome(&service.apply(&settings).await);
+        None => {
+            let wanted = wanted(&settings, &registrations, None);
+            aggregator = Some(aggregate(&wanted.mirrors));
+            log_outcome(&service.apply(&wanted).await);
         }
     }
     drop(notice_tx);
@@ -617,51 +631,70 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
     let result = loop {
         tokio::select! {
             _ = shutdown.fired() => break Ok(()),
-            Some(Control::Reload { why }) = control_rx.recv() => {
-                info!(trigger = why, "reloading settings");
-                let outcome = match Settings::load(file.as_deref(), &overrides) {
-                    Ok(new) => {
-                        if new.metrics_addr != metrics_addr {
-                            warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
-                        }
-                        if new.ha != ha {
-                            warn!("[ha] is read at start only: restart zkmirror to compete elsewhere or under another name");
-                        }
-                        check_policies(&new.mirrors, &mut background);
-                        watcher.follow(&new.watched_files());
-                        if let (Some(tx), Some(first)) = (&election_zk, new.mirrors.first()) {
-                            let zk = first.zk_connect();
-                            tx.send_if_modified(|current| {
-                                let changed = *current != zk;
-                                if changed {
-                                    info!("reload: the election's next ZooKeeper session uses the new settings");
-                                    *current = zk;
-                                }
-                                changed
-                            });
-                        }
-                        settings = new;
-                        if ha.is_some() && leading.is_none() {
-                            info!("reload: standing by; the new settings apply once this instance leads");
-                            ReloadOutcome::Unchanged
-                        } else {
-                            // One aggregator, for the new set of roots; the old one must not
-                            // write while mirrors stop and start.
-                            if let Some(old) = aggregator.take() {
-                                old.abort().await;
+            Some(control) = control_rx.recv() => match control {
+                Control::Reload { why } => {
+                    info!(trigger = why, "reloading settings");
+                    let outcome = match Settings::load(file.as_deref(), &overrides) {
+                        Ok(new) => {
+                            if new.metrics_addr != metrics_addr {
+                                warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
                             }
-                            let led = with_leadership(&settings, leading.as_ref());
-                            let outcome = service.apply(&led).await;
-                            // The aggregate carries the leadership too: it names the leader
-                            // and its writes are fenced like the mirrors'.
-                            aggregator = Some(aggregate(&led.mirrors));
-                            outcome
+                            if new.ha != ha {
+                                warn!("[ha] is read at start only: restart zkmirror to compete elsewhere or under another name");
+                            }
+                            check_policies(&new.mirrors, &mut background);
+                            watcher.follow(&new.watched_files());
+                            if new.targets_from != settings.targets_from {
+                                warn!("targets_from is read at start only: restart zkmirror to read another registry");
+                            }
+                            if let Some(zk) = new.zk_connect() {
+                                zk_tx.send_if_modified(|current| {
+                                    let changed = *current != zk;
+                                    if changed && (ha.is_some() || settings.targets_from.is_some()) {
+                                        info!("reload: the next ZooKeeper session of the election and the registry uses the new settings");
+                                    }
+                                    if changed {
+                                        *current = zk;
+                                    }
+                                    changed
+                                });
+                            }
+                            settings = new;
+                            if ha.is_some() && leading.is_none() {
+                                info!("reload: standing by; the new settings apply once this instance leads");
+                                ReloadOutcome::Unchanged
+                            } else {
+                                // One aggregator, for the new set of roots; the old one must not
+                                // write while mirrors stop and start.
+                                if let Some(old) = aggregator.take() {
+                                    old.abort().await;
+                                }
+                                let led = wanted(&settings, &registrations, leading.as_ref());
+                                let outcome = service.apply(&led).await;
+                                // The aggregate carries the leadership too: it names the leader
+                                // and its writes are fenced like the mirrors'.
+                                aggregator = Some(aggregate(&led.mirrors));
+                                outcome
+                            }
                         }
+                        Err(e) => ReloadOutcome::Rejected(e.to_string()),
+                    };
+                    log_outcome(&outcome);
+                }
+                Control::Registered(found) => {
+                    registrations = found;
+                    if ha.is_some() && leading.is_none() {
+                        continue; // applied once this instance leads
                     }
-                    Err(e) => ReloadOutcome::Rejected(e.to_string()),
-                };
-                log_outcome(&outcome);
-            }
+                    if let Some(old) = aggregator.take() {
+                        old.abort().await;
+                    }
+                    let led = wanted(&settings, &registrations, leading.as_ref());
+                    check_policies(&led.mirrors, &mut background);
+                    log_outcome(&service.apply(&led).await);
+                    aggregator = Some(aggregate(&led.mirrors));
+                }
+            },
             Some(notice) = notice_rx.recv() => match notice {
                 Notice::Leading(leadership) => {
                     info!(instance = %leadership.instance, fence = leadership.fence, "elected leader: starting the mirrors");
@@ -669,7 +702,7 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                     if let Some(m) = leader_metrics.as_mut() {
                         m.leading();
                     }
-                    let led = with_leadership(&settings, leading.as_ref());
+                    let led = wanted(&settings, &registrations, leading.as_ref());
                     log_outcome(&service.apply(&led).await);
                     aggregator = Some(aggregate(&led.mirrors));
                 }
@@ -763,9 +796,19 @@ impl Aggregator {
     }
 }
 
-/// The settings' mirrors, each carrying `leadership` (with --ha, while leading).
-fn with_leadership(settings: &Settings, leadership: Option<&Leadership>) -> Settings {
+/// The mirrors to run: the settings' own and those of the registered targets, each carrying
+/// `leadership` (with --ha, while leading). A registration that cannot be used is logged.
+fn wanted(
+    settings: &Settings,
+    registrations: &[crate::registry::Registration],
+    leadership: Option<&Leadership>,
+) -> Settings {
     let mut settings = settings.clone();
+    let (registered, refused) = settings.registered(registrations);
+    for (name, why) in refused {
+        warn!(target_name = %name, %why, "registered target left out");
+    }
+    settings.mirrors.extend(registered);
     for m in &mut settings.mirrors {
         m.leadership = leadership.cloned();
     }
@@ -1267,7 +1310,9 @@ mod tests {
     }
 
     fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
-        Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, ha: None }
+        let mut settings = Settings::of_mirrors(mirrors);
+        settings.keep_keys_on_remove = true;
+        settings
     }
 
     /// A root that cannot start is reported as failed, never as started or restarted, and the

@@ -69,6 +69,8 @@ pub struct Overrides {
     pub ha: Option<String>,
     /// This process's name among the competitors (`--instance`).
     pub instance: Option<String>,
+    /// Where Redis targets register in ZooKeeper (`--targets-from`).
+    pub targets_from: Option<String>,
 }
 
 /// What `--ha` asks for: several processes for the same roots, one of them writing.
@@ -89,6 +91,15 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     /// `None`: a lone mirror, exactly as without high availability.
     pub ha: Option<HaSettings>,
+    /// `--targets-from PATH`: each child znode of PATH registers a Redis target (see
+    /// [`crate::registry`]), mirrored beside the targets the settings name.
+    pub targets_from: Option<String>,
+    /// The mirrors of one registered target, as the roots make them, under a placeholder
+    /// target: [`Settings::registered`] fills in each registration.
+    templates: Vec<MirrorConfig>,
+    /// `[target_secrets.NAME]`: the TLS material and password of registered target NAME
+    /// (a registration in ZooKeeper holds no secret).
+    target_secrets: std::collections::BTreeMap<String, (RedisTls, Option<PasswordFile>)>,
 }
 
 #[derive(Deserialize, Default)]
@@ -109,6 +120,9 @@ struct FileSettings {
     metrics: MetricsSection,
     #[serde(default)]
     ha: HaSection,
+    targets_from: Option<Spanned<String>>,
+    #[serde(default)]
+    target_secrets: std::collections::BTreeMap<String, Spanned<RedisSection>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,9 +304,76 @@ impl Settings {
             files.extend(m.zk_auth_file.clone());
             files.extend(m.redis_files().into_iter().map(Path::to_path_buf));
         }
+        for (tls, password) in self.target_secrets.values() {
+            files.extend(tls.files().map(Path::to_path_buf));
+            files.extend(password.iter().map(|p| p.path.clone()));
+        }
         files.sort();
         files.dedup();
         files
+    }
+
+    /// Settings of these mirrors alone: no registry, no election, no metrics.
+    pub fn of_mirrors(mirrors: Vec<MirrorConfig>) -> Settings {
+        Settings {
+            mirrors,
+            keep_keys_on_remove: false,
+            metrics_addr: None,
+            ha: None,
+            targets_from: None,
+            templates: Vec::new(),
+            target_secrets: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// How the process reaches ZooKeeper (the same for every mirror, the election and the
+    /// registry); `None` only for settings with no root, which do not load.
+    pub fn zk_connect(&self) -> Option<crate::zk::ZkConnect> {
+        self.mirrors.first().or(self.templates.first()).map(MirrorConfig::zk_connect)
+    }
+
+    /// The mirrors of the registered targets: for each registration, every root as the
+    /// settings make it, into that target, with its secrets from `[target_secrets.NAME]`.
+    /// A registration that cannot be used (its name taken by a target of the settings, a URL
+    /// its secrets do not fit) is left out, with the reason, naming it.
+    pub fn registered(
+        &self,
+        registrations: &[crate::registry::Registration],
+    ) -> (Vec<MirrorConfig>, Vec<(String, String)>) {
+        let mut mirrors = Vec::new();
+        let mut refused = Vec::new();
+        for r in registrations {
+            if self.mirrors.iter().any(|m| m.target == r.name) {
+                refused.push((r.name.clone(), "a target of the settings has this name; the settings win".to_owned()));
+                continue;
+            }
+            let built: Result<Vec<MirrorConfig>, String> = self
+                .templates
+                .iter()
+                .map(|template| {
+                    let mut m = template.clone();
+                    m.target = r.name.clone();
+                    m.redis_url = r.url.clone();
+                    if let Some((tls, password)) = self.target_secrets.get(&r.name) {
+                        m.redis_tls = tls.clone();
+                        m.redis_password = password.clone();
+                    } else {
+                        m.redis_tls = RedisTls::default();
+                        m.redis_password = None;
+                    }
+                    if let Some(n) = r.changes_maxlen {
+                        m.changes_maxlen = n;
+                    }
+                    m.validate().map_err(|e| e.to_string())?;
+                    Ok(m)
+                })
+                .collect();
+            match built {
+                Ok(built) => mirrors.extend(built),
+                Err(why) => refused.push((r.name.clone(), why)),
+            }
+        }
+        (mirrors, refused)
     }
 
     /// One mirror of each Redis target, in the order the targets were given: what says where
@@ -310,7 +391,8 @@ impl Settings {
     /// The effective settings as TOML, with secrets masked: what `check-config` prints.
     pub fn render_masked(&self) -> String {
         let mut out = String::new();
-        let first = self.mirrors.first();
+        // With only registered targets, the roots are the templates'.
+        let first = self.mirrors.first().or(self.templates.first());
         if let Some(m) = first {
             // Paths only: never a file's content.
             let mut zk_files = String::new();
@@ -378,8 +460,27 @@ impl Settings {
         if let Some(ha) = &self.ha {
             out.push_str(&format!("[ha]\npath = {:?}\ninstance = {:?}\n\n", ha.path, ha.instance));
         }
+        if let Some(path) = &self.targets_from {
+            // A top-level key: TOML puts those before the first table.
+            out.insert_str(0, &format!("targets_from = {path:?}\n\n"));
+        }
+        for (name, (tls, password)) in &self.target_secrets {
+            out.push_str(&format!("[target_secrets.{name}]\n"));
+            let identity = tls.identity.as_ref();
+            for (key, path) in [
+                ("tls_ca", tls.ca.as_ref().map(crate::tls::PemFile::path)),
+                ("tls_cert", identity.map(|i| i.cert.path())),
+                ("tls_key", identity.map(|i| i.key.path())),
+                ("password_file", password.as_ref().map(|p| p.path.as_path())),
+            ] {
+                if let Some(path) = path {
+                    out.push_str(&format!("{key} = {:?}\n", path.display().to_string()));
+                }
+            }
+            out.push('\n');
+        }
         let first_target = first.map(|m| m.target.as_str());
-        for m in self.mirrors.iter().filter(|m| Some(m.target.as_str()) == first_target) {
+        for m in self.mirrors.iter().chain(&self.templates).filter(|m| Some(m.target.as_str()) == first_target) {
             out.push_str(&format!(
                 "[[roots]]\npath = {:?}\nprefix = {:?}\n# {}{}\n\n",
                 m.root,
@@ -433,7 +534,8 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
     // flag and always win over the file.
     let (zk, zk_origin) = layer(o.zk.as_ref(), "--zk", file.zookeeper.servers.as_ref(), source, "zookeeper.servers")
         .unwrap_or_else(|| (DEFAULT_ZK_SERVERS.to_owned(), Origin::Default));
-    let targets = targets(&file, source, o)?;
+    let registry = layer(o.targets_from.as_ref(), "--targets-from", file.targets_from.as_ref(), source, "targets_from");
+    let targets = targets(&file, source, o, registry.is_some())?;
     let zk_security = zk_security(&file.zookeeper, source, o)?;
     check_schemes(&zk, &zk_origin, zk_security.tls.is_some())?;
     // Each value with where it came from: `validate` may refuse it, and the error must name
@@ -544,10 +646,20 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         return Err(missing("root", "--root", "[[roots]] path"));
     }
 
+    // With a registry: the roots once more, for a placeholder target, as the template each
+    // registration fills in. Built and checked like the others, so a registration can only
+    // bring a bad URL, never a bad root.
+    let placeholder = registry.as_ref().map(|_| TargetSpec {
+        name: REGISTERED_TEMPLATE.to_owned(),
+        url: DEFAULT_REDIS_URL.to_owned(),
+        url_origin: Origin::Default,
+        tls: RedisTls::default(),
+        password: None,
+    });
     let mut mirrors = Vec::new();
     let mut prefix_users: HashMap<(String, String), usize> = HashMap::new();
     let mut owners: Vec<&Origin<'_>> = Vec::new();
-    for target in &targets {
+    for target in targets.iter().chain(placeholder.as_ref()) {
         for spec in &specs {
             let redis_origin = &target.url_origin;
             let mut config = MirrorConfig::new(zk.clone(), target.url.clone(), spec.path.0.clone());
@@ -642,9 +754,60 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
         })?),
         _ => None,
     };
-    let ha = ha_settings(&file.ha, source, o, &mirrors, &specs.iter().map(|s| &s.path.1).collect::<Vec<_>>())?;
-    Ok(Settings { mirrors, keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false), metrics_addr, ha })
+    let ha = ha_settings(&file.ha, source, o, &mirrors, &owners)?;
+    let targets_from = match registry {
+        Some((path, origin)) => {
+            validate_outside_roots("registry path", &path, mirrors.iter().map(|m| m.root.as_str())).map_err(
+                |(root, why)| match root.and_then(|i| owners.get(i)) {
+                    Some(root_origin) => {
+                        origin.error(format!("{why} (the root comes from {})", root_origin.describe()))
+                    }
+                    None => origin.error(why),
+                },
+            )?;
+            if ha.as_ref().is_some_and(|ha| path::is_within(&path, &ha.path) || path::is_within(&ha.path, &path)) {
+                return Err(origin.error("the registry path and the election path must not overlap"));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let mut target_secrets = std::collections::BTreeMap::new();
+    for (name, section) in &file.target_secrets {
+        let table = format!("target_secrets.{name}");
+        let at = |why: String| match source {
+            Some(source) => source.error(section.span().start, &table, why),
+            None => SettingsError::Other { origin: table.clone(), why },
+        };
+        crate::config::validate_target_name(name).map_err(|e| at(e.to_string()))?;
+        let section = section.get_ref();
+        if section.url.is_some() || section.name.is_some() {
+            return Err(at(
+                "a target's secrets take no url or name: its registration in ZooKeeper gives the URL".into()
+            ));
+        }
+        // The files are read now (their content is part of the settings); the URL they go
+        // with is known only when the target registers, which checks the scheme then.
+        let tls_given = section.tls_ca.is_some() || section.tls_cert.is_some() || section.tls_key.is_some();
+        let url = if tls_given { "rediss://registered/" } else { "redis://registered/" };
+        let secrets = redis_files(section, &table, source, &Overrides::default(), url, &Origin::Default)?;
+        target_secrets.insert(name.clone(), secrets);
+    }
+    let (templates, mirrors): (Vec<MirrorConfig>, Vec<MirrorConfig>) =
+        mirrors.into_iter().partition(|m| m.target == REGISTERED_TEMPLATE);
+    Ok(Settings {
+        mirrors,
+        keep_keys_on_remove: file.mirror.keep_keys_on_remove.unwrap_or(false),
+        metrics_addr,
+        ha,
+        targets_from,
+        templates,
+        target_secrets,
+    })
 }
+
+/// The target name of the registry's templates: not a valid name, so no target has it.
+const REGISTERED_TEMPLATE: &str = "(registered)";
 
 /// `--redis-tls-*`, `--redis-password-file` and their `[redis]` keys: each file read and checked
 /// now (a bad one is an error naming the file and where it was given), so that a reload with a
@@ -704,6 +867,7 @@ fn targets<'a>(
     file: &'a FileSettings,
     source: Option<&'a Source<'a>>,
     o: &Overrides,
+    registry: bool,
 ) -> Result<Vec<TargetSpec<'a>>, SettingsError> {
     let mut found: Vec<(String, Origin<'a>, String, Origin<'a>, &'a RedisSection, String)> = Vec::new();
     let file_name = |section: &'a RedisSection, key: &str| layer(None, "", section.name.as_ref(), source, key);
@@ -750,6 +914,9 @@ fn targets<'a>(
             };
             found.push((name, name_origin, url.get_ref().clone(), url_origin, section, table));
         }
+    } else if registry && file.redis.url.is_none() {
+        // With a registry, the targets may all be registered ones: no default Redis is
+        // implied, only one the settings name.
     } else {
         let (url, origin) = layer(None, "--redis", file.redis.url.as_ref(), source, "redis.url")
             .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
@@ -975,6 +1142,7 @@ fn ha_settings(
     mirrors: &[MirrorConfig],
     root_origins: &[&Origin<'_>],
 ) -> Result<Option<HaSettings>, SettingsError> {
+    // `root_origins[i]` is where `mirrors[i]`'s root was given.
     let Some((path, origin)) = layer(o.ha.as_ref(), "--ha", section.path.as_ref(), source, "ha.path") else {
         if let Some((_, origin)) =
             layer(o.instance.as_ref(), "--instance", section.instance.as_ref(), source, "ha.instance")
@@ -1005,31 +1173,37 @@ pub fn validate_ha_path<'a>(
     path: &str,
     roots: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), (Option<usize>, String)> {
+    validate_outside_roots("election path", path, roots)
+}
+
+/// Checks a path the process reads or writes besides the mirrors (the election's, the target
+/// registry's) against the mirrored roots: no mirror may copy or watch it, nor it hold one.
+fn validate_outside_roots<'a>(
+    what: &str,
+    path: &str,
+    roots: impl IntoIterator<Item = &'a str>,
+) -> Result<(), (Option<usize>, String)> {
     path::validate(path).map_err(|e| {
         let why = match e {
             ConfigError::BadRoot { why, .. } => why,
             other => other.to_string(),
         };
-        (None, format!("bad election path {path:?}: {why}"))
+        (None, format!("bad {what} {path:?}: {why}"))
     })?;
     if path == "/" {
-        return Err((None, "the election path must not be / (every root lies under it)".to_owned()));
+        return Err((None, format!("the {what} must not be / (every root lies under it)")));
     }
     for (i, root) in roots.into_iter().enumerate() {
         if path::is_within(path, root) {
             return Err((
                 Some(i),
-                format!(
-                    "the election path {path} lies inside the mirrored root {root}: choose a path outside every root"
-                ),
+                format!("the {what} {path} lies inside the mirrored root {root}: choose a path outside every root"),
             ));
         }
         if path::is_within(root, path) {
             return Err((
                 Some(i),
-                format!(
-                    "the mirrored root {root} lies inside the election path {path}: choose a path outside every root"
-                ),
+                format!("the mirrored root {root} lies inside the {what} {path}: choose a path outside every root"),
             ));
         }
     }
@@ -1150,6 +1324,60 @@ path = "/b"
         assert!(e.contains("targets[1].name") && e.contains("' ' is not allowed"), "{e}");
         let e = err(&TWO_TARGETS.replace("redis://127.0.0.1:6381/", "127.0.0.1:6381"), &Overrides::default());
         assert!(e.contains("targets[1].url") && e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn registered_targets_take_the_roots_and_their_secrets_from_the_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pw"), "secret\n").expect("password file");
+        let text = format!(
+            "targets_from = \"/registry\"\n\n[target_secrets.eu]\npassword_file = {:?}\n\n\
+             [[roots]]\npath = \"/a\"\n\n[[roots]]\npath = \"/b\"\nprefix = \"b\"\n",
+            dir.path().join("pw").display().to_string()
+        );
+        let s = load_text(&text, &Overrides::default()).expect("valid");
+        assert!(s.mirrors.is_empty(), "no target but the registered ones: {:?}", s.mirrors);
+        assert_eq!(s.targets_from.as_deref(), Some("/registry"));
+        let reg = |name: &str, url: &str| crate::registry::Registration {
+            name: name.into(),
+            url: url.into(),
+            changes_maxlen: Some(7),
+            version: 0,
+        };
+        let (mirrors, refused) =
+            s.registered(&[reg("eu", "redis://mirror@h:1/"), reg("us", "redis://h:2/"), reg("tls", "redis://h:3/")]);
+        assert!(refused.is_empty(), "{refused:?}");
+        let got: Vec<(&str, &str, &str, bool, u64)> = mirrors
+            .iter()
+            .map(|m| {
+                (m.target.as_str(), m.root.as_str(), m.prefix.as_str(), m.redis_password.is_some(), m.changes_maxlen)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("eu", "/a", "zk", true, 7),
+                ("eu", "/b", "b", true, 7),
+                ("us", "/a", "zk", false, 7),
+                ("us", "/b", "b", false, 7),
+                ("tls", "/a", "zk", false, 7),
+                ("tls", "/b", "b", false, 7),
+            ]
+        );
+        assert!(s.watched_files().contains(&dir.path().join("pw")), "{:?}", s.watched_files());
+        assert!(s.render_masked().contains("targets_from = \"/registry\""), "{}", s.render_masked());
+        // A static target's name wins over a registration; the registry stays outside the roots.
+        let with_static =
+            text.replacen("[target_secrets", "[redis]\nname = \"eu\"\nurl = \"redis://h:9/\"\n\n[target_secrets", 1);
+        let s = load_text(&with_static, &Overrides::default()).expect("valid");
+        let (_, refused) = s.registered(&[reg("eu", "redis://h:1/")]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let inside = text.replace("/registry", "/a/registry");
+        let e = load_text(&inside, &Overrides::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("targets_from: the registry path /a/registry lies inside the mirrored root /a"), "{e}");
+        let bad = text.replace("password_file", "url = \"redis://h:1/\"\npassword_file");
+        let e = load_text(&bad, &Overrides::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("target_secrets.eu: a target's secrets take no url"), "{e}");
     }
 
     fn load_text(text: &str, overrides: &Overrides) -> Result<Settings, SettingsError> {

@@ -43,7 +43,9 @@ const ROUNDS: usize = 20;
 const SPACING: Duration = Duration::from_millis(300);
 
 fn settings(mirrors: Vec<MirrorConfig>) -> Settings {
-    Settings { mirrors, keep_keys_on_remove: true, metrics_addr: None, ha: None }
+    let mut settings = Settings::of_mirrors(mirrors);
+    settings.keep_keys_on_remove = true;
+    settings
 }
 
 fn handle_of(service: &Service, root: &str) -> MirrorHandle {

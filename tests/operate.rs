@@ -582,7 +582,7 @@ async fn metrics_health_and_readiness_follow_the_mirror() {
         client.set_data(&format!("{root}/x"), b"2", None).await.expect("set_data");
         converges(&client, &conn, "zk", &root, &Filter::all()).await;
     }
-    let label = format!("root=\"{root}\",prefix=\"zk\"");
+    let label = format!("root=\"{root}\",prefix=\"zk\",target=\"default\"");
     let names = [
         "zkmirror_events_received_total",
         "zkmirror_znode_writes_total",

@@ -82,6 +82,11 @@ struct SettingsArgs {
     /// This instance's name among the competitors (with --ha) [default: HOSTNAME:PID].
     #[arg(long, env = "ZKMIRROR_INSTANCE", value_name = "NAME")]
     instance: Option<String>,
+    /// Also mirror into every Redis target registered under this ZooKeeper path (outside every
+    /// root): each child znode names one, as JSON {"url": "redis://HOST:PORT/"} (see
+    /// schema/targets.md); secrets come from [target_secrets.NAME] in the settings file.
+    #[arg(long, env = "ZKMIRROR_TARGETS_FROM", value_name = "PATH")]
+    targets_from: Option<String>,
 }
 
 impl SettingsArgs {
@@ -104,6 +109,7 @@ impl SettingsArgs {
             metrics_addr: self.metrics_addr,
             ha: self.ha,
             instance: self.instance,
+            targets_from: self.targets_from,
             ..self.zk.overrides()
         };
         (self.config, overrides)

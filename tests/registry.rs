@@ -1,0 +1,102 @@
+//! Redis targets registered in ZooKeeper (`targets_from`), against real servers: a sidecar
+//! registers its Redis with an ephemeral znode and the mirror cold-syncs it; its secret comes
+//! from the mirror's own settings by the target's name; a registration carrying a password
+//! is left out (the secret never logged) while the others run; a changed registration
+//! restarts its target on the new URL; a vanished one stops its mirror and keeps its copy.
+
+mod common;
+
+use common::binary::Daemon;
+use common::world::{assert_converges, create_tree, redis_conn, CONVERGE};
+use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use zookeeper_client::{Acls, Client, CreateMode};
+
+fn binary_path() -> &'static str {
+    env!("CARGO_BIN_EXE_zkmirror")
+}
+
+async fn register(sidecar: &Client, path: &str, data: &str) {
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    sidecar.create(path, data.as_bytes(), &ephemeral).await.unwrap_or_else(|e| panic!("registering {path}: {e}"));
+}
+
+/// `path`'s data in the copy at `url`, if any.
+async fn stored(url: &str, path: &str) -> Option<Vec<u8>> {
+    let mut conn = redis_conn(url).await;
+    redis::cmd("GET").arg(format!("zk:{{{path}}}")).query_async(&mut conn).await.ok().flatten()
+}
+
+async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
+    wait_until(CONVERGE, &format!("{path} = {:?} in {url}", String::from_utf8_lossy(want)), || async {
+        match stored(url, path).await {
+            Some(got) if got == want => Ok(()),
+            got => Err(format!("holds {:?}", got.map(|g| String::from_utf8_lossy(&g).into_owned()))),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_targets_come_change_and_go_with_their_znodes() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("registry-root");
+    let registry = unique_root("registry");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 3, 2, 16).await;
+    create_all(&zk, &registry, b"").await;
+    let (a, east, east2) = (RedisServer::start(), RedisServer::start(), RedisServer::start());
+    let west = RedisServer::start_with_password("mirror", "s3cret-west");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("west.pw"), "s3cret-west\n").expect("password file");
+    let settings = dir.path().join("zkmirror.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "targets_from = {registry:?}\n\n[zookeeper]\nservers = {zk_connect:?}\n\n\
+             [[targets]]\nname = \"a\"\nurl = {:?}\n\n\
+             [target_secrets.west]\npassword_file = \"west.pw\"\n\n[[roots]]\npath = {root:?}\n",
+            a.url()
+        ),
+    )
+    .expect("settings file");
+    let log = dir.path().join("run.log");
+    let mut daemon =
+        Daemon::start(binary_path(), &["--config", &settings.display().to_string()], "zkmirror=info", &log);
+    daemon.wait_for_log("registered targets").await;
+
+    // The sidecars' own session: their registrations live as long as it does.
+    let sidecar = zk_client(&zk_connect).await;
+    register(&sidecar, &format!("{registry}/east"), &format!("{{\"url\": \"{}\"}}", east.url())).await;
+    let west_url = format!("redis://mirror@127.0.0.1:{}/", west.port());
+    register(&sidecar, &format!("{registry}/west"), &format!("{{\"url\": \"{west_url}\"}}")).await;
+    let leaked = format!("redis://mirror:leaked-pw@127.0.0.1:{}/", east2.port());
+    register(&sidecar, &format!("{registry}/bad"), &format!("{{\"url\": \"{leaked}\"}}")).await;
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &east.url(), "zk", &root).await;
+    assert_converges(&zk, &west.url_with_credentials(), "zk", &root).await;
+    let refused = daemon.wait_for_lines(&["registration left out", &format!("{registry}/bad")], 1).await;
+    assert!(refused.contains("carries a password"), "{refused}");
+    assert!(!daemon.log_text().contains("leaked-pw"), "the registration's password was logged");
+    assert_eq!(stored(&east2.url(), &root).await, None, "the refused registration was mirrored");
+
+    // A changed registration: east moves to another Redis, cold-synced there.
+    sidecar
+        .set_data(&format!("{registry}/east"), format!("{{\"url\": \"{}\"}}", east2.url()).as_bytes(), None)
+        .await
+        .expect("changing a registration");
+    assert_converges(&zk, &east2.url(), "zk", &root).await;
+
+    // The sidecar's session ends: its registrations vanish, their mirrors stop (the second
+    // applied reload naming west: its start was the first), and their copies stay whole.
+    drop(sidecar);
+    let stopped = daemon.wait_for_lines(&["reload applied", "target west"], 2).await;
+    assert!(stopped.contains("target east"), "east did not stop with west: {stopped}");
+    zk.set_data(&root, b"after the sidecars left", None).await.expect("set");
+    wait_for_data(&a.url(), &root, b"after the sidecars left").await;
+    assert_eq!(stored(&west.url_with_credentials(), &root).await.as_deref(), Some(&b"root"[..]));
+    assert_eq!(stored(&east2.url(), &root).await.as_deref(), Some(&b"root"[..]));
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    daemon.process.assert_running();
+    daemon.stop();
+}
