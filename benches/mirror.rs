@@ -16,6 +16,8 @@
 //!    znode at once; kill → the change visible in Redis, and the standby's CPU and RSS.
 //! 7. **TLS** ([`tls`]): mutual TLS to both servers against plain TCP to the same servers,
 //!    alternately: cold sync and propagation, as TLS / plain ratios.
+//! 8. **Several targets** ([`targets`]): one process writing three independent Redis servers
+//!    against one, alternately: cold sync and propagation, as 3 / 1 ratios.
 //!
 //! Every figure is printed next to the reference it is measured against and the target,
 //! judged from the measurement (never hard-coded). How each figure is measured, and its
@@ -46,6 +48,8 @@ mod memory;
 mod reconcile;
 #[path = "mirror/support.rs"]
 mod support;
+#[path = "mirror/targets.rs"]
+mod targets;
 #[path = "mirror/tls.rs"]
 mod tls;
 
@@ -123,6 +127,8 @@ enum Section {
     Failover,
     /// Section 7: mutual TLS on both sides against plain TCP, same servers.
     Tls,
+    /// Section 8: one process writing three independent Redis targets against one.
+    Targets,
 }
 
 /// The helper processes: this binary started again by the benchmark itself.
@@ -187,6 +193,8 @@ fn main() {
     let memory = runs_section(Section::Memory).then(|| runtime.block_on(memory::run()));
     let tls_section = runs_section(Section::Tls)
         .then(|| runtime.block_on(tls::run(cli.tree_nodes, runs, cli.latency_rate, latency_seconds.min(10.0))));
+    let targets_section = runs_section(Section::Targets)
+        .then(|| runtime.block_on(targets::run(cli.tree_nodes, runs, cli.latency_rate, latency_seconds.min(10.0))));
     let failover = runs_section(Section::Failover)
         .then(|| runtime.block_on(failover::run(failover_rounds, cli.failover_session_ms)));
     let versions = support::versions();
@@ -249,6 +257,11 @@ fn main() {
         tls::print(t, &v);
         verdicts.extend(v);
     }
+    if let Some(t) = &targets_section {
+        let v = targets::verdicts(t);
+        targets::print(t, &v);
+        verdicts.extend(v);
+    }
     println!();
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
@@ -285,6 +298,7 @@ fn main() {
             "memory": memory,
             "failover": failover,
             "tls": tls_section,
+            "targets": targets_section,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
