@@ -145,6 +145,17 @@ async fn preflight(settings: &Settings) -> anyhow::Result<()> {
     const WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
     let mut zk_checked: Vec<crate::ZkConnect> = Vec::new();
     let mut redis_checked: Vec<&crate::MirrorConfig> = Vec::new();
+    // With only registered targets there is no mirror yet, but the registry's ZooKeeper.
+    let registry_zk = settings.mirrors.is_empty().then(|| settings.zk_connect()).flatten();
+    if let Some(zk) = registry_zk {
+        let mut probe = zk.clone();
+        probe.session_timeout = probe.session_timeout.min(WITHIN);
+        if let Ok(Err(e @ (crate::ZkError::Tls { .. } | crate::ZkError::AuthFailed))) =
+            tokio::time::timeout(WITHIN * 2, probe.connect(true)).await
+        {
+            return Err(e.into());
+        }
+    }
     for m in &settings.mirrors {
         let zk = m.zk_connect();
         if !zk_checked.contains(&zk) {
