@@ -347,6 +347,13 @@ impl Settings {
                 refused.push((r.name.clone(), "a target of the settings has this name; the settings win".to_owned()));
                 continue;
             }
+            // Two targets on one Redis would write the same keys, and one's purge would delete
+            // what the other mirrors.
+            if let Some(m) = self.mirrors.iter().chain(&mirrors).find(|m| m.redis_url == r.url) {
+                let why = format!("{} is already target {:?}", mask_url(&r.url), m.target);
+                refused.push((r.name.clone(), why));
+                continue;
+            }
             let built: Result<Vec<MirrorConfig>, String> = self
                 .templates
                 .iter()
@@ -1372,6 +1379,12 @@ path = "/b"
         let s = load_text(&with_static, &Overrides::default()).expect("valid");
         let (_, refused) = s.registered(&[reg("eu", "redis://h:1/")]);
         assert_eq!(refused.len(), 1, "{refused:?}");
+        // Nor may a registration name the Redis of another target.
+        let (mirrors, refused) =
+            s.registered(&[reg("x", "redis://h:9/"), reg("y", "redis://h:2/"), reg("z", "redis://h:2/")]);
+        let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x", "z"], "{refused:?}");
+        assert!(mirrors.iter().all(|m| m.target == "y"));
         let inside = text.replace("/registry", "/a/registry");
         let e = load_text(&inside, &Overrides::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("targets_from: the registry path /a/registry lies inside the mirrored root /a"), "{e}");
