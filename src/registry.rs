@@ -20,6 +20,7 @@ use zookeeper_client::{AddWatchMode, Client, Error as ZkClientError, EventType, 
 
 use crate::backoff::Backoff;
 use crate::config::{mask_url, validate_redis_url, validate_target_name};
+
 use crate::shutdown::Shutdown;
 use crate::zk::ZkConnect;
 
@@ -72,9 +73,8 @@ pub fn parse(path: &str, name: &str, data: &[u8], version: i32) -> Result<Regist
         bad(format!("its data is not a registration ({e}); expected {{\"url\": \"redis://HOST:PORT/\"}}"))
     })?;
     validate_redis_url(&parsed.url).map_err(|e| bad(e.to_string()))?;
-    // mask_url hides exactly the secrets a URL can carry (a password, `?pass=`): anything it
-    // would hide must not be in ZooKeeper, readable by whoever may read the registry.
-    if mask_url(&parsed.url) != parsed.url {
+    // A secret must not be in ZooKeeper, readable by whoever may read the registry.
+    if url_parts(&parsed.url).password {
         return Err(bad(format!(
             "its URL {} carries a password: registrations hold no secrets; give it as \
              [target_secrets.{name}] password_file in the mirror's settings",
@@ -85,6 +85,53 @@ pub fn parse(path: &str, name: &str, data: &[u8], version: i32) -> Result<Regist
         return Err(bad("changes_maxlen must be at least 1".into()));
     }
     Ok(Registration { name: name.to_owned(), url: parsed.url, changes_maxlen: parsed.changes_maxlen, version })
+}
+
+/// What a Redis URL names, as far as a registration is concerned.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UrlParts {
+    /// The URL carries a password (in its userinfo, or a `pass=`/`password=` parameter).
+    pub password: bool,
+    /// Every server it names, `host:port` with the host lowercased and the port 6379 when
+    /// none is given (a Sentinel or Cluster URL names several).
+    pub hosts: Vec<String>,
+}
+
+/// The servers and whether there is a password, for any URL form zkmirror takes (one server,
+/// `redis+sentinel://a,b/SERVICE`, a cluster's `a,b`): read from the authority directly, so
+/// that no rewriting of the URL (a trailing `/`, a space after a comma) is taken for a secret.
+pub fn url_parts(url: &str) -> UrlParts {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let query = url.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
+    let password = userinfo.is_some_and(|u| u.contains(':'))
+        || query.split('&').any(|kv| {
+            let key = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+            key == "pass" || key == "password"
+        });
+    let hosts = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let h = h.to_ascii_lowercase();
+            // `[::1]:6379`, `[::1]`, `host:6379`, `host`.
+            let has_port = match h.rfind(']') {
+                Some(end) => h[end..].contains(':'),
+                None => h.contains(':'),
+            };
+            if has_port {
+                h
+            } else {
+                format!("{h}:6379")
+            }
+        })
+        .collect();
+    UrlParts { password, hosts }
 }
 
 /// Watches `path` until `shutdown` fires, sending every new set of registrations (sorted by
@@ -98,16 +145,19 @@ where
 {
     let mut backoff = Backoff::between(Duration::from_millis(200), Duration::from_secs(5));
     let mut last: Option<Vec<Registration>> = None;
+    let mut warned = Warned::default();
+    // Whether the last session failed: logged once per outage, and cleared by the next read.
     let mut failing = false;
     loop {
         let connect = zk.borrow().clone();
+        let mut state = Follow { last: &mut last, backoff: &mut backoff, warned: &mut warned, failing: &mut failing };
         let session = tokio::select! {
             _ = shutdown.fired() => return,
-            session = follow(&connect, &path, &mut last, &send, &mut backoff) => session,
+            session = follow(&connect, &path, &send, &mut state) => session,
         };
         match session {
             Ok(Ended::ReceiverGone) => return,
-            Ok(Ended::SessionLost) => failing = false,
+            Ok(Ended::SessionLost) => {}
             Err(e) if !failing => {
                 failing = true;
                 warn!(registry = %path, error = %e, "cannot read the target registry; the targets stay as they are");
@@ -119,6 +169,14 @@ where
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// What outlives one session of the registry's task.
+struct Follow<'a> {
+    last: &'a mut Option<Vec<Registration>>,
+    backoff: &'a mut Backoff,
+    warned: &'a mut Warned,
+    failing: &'a mut bool,
 }
 
 enum Ended {
@@ -133,9 +191,8 @@ enum Ended {
 async fn follow<F, Fut>(
     zk: &ZkConnect,
     path: &str,
-    last: &mut Option<Vec<Registration>>,
     send: &F,
-    backoff: &mut Backoff,
+    state: &mut Follow<'_>,
 ) -> Result<Ended, crate::error::ZkError>
 where
     F: Fn(Vec<Registration>) -> Fut,
@@ -148,22 +205,35 @@ where
         .await
         .map_err(|source| crate::error::ZkError::Watch { path: path.to_owned(), source })?;
     loop {
-        let read = read_all(&client, path)
+        let read = read_all(&client, path, state.warned)
             .await
             .map_err(|source| crate::error::ZkError::Read { path: path.to_owned(), source })?;
-        backoff.reset();
-        if last.as_ref() != Some(&read) {
+        state.warned.end_read();
+        state.backoff.reset();
+        if std::mem::take(state.failing) {
+            info!(registry = %path, "the target registry is readable again");
+        }
+        if state.last.as_ref() != Some(&read) {
             let names: Vec<&str> = read.iter().map(|r| r.name.as_str()).collect();
             info!(registry = %path, targets = ?names, "registered targets");
-            *last = Some(read.clone());
+            *state.last = Some(read.clone());
             if !send(read).await {
                 return Ok(Ended::ReceiverGone);
             }
         }
-        // Wait for a change, then let a burst settle into one re-read.
-        let event = watcher.changed().await;
-        if event.event_type == EventType::Session && event.session_state != SessionState::SyncConnected {
-            return Ok(Ended::SessionLost);
+        // Wait for a change of PATH or a child (deeper znodes register nothing), then let a
+        // burst settle into one re-read.
+        loop {
+            let event = watcher.changed().await;
+            if event.event_type == EventType::Session {
+                if event.session_state != SessionState::SyncConnected {
+                    return Ok(Ended::SessionLost);
+                }
+                continue;
+            }
+            if event.path == path || crate::path::parent(&event.path) == Some(path) {
+                break;
+            }
         }
         let settle = tokio::time::sleep(SETTLE);
         tokio::pin!(settle);
@@ -182,32 +252,84 @@ where
 
 /// Every usable registration under `path`, sorted by name. `path` absent: none. A child gone
 /// between the listing and its read is left out (its deletion was reported by the watch).
-async fn read_all(client: &Client, path: &str) -> Result<Vec<Registration>, ZkClientError> {
+async fn read_all(client: &Client, path: &str, warned: &mut Warned) -> Result<Vec<Registration>, ZkClientError> {
     let mut children = match client.get_children(path).await {
         Ok((children, _)) => children,
         Err(ZkClientError::NoNode) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     children.sort();
-    if children.len() > MAX_REGISTRATIONS {
-        warn!(registry = %path, registered = children.len(), used = MAX_REGISTRATIONS,
-              "more registrations than zkmirror takes: the first by name are used");
-        children.truncate(MAX_REGISTRATIONS);
-    }
-    let mut found = Vec::with_capacity(children.len());
+    // Read a few more than are used: unusable ones must not push usable ones out.
+    children.truncate(4 * MAX_REGISTRATIONS);
+    let mut found = Vec::with_capacity(MAX_REGISTRATIONS);
+    let mut unused = 0;
     for name in children {
         let child = format!("{}/{name}", path.trim_end_matches('/'));
         let (data, stat) = match client.get_data(&child).await {
             Ok(answer) => answer,
             Err(ZkClientError::NoNode) => continue,
-            Err(e) => return Err(e),
+            // The session's trouble (a lost connection, an expiry): the read fails whole.
+            Err(e) if is_session_error(&e) => return Err(e),
+            // This znode's trouble (NoAuth: the mirror may not read it): left out alone.
+            Err(e) => {
+                warned.warn_once(&child, stat_key(-1), || format!("registration {child}: cannot read it: {e}"));
+                continue;
+            }
         };
         match parse(&child, &name, &data, stat.version) {
-            Ok(registration) => found.push(registration),
-            Err(e) => warn!(error = %e, "registration left out"),
+            Ok(_) if found.len() == MAX_REGISTRATIONS => unused += 1,
+            Ok(registration) => found.push((registration, stat.czxid)),
+            Err(e) => warned.warn_once(&child, stat_key(stat.version), || e.to_string()),
         }
     }
-    Ok(found)
+    if unused > 0 {
+        warn!(registry = %path, used = MAX_REGISTRATIONS, unused,
+              "more registrations than zkmirror takes: the first by name are used");
+    }
+    // Oldest first (by creation): of two registrations naming one Redis the one that was
+    // there first is kept (see `Settings::registered`).
+    found.sort_by_key(|(_, czxid)| *czxid);
+    Ok(found.into_iter().map(|(registration, _)| registration).collect())
+}
+
+fn stat_key(version: i32) -> i64 {
+    i64::from(version)
+}
+
+/// Errors that concern the session, not one znode: the read is retried on a new session.
+fn is_session_error(e: &ZkClientError) -> bool {
+    matches!(
+        e,
+        ZkClientError::ConnectionLoss
+            | ZkClientError::SessionExpired
+            | ZkClientError::SessionMoved
+            | ZkClientError::ClientClosed
+            | ZkClientError::Timeout
+    )
+}
+
+/// Which unusable registrations were logged, and at which data version: each is logged once
+/// per version, not at every re-read. Bounded: it holds only znodes read last time.
+#[derive(Default)]
+struct Warned {
+    logged: std::collections::HashMap<String, i64>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Warned {
+    fn warn_once(&mut self, child: &str, version: i64, why: impl FnOnce() -> String) {
+        self.seen.insert(child.to_owned());
+        if self.logged.get(child) != Some(&version) {
+            warn!(error = %why(), "registration left out");
+            self.logged.insert(child.to_owned(), version);
+        }
+    }
+
+    /// Forgets znodes not met in the last read: they are gone (or usable now).
+    fn end_read(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        self.logged.retain(|child, _| seen.contains(child));
+    }
 }
 
 #[cfg(test)]
@@ -227,9 +349,22 @@ mod tests {
         let secret = err("eu", br#"{"url": "redis://mirror:hunter2@h:6379/"}"#).unwrap_or_default();
         assert!(secret.starts_with("registration /reg/eu: ") && secret.contains("[target_secrets.eu]"), "{secret}");
         assert!(!secret.contains("hunter2"), "the error repeats the secret: {secret}");
-        let query = err("eu", br#"{"url": "redis+sentinel://h:26379/svc?pass=hunter2"}"#).unwrap_or_default();
-        assert!(query.contains("carries a password") || query.contains("redis"), "{query}");
+        let query = err("eu", br#"{"url": "redis://h:6379/?password=hunter2"}"#).unwrap_or_default();
+        assert!(query.contains("carries a password"), "{query}");
         assert!(!query.contains("hunter2"), "{query}");
+        // URLs without a secret are not refused for one, however they are written.
+        for url in [
+            "redis+sentinel://s1:26379,s2:26379/mymaster/",
+            "redis+sentinel://s1:26379, s2:26379/mymaster",
+            "REDIS://h:6379/",
+            "redis://[0:0::1]:6379/",
+            "redis+sentinel://mirror%40x@s1:26379/svc",
+        ] {
+            assert!(!url_parts(url).password, "{url}");
+        }
+        assert_eq!(url_parts("redis://u:p@H:1/").hosts, ["h:1"]);
+        assert_eq!(url_parts("redis+sentinel://a:1, B/svc").hosts, ["a:1", "b:6379"]);
+        assert_eq!(url_parts("redis://[::1]/").hosts, ["[::1]:6379"]);
         assert!(err("eu", b"not json").unwrap_or_default().contains("expected {\"url\""));
         assert!(err("eu", br#"{"url": "redis://h:1/", "password": "x"}"#)
             .unwrap_or_default()

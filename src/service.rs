@@ -635,6 +635,13 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                 Control::Reload { why } => {
                     info!(trigger = why, "reloading settings");
                     let outcome = match Settings::load(file.as_deref(), &overrides) {
+                        // The registry's task and its templates are the start's: a reload that
+                        // moved or dropped it would stop every registered target while the task
+                        // still reads the old path. Refused whole; the running settings stay.
+                        Ok(new) if new.targets_from != settings.targets_from => ReloadOutcome::Rejected(format!(
+                            "targets_from changed ({:?} to {:?}): it is read at start only, restart zkmirror to apply it",
+                            settings.targets_from, new.targets_from
+                        )),
                         Ok(new) => {
                             if new.metrics_addr != metrics_addr {
                                 warn!("[metrics] addr is read at start only: restart zkmirror to serve it elsewhere");
@@ -644,9 +651,6 @@ pub async fn run(file: Option<PathBuf>, overrides: Overrides, mut shutdown: Shut
                             }
                             check_policies(&new.mirrors, &mut background);
                             watcher.follow(&new.watched_files());
-                            if new.targets_from != settings.targets_from {
-                                warn!("targets_from is read at start only: restart zkmirror to read another registry");
-                            }
                             if let Some(zk) = new.zk_connect() {
                                 zk_tx.send_if_modified(|current| {
                                     let changed = *current != zk;
@@ -805,8 +809,9 @@ fn wanted(
 ) -> Settings {
     let mut settings = settings.clone();
     let (registered, refused) = settings.registered(registrations);
+    let registry = settings.targets_from.as_deref().unwrap_or("").trim_end_matches('/');
     for (name, why) in refused {
-        warn!(target_name = %name, %why, "registered target left out");
+        warn!(error = %format!("registration {registry}/{name}: {why}"), "registration left out");
     }
     settings.mirrors.extend(registered);
     for m in &mut settings.mirrors {

@@ -99,7 +99,18 @@ pub struct Settings {
     templates: Vec<MirrorConfig>,
     /// `[target_secrets.NAME]`: the TLS material and password of registered target NAME
     /// (a registration in ZooKeeper holds no secret).
-    target_secrets: std::collections::BTreeMap<String, (RedisTls, Option<PasswordFile>)>,
+    target_secrets: std::collections::BTreeMap<String, TargetSecrets>,
+}
+
+/// What `[target_secrets.NAME]` holds: a registered target's connection files, and the servers
+/// they may be sent to. A registration names its URL; who may write the registry must not be
+/// able to send the password or the client key to a server of their choice.
+#[derive(Clone, Debug, PartialEq)]
+struct TargetSecrets {
+    tls: RedisTls,
+    password: Option<PasswordFile>,
+    /// `host:port`, lowercased (see [`crate::registry::url_parts`]).
+    hosts: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -149,6 +160,8 @@ struct ZkSection {
 struct RedisSection {
     /// The target's name (`default` for a lone `[redis]` that gives none).
     name: Option<Spanned<String>>,
+    /// `[target_secrets.NAME]` only: the servers (`host:port`) its secrets may be sent to.
+    hosts: Option<Spanned<Vec<String>>>,
     url: Option<Spanned<String>>,
     tls_ca: Option<Spanned<PathBuf>>,
     tls_cert: Option<Spanned<PathBuf>>,
@@ -304,9 +317,9 @@ impl Settings {
             files.extend(m.zk_auth_file.clone());
             files.extend(m.redis_files().into_iter().map(Path::to_path_buf));
         }
-        for (tls, password) in self.target_secrets.values() {
-            files.extend(tls.files().map(Path::to_path_buf));
-            files.extend(password.iter().map(|p| p.path.clone()));
+        for secrets in self.target_secrets.values() {
+            files.extend(secrets.tls.files().map(Path::to_path_buf));
+            files.extend(secrets.password.iter().map(|p| p.path.clone()));
         }
         files.sort();
         files.dedup();
@@ -348,11 +361,25 @@ impl Settings {
                 continue;
             }
             // Two targets on one Redis would write the same keys, and one's purge would delete
-            // what the other mirrors.
-            if let Some(m) = self.mirrors.iter().chain(&mirrors).find(|m| m.redis_url == r.url) {
+            // what the other mirrors. The registrations come oldest first: the one that was
+            // there first stays.
+            if let Some(m) = self.mirrors.iter().chain(&mirrors).find(|m| same_redis(&m.redis_url, &r.url)) {
                 let why = format!("{} is already target {:?}", mask_url(&r.url), m.target);
                 refused.push((r.name.clone(), why));
                 continue;
+            }
+            let secrets = self.target_secrets.get(&r.name);
+            if let Some(secrets) = secrets.filter(|s| !s.hosts.is_empty()) {
+                let named = crate::registry::url_parts(&r.url).hosts;
+                if let Some(stranger) = named.iter().find(|h| !secrets.hosts.contains(h)) {
+                    let why = format!(
+                        "its URL names {stranger}, which [target_secrets.{}] hosts does not list: its secrets are \
+                         not sent there",
+                        r.name
+                    );
+                    refused.push((r.name.clone(), why));
+                    continue;
+                }
             }
             let built: Result<Vec<MirrorConfig>, String> = self
                 .templates
@@ -361,9 +388,9 @@ impl Settings {
                     let mut m = template.clone();
                     m.target = r.name.clone();
                     m.redis_url = r.url.clone();
-                    if let Some((tls, password)) = self.target_secrets.get(&r.name) {
-                        m.redis_tls = tls.clone();
-                        m.redis_password = password.clone();
+                    if let Some(secrets) = secrets {
+                        m.redis_tls = secrets.tls.clone();
+                        m.redis_password = secrets.password.clone();
                     } else {
                         m.redis_tls = RedisTls::default();
                         m.redis_password = None;
@@ -471,8 +498,9 @@ impl Settings {
             // A top-level key: TOML puts those before the first table.
             out.insert_str(0, &format!("targets_from = {path:?}\n\n"));
         }
-        for (name, (tls, password)) in &self.target_secrets {
-            out.push_str(&format!("[target_secrets.{name}]\n"));
+        for (name, secrets) in &self.target_secrets {
+            let (tls, password) = (&secrets.tls, &secrets.password);
+            out.push_str(&format!("[target_secrets.{name}]\nhosts = {:?}\n", secrets.hosts));
             let identity = tls.identity.as_ref();
             for (key, path) in [
                 ("tls_ca", tls.ca.as_ref().map(crate::tls::PemFile::path)),
@@ -793,12 +821,24 @@ fn build(file: FileSettings, source: Option<&Source<'_>>, o: &Overrides) -> Resu
                 "a target's secrets take no url or name: its registration in ZooKeeper gives the URL".into()
             ));
         }
+        let secret = section.password_file.is_some() || section.tls_cert.is_some() || section.tls_key.is_some();
+        let hosts: Vec<String> = section
+            .hosts
+            .as_ref()
+            .map(|h| h.get_ref().iter().flat_map(|host| crate::registry::url_parts(host).hosts).collect())
+            .unwrap_or_default();
+        if secret && hosts.is_empty() {
+            return Err(at(format!(
+                "give hosts = [\"HOST:PORT\", ...]: the servers {name}'s password or client key may be sent to \
+                 (a registration names its own URL; whoever writes the registry must not choose where secrets go)"
+            )));
+        }
         // The files are read now (their content is part of the settings); the URL they go
         // with is known only when the target registers, which checks the scheme then.
         let tls_given = section.tls_ca.is_some() || section.tls_cert.is_some() || section.tls_key.is_some();
         let url = if tls_given { "rediss://registered/" } else { "redis://registered/" };
-        let secrets = redis_files(section, &table, source, &Overrides::default(), url, &Origin::Default)?;
-        target_secrets.insert(name.clone(), secrets);
+        let (tls, password) = redis_files(section, &table, source, &Overrides::default(), url, &Origin::Default)?;
+        target_secrets.insert(name.clone(), TargetSecrets { tls, password, hosts });
     }
     let (templates, mirrors): (Vec<MirrorConfig>, Vec<MirrorConfig>) =
         mirrors.into_iter().partition(|m| m.target == REGISTERED_TEMPLATE);
@@ -933,6 +973,13 @@ fn targets<'a>(
     }
     let mut specs: Vec<TargetSpec<'a>> = Vec::with_capacity(found.len());
     for (name, name_origin, url, url_origin, section, table) in found {
+        if let (Some(hosts), Some(source)) = (&section.hosts, source) {
+            return Err(source.error(
+                hosts.span().start,
+                &format!("{table}.hosts"),
+                "hosts belongs in [target_secrets.NAME] (a target of the settings is sent its secrets at its url)",
+            ));
+        }
         crate::config::validate_target_name(&name).map_err(|e| name_origin.error(e.to_string()))?;
         crate::config::validate_redis_url(&url).map_err(|e| url_origin.error(e.to_string()))?;
         if let Some(other) = specs.iter().find(|t| t.name == name) {
@@ -942,7 +989,7 @@ fn targets<'a>(
                 other.url_origin.describe()
             )));
         }
-        if let Some(other) = specs.iter().find(|t| t.url == url) {
+        if let Some(other) = specs.iter().find(|t| same_redis(&t.url, &url)) {
             return Err(url_origin.error(format!(
                 "{} is already target {:?}: two targets on one Redis would write the same keys",
                 mask_url(&url),
@@ -953,6 +1000,27 @@ fn targets<'a>(
         specs.push(TargetSpec { name, url, url_origin, tls, password });
     }
     Ok(specs)
+}
+
+/// Whether two URLs name the same Redis: the same servers (hosts lowercased, the default port
+/// filled in) and the same database (`/0` and none are the same). Not a DNS lookup: two names
+/// of one host still pass as two targets.
+fn same_redis(a: &str, b: &str) -> bool {
+    let db = |url: &str| -> String {
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = rest.split_once('/').map_or("", |(_, path)| path);
+        let db = path.split(['?', '#']).next().unwrap_or("").trim_matches('/');
+        if db.is_empty() {
+            "0".to_owned()
+        } else {
+            db.to_owned()
+        }
+    };
+    let (pa, pb) = (crate::registry::url_parts(a), crate::registry::url_parts(b));
+    let (mut ha, mut hb) = (pa.hosts, pb.hosts);
+    ha.sort();
+    hb.sort();
+    ha == hb && db(a) == db(b)
 }
 
 /// `NAME=URL` into its parts; a URL alone has no name. Only what comes before the scheme's
@@ -1338,7 +1406,7 @@ path = "/b"
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("pw"), "secret\n").expect("password file");
         let text = format!(
-            "targets_from = \"/registry\"\n\n[target_secrets.eu]\npassword_file = {:?}\n\n\
+            "targets_from = \"/registry\"\n\n[target_secrets.eu]\nhosts = [\"H:1\"]\npassword_file = {:?}\n\n\
              [[roots]]\npath = \"/a\"\n\n[[roots]]\npath = \"/b\"\nprefix = \"b\"\n",
             dir.path().join("pw").display().to_string()
         );
@@ -1372,6 +1440,18 @@ path = "/b"
             ]
         );
         assert!(s.watched_files().contains(&dir.path().join("pw")), "{:?}", s.watched_files());
+        // Its secrets go only to the servers its section lists.
+        let (_, refused) = s.registered(&[reg("eu", "redis://mirror@elsewhere:1/")]);
+        assert!(
+            refused[0].1.contains("names elsewhere:1, which [target_secrets.eu] hosts does not list"),
+            "{refused:?}"
+        );
+        let unbound = text.replace("hosts = [\"H:1\"]\n", "");
+        let e = load_text(&unbound, &Overrides::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("target_secrets.eu: give hosts = ["), "{e}");
+        let misplaced = "[redis]\nurl = \"redis://h:1/\"\nhosts = [\"h:1\"]\n\n[[roots]]\npath = \"/a\"\n";
+        let e = load_text(misplaced, &Overrides::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("redis.hosts: hosts belongs in [target_secrets.NAME]"), "{e}");
         assert!(s.render_masked().contains("targets_from = \"/registry\""), "{}", s.render_masked());
         // A static target's name wins over a registration; the registry stays outside the roots.
         let with_static =
@@ -1381,7 +1461,7 @@ path = "/b"
         assert_eq!(refused.len(), 1, "{refused:?}");
         // Nor may a registration name the Redis of another target.
         let (mirrors, refused) =
-            s.registered(&[reg("x", "redis://h:9/"), reg("y", "redis://h:2/"), reg("z", "redis://h:2/")]);
+            s.registered(&[reg("x", "redis://H:9"), reg("y", "redis://h:2/"), reg("z", "redis://h:2/0")]);
         let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x", "z"], "{refused:?}");
         assert!(mirrors.iter().all(|m| m.target == "y"));

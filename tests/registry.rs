@@ -55,8 +55,10 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
         format!(
             "targets_from = {registry:?}\n\n[zookeeper]\nservers = {zk_connect:?}\n\n\
              [[targets]]\nname = \"a\"\nurl = {:?}\n\n\
-             [target_secrets.west]\npassword_file = \"west.pw\"\n\n[[roots]]\npath = {root:?}\n",
-            a.url()
+             [target_secrets.west]\nhosts = [\"127.0.0.1:{}\"]\npassword_file = \"west.pw\"\n\n\
+             [[roots]]\npath = {root:?}\n",
+            a.url(),
+            west.port()
         ),
     )
     .expect("settings file");
@@ -65,6 +67,15 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
         Daemon::start(binary_path(), &["--config", &settings.display().to_string()], "zkmirror=info", &log);
     daemon.wait_for_log("registered targets").await;
 
+    // A registration the mirror may not read (its sidecar's digest only) is left out alone:
+    // the registrations after it still count.
+    let private = zk_client(&zk_connect).await;
+    private.auth("digest", b"sidecar:secret").await.expect("digest auth");
+    let owner_only = CreateMode::Ephemeral.with_acls(Acls::creator_all());
+    private
+        .create(&format!("{registry}/aaa-private"), br#"{"url": "redis://127.0.0.1:1/"}"#, &owner_only)
+        .await
+        .expect("a private registration");
     // The sidecars' own session: their registrations live as long as it does.
     let sidecar = zk_client(&zk_connect).await;
     register(&sidecar, &format!("{registry}/east"), &format!("{{\"url\": \"{}\"}}", east.url())).await;
@@ -75,6 +86,7 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     assert_converges(&zk, &a.url(), "zk", &root).await;
     assert_converges(&zk, &east.url(), "zk", &root).await;
     assert_converges(&zk, &west.url_with_credentials(), "zk", &root).await;
+    daemon.wait_for_lines(&["registration left out", &format!("{registry}/aaa-private"), "cannot read it"], 1).await;
     let refused = daemon.wait_for_lines(&["registration left out", &format!("{registry}/bad")], 1).await;
     assert!(refused.contains("carries a password"), "{refused}");
     assert!(!daemon.log_text().contains("leaked-pw"), "the registration's password was logged");
@@ -97,6 +109,17 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     assert_eq!(stored(&west.url_with_credentials(), &root).await.as_deref(), Some(&b"root"[..]));
     assert_eq!(stored(&east2.url(), &root).await.as_deref(), Some(&b"root"[..]));
     assert_converges(&zk, &a.url(), "zk", &root).await;
+    let mut east2_conn = redis_conn(&east2.url()).await;
+    let znodes: Vec<String> =
+        redis::cmd("KEYS").arg(format!("zk:{{{root}*}}:meta")).query_async(&mut east2_conn).await.expect("KEYS");
+    assert_eq!(znodes.len(), 1 + 3 + 9, "east's copy lost znodes when it stopped: {znodes:?}");
+    // A registration naming a server its secrets are not for is left out, the secret unsent.
+    let sidecar = zk_client(&zk_connect).await;
+    let stranger = format!("redis://mirror@127.0.0.1:{}/", east.port());
+    register(&sidecar, &format!("{registry}/west"), &format!("{{\"url\": \"{stranger}\"}}")).await;
+    let line = daemon.wait_for_lines(&["registration left out", &format!("{registry}/west")], 1).await;
+    assert!(line.contains("hosts does not list"), "{line}");
+    drop(private);
     daemon.process.assert_running();
     daemon.stop();
 }

@@ -141,6 +141,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     // Every target and prefix of the settings file, each judged on its own: one target down
     // does not hide how the others are.
     let settings = crate::settings::Settings::load(Some(file), &crate::settings::Overrides::default())?;
+    if settings.mirrors.is_empty() {
+        anyhow::bail!(
+            "{} names no Redis target, only the registry {}: ask each registered target with --redis URL",
+            file.display(),
+            settings.targets_from.as_deref().unwrap_or("")
+        );
+    }
     let mut seen: Vec<(&str, &str)> = Vec::new();
     let (mut ok, mut texts, mut values) = (true, String::new(), Vec::new());
     for m in &settings.mirrors {

@@ -90,7 +90,9 @@ fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mirrors = roots(&args)?;
-    let first = mirrors.first().context("no root to verify")?;
+    let first = mirrors.first().context(
+        "no Redis target to verify: the settings name only registered targets (targets_from); give --redis URL",
+    )?;
     // One process's settings name one ZooKeeper for all roots, and one Redis per target.
     let zk = connect_zk(&first.zk_connect()).await?;
     let mut connections: Vec<(&str, redis::aio::MultiplexedConnection, String)> = Vec::new();
