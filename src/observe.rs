@@ -45,6 +45,16 @@ pub(crate) struct EngineMetrics {
     target: String,
 }
 
+/// A mirror that stopped (its target dropped, its registration gone, its root removed) is no
+/// longer connected to anything: its gauges say so rather than their last value. The series
+/// stay (the exporter keeps what it was given), frozen at zero.
+impl Drop for EngineMetrics {
+    fn drop(&mut self) {
+        self.zk_connected.set(0.0);
+        self.redis_connected.set(0.0);
+    }
+}
+
 impl EngineMetrics {
     /// Every series carries `root`, `prefix` and `target`: one process may mirror the same root
     /// under two prefixes, or into several Redis targets (each a mirror of its own), and their
