@@ -269,13 +269,16 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
 }
 
 /// Context for the cold sync: the mirror's own Redis stage alone. The same znodes go through
-/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (the schema's `put.lua`, one
-/// pipeline of 1000 in flight, as the mirror sends them) into an empty Redis, with no
-/// ZooKeeper at all. A cold sync cannot finish sooner than this; the gap between the two is
-/// what reading ZooKeeper adds. Leaves the keys in place; the caller flushes.
-pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
+/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (one pipeline of 1000 in
+/// flight, as the mirror sends them) into an empty Redis, with no ZooKeeper at all: with
+/// `batches`, as the mirror writes to one Redis (`put_batch.lua`, up to 128 znodes per call),
+/// else one `put.lua` call per znode (as to a Redis Cluster). A cold sync cannot finish sooner
+/// than the first; the gap between the two is what reading ZooKeeper adds. Leaves the keys in
+/// place; the caller flushes.
+pub async fn scripted_write(redis_url: &str, nodes: usize, batches: bool) -> Duration {
     let config = zkmirror::MirrorConfig::new("127.0.0.1:1", redis_url, ROOT);
-    let store = zkmirror::testing::Store::new(&config).expect("a store for the scripted write");
+    let store =
+        zkmirror::testing::Store::new(&config).expect("a store for the scripted write").with_put_batches(batches);
     store.load_scripts().await.expect("loading the schema's scripts");
     let paths = tree_paths(nodes);
     let started = Instant::now();
