@@ -31,6 +31,16 @@ pub struct ColdSync {
     /// mirror wrote to one Redis before `put_batch.lua`).
     pub scripted_single_s: Vec<f64>,
     pub cold_sync_s: Vec<f64>,
+    /// CPU seconds of Redis's main thread during the raw write, the Redis stage alone (both
+    /// ways) and the cold sync (`support::redis_main_cpu_s`): the time Redis itself takes.
+    pub redis_cpu_raw_write_s: Vec<f64>,
+    pub redis_cpu_scripted_s: Vec<f64>,
+    pub redis_cpu_scripted_single_s: Vec<f64>,
+    pub redis_cpu_cold_s: Vec<f64>,
+    /// Medians of each run's ratio to the raw write of the same run, in Redis CPU.
+    pub redis_cpu_cold_to_raw_write: f64,
+    pub redis_cpu_scripted_to_raw_write: f64,
+    pub redis_cpu_scripted_single_to_raw_write: f64,
     pub mirror_cpu_s: Vec<f64>,
     pub mirror_peak_rss_mb: Vec<f64>,
     /// CPU used outside the benchmark's processes during each raw read and each cold sync,
@@ -86,6 +96,13 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         scripted_write_s: Vec::new(),
         scripted_single_s: Vec::new(),
         cold_sync_s: Vec::new(),
+        redis_cpu_raw_write_s: Vec::new(),
+        redis_cpu_scripted_s: Vec::new(),
+        redis_cpu_scripted_single_s: Vec::new(),
+        redis_cpu_cold_s: Vec::new(),
+        redis_cpu_cold_to_raw_write: 0.0,
+        redis_cpu_scripted_to_raw_write: 0.0,
+        redis_cpu_scripted_single_to_raw_write: 0.0,
         mirror_cpu_s: Vec::new(),
         mirror_peak_rss_mb: Vec::new(),
         outside_cpu_percent_raw: Vec::new(),
@@ -119,15 +136,22 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         result.raw_batched_s.push(batched.as_secs_f64());
 
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
+        let redis_cpu = support::redis_main_cpu_s(&mut conn).await;
         let raw_write = support::raw_write(&mut conn, nodes).await;
         result.raw_write_s.push(raw_write.as_secs_f64());
+        result.redis_cpu_raw_write_s.push(support::redis_main_cpu_s(&mut conn).await - redis_cpu);
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
+        let redis_cpu = support::redis_main_cpu_s(&mut conn).await;
         let scripted_write = support::scripted_write(&servers.redis.url(), nodes, true).await;
         result.scripted_write_s.push(scripted_write.as_secs_f64());
+        result.redis_cpu_scripted_s.push(support::redis_main_cpu_s(&mut conn).await - redis_cpu);
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
+        let redis_cpu = support::redis_main_cpu_s(&mut conn).await;
         let scripted_single = support::scripted_write(&servers.redis.url(), nodes, false).await;
         result.scripted_single_s.push(scripted_single.as_secs_f64());
+        result.redis_cpu_scripted_single_s.push(support::redis_main_cpu_s(&mut conn).await - redis_cpu);
         let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
+        let redis_cpu = support::redis_main_cpu_s(&mut conn).await;
         let log_name = format!("cold-sync-{nodes}-run{run}");
         let started = Instant::now();
         let mut mirror = support::spawn_mirror(&servers.zk.connect_string(), &servers.redis.url(), &log_name);
@@ -139,6 +163,9 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
         });
         let cold = started.elapsed();
         let cpu = cpu.since(&pids);
+        // Includes the mirror's status writes and `live` polling: a few commands, next to
+        // tens of thousands of znodes.
+        result.redis_cpu_cold_s.push(support::redis_main_cpu_s(&mut conn).await - redis_cpu);
         result.outside_cpu_percent_cold.push(cpu.outside);
         result.zookeeper_cpu_percent_cold.push(cpu.processes[0]);
         result.redis_cpu_percent_cold.push(cpu.processes[1]);
@@ -179,6 +206,13 @@ pub async fn run(nodes: usize, runs: usize) -> ColdSync {
     result.ratio_to_raw_write = result.cold_sync_median_s / result.raw_write_median_s;
     result.scripted_to_raw_write = result.scripted_write_median_s / result.raw_write_median_s;
     result.scripted_single_to_raw_write = result.scripted_single_median_s / result.raw_write_median_s;
+    let per_run = |of: &[f64]| -> f64 {
+        let ratios: Vec<f64> = of.iter().zip(&result.redis_cpu_raw_write_s).map(|(x, raw)| x / raw).collect();
+        median(&ratios)
+    };
+    result.redis_cpu_cold_to_raw_write = per_run(&result.redis_cpu_cold_s);
+    result.redis_cpu_scripted_to_raw_write = per_run(&result.redis_cpu_scripted_s);
+    result.redis_cpu_scripted_single_to_raw_write = per_run(&result.redis_cpu_scripted_single_s);
     result.mirror_cpu_median_s = median(&result.mirror_cpu_s);
     result.mirror_peak_rss_max_mb = result.mirror_peak_rss_mb.iter().copied().fold(0.0, f64::max);
     result
@@ -281,6 +315,14 @@ pub fn print(results: &[ColdSync], verdicts: &[Verdict]) {
             r.scripted_write_median_s,
             r.scripted_single_to_raw_write,
             r.scripted_single_median_s
+        );
+        println!(
+            "   {} znodes, Redis's own CPU (main thread) to the raw write's {:.3} s: cold sync {:.2}×, the Redis stage alone {:.2}× (put_batch.lua), {:.2}× (put.lua one per call); median of runs' ratios",
+            r.znodes,
+            median(&r.redis_cpu_raw_write_s),
+            r.redis_cpu_cold_to_raw_write,
+            r.redis_cpu_scripted_to_raw_write,
+            r.redis_cpu_scripted_single_to_raw_write
         );
     }
     for r in results {

@@ -759,6 +759,15 @@ pub async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> Stri
     info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into())
 }
 
+/// CPU seconds Redis's main thread (the one that runs every command and script) has used so
+/// far, from `INFO cpu` (getrusage, microseconds): the Redis time of a phase is the difference,
+/// which other load on the machine does not inflate as it does the wall time.
+pub async fn redis_main_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.expect("INFO cpu");
+    let field = |name: &str| info_field(&info, name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    field("used_cpu_user_main_thread") + field("used_cpu_sys_main_thread")
+}
+
 /// A field of an `INFO` answer.
 pub fn info_field(info: &str, name: &str) -> Option<String> {
     info.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_owned()))
