@@ -339,7 +339,11 @@ impl Store {
                 (Link::Direct(conn), user)
             }
         };
+        // Every key on one server: several znodes per script call (see `put_batches`). A link
+        // whose znodes lie on several servers or slots (a Redis Cluster) must not match here.
+        let put_batches = matches!(link, Link::Direct(_) | Link::Sentinel(_));
         Ok(Store {
+            put_batches,
             link,
             keys: Keys::new(&config.prefix),
             scripts: Arc::new(Scripts::load()),
@@ -354,7 +358,6 @@ impl Store {
             },
             fence: config.leadership.as_ref().map(|l| l.fence),
             fence_arg: config.leadership.as_ref().map(|l| l.fence.to_string()).unwrap_or_default(),
-            put_batches: true,
         })
     }
 
