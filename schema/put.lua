@@ -28,8 +28,9 @@
 --   * all or nothing even when a key holds the wrong type: Redis does not undo a script's
 --     writes when a later command fails, so everything that can fail runs before the first
 --     write. The stream's type is checked up front (its XADD comes last); a wrong-typed tomb,
---     meta or children key fails its read (GET, HMGET, SCARD) before any write; the data key is
---     only read where it is checked, and SET replaces whatever it held.
+--     meta or children key fails its read (GET, HMGET, SCARD) before any write (EXISTS, which
+--     takes keys of any type, only spares these reads when none of the keys exists); the data
+--     key is only read where it is checked, and SET replaces whatever it held.
 --
 -- KEYS: 1 data (STRING), 2 meta (HASH), 3 children (SET), 4 tombstone (STRING), 5 changes (STREAM),
 --       6 fence (STRING, the fence key of KEYS[1]'s hash slot)
@@ -62,21 +63,28 @@ end
 local czxid, mzxid, pzxid, aversion = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local epoch = tonumber(ARGV[16]) or 0
 
-local tomb = redis.call('GET', KEYS[4])
-if tomb then
-  local tomb_zxid, tomb_epoch = tomb_parts(tomb)
-  if tomb_epoch > epoch then return 5 end
-  -- A tombstone of an older history says nothing about this one's znodes.
-  if tomb_epoch == epoch and cmp(czxid, tomb_zxid) <= 0 then
-    return 3
-  end
-end
-local stored_epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0') or 0
-if stored_epoch > epoch then return 5 end
+-- A znode Redis holds nothing of (no tombstone, meta or children key: a cold sync) has nothing
+-- to compare and no key of the wrong type: one EXISTS instead of GET, HGET, HMGET and a DEL.
+local absent = redis.call('EXISTS', KEYS[4], KEYS[2], KEYS[3]) == 0
 
 local FIELDS = {'czxid', 'mzxid', 'pzxid', 'ctime', 'mtime', 'version', 'cversion', 'aversion',
-  'ephemeral_owner', 'data_length', 'num_children'}
-local stored = redis.call('HMGET', KEYS[2], unpack(FIELDS))
+  'ephemeral_owner', 'data_length', 'num_children', 'epoch'}
+local stored, stored_epoch = {}, 0
+if not absent then
+  local tomb = redis.call('GET', KEYS[4])
+  if tomb then
+    local tomb_zxid, tomb_epoch = tomb_parts(tomb)
+    if tomb_epoch > epoch then return 5 end
+    -- A tombstone of an older history says nothing about this one's znodes.
+    if tomb_epoch == epoch and cmp(czxid, tomb_zxid) <= 0 then
+      return 3
+    end
+  end
+  -- FIELDS[12] is the history, read with the Stat (one HMGET).
+  stored = redis.call('HMGET', KEYS[2], unpack(FIELDS))
+  stored_epoch = tonumber(stored[12] or '0') or 0
+  if stored_epoch > epoch then return 5 end
+end
 local children_fresh = false
 if stored[1] and stored_epoch == epoch then
   -- stored[i] is field FIELDS[i]: 1 czxid, 2 mzxid, 3 pzxid, 8 aversion
@@ -102,7 +110,7 @@ if stored[1] and stored_epoch == epoch then
   if order == 0 and children_fresh then
     -- The same version: unchanged unless a key was altered behind the mirror's back.
     local same = redis.call('GET', KEYS[1]) == ARGV[DATA]
-    for i = 1, #FIELDS do
+    for i = 1, 11 do
       if stored[i] ~= ARGV[i] then same = false end
     end
     if same then
@@ -118,7 +126,7 @@ redis.call('HSET', KEYS[2],
   'ephemeral_owner', ARGV[9], 'data_length', ARGV[10], 'num_children', ARGV[11],
   'mirrored_at', ARGV[12], 'epoch', epoch)
 if not children_fresh then
-  redis.call('DEL', KEYS[3])
+  if not absent then redis.call('DEL', KEYS[3]) end
   -- SADD in chunks: unpack() of tens of thousands of values overflows Lua's C stack.
   local i = DATA + 1
   while i <= #ARGV do

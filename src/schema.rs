@@ -26,6 +26,9 @@ use redis::Script;
 pub struct Scripts {
     /// Writes one znode (data, meta, children) unless the stored copy is newer or tombstoned.
     pub put: Script,
+    /// `put` for several znodes in one call, each judged as `put` would: one Redis (or a
+    /// Sentinel primary) only, since the znodes' keys lie in different cluster slots.
+    pub put_batch: Script,
     /// Removes one znode's keys and leaves a tombstone (or hides it, without one).
     pub delete: Script,
     /// Raises `P:mirror` `zxid`, never lowers it.
@@ -37,7 +40,7 @@ pub struct Scripts {
     /// Each script's file name, hash and text as loaded, in [`Scripts::all`]'s order: Redis names
     /// a script in an error only by hash and line (`script: SHA, on @user_script:LINE`), and an
     /// operator needs the command on that line (an ACL that refuses it, say).
-    sources: [(&'static str, String, String); 5],
+    sources: [(&'static str, String, String); 6],
 }
 
 /// What every script shares (`cmp`, the fence check), prepended to each.
@@ -51,21 +54,22 @@ impl Scripts {
     pub fn load() -> Scripts {
         let texts = [
             ("put.lua", with_common(include_str!("../schema/put.lua"))),
+            ("put_batch.lua", with_common(include_str!("../schema/put_batch.lua"))),
             ("delete.lua", with_common(include_str!("../schema/delete.lua"))),
             ("advance_zxid.lua", with_common(include_str!("../schema/advance_zxid.lua"))),
             ("status.lua", with_common(include_str!("../schema/status.lua"))),
             ("fence.lua", with_common(include_str!("../schema/fence.lua"))),
         ];
-        let [put, delete, advance_zxid, status, fence] = texts.each_ref().map(|(_, text)| Script::new(text));
+        let [put, put_batch, delete, advance_zxid, status, fence] = texts.each_ref().map(|(_, text)| Script::new(text));
         let sources = texts.map(|(name, text)| {
             let hash = Script::new(&text).get_hash().to_owned();
             (name, hash, text)
         });
-        Scripts { put, delete, advance_zxid, status, fence, sources }
+        Scripts { put, put_batch, delete, advance_zxid, status, fence, sources }
     }
 
-    pub fn all(&self) -> [&Script; 5] {
-        [&self.put, &self.delete, &self.advance_zxid, &self.status, &self.fence]
+    pub fn all(&self) -> [&Script; 6] {
+        [&self.put, &self.put_batch, &self.delete, &self.advance_zxid, &self.status, &self.fence]
     }
 
     /// The script with hash `sha` and line `line` (1-based) of its text as loaded (the shared

@@ -447,7 +447,7 @@ async fn a_mirror_user_short_of_a_right_is_told_which_and_recovers_once_granted(
     let zk_connect = zk_server.connect_string();
     let mut process = daemon(&["--zk", &zk_connect, "--redis", &mirror_url, "--root", &root], &log);
     let line = process.wait_for_log("refused user zkmirror").await;
-    assert!(line.contains("the command XADD in put.lua, line "), "{line}");
+    assert!(line.contains("the command XADD in put_batch.lua, line "), "{line}");
     assert!(line.contains("redis.call('XADD'") && line.contains("schema/redis-acl.conf"), "{line}");
     assert!(!line.contains(MIRROR.1), "the password stays out of the log: {line}");
     // Redis answers but refuses the writes: the status says so (it needs no refused command).

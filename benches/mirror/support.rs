@@ -269,13 +269,16 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
 }
 
 /// Context for the cold sync: the mirror's own Redis stage alone. The same znodes go through
-/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (the schema's `put.lua`, one
-/// pipeline of 1000 in flight, as the mirror sends them) into an empty Redis, with no
-/// ZooKeeper at all. A cold sync cannot finish sooner than this; the gap between the two is
-/// what reading ZooKeeper adds. Leaves the keys in place; the caller flushes.
-pub async fn scripted_write(redis_url: &str, nodes: usize) -> Duration {
+/// zkmirror's [`Store::apply`](zkmirror::testing::Store::apply) (one pipeline of 1000 in
+/// flight, as the mirror sends them) into an empty Redis, with no ZooKeeper at all: with
+/// `batches`, as the mirror writes to one Redis (`put_batch.lua`, up to 128 znodes per call),
+/// else one `put.lua` call per znode (as to a Redis Cluster). A cold sync cannot finish sooner
+/// than the first; the gap between the two is what reading ZooKeeper adds. Leaves the keys in
+/// place; the caller flushes.
+pub async fn scripted_write(redis_url: &str, nodes: usize, batches: bool) -> Duration {
     let config = zkmirror::MirrorConfig::new("127.0.0.1:1", redis_url, ROOT);
-    let store = zkmirror::testing::Store::new(&config).expect("a store for the scripted write");
+    let store =
+        zkmirror::testing::Store::new(&config).expect("a store for the scripted write").with_put_batches(batches);
     store.load_scripts().await.expect("loading the schema's scripts");
     let paths = tree_paths(nodes);
     let started = Instant::now();
@@ -754,6 +757,15 @@ pub fn zookeeper_version(zk: &ZkServer) -> String {
 pub async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> String {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.unwrap_or_default();
     info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU seconds Redis's main thread (the one that runs every command and script) has used so
+/// far, from `INFO cpu` (getrusage, microseconds): the Redis time of a phase is the difference,
+/// which other load on the machine does not inflate as it does the wall time.
+pub async fn redis_main_cpu_s(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.expect("INFO cpu");
+    let field = |name: &str| info_field(&info, name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    field("used_cpu_user_main_thread") + field("used_cpu_sys_main_thread")
 }
 
 /// A field of an `INFO` answer.
