@@ -1,0 +1,210 @@
+//! A real Redis Cluster for the tests and the benchmark: `redis-server --cluster-enabled yes`
+//! per node, each in its own temp dir on its own loopback port (its cluster bus port chosen free
+//! too), joined by `redis-cli --cluster create ... --cluster-yes`. Every process is killed by pid
+//! when the [`ClusterSetup`] is dropped (the nodes are [`crate::servers`]' guarded processes; the
+//! `redis-cli` runs are waited for).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::servers::{free_port, SentinelNode};
+
+const REDIS_CLI: &str = "/usr/bin/redis-cli";
+
+/// How long the nodes may take to agree (`cluster_state:ok` on every node).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Redis Cluster: `masters` primaries, each with `replicas` replicas.
+pub struct ClusterSetup {
+    nodes: Vec<SentinelNode>,
+}
+
+/// `cluster-node-timeout`: how long a silent primary counts as alive (small, for the failover
+/// test: a replica is promoted about twice this after its primary died).
+const NODE_TIMEOUT_MS: u64 = 1000;
+
+impl ClusterSetup {
+    /// 3 primaries, no replicas.
+    pub fn start() -> ClusterSetup {
+        ClusterSetup::start_with(3, 0)
+    }
+
+    pub fn start_with(masters: usize, replicas: usize) -> ClusterSetup {
+        let nodes: Vec<SentinelNode> = (0..masters * (1 + replicas))
+            .map(|_| {
+                SentinelNode::start("redis-cluster-node", false, |_| {
+                    format!(
+                        "save \"\"\nappendonly no\ncluster-enabled yes\ncluster-config-file nodes.conf\n\
+                         cluster-node-timeout {NODE_TIMEOUT_MS}\ncluster-port {}\n\
+                         cluster-require-full-coverage yes\ncluster-allow-replica-migration no\n",
+                        free_port()
+                    )
+                })
+            })
+            .collect();
+        let mut create = Command::new(REDIS_CLI);
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.arg("--cluster-replicas").arg(replicas.to_string()).arg("--cluster-yes");
+        let output = create.output().unwrap_or_else(|e| panic!("running redis-cli --cluster create: {e}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let setup = ClusterSetup { nodes };
+        setup.wait_ready(masters);
+        setup
+    }
+
+    /// Until every live node says `cluster_state:ok`, knows every node and sees all 16,384 slots
+    /// served, and `masters` primaries.
+    pub fn wait_ready(&self, masters: usize) {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < READY_TIMEOUT {
+            let live: Vec<u16> = self.live_ports();
+            let infos: Vec<String> = live.iter().map(|p| cli(*p, &["CLUSTER", "INFO"])).collect();
+            let ok = infos.iter().all(|i| {
+                i.contains("cluster_state:ok")
+                    && i.contains("cluster_slots_ok:16384")
+                    && i.contains(&format!("cluster_size:{masters}"))
+            });
+            let replicas_synced = live.iter().all(|p| {
+                let info = cli(*p, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if ok && replicas_synced {
+                eprintln!("[harness] Redis Cluster of {} nodes ready after {:?}", live.len(), started.elapsed());
+                return;
+            }
+            last = format!("{infos:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("Redis Cluster not ready after {READY_TIMEOUT:?}: {last}");
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes.iter().filter(|n| n.process.is_some()).map(|n| n.port).collect()
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (every node, replicas included).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `redis://127.0.0.1:PORT/` of one node.
+    pub fn node_url(port: u16) -> String {
+        format!("redis://127.0.0.1:{port}/")
+    }
+
+    /// The ports of the primaries now, each with its node id and its number of slots, as a live
+    /// node's `CLUSTER NODES` says (`fail` nodes left out).
+    pub fn primaries(&self) -> Vec<(u16, String, usize)> {
+        let Some(port) = self.live_ports().first().copied() else { return Vec::new() };
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let mut primaries = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let node_port = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let slots: usize = fields[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+                    None => 1,
+                })
+                .sum();
+            primaries.push((node_port, fields[0].to_owned(), slots));
+        }
+        primaries.sort();
+        primaries
+    }
+
+    /// The primary serving `key` now (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS` via `redis-cli`).
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let Some(port) = self.live_ports().first().copied() else { panic!("no live node") };
+        let slot: usize = cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse().expect("CLUSTER KEYSLOT");
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().filter(|r| !r.starts_with('[')).any(|r| match r.split_once('-') {
+                Some((a, b)) => a.parse::<usize>().unwrap_or(1) <= slot && slot <= b.parse::<usize>().unwrap_or(0),
+                None => r.parse::<usize>().ok() == Some(slot),
+            });
+            if serves {
+                return fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            }
+        }
+        panic!("no primary serves slot {slot}: {nodes}")
+    }
+
+    /// Moves `slots` slots from the primary `from` to the primary `to` (node ids), keys and all
+    /// (`redis-cli --cluster reshard`: `CLUSTER SETSLOT ... IMPORTING/MIGRATING`, `MIGRATE`,
+    /// `SETSLOT ... NODE`, slot by slot). Blocks until done.
+    pub fn reshard(&self, from: &str, to: &str, slots: usize) {
+        let port = self.live_ports()[0];
+        let output = Command::new(REDIS_CLI)
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--cluster-from", from, "--cluster-to", to, "--cluster-slots", &slots.to_string()])
+            .args(["--cluster-yes", "--cluster-pipeline", "10"])
+            .output()
+            .unwrap_or_else(|e| panic!("running redis-cli --cluster reshard: {e}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster reshard failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Kills the node on `port` (SIGKILL, reaped): `kill -9`.
+    pub fn kill_node(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap_or_else(|| panic!("no node on port {port}"));
+        node.process = None;
+    }
+
+    /// Runs `args` on the node on `port` through `redis-cli` and answers its output.
+    pub fn ask(&self, port: u16, args: &[&str]) -> String {
+        cli(port, args)
+    }
+
+    /// Waits until a primary other than `old` serves the slots `old` served and every live node
+    /// says `cluster_state:ok`; answers its port.
+    pub fn wait_for_failover(&self, old: u16, key: &str, deadline: Duration) -> u16 {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < deadline {
+            let ok = self.live_ports().iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                let now = std::panic::catch_unwind(|| self.primary_of(key)).unwrap_or(old);
+                if now != old {
+                    return now;
+                }
+            }
+            last = self.live_ports().first().map(|p| cli(*p, &["CLUSTER", "NODES"])).unwrap_or_default();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("no failover of port {old} within {deadline:?}: {last}");
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`: its output, or the error as text (diagnostics and polling).
+fn cli(port: u16, args: &[&str]) -> String {
+    match Command::new(REDIS_CLI).arg("-p").arg(port.to_string()).args(args).output() {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(e) => format!("redis-cli: {e}"),
+    }
+}
