@@ -520,6 +520,11 @@ impl ClusterLink {
             if let Some(e) = failure {
                 return (answers, Some(e));
             }
+            if !next.is_empty() {
+                // Rare outside a resharding or a failover; an operator sees the cluster moving.
+                tracing::info!(cluster = %self.url.masked(), commands = next.len(), moved, try_again = pause,
+                               "commands redirected by the cluster (MOVED, ASK or TRYAGAIN): sent again");
+            }
             next.sort_by_key(|(i, _)| *i);
             pending = next;
             if moved {

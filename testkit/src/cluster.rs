@@ -170,6 +170,49 @@ impl ClusterSetup {
         );
     }
 
+    /// Moves the slot of `key` from its primary to the primary `to` (a port) by hand, slowly, the
+    /// way `redis-cli --cluster reshard` does it for each slot: `SETSLOT IMPORTING` on the target,
+    /// `SETSLOT MIGRATING` on the source, a pause (commands on the slot meet `TRYAGAIN`, or `ASK`
+    /// once their keys are gone), `MIGRATE` of every key, a pause (`ASK`), then `SETSLOT NODE` on
+    /// every primary (`MOVED` from then on). Answers whether the slot moved (false: `key`'s
+    /// primary is `to` already).
+    pub fn migrate_slot_of(&self, key: &str, to: u16, pause: Duration) -> bool {
+        let from = self.primary_of(key);
+        if from == to {
+            return false;
+        }
+        let slot = cli(from, &["CLUSTER", "KEYSLOT", key]).trim().to_owned();
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |port: u16, args: &[&str]| {
+            let out = cli(port, args);
+            assert!(out.contains("OK") || out.contains("NOKEY"), "{args:?} on port {port}: {out:?}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        std::thread::sleep(pause);
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "REPLACE", "KEYS"];
+            args.extend(keys.iter().copied());
+            ok(from, &args);
+        }
+        std::thread::sleep(pause);
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for (port, _, _) in self.primaries() {
+            if port != from && port != to {
+                ok(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+        true
+    }
+
     /// Kills the node on `port` (SIGKILL, reaped): `kill -9`.
     pub fn kill_node(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap_or_else(|| panic!("no node on port {port}"));
