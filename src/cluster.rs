@@ -56,6 +56,11 @@ pub const MAX_NODES: u64 = 1024;
 /// answer is given to the caller as it is (the store then takes Redis for unavailable).
 const MAX_REDIRECTS: usize = 64;
 
+/// How old the slot map may get before the next command asks for it again: a failover of a
+/// primary the mirror has nothing to write to (ZooKeeper quiet, the status hash elsewhere) shows
+/// no error, only a new primary in the slot map; the heartbeat's status write finds it.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 /// The pause before a command answered `TRYAGAIN` is sent again.
 const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(20);
 
@@ -167,6 +172,8 @@ struct Topology {
     primaries: Vec<String>,
     /// The primaries' node ids, for telling a failover from a resharding.
     ids: BTreeSet<String>,
+    /// When it was asked for.
+    fetched: std::time::Instant,
 }
 
 impl Topology {
@@ -210,7 +217,7 @@ impl Topology {
             }
         }
         let ids = owners.into_iter().map(|(_, _, addr, id)| if id.is_empty() { addr } else { id }).collect();
-        Ok(Topology { slots, primaries, ids })
+        Ok(Topology { slots, primaries, ids, fetched: std::time::Instant::now() })
     }
 }
 
@@ -340,11 +347,12 @@ impl ClusterLink {
 
     /// The slot map, asked for if there is none.
     async fn topology(&self) -> RedisResult<Arc<Topology>> {
-        if let Some(topology) = self.state().topology.clone() {
+        let fresh = |t: &Arc<Topology>| t.fetched.elapsed() < REFRESH_EVERY;
+        if let Some(topology) = self.state().topology.clone().filter(fresh) {
             return Ok(topology);
         }
         let _one = self.refreshing.lock().await;
-        if let Some(topology) = self.state().topology.clone() {
+        if let Some(topology) = self.state().topology.clone().filter(fresh) {
             return Ok(topology);
         }
         self.refresh_locked().await

@@ -303,6 +303,59 @@ async fn a_primary_killed_under_load_its_replica_promoted_the_copy_is_repaired()
     mirror.stop().await;
 }
 
+/// (3b) The deterministic case: the victim's replica is paused and cut off while the mirror
+/// writes, so the primary acknowledges writes the replica never gets; the primary is then killed
+/// and the replica promoted. ZooKeeper stays quiet afterwards and the status hash is on another
+/// primary, so the mirror meets no error at all: only the new primary's id in the slot map
+/// (refreshed every second) tells it, and only its reconcile can bring the lost writes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_promoted_replica_never_received_are_repaired() {
+    let mut cluster = ClusterSetup::start_with(3, 1);
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("cluster-lost");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 12, 1, 8).await;
+    let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
+    let conn = any_conn(&cluster.url()).await;
+    assert_converges_any(&zk, &conn, "zk", &root).await;
+
+    let status_node = cluster.primary_of("zk:mirror");
+    let victim = cluster
+        .primaries()
+        .into_iter()
+        .map(|(port, _, _)| port)
+        .find(|port| {
+            *port != status_node && (0..12).any(|i| cluster.primary_of(&format!("zk:{{{root}/n{i}}}")) == *port)
+        })
+        .expect("a primary without the status hash that holds some znodes");
+    let lost: Vec<String> = (0..12)
+        .map(|i| format!("{root}/n{i}"))
+        .filter(|p| cluster.primary_of(&format!("zk:{{{p}}}")) == victim)
+        .collect();
+    let replica = cluster.replica_of(victim);
+    cluster.pause_node(replica, true);
+    let killed = cluster.ask(victim, &["CLIENT", "KILL", "TYPE", "replica"]);
+    assert!(killed.trim().parse::<u32>().unwrap_or(0) >= 1, "CLIENT KILL TYPE replica: {killed:?}");
+    for path in &lost {
+        zk.set_data(path, b"acknowledged-then-lost", None).await.expect("set");
+    }
+    assert_converges_any(&zk, &conn, "zk", &root).await;
+    cluster.kill_node(victim);
+    cluster.pause_node(replica, false);
+    let promoted = tokio::task::block_in_place(|| {
+        cluster.wait_for_failover(victim, &format!("zk:{{{}}}", lost[0]), Duration::from_secs(60))
+    });
+    assert_eq!(promoted, replica);
+    let mut node = common::world::redis_conn(&ClusterSetup::node_url(replica)).await;
+    let held: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("zk:{{{}}}", lost[0])).query_async(&mut node).await.expect("GET");
+    eprintln!("the promoted replica held {:?} for {}", held.map(|d| String::from_utf8_lossy(&d).into_owned()), lost[0]);
+    // No ZooKeeper change from here on: only a reconcile can bring the lost writes back.
+    assert_converges_any(&zk, &conn, "zk", &root).await;
+    mirror.stop().await;
+}
+
 /// The mechanism behind (3), at the store: once the slot map shows a primary it did not know (a
 /// promoted replica), every command fails as in an outage until the scripts are loaded again
 /// (the engine's probe after an outage, always followed by a reconcile walk).

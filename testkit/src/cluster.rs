@@ -36,7 +36,8 @@ impl ClusterSetup {
                     format!(
                         "save \"\"\nappendonly no\ncluster-enabled yes\ncluster-config-file nodes.conf\n\
                          cluster-node-timeout {NODE_TIMEOUT_MS}\ncluster-port {}\n\
-                         cluster-require-full-coverage yes\ncluster-allow-replica-migration no\n",
+                         cluster-require-full-coverage no\ncluster-allow-replica-migration no\n\
+                         cluster-replica-validity-factor 0\nreplica-serve-stale-data yes\n",
                         free_port()
                     )
                 })
@@ -130,8 +131,13 @@ impl ClusterSetup {
 
     /// The primary serving `key` now (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS` via `redis-cli`).
     pub fn primary_of(&self, key: &str) -> u16 {
-        let Some(port) = self.live_ports().first().copied() else { panic!("no live node") };
-        let slot: usize = cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse().expect("CLUSTER KEYSLOT");
+        self.try_primary_of(key).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_primary_of(&self, key: &str) -> Result<u16, String> {
+        let Some(port) = self.live_ports().first().copied() else { return Err("no live node".to_owned()) };
+        let slot: usize =
+            cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse().map_err(|e| format!("CLUSTER KEYSLOT: {e}"))?;
         let nodes = cli(port, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -143,10 +149,10 @@ impl ClusterSetup {
                 None => r.parse::<usize>().ok() == Some(slot),
             });
             if serves {
-                return fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+                return Ok(fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0));
             }
         }
-        panic!("no primary serves slot {slot}: {nodes}")
+        Err(format!("no primary serves slot {slot}: {nodes}"))
     }
 
     /// Moves `slots` slots from the primary `from` to the primary `to` (node ids), keys and all
@@ -219,6 +225,28 @@ impl ClusterSetup {
         node.process = None;
     }
 
+    /// The port of the replica of the primary on `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let id = cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(|f| f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()))
+            .unwrap_or_else(|| panic!("no replica of port {port}: {nodes}"))
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the node on `port`.
+    pub fn pause_node(&mut self, port: u16, paused: bool) {
+        let node = self.nodes.iter().find(|n| n.port == port).unwrap_or_else(|| panic!("no node on port {port}"));
+        let pid = node.process.as_ref().map(|p| p.pid()).unwrap_or_else(|| panic!("port {port} is killed"));
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a plain syscall on a child this process spawned and has not reaped.
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "signalling redis-server pid {pid}: {}", std::io::Error::last_os_error());
+    }
+
     /// Runs `args` on the node on `port` through `redis-cli` and answers its output.
     pub fn ask(&self, port: u16, args: &[&str]) -> String {
         cli(port, args)
@@ -232,7 +260,7 @@ impl ClusterSetup {
         while started.elapsed() < deadline {
             let ok = self.live_ports().iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
             if ok {
-                let now = std::panic::catch_unwind(|| self.primary_of(key)).unwrap_or(old);
+                let now = self.try_primary_of(key).unwrap_or(old);
                 if now != old {
                     return now;
                 }
