@@ -16,6 +16,9 @@
 //!    znode at once; kill → the change visible in Redis, and the standby's CPU and RSS.
 //! 7. **TLS** ([`tls`]): mutual TLS to both servers against plain TCP to the same servers,
 //!    alternately: cold sync and propagation, as TLS / plain ratios.
+//! 8. **Redis Cluster** ([`cluster`], `--only cluster`): a 3-primary cluster against one
+//!    redis-server in the same run, alternately: cold sync and propagation, as cluster / single
+//!    ratios, beside the machine's cores.
 //!
 //! Every figure is printed next to the reference it is measured against and the target,
 //! judged from the measurement (never hard-coded). How each figure is measured, and its
@@ -34,6 +37,8 @@
 
 #[path = "mirror/ceiling.rs"]
 mod ceiling;
+#[path = "mirror/cluster.rs"]
+mod cluster;
 #[path = "mirror/cold_sync.rs"]
 mod cold_sync;
 #[path = "mirror/failover.rs"]
@@ -123,6 +128,8 @@ enum Section {
     Failover,
     /// Section 7: mutual TLS on both sides against plain TCP, same servers.
     Tls,
+    /// Section 8: a 3-primary Redis Cluster against one redis-server, same run.
+    Cluster,
 }
 
 /// The helper processes: this binary started again by the benchmark itself.
@@ -189,6 +196,10 @@ fn main() {
         .then(|| runtime.block_on(tls::run(cli.tree_nodes, runs, cli.latency_rate, latency_seconds.min(10.0))));
     let failover = runs_section(Section::Failover)
         .then(|| runtime.block_on(failover::run(failover_rounds, cli.failover_session_ms)));
+    let cluster_section = runs_section(Section::Cluster).then(|| {
+        let changes = if cli.quick { 200 } else { 1000 };
+        runtime.block_on(cluster::run(sizes[0], runs, changes))
+    });
     let versions = support::versions();
     support::unpin_binaries();
     let loadavg_at_end = support::loadavg();
@@ -249,6 +260,11 @@ fn main() {
         tls::print(t, &v);
         verdicts.extend(v);
     }
+    if let Some(c) = &cluster_section {
+        let v = cluster::verdicts(c);
+        cluster::print(c, &v);
+        verdicts.extend(v);
+    }
     println!();
     let met = verdicts.iter().filter(|v| v.met).count();
     println!("Targets: {met} of {} met", verdicts.len());
@@ -285,6 +301,7 @@ fn main() {
             "memory": memory,
             "failover": failover,
             "tls": tls_section,
+            "cluster": cluster_section,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");
