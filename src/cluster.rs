@@ -580,35 +580,33 @@ impl ClusterLink {
     }
 
     /// A transaction (`MULTI` ... `EXEC`) goes whole to the primary of its first key's slot (its
-    /// keys must share a slot, as on any cluster); after a `MOVED` the slot map is asked again and
-    /// the transaction sent once more.
+    /// keys must share a slot, as on any cluster). Answered `MOVED`, `ASK`, `TRYAGAIN` or
+    /// `EXECABORT` (a redirect while queued: nothing ran), the slot map is asked again and the
+    /// transaction sent once more after a short pause (during a migration, until its slot has
+    /// moved).
     pub async fn transaction(&self, pipeline: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let slot = pipeline.cmd_iter().find_map(slot_of_cmd);
         let mut last = None;
-        for _ in 0..3 {
+        for _ in 0..MAX_REDIRECTS {
             let topology = self.topology().await?;
             let index = slot.and_then(|s| topology.slots[s]).unwrap_or(0);
             let addr = topology.primaries.get(index).cloned().unwrap_or_default();
-            let mut conn = self.node(&addr).await?;
+            let mut conn = self.node(&addr).await.inspect_err(|_| self.forget(&addr))?;
             match conn.req_packed_commands(pipeline, offset, count).await {
-                Err(e) if matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::Moved)) => {
-                    self.refresh().await?;
-                    last = Some(e);
-                }
+                Err(e) if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "EXECABORT")) => last = Some(e),
                 Err(e) => {
                     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                         self.forget(&addr);
                     }
                     return Err(e);
                 }
-                Ok(values) => {
-                    if values.iter().any(|v| matches!(v, Value::ServerError(e) if redirect(e).is_some())) {
-                        self.refresh().await?;
-                        continue;
-                    }
-                    return Ok(values);
+                Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(e) if redirect(e).is_some())) => {
+                    last = Some(RedisError::from(std::io::Error::other("a transaction was redirected")));
                 }
+                Ok(values) => return Ok(values),
             }
+            self.refresh().await?;
+            tokio::time::sleep(TRY_AGAIN_PAUSE).await;
         }
         Err(last.unwrap_or_else(|| RedisError::from(std::io::Error::other("a transaction kept being redirected"))))
     }
