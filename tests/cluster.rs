@@ -494,6 +494,61 @@ async fn a_deposed_leaders_writes_are_refused_on_every_primary() {
     assert_eq!(token.as_deref(), Some("20"));
 }
 
+/// `rediss+cluster://` with mutual TLS: every node speaks TLS to clients (and on its cluster
+/// bus) and demands a client certificate; the mirror reaches each primary at the TLS port the
+/// cluster reports, with the CA and identity of `--redis-tls-*`: the copy is exact, and `verify`
+/// through the binary with the same files agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_to_every_node_of_the_cluster() {
+    use common::tls::Pki;
+    use zkmirror::redis_conn::RedisFiles;
+    let pki = Pki::generate();
+    let cluster = ClusterSetup::start_tls(&common::RedisTls::mutual(&pki));
+    let url = cluster.tls_url();
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("cluster-tls");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 4, 2, 8).await;
+    let files = RedisFiles {
+        tls_ca: Some(&pki.ca),
+        tls_cert: Some(&pki.client.cert),
+        tls_key: Some(&pki.client.key),
+        password_file: None,
+    };
+    let (tls, password) = files.load(&url).expect("the test's TLS files load");
+    let mut config = test_config(&zk_connect, &url, &root);
+    config.redis_tls = tls.clone();
+    config.redis_password = password;
+    let mirror = RunningMirror::start(config);
+    let conn = zkmirror::redis_conn::connect_any(&url, &tls, None, &redis::AsyncConnectionConfig::new())
+        .await
+        .expect("a TLS connection to the cluster");
+    assert_converges_any(&zk, &conn, "zk", &root).await;
+    zk.set_data(&format!("{root}/n2"), b"over-tls", None).await.expect("set");
+    assert_converges_any(&zk, &conn, "zk", &root).await;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
+    let args = [
+        "verify",
+        "--zk",
+        &zk_connect,
+        "--redis",
+        &url,
+        "--root",
+        &root,
+        "--redis-tls-ca",
+        &ca,
+        "--redis-tls-cert",
+        &cert,
+        "--redis-tls-key",
+        &key,
+    ];
+    let verify = binary::run(binary_path(), &args).await;
+    assert_eq!(verify.code, 0, "verify: {}\n{}", verify.stdout, verify.stderr);
+    mirror.stop().await;
+}
+
 /// Bad Cluster URLs are refused before anything connects: exit 2, a message naming what is
 /// wrong, never the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A Redis Cluster: `masters` primaries, each with `replicas` replicas.
 pub struct ClusterSetup {
     nodes: Vec<SentinelNode>,
+    /// With TLS: each node's `tls-port`, in the order of `nodes`.
+    tls_ports: Vec<u16>,
 }
 
 /// `cluster-node-timeout`: how long a silent primary counts as alive (small, for the failover
@@ -30,17 +32,47 @@ impl ClusterSetup {
     }
 
     pub fn start_with(masters: usize, replicas: usize) -> ClusterSetup {
+        ClusterSetup::launch(masters, replicas, None)
+    }
+
+    /// 3 primaries whose clients, cluster bus and replication speak TLS (`tls-port`,
+    /// `tls-cluster yes`, `tls-replication yes`, the server certificate of `tls`, clients
+    /// authenticated when `tls.auth_clients`); each node's plain `port` stays open for the
+    /// harness's own `redis-cli`. [`ClusterSetup::tls_url`] names the TLS ports.
+    pub fn start_tls(tls: &crate::servers::RedisTls) -> ClusterSetup {
+        ClusterSetup::launch(3, 0, Some(tls))
+    }
+
+    fn launch(masters: usize, replicas: usize, tls: Option<&crate::servers::RedisTls>) -> ClusterSetup {
+        let mut tls_ports = Vec::new();
         let nodes: Vec<SentinelNode> = (0..masters * (1 + replicas))
             .map(|_| {
-                SentinelNode::start("redis-cluster-node", false, |_| {
-                    format!(
+                let tls_port = std::cell::Cell::new(0);
+                let node = SentinelNode::start("redis-cluster-node", false, |_| {
+                    let mut lines = format!(
                         "save \"\"\nappendonly no\ncluster-enabled yes\ncluster-config-file nodes.conf\n\
                          cluster-node-timeout {NODE_TIMEOUT_MS}\ncluster-port {}\n\
                          cluster-require-full-coverage no\ncluster-allow-replica-migration no\n\
                          cluster-replica-validity-factor 0\nreplica-serve-stale-data yes\n",
                         free_port()
-                    )
-                })
+                    );
+                    if let Some(tls) = tls {
+                        tls_port.set(free_port());
+                        let path = |p: &std::path::Path| format!("\"{}\"", p.display());
+                        lines.push_str(&format!(
+                            "tls-port {}\ntls-cluster yes\ntls-replication yes\ntls-cert-file {}\ntls-key-file {}\n\
+                             tls-ca-cert-file {}\ntls-auth-clients {}\n",
+                            tls_port.get(),
+                            path(&tls.server.cert),
+                            path(&tls.server.key),
+                            path(&tls.client_ca),
+                            if tls.auth_clients.is_some() { "yes" } else { "no" },
+                        ));
+                    }
+                    lines
+                });
+                tls_ports.push(tls_port.get());
+                node
             })
             .collect();
         let mut create = Command::new(REDIS_CLI);
@@ -56,7 +88,7 @@ impl ClusterSetup {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let setup = ClusterSetup { nodes };
+        let setup = ClusterSetup { nodes, tls_ports: tls.map(|_| tls_ports).unwrap_or_default() };
         setup.wait_ready(masters);
         setup
     }
@@ -96,6 +128,14 @@ impl ClusterSetup {
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,...`: the nodes' TLS ports (a cluster started with
+    /// [`ClusterSetup::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        assert!(!self.tls_ports.is_empty(), "this cluster speaks no TLS");
+        let hosts: Vec<String> = self.tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("rediss+cluster://{}", hosts.join(","))
     }
 
     /// `redis://127.0.0.1:PORT/` of one node.
