@@ -777,6 +777,21 @@ mod tests {
     }
 
     #[test]
+    fn the_config_takes_a_cluster_url_and_never_shows_its_password() {
+        crate::config::validate_redis_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").expect("valid");
+        let err = crate::config::validate_redis_url("redis+cluster://u:hunter2@127.0.0.1").unwrap_err().to_string();
+        assert!(err.contains("is not HOST:PORT") && !err.contains("hunter2"), "{err}");
+        assert_eq!(crate::config::mask_url("rediss+cluster://u:hunter2@h:1,h:2"), "rediss+cluster://u:***@h:1,h:2");
+        assert!(!crate::config::mask_url("redis+cluster://u:hunter2@h").contains("hunter2"));
+        assert!(crate::redis_conn::is_tls_url("rediss+cluster://h:1"));
+        // TLS files with a plain cluster URL: refused, never a silent plain connection.
+        let ca = std::path::Path::new("/nonexistent/ca.pem");
+        let files = crate::redis_conn::RedisFiles { tls_ca: Some(ca), ..Default::default() };
+        let err = files.load("redis+cluster://u:hunter2@h:1").unwrap_err().why;
+        assert!(err.contains("rediss+cluster://") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn commands_are_routed_by_their_first_key() {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg("abc").arg(2).arg("zk:{/a}").arg("zk:{/a}:meta");
