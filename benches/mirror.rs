@@ -16,7 +16,10 @@
 //!    znode at once; kill → the change visible in Redis, and the standby's CPU and RSS.
 //! 7. **TLS** ([`tls`]): mutual TLS to both servers against plain TCP to the same servers,
 //!    alternately: cold sync and propagation, as TLS / plain ratios.
-//! 8. **Several targets** ([`targets`]): one process writing three independent Redis servers
+//! 8. **Redis Cluster** ([`cluster`], `--only cluster`): a 3-primary cluster against one
+//!    redis-server in the same run, alternately: cold sync and propagation, as cluster / single
+//!    ratios, beside the machine's cores.
+//! 9. **Several targets** ([`targets`], `--only targets`): one process writing three independent Redis servers
 //!    against one, alternately: cold sync and propagation, as 3 / 1 ratios.
 //!
 //! Every figure is printed next to the reference it is measured against and the target,
@@ -36,6 +39,8 @@
 
 #[path = "mirror/ceiling.rs"]
 mod ceiling;
+#[path = "mirror/cluster.rs"]
+mod cluster;
 #[path = "mirror/cold_sync.rs"]
 mod cold_sync;
 #[path = "mirror/failover.rs"]
@@ -127,7 +132,9 @@ enum Section {
     Failover,
     /// Section 7: mutual TLS on both sides against plain TCP, same servers.
     Tls,
-    /// Section 8: one process writing three independent Redis targets against one.
+    /// Section 8: a 3-primary Redis Cluster against one redis-server, same run.
+    Cluster,
+    /// Section 9: one process writing three independent Redis targets against one.
     Targets,
 }
 
@@ -197,6 +204,10 @@ fn main() {
         .then(|| runtime.block_on(targets::run(cli.tree_nodes, runs, cli.latency_rate, latency_seconds.min(10.0))));
     let failover = runs_section(Section::Failover)
         .then(|| runtime.block_on(failover::run(failover_rounds, cli.failover_session_ms)));
+    let cluster_section = runs_section(Section::Cluster).then(|| {
+        let changes = if cli.quick { 200 } else { 1000 };
+        runtime.block_on(cluster::run(sizes[0], runs, changes))
+    });
     let versions = support::versions();
     support::unpin_binaries();
     let loadavg_at_end = support::loadavg();
@@ -257,6 +268,11 @@ fn main() {
         tls::print(t, &v);
         verdicts.extend(v);
     }
+    if let Some(c) = &cluster_section {
+        let v = cluster::verdicts(c);
+        cluster::print(c, &v);
+        verdicts.extend(v);
+    }
     if let Some(t) = &targets_section {
         let v = targets::verdicts(t);
         targets::print(t, &v);
@@ -298,7 +314,8 @@ fn main() {
             "memory": memory,
             "failover": failover,
             "tls": tls_section,
-            "targets": targets_section,
+            "cluster": cluster_section,
+            "several_targets": targets_section,
             "targets": verdicts,
         });
         let text = serde_json::to_string_pretty(&figures).expect("serialising the figures");

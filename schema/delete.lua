@@ -7,7 +7,10 @@
 --   * the tombstone (KEYS[4]) records T, the highest zxid at which every incarnation created so
 --     far is known to be dead (see layout.md), and only ever grows; it expires after ARGV[2] ms,
 --     long after any read that could still be in flight;
---   * an applied delete appends one `del` entry to the change stream in the same step.
+--   * an applied delete appends one `del` entry to the change stream in the same step; with an
+--     empty ARGV[4] (behind a Redis Cluster, where the stream is in another slot; KEYS[5] is
+--     then KEYS[1]) it appends nothing and answers {1, mzxid, version, tombstone zxid} of the
+--     deleted version instead of 1, for the mirror to append the entry itself.
 --   * mode `hide` (the mirror lost READ permission) removes the keys without a tombstone: the
 --     znode still exists, and a later readable read must be accepted. It is ordered like a
 --     put: ARGV[8..11] are the znode's (czxid, mzxid, pzxid, aversion) when it was found
@@ -29,7 +32,8 @@
 --
 -- KEYS: 1 data, 2 meta, 3 children, 4 tombstone, 5 changes, 6 fence (of KEYS[1]'s hash slot)
 -- ARGV: 1 tombstone zxid T (decimal, may be empty: then the stored czxid is used),
---       2 tombstone ttl ms, 3 path, 4 stream max length, 5 mode (`delete`, `hide`, `exclude`),
+--       2 tombstone ttl ms, 3 path, 4 stream max length (empty: no stream entry, answer the
+--       deleted version instead), 5 mode (`delete`, `hide`, `exclude`),
 --       6 read deadline (unix ms by Redis's clock, or empty for none; see put.lua),
 --       7 history (`epoch`, decimal; empty = 0),
 --       8..11 czxid, mzxid, pzxid, aversion of the unreadable znode (mode `hide`; empty
@@ -43,8 +47,11 @@
 local refused = fence(KEYS[6], ARGV[12])
 if refused then return refused end
 
-local unusable = stream_unusable(KEYS[5], ARGV[3], 'deleted')
-if unusable then return unusable end
+local stream = ARGV[4] ~= ''
+if stream then
+  local unusable = stream_unusable(KEYS[5], ARGV[3], 'deleted')
+  if unusable then return unusable end
+end
 if ARGV[5] == 'delete' and (tonumber(ARGV[2]) or 0) < 1 then
   return redis.error_reply('ERR tombstone ttl ' .. ARGV[2] .. ' ms is below 1 ms: nothing deleted for ' ..
     ARGV[3] .. '; raise --tombstone-ttl')
@@ -91,6 +98,9 @@ end
 local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if removed == 0 then
   return 0
+end
+if not stream then
+  return {1, stored[2] or '', stored[3] or '', t}
 end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
   'op', 'del', 'path', ARGV[3], 'mzxid', stored[2] or '', 'version', stored[3] or '',

@@ -13,7 +13,11 @@
 --     includes the stored data bytes, every Stat field and the children set, so keys altered
 --     by another writer are repaired by the next walk;
 --   * every applied write appends one entry to the change stream (KEYS[5]) in the same step, so
---     a reader that sees the entry finds the change already in the keys;
+--     a reader that sees the entry finds the change already in the keys. Behind a Redis Cluster
+--     the stream lives in another slot than the znode, where no script may reach: there the
+--     mirror sends an empty ARGV[14] (and KEYS[5] = KEYS[1], a key of this slot, never read),
+--     the script appends nothing, and the mirror appends the entry itself once the script
+--     answered 1 (see layout.md, "Behind Redis Cluster");
 --   * a read held too long is never written: a tombstone lives only so long (its ttl), so a
 --     read older than that could resurrect what it no longer remembers. The mirror sends the
 --     deadline (when the read was sent + a bound below the tombstone ttl) and the script
@@ -36,7 +40,7 @@
 --       6 fence (STRING, the fence key of KEYS[1]'s hash slot)
 -- ARGV: 1 czxid, 2 mzxid, 3 pzxid, 4 ctime, 5 mtime, 6 version, 7 cversion, 8 aversion,
 --       9 ephemeral_owner, 10 data_length, 11 num_children, 12 mirrored_at (unix ms),
---       13 path, 14 stream max length (approximate), 15 read deadline (unix ms by Redis's own
+--       13 path, 14 stream max length (approximate; empty: no stream entry, the cluster case), 15 read deadline (unix ms by Redis's own
 --       clock, or empty for none), 16 history (`epoch`, decimal), 17 fencing token (or
 --       empty: not fenced), then (from FIXED + 1 on) the data bytes and the child names
 -- Returns: 0 unchanged, 1 written, 2 refused (older than stored), 3 refused (tombstoned),
@@ -53,8 +57,11 @@ local DATA = FIXED + 1
 local refused = fence(KEYS[6], ARGV[17])
 if refused then return refused end
 
-local unusable = stream_unusable(KEYS[5], ARGV[13], 'written')
-if unusable then return unusable end
+local stream = ARGV[14] ~= ''
+if stream then
+  local unusable = stream_unusable(KEYS[5], ARGV[13], 'written')
+  if unusable then return unusable end
+end
 
 if past_deadline(ARGV[15]) then
   return 4
@@ -135,6 +142,8 @@ if not children_fresh then
     i = last + 1
   end
 end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*',
-  'op', 'put', 'path', ARGV[13], 'mzxid', mzxid, 'version', ARGV[6], 'czxid', czxid)
+if stream then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*',
+    'op', 'put', 'path', ARGV[13], 'mzxid', mzxid, 'version', ARGV[6], 'czxid', czxid)
+end
 return 1

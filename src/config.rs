@@ -169,10 +169,10 @@ impl MirrorConfig {
     /// A Sentinel URL has no one server to build a client for: use
     /// [`MirrorConfig::redis_connect`] (or the store's link), which resolves the primary.
     pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
-        if crate::sentinel::is_sentinel_url(&self.redis_url) {
+        if crate::sentinel::is_sentinel_url(&self.redis_url) || crate::cluster::is_cluster_url(&self.redis_url) {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
-                "a Sentinel URL names no single server",
+                "a Sentinel or Cluster URL names no single server",
                 mask_url(&self.redis_url),
             )));
         }
@@ -184,8 +184,8 @@ impl MirrorConfig {
     pub async fn redis_connect(
         &self,
         config: &redis::AsyncConnectionConfig,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        crate::redis_conn::connect(&self.redis_url, &self.redis_tls, self.redis_password.as_ref(), config).await
+    ) -> redis::RedisResult<crate::redis_conn::RedisConn> {
+        crate::redis_conn::connect_any(&self.redis_url, &self.redis_tls, self.redis_password.as_ref(), config).await
     }
 
     /// How to reach ZooKeeper: the one connect path (see [`crate::zk::ZkConnect`]).
@@ -363,6 +363,9 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     if let Some(sentinel) = crate::sentinel::SentinelUrl::parse(url) {
         return sentinel.map(drop).map_err(bad);
     }
+    if let Some(cluster) = crate::cluster::ClusterUrl::parse(url) {
+        return cluster.map(drop).map_err(bad);
+    }
     // `HOST:PORT` is what redis-cli users type first; the url crate then reports "relative URL
     // without a base" or takes the host for a scheme, neither of which says what to write.
     let host_port = !url.contains("://")
@@ -374,7 +377,7 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| bad(format!("{e}; {REDIS_URL_FORM}")))?;
     if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
         return Err(bad(format!(
-            "the scheme {:?} is not redis://, rediss:// or redis+sentinel://; {REDIS_URL_FORM}",
+            "the scheme {:?} is not redis://, rediss://, redis+sentinel:// or redis+cluster://; {REDIS_URL_FORM}",
             parsed.scheme()
         )));
     }
@@ -392,6 +395,18 @@ pub fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
 
 /// The URL with any password replaced by `***`, for logs and errors.
 pub fn mask_url(url: &str) -> String {
+    match crate::cluster::ClusterUrl::parse(url) {
+        Some(Ok(cluster)) => return cluster.masked(),
+        Some(Err(_)) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("redis+cluster", url));
+            let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+            return match rest.rsplit_once('@') {
+                Some((_, after)) => format!("{scheme}://***@{after}"),
+                None => format!("{scheme}://{rest}"),
+            };
+        }
+        None => {}
+    }
     match crate::sentinel::SentinelUrl::parse(url) {
         Some(Ok(sentinel)) => return sentinel.masked(),
         // Unparsable: the scheme, and nothing of the userinfo (it may hold a password).

@@ -15,7 +15,11 @@ pub(crate) const SLOTS: usize = 16_384;
 /// The hash slot of `key`, by Redis's rule: the hash tag (between the first `{` and the first
 /// `}` after it, when not empty) or else the whole key, CRC16 XMODEM, modulo 16,384.
 pub(crate) fn slot_of(key: &str) -> usize {
-    let bytes = key.as_bytes();
+    slot_of_bytes(key.as_bytes())
+}
+
+/// [`slot_of`] for a key that may not be UTF-8 (a command's argument).
+pub(crate) fn slot_of_bytes(bytes: &[u8]) -> usize {
     let hashed = bytes
         .iter()
         .position(|b| *b == b'{')

@@ -119,11 +119,14 @@ impl RedisFiles<'_> {
         let parsed = url::Url::parse(url).ok();
         // A Sentinel URL (`a,b` hosts) is no `url::Url`: its own parser says what it holds.
         let sentinel = crate::sentinel::SentinelUrl::parse(url).and_then(Result::ok);
+        let cluster = crate::cluster::ClusterUrl::parse(url).and_then(Result::ok);
         let tls_url = parsed.as_ref().is_some_and(|u| matches!(u.scheme(), "rediss" | "valkeys"))
-            || sentinel.as_ref().is_some_and(|s| s.tls);
-        let url_password = match &sentinel {
-            Some(s) => s.password.is_some(),
-            None => parsed.as_ref().is_some_and(|u| u.password().is_some()),
+            || sentinel.as_ref().is_some_and(|s| s.tls)
+            || cluster.as_ref().is_some_and(|c| c.tls);
+        let url_password = match (&sentinel, &cluster) {
+            (Some(s), _) => s.password.is_some(),
+            (_, Some(c)) => c.password.is_some(),
+            (None, None) => parsed.as_ref().is_some_and(|u| u.password().is_some()),
         };
         let given = [
             (self.tls_ca, RedisSetting::TlsCa),
@@ -134,7 +137,7 @@ impl RedisFiles<'_> {
             return Err(RedisSettingError {
                 setting: *setting,
                 why: format!(
-                    "TLS files need a rediss:// (or rediss+sentinel://) URL, and the Redis URL is {}: write \
+                    "TLS files need a rediss:// (or rediss+sentinel://, rediss+cluster://) URL, and the Redis URL is {}: write \
                      rediss:// (zkmirror never connects in plain TCP when TLS files are given)",
                     crate::config::mask_url(url)
                 ),
@@ -305,6 +308,64 @@ pub async fn connect(
     }
 }
 
+/// A connection to any kind of Redis target: one server (or the primary a Sentinel names), or a
+/// Redis Cluster, whose commands go to the node of their slot ([`crate::cluster`]). What the
+/// one-shot commands (`status`, `verify`, `get`, `ls`) read through.
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster(crate::cluster::ClusterConn),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Node(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(conn) => conn.get_db(),
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// [`connect`] for any URL, a Cluster URL (`redis+cluster://`) included: for a cluster, the slot
+/// map is asked for now (so that an unreachable cluster fails here, as a server does).
+pub async fn connect_any(
+    url: &str,
+    tls: &RedisTls,
+    password: Option<&PasswordFile>,
+    config: &redis::AsyncConnectionConfig,
+) -> redis::RedisResult<RedisConn> {
+    match crate::cluster::ClusterUrl::parse(url) {
+        Some(parsed) => {
+            let parsed = parsed.map_err(|why| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad Cluster URL", why))
+            })?;
+            let link = std::sync::Arc::new(crate::cluster::ClusterLink::new(parsed, tls, password, config.clone()));
+            link.primaries().await?;
+            Ok(RedisConn::Cluster(crate::cluster::ClusterConn(link)))
+        }
+        None => connect(url, tls, password, config).await.map(RedisConn::Node),
+    }
+}
+
 /// What went wrong reaching `server` (a masked URL), for people: a TLS failure says it is one
 /// and why (which check the server's certificate failed, or that the other side does not speak
 /// TLS); a connection that gets no answer says what that usually means for its scheme.
@@ -348,16 +409,16 @@ pub fn is_misconfiguration(error: &redis::RedisError, server: &str) -> bool {
     let dropped = error.is_io_error() && ["reset by peer", "unexpected end of file"].iter().any(|n| text.contains(n));
     // Behind Sentinel the text may quote a sentinel's or a node's dropped connection: the
     // heuristic is for a plain client at a TLS port, which a Sentinel URL never names.
-    let sentinel = crate::sentinel::is_sentinel_url(server);
+    let sentinel = crate::sentinel::is_sentinel_url(server) || crate::cluster::is_cluster_url(server);
     tls_failure(error).is_some()
         || error.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("wrongpass")
         || (dropped && !tls_url && !sentinel)
 }
 
-/// Whether `url` asks for TLS: `rediss://`, `valkeys://`, `rediss+sentinel://`.
+/// Whether `url` asks for TLS: `rediss://`, `valkeys://`, `rediss+sentinel://`, `rediss+cluster://`.
 pub fn is_tls_url(url: &str) -> bool {
-    ["rediss://", "valkeys://", "rediss+sentinel://"].iter().any(|scheme| url.starts_with(scheme))
+    ["rediss://", "valkeys://", "rediss+sentinel://", "rediss+cluster://"].iter().any(|scheme| url.starts_with(scheme))
 }
 
 /// [`describe`], naming the files concerned when the failure was TLS's: the CA file when the

@@ -151,7 +151,7 @@ impl SentinelUrl {
 }
 
 /// Percent-decodes a URL component.
-fn decode(text: &str) -> Result<String, String> {
+pub(crate) fn decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

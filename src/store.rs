@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Pipeline, Value};
 
+use crate::cluster::{ClusterConn, ClusterLink, ClusterUrl};
 use crate::config::{mask_url, MirrorConfig};
 use crate::error::StoreError;
 use crate::path;
@@ -218,6 +219,12 @@ pub struct StatusWrite {
     pub existed: bool,
 }
 
+/// A write's change-stream entry behind a cluster, before its script answered.
+enum StreamEntry {
+    Put(redis::Cmd),
+    Delete { path: String, reason: &'static str },
+}
+
 /// How the store reaches Redis.
 #[derive(Clone)]
 enum Link {
@@ -226,6 +233,9 @@ enum Link {
     /// The primary of a Sentinel service: resolved again through the sentinels after a
     /// failure, since after a failover it is another server (see [`crate::sentinel`]).
     Sentinel(Arc<SentinelLink>),
+    /// A Redis Cluster: each command to the primary of its slot, pipelines split per node,
+    /// redirects followed per command (see [`crate::cluster`]).
+    Cluster(Arc<ClusterLink>),
 }
 
 /// The connection one command or pipeline goes over.
@@ -233,6 +243,7 @@ enum Link {
 enum Conn {
     Direct(ConnectionManager),
     Node(MultiplexedConnection),
+    Cluster(ClusterConn),
 }
 
 impl ConnectionLike for Conn {
@@ -240,6 +251,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Direct(conn) => conn.req_packed_command(cmd),
             Conn::Node(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -252,6 +264,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -259,6 +272,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Direct(conn) => conn.get_db(),
             Conn::Node(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
         }
     }
 }
@@ -309,7 +323,21 @@ impl Store {
         let server = mask_url(&config.redis_url);
         let connection_timeout = Duration::from_secs(2);
         let response_timeout = Duration::from_secs(10);
+        let node_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connection_timeout))
+            .set_response_timeout(Some(response_timeout));
+        let cluster = ClusterUrl::parse(&config.redis_url);
         let (link, user) = match SentinelUrl::parse(&config.redis_url) {
+            None if cluster.is_some() => {
+                let parsed = cluster.into_iter().flatten().next().ok_or_else(|| StoreError::Unexpected {
+                    server: server.clone(),
+                    what: "the Cluster URL",
+                    detail: ClusterUrl::parse(&config.redis_url).and_then(Result::err).unwrap_or_default(),
+                })?;
+                let user = parsed.user.clone().unwrap_or_else(|| "default".to_owned());
+                let link = ClusterLink::new(parsed, &config.redis_tls, config.redis_password.as_ref(), node_config);
+                (Link::Cluster(Arc::new(link)), user)
+            }
             Some(parsed) => {
                 let parsed = parsed.map_err(|why| StoreError::Unexpected {
                     server: server.clone(),
@@ -317,9 +345,6 @@ impl Store {
                     detail: why,
                 })?;
                 let user = parsed.user.clone().unwrap_or_else(|| "default".to_owned());
-                let node_config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connection_timeout))
-                    .set_response_timeout(Some(response_timeout));
                 let link = SentinelLink::new(parsed, &config.redis_tls, config.redis_password.as_ref(), node_config)
                     .map_err(|source| StoreError::Redis { server: server.clone(), source })?;
                 (Link::Sentinel(Arc::new(link)), user)
@@ -411,6 +436,12 @@ impl Store {
                 }
                 Ok(Conn::Node(conn))
             }
+            Link::Cluster(link) => {
+                if let Some(switch) = link.pending_switch() {
+                    return Err(StoreError::Redis { server: self.server.clone(), source: switch.error() });
+                }
+                Ok(Conn::Cluster(ClusterConn(link.clone())))
+            }
         }
     }
 
@@ -427,6 +458,22 @@ impl Store {
                 tracing::warn!(from = %switch.from, to = %switch.to,
                                "writing to a new Redis primary: reconciling the copy (a failover may have lost writes)");
             }
+        }
+        if let Link::Cluster(link) = &self.link {
+            // Every primary, so that no node answers NOSCRIPT to a pipeline (redis-rs loads no
+            // script there); asking for them refreshes the slot map, which is where a failover
+            // shows (a new primary's id): acknowledged here, and the engine reconciles.
+            let primaries = link.primaries().await.map_err(|e| self.error(e))?;
+            if let Some(switch) = link.take_switch() {
+                tracing::warn!(from = ?switch.from, to = ?switch.to,
+                               "writing to new Redis Cluster primaries: reconciling the copy (a failover may have lost writes)");
+            }
+            for (_, mut conn) in primaries {
+                for script in self.scripts.all() {
+                    script.load_async(&mut conn).await.map_err(|e| self.error(e))?;
+                }
+            }
+            return Ok(());
         }
         let mut conn = self.conn().await?;
         for script in self.scripts.all() {
@@ -513,10 +560,11 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let deadline = read_deadline_ms.map(|d| d.to_string()).unwrap_or_default();
+        let cluster = matches!(self.link, Link::Cluster(_));
         let mut sent: Vec<Sent> = Vec::new();
         let mut i = 0;
         while i < writes.len() {
-            let puts = if self.put_batches {
+            let puts = if self.put_batches && !cluster {
                 writes[i..].iter().take(PUT_BATCH).take_while(|w| matches!(w, Write::Put(_))).count()
             } else {
                 0
@@ -530,19 +578,26 @@ impl Store {
                 sent.push(Sent::Puts { first: i, count: puts });
                 i += puts;
             } else {
-                self.add_write(&mut pipe, &writes[i], now_ms, &deadline, epoch);
+                self.add_write(&mut pipe, &writes[i], now_ms, &deadline, epoch, cluster);
                 sent.push(Sent::One { index: i, is_put: matches!(writes[i], Write::Put(_)) });
                 i += 1;
             }
         }
+        let mut advance = redis::pipe();
         if let Some(zxid) = advance_to {
-            self.add_advance(&mut pipe, zxid, epoch);
+            // Behind a cluster, sent after the change-stream entries (see `apply_cluster`).
+            self.add_advance(if cluster { &mut advance } else { &mut pipe }, zxid, epoch);
         }
+        let entries: Vec<StreamEntry> =
+            if cluster { writes.iter().map(|w| self.stream_entry(w)).collect() } else { Vec::new() };
         let store = self.clone();
         let total = writes.len();
         async move {
             let mut conn = store.conn().await?;
-            let mut answers: Vec<Value> = pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?;
+            let mut answers: Vec<Value> = match &conn {
+                Conn::Cluster(link) => store.apply_cluster(&link.0, &pipe, &advance, entries).await?,
+                _ => pipe.query_async(&mut conn).await.map_err(|e| store.error(e))?,
+            };
             let expected = sent.len() + usize::from(advance_to.is_some());
             if answers.len() != expected {
                 return Err(
@@ -645,6 +700,98 @@ impl Store {
         }
     }
 
+    /// The cluster's half of [`Store::apply`]: the scripts (which append nothing to the change
+    /// stream there: it is in another slot) through the link, one pipeline per node; then, in the
+    /// batch's order, one `XADD` for each write a script applied, to the stream's own node; then
+    /// the status `zxid`, if asked for. So a stream entry is always appended after its change is
+    /// in the keys, and before any `zxid` that covers it is claimed (the caller claims a batch's
+    /// own zxid only with a later batch, once this one answered). A node that fails fails the
+    /// call, after the entries of what the other nodes applied are appended: the engine takes
+    /// Redis for down and reconciles. Answers as the single-Redis pipeline would: one value per
+    /// write (a delete's `{1, mzxid, version, zxid}` as 1), then the status answer if asked.
+    async fn apply_cluster(
+        &self,
+        link: &ClusterLink,
+        writes: &Pipeline,
+        advance: &Pipeline,
+        entries: Vec<StreamEntry>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let cmds: Vec<&redis::Cmd> = writes.cmd_iter().collect();
+        let (answers, failure) = link.run(&cmds).await;
+        let mut appends: Vec<redis::Cmd> = Vec::new();
+        for (answer, entry) in answers.iter().zip(entries) {
+            match (answer, entry) {
+                (Some(Value::Int(1)), StreamEntry::Put(cmd)) => appends.push(cmd),
+                (Some(Value::Array(deleted)), StreamEntry::Delete { path, reason }) => {
+                    let text = |i: usize| -> String {
+                        deleted.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default()
+                    };
+                    let mut cmd = redis::cmd("XADD");
+                    cmd.arg(self.keys.changes()).arg("MAXLEN").arg("~").arg(self.changes_maxlen).arg("*");
+                    cmd.arg("op").arg("del").arg("path").arg(path).arg("mzxid").arg(text(1));
+                    cmd.arg("version").arg(text(2)).arg("zxid").arg(text(3)).arg("reason").arg(reason);
+                    appends.push(cmd);
+                }
+                _ => {}
+            }
+        }
+        if !appends.is_empty() {
+            let refs: Vec<&redis::Cmd> = appends.iter().collect();
+            let (appended, append_failure) = link.run(&refs).await;
+            if let Some(e) = append_failure {
+                return Err(self.error(e));
+            }
+            if let Some(Some(Value::ServerError(e))) =
+                appended.into_iter().find(|a| matches!(a, Some(Value::ServerError(_))))
+            {
+                // The stream key holds another type, or the stream's node refuses writes: the
+                // changes are in, their entries are not, so no zxid may be claimed over them.
+                if failure.is_none() {
+                    return Err(self.unexpected("an append to the change stream", describe(&e)));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(self.error(e));
+        }
+        let mut answers: Vec<Value> = answers
+            .into_iter()
+            .map(|a| match a {
+                Some(Value::Array(deleted)) if matches!(deleted.first(), Some(Value::Int(1))) => Value::Int(1),
+                Some(value) => value,
+                None => Value::Nil,
+            })
+            .collect();
+        if !advance.is_empty() {
+            let cmds: Vec<&redis::Cmd> = advance.cmd_iter().collect();
+            let (mut advanced, failure) = link.run(&cmds).await;
+            if let Some(e) = failure {
+                return Err(self.error(e));
+            }
+            answers.push(advanced.pop().flatten().unwrap_or(Value::Nil));
+        }
+        Ok(answers)
+    }
+
+    /// What a write's change-stream entry will say, behind a cluster (see `apply_cluster`): a
+    /// put's whole entry (everything is known before the script runs), a delete's path and
+    /// reason (the deleted version comes from the script's answer).
+    fn stream_entry(&self, write: &Write) -> StreamEntry {
+        match write {
+            Write::Put(znode) => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(self.keys.changes()).arg("MAXLEN").arg("~").arg(self.changes_maxlen).arg("*");
+                cmd.arg("op").arg("put").arg("path").arg(&znode.path).arg("mzxid").arg(znode.stat.mzxid);
+                cmd.arg("version").arg(znode.stat.version).arg("czxid").arg(znode.stat.czxid);
+                StreamEntry::Put(cmd)
+            }
+            Write::Delete { path, .. } => StreamEntry::Delete { path: path.clone(), reason: "delete" },
+            Write::Hide { path, .. } | Write::Exclude { path } => {
+                StreamEntry::Delete { path: path.clone(), reason: "hide" }
+            }
+        }
+    }
+
     fn add_advance(&self, pipe: &mut Pipeline, zxid: i64, epoch: u64) {
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         pipe.cmd("EVALSHA")
@@ -731,7 +878,11 @@ impl Store {
 
     /// The history (`epoch`) goes right after the fixed arguments each script already had: put
     /// ARGV[16] (data and children follow it), delete ARGV[7] (the hide-only Stat follows it).
-    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64, deadline: &str, epoch: u64) {
+    ///
+    /// `cluster`: the scripts append nothing to the change stream, which is in another slot: the
+    /// stream key is replaced by the data key (same slot, never read) and the stream length by
+    /// an empty argument (see `apply_cluster`).
+    fn add_write(&self, pipe: &mut Pipeline, write: &Write, now_ms: u64, deadline: &str, epoch: u64, cluster: bool) {
         let keys = &self.keys;
         let path = write.path();
         let script = match write {
@@ -740,6 +891,8 @@ impl Store {
         };
         let data_key = keys.data(path);
         let fence_key = self.fence_key_for(&data_key);
+        let changes = if cluster { data_key.clone() } else { keys.changes() };
+        let maxlen = if cluster { String::new() } else { self.changes_maxlen.to_string() };
         // EVALSHA built by hand: scripts in a pipeline are not loaded for us (see load_scripts).
         let cmd = pipe
             .cmd("EVALSHA")
@@ -749,14 +902,14 @@ impl Store {
             .arg(keys.meta(path))
             .arg(keys.children(path))
             .arg(keys.tomb(path))
-            .arg(keys.changes())
+            .arg(changes)
             .arg(fence_key);
         match write {
             Write::Put(znode) => {
                 cmd.arg(&znode.stat.fields()[..])
                     .arg(now_ms)
                     .arg(path)
-                    .arg(self.changes_maxlen)
+                    .arg(&maxlen)
                     .arg(deadline)
                     .arg(epoch)
                     .arg(&self.fence_arg)
@@ -768,21 +921,21 @@ impl Store {
                 cmd.arg(tomb_zxid.map(|z| z.to_string()).unwrap_or_default())
                     .arg(self.tombstone_ttl_ms)
                     .arg(path)
-                    .arg(self.changes_maxlen)
+                    .arg(&maxlen)
                     .arg("delete")
                     .arg(deadline)
                     .arg(epoch)
                     .arg(&["", "", "", ""][..]);
             }
             Write::Hide { stat, .. } => {
-                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(self.changes_maxlen).arg("hide").arg(deadline);
+                cmd.arg("").arg(self.tombstone_ttl_ms).arg(path).arg(&maxlen).arg("hide").arg(deadline);
                 cmd.arg(epoch).arg(stat.czxid).arg(stat.mzxid).arg(stat.pzxid).arg(stat.aversion);
             }
             Write::Exclude { .. } => {
                 cmd.arg("")
                     .arg(self.tombstone_ttl_ms)
                     .arg(path)
-                    .arg(self.changes_maxlen)
+                    .arg(&maxlen)
                     .arg("exclude")
                     .arg(deadline)
                     .arg(epoch)

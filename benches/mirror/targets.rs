@@ -1,4 +1,4 @@
-//! Section 8, several targets: one `zkmirror run` writing three independent Redis servers
+//! Section 9, several targets: one `zkmirror run` writing three independent Redis servers
 //! (`--redis t1=... --redis t2=... --redis t3=...`) against the same process writing one, same
 //! ZooKeeper and tree, alternately. Cold sync: from emptied servers until every target says
 //! `live` and is exact. Propagation: the measurement of section 2, the reader polling the
@@ -159,7 +159,7 @@ pub fn verdicts(t: &Targets) -> Vec<Verdict> {
 pub fn print(t: &Targets, verdicts: &[Verdict]) {
     println!();
     println!(
-        "8. Several targets (one process writing 3 independent Redis servers against 1, alternately; {} znodes; {} cold syncs and propagation passes each, medians; {} cores)",
+        "9. Several targets (one process writing 3 independent Redis servers against 1, alternately; {} znodes; {} cold syncs and propagation passes each, medians; {} cores)",
         t.znodes,
         t.one_cold_sync_s.len(),
         t.cores

@@ -22,12 +22,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{mask_url, validate_prefix, validate_redis_url, validate_zk_servers};
+use crate::redis_conn::RedisConn;
 use crate::redis_conn::{describe, describe_with_files, PasswordFile, RedisFiles, RedisTls};
 use crate::settings::Overrides;
 use crate::{ZkConnect, ZkDigest};
 use anyhow::Context;
 use clap::Args;
-use redis::aio::MultiplexedConnection;
 
 /// The answer is "no": differences, a stale mirror, a missing znode.
 pub const NO: u8 = 1;
@@ -45,7 +45,8 @@ const CONNECT_RETRY: Duration = Duration::from_millis(250);
 #[derive(Args)]
 pub struct RedisArgs {
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS), or
-    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://).
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://), or
+    /// redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster://).
     #[arg(long, env = "ZKMIRROR_REDIS", default_value = crate::config::DEFAULT_REDIS_URL)]
     pub redis: String,
     /// Key prefix in Redis.
@@ -192,7 +193,7 @@ pub async fn connect_zk(zk: &ZkConnect) -> anyhow::Result<zookeeper_client::Clie
 
 /// A connection to the copy's Redis, after checking the URL, the prefix and the files. Returns
 /// the server's name (password masked) for messages.
-pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<(MultiplexedConnection, String)> {
+pub async fn connect_redis(args: &RedisArgs) -> anyhow::Result<(RedisConn, String)> {
     validate_prefix(&args.prefix)?;
     validate_redis_url(&args.redis)?;
     let (tls, password) = args.files.load(&args.redis)?;
@@ -206,16 +207,16 @@ pub async fn connect_redis_with(
     url: &str,
     tls: &RedisTls,
     password: Option<&PasswordFile>,
-) -> anyhow::Result<(MultiplexedConnection, String)> {
+) -> anyhow::Result<(RedisConn, String)> {
     let server = mask_url(url);
-    if !crate::sentinel::is_sentinel_url(url) {
+    if !crate::sentinel::is_sentinel_url(url) && !crate::cluster::is_cluster_url(url) {
         crate::redis_conn::client(url, tls, password)
             .map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {}", describe(&e, &server)))?;
     }
     let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
     // Not `.context()`: a RedisError's text already ends with its io error's, which `{:#}`
     // would print a second time as the source. Behind Sentinel: the primary named now.
-    let conn = crate::redis_conn::connect(url, tls, password, &config).await.map_err(|e| {
+    let conn = crate::redis_conn::connect_any(url, tls, password, &config).await.map_err(|e| {
         anyhow::anyhow!("cannot connect to Redis at {server}: {}", describe_with_files(&e, &server, tls))
     })?;
     Ok((conn, server))

@@ -34,7 +34,8 @@ struct SettingsArgs {
     #[command(flatten)]
     zk: super::ZkArgs,
     /// Redis URL, redis://[user:password@]host:port[/db] (rediss:// for TLS), or
-    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://)
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/service (rediss+sentinel://), or
+    /// redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster://)
     /// [default: redis://127.0.0.1:6379/].
     /// Several targets: give --redis once per target, each as NAME=URL.
     #[arg(long, env = "ZKMIRROR_REDIS", value_name = "[NAME=]URL")]
@@ -174,7 +175,7 @@ async fn preflight(settings: &Settings) -> anyhow::Result<()> {
         };
         if !redis_checked.iter().any(same_redis) {
             let server = crate::config::mask_url(&m.redis_url);
-            if !crate::sentinel::is_sentinel_url(&m.redis_url) {
+            if !crate::sentinel::is_sentinel_url(&m.redis_url) && !crate::cluster::is_cluster_url(&m.redis_url) {
                 m.redis_client().map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {e}"))?;
             }
             let config = redis::AsyncConnectionConfig::new()

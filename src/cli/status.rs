@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use crate::lag::{read_clock, Behind, SubtreeClock};
 use crate::reader::{mirror_state, root_state, MirrorState};
+use crate::redis_conn::RedisConn;
 use crate::schema::Keys;
 use clap::Args;
-use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
 use super::{connect_redis, connect_zk, human_ms, no, now_ms, write_stdout, RedisArgs};
@@ -92,7 +92,7 @@ struct Leadership {
     fence: Option<String>,
 }
 
-async fn read_leadership(conn: &mut MultiplexedConnection, key: &str, server: &str) -> anyhow::Result<Leadership> {
+async fn read_leadership(conn: &mut RedisConn, key: &str, server: &str) -> anyhow::Result<Leadership> {
     let (leader, since, fence): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
         .arg(key)
         .arg("leader")
@@ -196,7 +196,7 @@ impl Report {
 /// Reads and judges the status of `keys`' prefix in one Redis.
 async fn report(
     args: &StatusArgs,
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     server: &str,
     keys: &Keys,
     zk: Option<&zookeeper_client::Client>,
@@ -253,7 +253,7 @@ struct Inquiry<'a> {
 
 impl Inquiry<'_> {
     /// Reads and judges one root's own status hash (`root`), or `P:mirror` (`None`).
-    async fn observe(&self, conn: &mut MultiplexedConnection, root: Option<&str>) -> anyhow::Result<Section> {
+    async fn observe(&self, conn: &mut RedisConn, root: Option<&str>) -> anyhow::Result<Section> {
         let key = root.map_or_else(|| self.keys.status(), |r| self.keys.root_status(r));
         match read_state(conn, self.keys, root, self.server).await? {
             Some(state) => self.observe_with(conn, root, state, root).await,
@@ -273,7 +273,7 @@ impl Inquiry<'_> {
     /// at `lag_root` when ZooKeeper was given.
     async fn observe_with(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConn,
         status_root: Option<&str>,
         mut state: MirrorState,
         lag_root: Option<&str>,
@@ -329,7 +329,7 @@ impl Inquiry<'_> {
 
 /// Reads `P:mirror` (`root` is `None`) or `P:mirror:{ROOT}`.
 async fn read_state(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     keys: &Keys,
     root: Option<&str>,
     server: &str,

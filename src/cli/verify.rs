@@ -95,7 +95,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     )?;
     // One process's settings name one ZooKeeper for all roots, and one Redis per target.
     let zk = connect_zk(&first.zk_connect()).await?;
-    let mut connections: Vec<(&str, redis::aio::MultiplexedConnection, String)> = Vec::new();
+    let mut connections: Vec<(&str, crate::redis_conn::RedisConn, String)> = Vec::new();
     let mut reports = Vec::new();
     for m in &mirrors {
         let at = match connections.iter().position(|(target, ..)| *target == m.target) {

@@ -14,6 +14,7 @@
 //! - [`blackhole`]: [`Blackhole`], a server that accepts and reads but never answers.
 //! - [`process`]: [`Guarded`], any other child process (the `zkmirror` binary, helper roles).
 //! - [`chaos`]: a random load on a subtree and a reader counting broken promises.
+//! - [`cluster`]: [`cluster::ClusterSetup`], a Redis Cluster of 3 primaries (and replicas).
 //! - [`tls`]: [`tls::Pki`], a throwaway CA with server, client and broken certificates.
 //! - [`world`]: an in-process mirror, Redis connections, trees, and the convergence waits.
 //! - here: unique roots, ZooKeeper clients, [`create_all`], [`wait_until`], [`http_get`].
@@ -27,6 +28,7 @@
 pub mod binary;
 pub mod blackhole;
 pub mod chaos;
+pub mod cluster;
 pub mod process;
 pub mod proxy;
 pub mod servers;

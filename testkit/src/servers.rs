@@ -166,12 +166,12 @@ pub(crate) fn spawn_guarded(mut command: Command) -> io::Result<Child> {
 }
 
 /// A running server process; killed (SIGKILL) and reaped when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
 }
 
 impl ServerProcess {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -1028,19 +1028,19 @@ const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 3000;
 /// One process of a [`SentinelSetup`]: a data node (`redis-server CONF`) or a sentinel
 /// (`redis-server CONF --sentinel`; Debian's redis-server binary is a sentinel when asked,
 /// `redis-sentinel` is not needed), each in its own temp dir, on its own loopback port.
-struct SentinelNode {
-    port: u16,
+pub(crate) struct SentinelNode {
+    pub(crate) port: u16,
     sentinel: bool,
     config: PathBuf,
     log: PathBuf,
     /// `None` once killed. Declared before `dir` (see [`ZkServer`]).
-    process: Option<ServerProcess>,
+    pub(crate) process: Option<ServerProcess>,
     dir: TempDir,
 }
 
 impl SentinelNode {
     /// Starts a node whose config is `lines(port, dir)` after the common lines.
-    fn start(what: &str, sentinel: bool, lines: impl Fn(u16) -> String) -> SentinelNode {
+    pub(crate) fn start(what: &str, sentinel: bool, lines: impl Fn(u16) -> String) -> SentinelNode {
         let dir = temp_dir(&format!("zkmirror-test-{what}-"));
         let mut node = SentinelNode {
             port: 0,

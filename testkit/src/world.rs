@@ -145,12 +145,44 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
 /// A connection to the Redis `config` names, made as the mirror makes it (its TLS material and
 /// password): what a test uses to look at a TLS Redis.
 pub async fn redis_conn_for(config: &MirrorConfig) -> MultiplexedConnection {
-    // Behind Sentinel: the primary its sentinels name now.
     let url = &config.redis_url;
-    config
+    match config
         .redis_connect(&redis::AsyncConnectionConfig::new())
         .await
         .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+    {
+        zkmirror::redis_conn::RedisConn::Node(conn) => conn,
+        zkmirror::redis_conn::RedisConn::Cluster(_) => panic!("{url} is a cluster: use cluster_conn"),
+    }
+}
+
+/// A connection to any Redis URL, a Cluster URL included (commands routed by slot).
+pub async fn any_conn(url: &str) -> zkmirror::redis_conn::RedisConn {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    zkmirror::redis_conn::connect_any(url, &Default::default(), None, &config)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
+}
+
+/// [`assert_converges_on`] for any connection (a cluster's: `verify` scans every primary).
+pub async fn assert_converges_any(
+    zk: &Client,
+    conn: &zkmirror::redis_conn::RedisConn,
+    prefix: &str,
+    root: &str,
+) -> zkmirror::verify::Report {
+    super::wait_until(CONVERGE, &format!("Redis is the exact copy of {root}"), || {
+        let mut conn = conn.clone();
+        async move {
+            let report = zkmirror::verify::compare(zk, &mut conn, prefix, root).await.map_err(|e| e.to_string())?;
+            if report.is_exact() {
+                Ok(report)
+            } else {
+                Err(report.to_string())
+            }
+        }
+    })
+    .await
 }
 
 /// [`redis_conn`] with another response timeout than redis-rs's default (500 ms): a benchmark's
