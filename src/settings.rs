@@ -92,7 +92,7 @@ pub struct Settings {
     /// `None`: a lone mirror, exactly as without high availability.
     pub ha: Option<HaSettings>,
     /// `--targets-from PATH`: each child znode of PATH registers a Redis target (see
-    /// [`crate::registry`]), mirrored beside the targets the settings name.
+    /// `registry.rs`), mirrored beside the targets the settings name.
     pub targets_from: Option<String>,
     /// The mirrors of one registered target, as the roots make them, under a placeholder
     /// target: [`Settings::registered`] fills in each registration.
