@@ -123,3 +123,92 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     daemon.process.assert_running();
     daemon.stop();
 }
+
+/// Settings with only registered targets under `registry`, mirroring `root`.
+fn registry_settings(dir: &std::path::Path, zk: &str, registry: &str, root: &str) -> String {
+    let settings = dir.join("zkmirror.toml");
+    std::fs::write(
+        &settings,
+        format!("targets_from = {registry:?}\n\n[zookeeper]\nservers = {zk:?}\n\n[[roots]]\npath = {root:?}\n"),
+    )
+    .expect("settings file");
+    settings.display().to_string()
+}
+
+/// While the registry cannot be read (its ACL changed to one the mirror lacks), the targets
+/// stay as they were and go on being written; once it is readable again, what changed under
+/// it meanwhile applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_registry_keeps_the_targets_running_and_is_read_again_later() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let (root, registry) = (unique_root("registry-acl-root"), unique_root("registry-acl"));
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 2, 2, 8).await;
+    create_all(&zk, &registry, b"").await;
+    let (east, west) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = registry_settings(dir.path(), &zk_connect, &registry, &root);
+    let mut daemon =
+        Daemon::start(binary_path(), &["--config", &settings], "zkmirror=info", &dir.path().join("run.log"));
+    let owner = zk_client(&zk_connect).await;
+    owner.auth("digest", b"owner:secret").await.expect("digest auth");
+    register(&owner, &format!("{registry}/east"), &format!("{{\"url\": \"{}\"}}", east.url())).await;
+    assert_converges(&zk, &east.url(), "zk", &root).await;
+
+    owner.set_acl(&registry, &Acls::creator_all(), None).await.expect("closing the registry");
+    // A change under it makes the mirror read it again, and fail.
+    register(&owner, &format!("{registry}/west"), &format!("{{\"url\": \"{}\"}}", west.url())).await;
+    daemon.wait_for_log("cannot read the target registry").await;
+    zk.set_data(&root, b"while the registry is closed", None).await.expect("set");
+    wait_for_data(&east.url(), &root, b"while the registry is closed").await;
+    assert_eq!(stored(&west.url(), &root).await, None, "west was read through a closed registry");
+
+    owner.set_acl(&registry, &Acls::anyone_all(), None).await.expect("opening the registry");
+    // No watch fires for an ACL change: the retry after the failure reads it.
+    daemon.wait_for_log("the target registry is readable again").await;
+    assert_converges(&zk, &west.url(), "zk", &root).await;
+    assert_converges(&zk, &east.url(), "zk", &root).await;
+    daemon.stop();
+}
+
+/// With `--ha`, the standby reads the registry too and keeps what it read: once it leads, it
+/// mirrors the registered targets (the leader that resigned wrote them until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_mirrors_the_registered_targets_once_it_leads() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let (root, registry, election) =
+        (unique_root("registry-ha-root"), unique_root("registry-ha"), unique_root("registry-ha-election"));
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 2, 2, 8).await;
+    let east = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = registry_settings(dir.path(), &zk_connect, &registry, &root);
+    let start = |name: &str| {
+        let args = ["--config", settings.as_str(), "--ha", election.as_str(), "--instance", name];
+        Daemon::start(binary_path(), &args, "zkmirror=info", &dir.path().join(format!("{name}.log")))
+    };
+    let (mut first, mut second) = (start("first"), start("second"));
+    let sidecar = zk_client(&zk_connect).await;
+    create_all(&zk, &registry, b"").await;
+    register(&sidecar, &format!("{registry}/east"), &format!("{{\"url\": \"{}\"}}", east.url())).await;
+    assert_converges(&zk, &east.url(), "zk", &root).await;
+    let leader = wait_until(CONVERGE, "an instance leads", || {
+        let (a, b) = (first.log_text(), second.log_text());
+        async move {
+            match (a.contains("elected leader"), b.contains("elected leader")) {
+                (true, false) => Ok(true),
+                (false, true) => Ok(false),
+                seen => Err(format!("elected: {seen:?}")),
+            }
+        }
+    })
+    .await;
+    let (leading, standing) = if leader { (first, &mut second) } else { (second, &mut first) };
+    leading.stop();
+    standing.wait_for_log("elected leader").await;
+    zk.set_data(&root, b"written by the new leader", None).await.expect("set");
+    wait_for_data(&east.url(), &root, b"written by the new leader").await;
+    assert_converges(&zk, &east.url(), "zk", &root).await;
+}
