@@ -33,6 +33,7 @@
 //! moved between known primaries (a resharding moves keys with `MIGRATE`, nothing is lost) are no
 //! switch.
 
+use crate::sentinel::join_host;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,83 +84,30 @@ impl std::fmt::Debug for ClusterUrl {
 
 /// Whether `url` is a Cluster URL (whatever else is wrong with it).
 pub fn is_cluster_url(url: &str) -> bool {
-    SCHEMES.iter().any(|(scheme, _)| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))
+    crate::sentinel::has_scheme(url, &SCHEMES)
 }
 
 impl ClusterUrl {
     /// Parses `url`; `None` when it is not a Cluster URL at all, `Some(Err(why))` when it is one
     /// that cannot work. `why` never holds the password.
     pub fn parse(url: &str) -> Option<Result<ClusterUrl, String>> {
-        let (scheme, tls) = SCHEMES
-            .iter()
-            .find(|(scheme, _)| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))?;
-        Some(Self::parse_rest(&url[scheme.len()..], *tls))
-    }
-
-    fn parse_rest(rest: &str, tls: bool) -> Result<ClusterUrl, String> {
-        if rest.contains('?') || rest.contains('#') {
-            return Err(format!("a query (?...) or fragment (#...) is not accepted; {FORM}"));
-        }
-        let (userinfo, after) = match rest.rsplit_once('@') {
-            Some((userinfo, after)) => (Some(userinfo), after),
-            None => (None, rest),
-        };
-        let (hosts, path) = after.split_once('/').unwrap_or((after, ""));
-        if !path.is_empty() && path != "0" {
-            return Err(format!(
-                "the path /{path} is not accepted: a cluster has database 0 only, and the URL names no service; \
-                 {FORM}"
-            ));
-        }
-        let (user, password) = match userinfo {
-            None => (None, None),
-            Some(userinfo) => {
-                let (user, password) = match userinfo.split_once(':') {
-                    Some((user, password)) => (user, Some(password)),
-                    None => (userinfo, None),
-                };
-                let user = crate::sentinel::decode(user).map_err(|why| format!("the user: {why}"))?;
-                let password =
-                    password.map(crate::sentinel::decode).transpose().map_err(|why| format!("the password: {why}"))?;
-                ((!user.is_empty()).then_some(user), password.filter(|p| !p.is_empty()))
+        let parts = crate::sentinel::MultiHostUrl::parse(url, &SCHEMES, "node", FORM)?;
+        Some(parts.and_then(|parts| {
+            if !parts.path.is_empty() && parts.path != "0" {
+                return Err(format!(
+                    "the path /{} is not accepted: a cluster has database 0 only, and the URL names no service; \
+                     {FORM}",
+                    parts.path
+                ));
             }
-        };
-        let mut nodes = Vec::new();
-        for host_port in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let bad = || format!("the node {host_port:?} is not HOST:PORT; {FORM}");
-            let (host, port) = host_port.rsplit_once(':').ok_or_else(bad)?;
-            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-            let port: u16 = port.parse().map_err(|_| bad())?;
-            if host.is_empty() || port == 0 {
-                return Err(bad());
-            }
-            nodes.push((host.to_owned(), port));
-        }
-        if nodes.is_empty() {
-            return Err(format!("it names no node; {FORM}"));
-        }
-        Ok(ClusterUrl { tls, user, password, nodes })
+            Ok(ClusterUrl { tls: parts.tls, user: parts.user, password: parts.password, nodes: parts.hosts })
+        }))
     }
 
     /// The URL as given less the password: for logs and errors.
     pub fn masked(&self) -> String {
         let scheme = if self.tls { "rediss+cluster" } else { "redis+cluster" };
-        let userinfo = match (&self.user, &self.password) {
-            (Some(user), Some(_)) => format!("{user}:***@"),
-            (None, Some(_)) => ":***@".to_owned(),
-            (Some(user), None) => format!("{user}@"),
-            (None, None) => String::new(),
-        };
-        let hosts: Vec<String> = self.nodes.iter().map(|(host, port)| join_host(host, *port)).collect();
-        format!("{scheme}://{userinfo}{}", hosts.join(","))
-    }
-}
-
-fn join_host(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
+        crate::sentinel::masked_multi_host(scheme, self.user.as_deref(), self.password.as_deref(), &self.nodes)
     }
 }
 

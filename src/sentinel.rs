@@ -66,23 +66,44 @@ impl std::fmt::Debug for SentinelUrl {
 
 /// Whether `url` is a Sentinel URL (whatever else is wrong with it).
 pub fn is_sentinel_url(url: &str) -> bool {
-    SCHEMES.iter().any(|(scheme, _)| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))
+    has_scheme(url, &SCHEMES)
 }
 
-impl SentinelUrl {
-    /// Parses `url`; `None` when it is not a Sentinel URL at all, `Some(Err(why))` when it is
-    /// one that cannot work (no sentinel, a sentinel that is not HOST:PORT, no service name).
-    /// `why` never holds the password.
-    pub fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
-        let (scheme, tls) = SCHEMES
+/// Whether `url` starts with one of `schemes` (case-insensitively).
+pub(crate) fn has_scheme(url: &str, schemes: &[(&str, bool)]) -> bool {
+    schemes.iter().any(|(scheme, _)| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))
+}
+
+/// What a URL naming several servers holds (`redis+sentinel://` and `redis+cluster://`, which
+/// neither the url crate nor redis-rs parse): TLS or not, the user and password decoded, the
+/// servers, and the path after the first `/` past the last `@`, as given.
+pub(crate) struct MultiHostUrl {
+    pub tls: bool,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub hosts: Vec<(String, u16)>,
+    pub path: String,
+}
+
+impl MultiHostUrl {
+    /// Parses `url` if it starts with one of `schemes` (`None` otherwise). `server` names one
+    /// host in errors ("sentinel", "node"), `form` says what the URL should look like. Errors
+    /// never hold the password.
+    pub(crate) fn parse(
+        url: &str,
+        schemes: &[(&str, bool)],
+        server: &str,
+        form: &str,
+    ) -> Option<Result<MultiHostUrl, String>> {
+        let (scheme, tls) = schemes
             .iter()
             .find(|(scheme, _)| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)))?;
-        Some(Self::parse_rest(&url[scheme.len()..], *tls))
+        Some(Self::parse_rest(&url[scheme.len()..], *tls, server, form))
     }
 
-    fn parse_rest(rest: &str, tls: bool) -> Result<SentinelUrl, String> {
+    fn parse_rest(rest: &str, tls: bool, server: &str, form: &str) -> Result<MultiHostUrl, String> {
         if rest.contains('?') || rest.contains('#') {
-            return Err(format!("a query (?...) or fragment (#...) is not accepted; {FORM}"));
+            return Err(format!("a query (?...) or fragment (#...) is not accepted; {form}"));
         }
         // The userinfo may hold '/' (percent-encoded or not): the authority ends at the first
         // '/' after the last '@'.
@@ -103,20 +124,60 @@ impl SentinelUrl {
                 ((!user.is_empty()).then_some(user), password.filter(|p| !p.is_empty()))
             }
         };
-        let mut sentinels = Vec::new();
+        let mut parsed = Vec::new();
         for host_port in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let bad = || format!("the sentinel {host_port:?} is not HOST:PORT; {FORM}");
+            let bad = || format!("the {server} {host_port:?} is not HOST:PORT; {form}");
             let (host, port) = host_port.rsplit_once(':').ok_or_else(bad)?;
             let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
             let port: u16 = port.parse().map_err(|_| bad())?;
             if host.is_empty() || port == 0 {
                 return Err(bad());
             }
-            sentinels.push((host.to_owned(), port));
+            parsed.push((host.to_owned(), port));
         }
-        if sentinels.is_empty() {
-            return Err(format!("it names no sentinel; {FORM}"));
+        if parsed.is_empty() {
+            return Err(format!("it names no {server}; {form}"));
         }
+        Ok(MultiHostUrl { tls, user, password, hosts: parsed, path: path.to_owned() })
+    }
+}
+
+/// `scheme://[user[:***]@]host:port,...` for logs and errors: the URL less its password.
+pub(crate) fn masked_multi_host(
+    scheme: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    hosts: &[(String, u16)],
+) -> String {
+    let userinfo = match (user, password) {
+        (Some(user), Some(_)) => format!("{user}:***@"),
+        (None, Some(_)) => ":***@".to_owned(),
+        (Some(user), None) => format!("{user}@"),
+        (None, None) => String::new(),
+    };
+    let hosts: Vec<String> = hosts.iter().map(|(host, port)| join_host(host, *port)).collect();
+    format!("{scheme}://{userinfo}{}", hosts.join(","))
+}
+
+/// `host:port`, an IPv6 host in brackets.
+pub(crate) fn join_host(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl SentinelUrl {
+    /// Parses `url`; `None` when it is not a Sentinel URL at all, `Some(Err(why))` when it is
+    /// one that cannot work (no sentinel, a sentinel that is not HOST:PORT, no service name).
+    /// `why` never holds the password.
+    pub fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
+        Some(MultiHostUrl::parse(url, &SCHEMES, "sentinel", FORM)?.and_then(Self::from_parts))
+    }
+
+    fn from_parts(parts: MultiHostUrl) -> Result<SentinelUrl, String> {
+        let MultiHostUrl { tls, user, password, hosts: sentinels, path } = parts;
         let service = decode(path.trim_end_matches('/')).map_err(|why| format!("the service name: {why}"))?;
         if service.is_empty() {
             return Err(format!(
@@ -135,18 +196,8 @@ impl SentinelUrl {
     /// The URL as given less the password: for logs and errors.
     pub fn masked(&self) -> String {
         let scheme = if self.tls { "rediss+sentinel" } else { "redis+sentinel" };
-        let userinfo = match (&self.user, &self.password) {
-            (Some(user), Some(_)) => format!("{user}:***@"),
-            (None, Some(_)) => ":***@".to_owned(),
-            (Some(user), None) => format!("{user}@"),
-            (None, None) => String::new(),
-        };
-        let hosts: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|(host, port)| if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
-            .collect();
-        format!("{scheme}://{userinfo}{}/{}", hosts.join(","), self.service)
+        let hosts = masked_multi_host(scheme, self.user.as_deref(), self.password.as_deref(), &self.sentinels);
+        format!("{hosts}/{}", self.service)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::binary;
 use common::chaos::{universe, Load};
 use common::cluster::ClusterSetup;
-use common::world::{any_conn, assert_converges_any, create_tree, test_config, RunningMirror, CONVERGE};
+use common::world::{any_conn, assert_converges_on, create_tree, test_config, RunningMirror, CONVERGE};
 use common::{create_all, unique_root, wait_until, zk_client, ZkServer};
 use tokio::sync::watch;
 use zkmirror::redis_conn::RedisConn;
@@ -132,7 +132,7 @@ async fn start_fault(
 /// Stops the load, waits for the exact copy, stops the reader and checks what it saw.
 async fn finish_fault(fault: Fault, zk: &Client, conn: &RedisConn, root: &str) -> Reads {
     let load = fault.load.stop().await;
-    assert_converges_any(zk, conn, "zk", root).await;
+    assert_converges_on(zk, conn, "zk", root).await;
     fault.stop_reader.send_replace(true);
     let seen = fault.reader.await.expect("the reader task panicked");
     assert!(load.applied > 100, "the load hardly ran: {load:?}");
@@ -169,7 +169,7 @@ async fn cold_sync_live_changes_and_a_deleted_subtree_are_exact_across_the_clust
     create_tree(&zk, &root, 4, 3, 16).await;
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
     let conn = any_conn(&cluster.url()).await;
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     // The keys really are spread: every primary holds some of them.
     for (port, _, _) in cluster.primaries() {
         let keys = cluster.ask(port, &["DBSIZE"]);
@@ -189,7 +189,7 @@ async fn cold_sync_live_changes_and_a_deleted_subtree_are_exact_across_the_clust
     for path in doomed.iter().rev() {
         zk.delete(path, None).await.expect("delete");
     }
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     let mut conn2 = conn.clone();
     let changed = stream_of(&mut conn2, &format!("{root}/n0")).await;
     assert_eq!(changed.len(), 2, "the put of the cold sync and the change: {changed:?}");
@@ -234,7 +234,7 @@ async fn cold_sync_live_changes_and_a_deleted_subtree_are_exact_across_the_clust
     assert_ne!(verify.code, 0, "verify missed the extra keys: {}\n{}", verify.stdout, verify.stderr);
     // A restarted mirror's sweep (SCAN on every primary) removes them all.
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     mirror.stop().await;
 }
 
@@ -251,7 +251,7 @@ async fn slots_migrated_under_load_lose_nothing_and_nothing_goes_backwards() {
     create_all(&zk, &root, b"root").await;
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
     let conn = any_conn(&cluster.url()).await;
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
 
     let fault = start_fault(&cluster.url(), &zk_connect, &root, 21, HashSet::new()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -301,7 +301,7 @@ async fn a_primary_killed_under_load_its_replica_promoted_the_copy_is_repaired()
     create_all(&zk, &root, b"root").await;
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
     let conn = any_conn(&cluster.url()).await;
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
 
     // The victim: the primary of the first leaf's keys (not necessarily the status's node).
     let victim = cluster.primary_of(&format!("zk:{{{root}/k0}}"));
@@ -338,7 +338,7 @@ async fn writes_the_promoted_replica_never_received_are_repaired() {
     create_tree(&zk, &root, 12, 1, 8).await;
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
     let conn = any_conn(&cluster.url()).await;
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
 
     let status_node = cluster.primary_of("zk:mirror");
     let victim = cluster
@@ -360,7 +360,7 @@ async fn writes_the_promoted_replica_never_received_are_repaired() {
     for path in &lost {
         zk.set_data(path, b"acknowledged-then-lost", None).await.expect("set");
     }
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     cluster.kill_node(victim);
     cluster.pause_node(replica, false);
     let promoted = tokio::task::block_in_place(|| {
@@ -372,7 +372,7 @@ async fn writes_the_promoted_replica_never_received_are_repaired() {
         redis::cmd("GET").arg(format!("zk:{{{}}}", lost[0])).query_async(&mut node).await.expect("GET");
     eprintln!("the promoted replica held {:?} for {}", held.map(|d| String::from_utf8_lossy(&d).into_owned()), lost[0]);
     // No ZooKeeper change from here on: only a reconcile can bring the lost writes back.
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     mirror.stop().await;
 }
 
@@ -416,7 +416,7 @@ async fn script_flush_on_one_primary_while_running_recovers() {
     create_all(&zk, &root, b"root").await;
     let mirror = RunningMirror::start(test_config(&zk_connect, &cluster.url(), &root));
     let conn = any_conn(&cluster.url()).await;
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     let fault = start_fault(&cluster.url(), &zk_connect, &root, 45, HashSet::new()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let node = cluster.primary_of(&format!("zk:{{{root}/k1}}"));
@@ -544,9 +544,9 @@ async fn mutual_tls_to_every_node_of_the_cluster() {
     let conn = zkmirror::redis_conn::connect_any(&url, &tls, None, &redis::AsyncConnectionConfig::new())
         .await
         .expect("a TLS connection to the cluster");
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     zk.set_data(&format!("{root}/n2"), b"over-tls", None).await.expect("set");
-    assert_converges_any(&zk, &conn, "zk", &root).await;
+    assert_converges_on(&zk, &conn, "zk", &root).await;
     let path = |p: &std::path::Path| p.display().to_string();
     let (ca, cert, key) = (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
     let args = [

@@ -832,3 +832,19 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
+
+/// Reads that saw a version go backwards, a torn pair, a blank or garbage, over `passes`: what
+/// must stay 0 whatever the links (the TLS and several-targets sections compare two kinds).
+pub fn broken_reads(passes: &[Latency]) -> u64 {
+    passes
+        .iter()
+        .map(|l| {
+            l.backwards_reads + l.torn_data_newer_reads + l.torn_meta_newer_reads + l.blank_reads + l.garbled_reads
+        })
+        .sum()
+}
+
+/// The median over `passes` of one figure of each.
+pub fn median_of(passes: &[Latency], figure: fn(&Latency) -> f64) -> f64 {
+    crate::support::median(&passes.iter().map(figure).collect::<Vec<_>>())
+}

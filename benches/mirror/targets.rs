@@ -107,17 +107,7 @@ pub async fn run(nodes: usize, runs: usize, rate: f64, seconds: f64) -> Targets 
                 .push(latency::run_on(&zk.connect_string(), &redis[0].url(), pids, links, nodes, rate, seconds).await);
         }
     }
-    let broken = |passes: &[latency::Latency]| -> u64 {
-        passes
-            .iter()
-            .map(|l| {
-                l.backwards_reads + l.torn_data_newer_reads + l.torn_meta_newer_reads + l.blank_reads + l.garbled_reads
-            })
-            .sum()
-    };
-    let med = |passes: &[latency::Latency], f: fn(&latency::Latency) -> f64| {
-        median(&passes.iter().map(f).collect::<Vec<_>>())
-    };
+    let (broken, med) = (latency::broken_reads, latency::median_of);
     let p50 = |l: &latency::Latency| l.latency.p50_ms;
     let p99 = |l: &latency::Latency| l.latency.p99_ms;
     let (one_median, three_median) = (median(&one_s), median(&three_s));

@@ -164,27 +164,6 @@ pub async fn any_conn(url: &str) -> zkmirror::redis_conn::RedisConn {
         .unwrap_or_else(|e| panic!("connecting to Redis at {url}: {e}"))
 }
 
-/// [`assert_converges_on`] for any connection (a cluster's: `verify` scans every primary).
-pub async fn assert_converges_any(
-    zk: &Client,
-    conn: &zkmirror::redis_conn::RedisConn,
-    prefix: &str,
-    root: &str,
-) -> zkmirror::verify::Report {
-    super::wait_until(CONVERGE, &format!("Redis is the exact copy of {root}"), || {
-        let mut conn = conn.clone();
-        async move {
-            let report = zkmirror::verify::compare(zk, &mut conn, prefix, root).await.map_err(|e| e.to_string())?;
-            if report.is_exact() {
-                Ok(report)
-            } else {
-                Err(report.to_string())
-            }
-        }
-    })
-    .await
-}
-
 /// [`redis_conn`] with another response timeout than redis-rs's default (500 ms): a benchmark's
 /// `FLUSHALL` of a large copy or a verify's large pipelines take longer.
 pub async fn redis_conn_with_response_timeout(url: &str, timeout: Duration) -> MultiplexedConnection {
@@ -229,9 +208,10 @@ pub async fn assert_converges(zk: &Client, redis_url: &str, prefix: &str, root: 
 }
 
 /// [`assert_converges`] on a connection the test made (over TLS, say: [`redis_conn_for`]).
-pub async fn assert_converges_on(
+/// Any connection will do (one server's, a cluster's: `verify` scans every primary).
+pub async fn assert_converges_on<C: redis::aio::ConnectionLike + Clone + Send + Sync>(
     zk: &Client,
-    conn: &MultiplexedConnection,
+    conn: &C,
     prefix: &str,
     root: &str,
 ) -> zkmirror::verify::Report {
