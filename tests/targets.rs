@@ -31,6 +31,17 @@ fn write_settings(file: &Path, zk: &str, root: &str, targets: &[(&str, String)])
     std::fs::rename(&partial, file).expect("renaming the settings file");
 }
 
+/// `zkmirror run --config FILE` with a settings file mirroring `root` into `targets`; the
+/// folder holds the file and the log.
+fn run_into(zk: &str, root: &str, targets: &[(&str, String)]) -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = dir.path().join("zkmirror.toml");
+    write_settings(&settings, zk, root, targets);
+    let arg = settings.display().to_string();
+    let daemon = Daemon::start(binary_path(), &["--config", &arg], "zkmirror=info", &dir.path().join("run.log"));
+    (dir, settings, daemon)
+}
+
 /// Sends SIGSTOP or SIGCONT to a server: a paused Redis keeps its connections open and
 /// answers nothing, like a hung or partitioned one.
 fn pause(server: &RedisServer, paused: bool) {
@@ -86,12 +97,8 @@ async fn a_hung_target_holds_back_nothing_and_reconciles_when_it_answers_again()
     create_all(&zk, &format!("{root}/deep"), b"deep").await;
     create_tree(&zk, &format!("{root}/deep"), 3, 3, 32).await;
     let (a, b) = (RedisServer::start(), RedisServer::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = dir.path().join("zkmirror.toml");
-    write_settings(&settings, &zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
+    let (_dir, settings, mut daemon) = run_into(&zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
     let settings_arg = settings.display().to_string();
-    let mut daemon =
-        Daemon::start(binary_path(), &["--config", &settings_arg], "zkmirror=info", &dir.path().join("run.log"));
     assert_converges(&zk, &a.url(), "zk", &root).await;
     assert_converges(&zk, &b.url(), "zk", &root).await;
 
@@ -145,12 +152,7 @@ async fn a_dropped_target_keeps_its_copy_and_an_added_one_is_synced() {
     create_all(&zk, &root, b"root").await;
     create_tree(&zk, &root, 3, 2, 16).await;
     let (a, b, c) = (RedisServer::start(), RedisServer::start(), RedisServer::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = dir.path().join("zkmirror.toml");
-    write_settings(&settings, &zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
-    let settings_arg = settings.display().to_string();
-    let mut daemon =
-        Daemon::start(binary_path(), &["--config", &settings_arg], "zkmirror=info", &dir.path().join("run.log"));
+    let (_dir, settings, mut daemon) = run_into(&zk_connect, &root, &[("a", a.url()), ("b", b.url())]);
     assert_converges(&zk, &a.url(), "zk", &root).await;
     assert_converges(&zk, &b.url(), "zk", &root).await;
 
