@@ -105,7 +105,7 @@ pub use zk::ZkConnect;
 #[doc(hidden)]
 pub mod testing {
     pub use crate::path::is_within;
-    pub use crate::schema::{status_field, KeyKind, Keys, STAT_FIELDS};
+    pub use crate::schema::{status_field, KeyKind, Keys, Scripts, STAT_FIELDS};
     pub use crate::service::{ReloadOutcome, Service};
     pub use crate::settings::{Overrides, Settings};
     pub use crate::store::{Applied, BatchOutcome, Refusal, Store, StoredMark, Write, WriteOutcome};

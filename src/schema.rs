@@ -37,10 +37,13 @@ pub struct Scripts {
     pub status: Script,
     /// Raises one slot's fence to a new leader's token.
     pub fence: Script,
+    /// One change-stream entry, fenced in the stream's slot: behind a cluster, where the znode
+    /// scripts cannot reach the stream.
+    pub append: Script,
     /// Each script's file name, hash and text as loaded, in [`Scripts::all`]'s order: Redis names
     /// a script in an error only by hash and line (`script: SHA, on @user_script:LINE`), and an
     /// operator needs the command on that line (an ACL that refuses it, say).
-    sources: [(&'static str, String, String); 6],
+    sources: [(&'static str, String, String); 7],
 }
 
 /// What every script shares (`cmp`, the fence check), prepended to each.
@@ -59,17 +62,19 @@ impl Scripts {
             ("advance_zxid.lua", with_common(include_str!("../schema/advance_zxid.lua"))),
             ("status.lua", with_common(include_str!("../schema/status.lua"))),
             ("fence.lua", with_common(include_str!("../schema/fence.lua"))),
+            ("append.lua", with_common(include_str!("../schema/append.lua"))),
         ];
-        let [put, put_batch, delete, advance_zxid, status, fence] = texts.each_ref().map(|(_, text)| Script::new(text));
+        let [put, put_batch, delete, advance_zxid, status, fence, append] =
+            texts.each_ref().map(|(_, text)| Script::new(text));
         let sources = texts.map(|(name, text)| {
             let hash = Script::new(&text).get_hash().to_owned();
             (name, hash, text)
         });
-        Scripts { put, put_batch, delete, advance_zxid, status, fence, sources }
+        Scripts { put, put_batch, delete, advance_zxid, status, fence, append, sources }
     }
 
-    pub fn all(&self) -> [&Script; 6] {
-        [&self.put, &self.put_batch, &self.delete, &self.advance_zxid, &self.status, &self.fence]
+    pub fn all(&self) -> [&Script; 7] {
+        [&self.put, &self.put_batch, &self.delete, &self.advance_zxid, &self.status, &self.fence, &self.append]
     }
 
     /// The script with hash `sha` and line `line` (1-based) of its text as loaded (the shared

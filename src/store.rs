@@ -221,7 +221,7 @@ pub struct StatusWrite {
 
 /// A write's change-stream entry behind a cluster, before its script answered.
 enum StreamEntry {
-    Put(redis::Cmd),
+    Put(Vec<(&'static str, String)>),
     Delete { path: String, reason: &'static str },
 }
 
@@ -721,16 +721,20 @@ impl Store {
         let mut appends: Vec<redis::Cmd> = Vec::new();
         for (answer, entry) in answers.iter().zip(entries) {
             match (answer, entry) {
-                (Some(Value::Int(1)), StreamEntry::Put(cmd)) => appends.push(cmd),
+                (Some(Value::Int(1)), StreamEntry::Put(fields)) => appends.push(self.append_cmd(&fields)),
                 (Some(Value::Array(deleted)), StreamEntry::Delete { path, reason }) => {
                     let text = |i: usize| -> String {
                         deleted.get(i).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()).unwrap_or_default()
                     };
-                    let mut cmd = redis::cmd("XADD");
-                    cmd.arg(self.keys.changes()).arg("MAXLEN").arg("~").arg(self.changes_maxlen).arg("*");
-                    cmd.arg("op").arg("del").arg("path").arg(path).arg("mzxid").arg(text(1));
-                    cmd.arg("version").arg(text(2)).arg("zxid").arg(text(3)).arg("reason").arg(reason);
-                    appends.push(cmd);
+                    let fields = [
+                        ("op", "del".to_owned()),
+                        ("path", path),
+                        ("mzxid", text(1)),
+                        ("version", text(2)),
+                        ("zxid", text(3)),
+                        ("reason", reason.to_owned()),
+                    ];
+                    appends.push(self.append_cmd(&fields));
                 }
                 _ => {}
             }
@@ -744,6 +748,15 @@ impl Store {
             if let Some(Some(Value::ServerError(e))) =
                 appended.into_iter().find(|a| matches!(a, Some(Value::ServerError(_))))
             {
+                // A newer leader's fence in the stream's slot: deposed, as a refused script is.
+                if let (Some(token), Some((seen, key))) = (self.fence, fenced_by(e.code(), e.details())) {
+                    return Err(StoreError::Fenced { server: self.server.clone(), key, fence: token, seen });
+                }
+                // NOSCRIPT (a node flushed or restarted), LOADING, READONLY, ...: Redis's state,
+                // which the engine handles as it does for the scripts (reload, then reconcile).
+                if is_server_state(&e) {
+                    return Err(self.error(e.into()));
+                }
                 // The stream key holds another type, or the stream's node refuses writes: the
                 // changes are in, their entries are not, so no zxid may be claimed over them.
                 if failure.is_none() {
@@ -763,6 +776,11 @@ impl Store {
             })
             .collect();
         if !advance.is_empty() {
+            // A failover seen during this call (a redirect's refresh showed a new primary): the
+            // promoted node may lack what the zxid would claim; the engine reconciles first.
+            if let Some(switch) = link.pending_switch() {
+                return Err(StoreError::Redis { server: self.server.clone(), source: switch.error() });
+            }
             let cmds: Vec<&redis::Cmd> = advance.cmd_iter().collect();
             let (mut advanced, failure) = link.run(&cmds).await;
             if let Some(e) = failure {
@@ -773,18 +791,30 @@ impl Store {
         Ok(answers)
     }
 
+    /// `append.lua` for one change-stream entry: fenced in the stream's own slot.
+    fn append_cmd(&self, fields: &[(&str, String)]) -> redis::Cmd {
+        let changes = self.keys.changes();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts.append.get_hash()).arg(2).arg(&changes).arg(self.fence_key_for(&changes));
+        cmd.arg(&self.fence_arg).arg(self.changes_maxlen);
+        for (field, value) in fields {
+            cmd.arg(*field).arg(value);
+        }
+        cmd
+    }
+
     /// What a write's change-stream entry will say, behind a cluster (see `apply_cluster`): a
     /// put's whole entry (everything is known before the script runs), a delete's path and
     /// reason (the deleted version comes from the script's answer).
     fn stream_entry(&self, write: &Write) -> StreamEntry {
         match write {
-            Write::Put(znode) => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(self.keys.changes()).arg("MAXLEN").arg("~").arg(self.changes_maxlen).arg("*");
-                cmd.arg("op").arg("put").arg("path").arg(&znode.path).arg("mzxid").arg(znode.stat.mzxid);
-                cmd.arg("version").arg(znode.stat.version).arg("czxid").arg(znode.stat.czxid);
-                StreamEntry::Put(cmd)
-            }
+            Write::Put(znode) => StreamEntry::Put(vec![
+                ("op", "put".to_owned()),
+                ("path", znode.path.clone()),
+                ("mzxid", znode.stat.mzxid.to_string()),
+                ("version", znode.stat.version.to_string()),
+                ("czxid", znode.stat.czxid.to_string()),
+            ]),
             Write::Delete { path, .. } => StreamEntry::Delete { path: path.clone(), reason: "delete" },
             Write::Hide { path, .. } | Write::Exclude { path } => {
                 StreamEntry::Delete { path: path.clone(), reason: "hide" }

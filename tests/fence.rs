@@ -175,3 +175,36 @@ async fn a_zombie_leaders_held_pipeline_is_refused_after_a_takeover() {
     assert_eq!(hget(&conn, "zk:mirror", "leader").await.as_deref(), Some("instance-200"));
     b.stop().await;
 }
+
+/// `append.lua`, the change-stream append a Redis Cluster needs (the stream lies in another slot
+/// than the znode): a deposed leader's late entry is refused in the stream's own slot, with
+/// nothing appended, and the current leader's goes in. On one redis-server, where the script is
+/// the same as on a cluster node.
+#[tokio::test]
+async fn a_deposed_leaders_late_stream_entry_is_refused() {
+    let redis = RedisServer::start();
+    let old = store(&redis, Some(10));
+    let new = store(&redis, Some(20));
+    old.load_scripts().await.unwrap();
+    new.publish_fence().await.expect("the newer leader publishes");
+    let scripts = zkmirror::testing::Scripts::load();
+    let append = |token: &str, mzxid: &str| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts.append.get_hash())
+            .arg(2)
+            .arg("zk:changes")
+            .arg(zkmirror::testing::Keys::new("zk").fence_for("zk:changes"));
+        cmd.arg(token).arg(1000).arg("op").arg("put").arg("path").arg("/app").arg("mzxid").arg(mzxid);
+        cmd
+    };
+    let late = old.query(&append("10", "5")).await;
+    let refused = late.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("FENCED") && refused.contains("20 zk:fence:"), "the deposed leader's entry: {refused}");
+    let length: i64 =
+        redis::from_redis_value(new.query(redis::cmd("XLEN").arg("zk:changes")).await.expect("XLEN")).expect("int");
+    assert_eq!(length, 0, "the refused entry was appended");
+    new.query(&append("20", "6")).await.expect("the leader's entry");
+    let length: i64 =
+        redis::from_redis_value(new.query(redis::cmd("XLEN").arg("zk:changes")).await.expect("XLEN")).expect("int");
+    assert_eq!(length, 1);
+}
