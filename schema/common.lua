@@ -17,8 +17,8 @@ local function tomb_parts(value)
   return value, 0
 end
 
--- An error reply, before anything is written, when `key` (the change stream, whose XADD comes
--- last) holds something other than a stream; nil when it is a stream or absent.
+-- An error reply, before anything is written, when `key` (the change stream, whose XADD is a
+-- script's first write) holds something other than a stream; nil when it is a stream or absent.
 local function stream_unusable(key, path, what)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'stream' and kind ~= 'none' then

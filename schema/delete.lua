@@ -82,6 +82,7 @@ if ARGV[5] == 'hide' and same_history then
     return 3
   end
 end
+local tomb_value = nil
 if ARGV[5] == 'delete' then
   if t == '' and same_history then t = stored[1] end
   if same_history and t ~= '' and cmp(stored[1], t) > 0 then
@@ -89,20 +90,28 @@ if ARGV[5] == 'delete' then
   end
   if t ~= '' then
     if old_tomb and old_epoch == epoch and cmp(old_zxid, t) > 0 then t = old_zxid end
-    local value = t
-    if epoch > 0 then value = t .. '@' .. epoch end
-    redis.call('SET', KEYS[4], value, 'PX', ARGV[2])
+    tomb_value = t
+    if epoch > 0 then tomb_value = t .. '@' .. epoch end
   end
 end
 
-local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-if removed == 0 then
+-- The stream entry before any write: a command refused by Redis's ACLs (XADD, most likely)
+-- aborts the script, and Redis undoes nothing written before it (see put.lua). An entry is
+-- written only when there is something to delete.
+local present = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0
+if present and stream then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
+    'op', 'del', 'path', ARGV[3], 'mzxid', stored[2] or '', 'version', stored[3] or '',
+    'zxid', t, 'reason', ARGV[5] == 'delete' and 'delete' or 'hide')
+end
+if tomb_value then
+  redis.call('SET', KEYS[4], tomb_value, 'PX', ARGV[2])
+end
+if not present then
   return 0
 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if not stream then
   return {1, stored[2] or '', stored[3] or '', t}
 end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
-  'op', 'del', 'path', ARGV[3], 'mzxid', stored[2] or '', 'version', stored[3] or '',
-  'zxid', t, 'reason', ARGV[5] == 'delete' and 'delete' or 'hide')
 return 1

@@ -31,7 +31,7 @@
 --   * a deposed leader never writes: the fence (common.lua) runs before anything else;
 --   * all or nothing even when a key holds the wrong type: Redis does not undo a script's
 --     writes when a later command fails, so everything that can fail runs before the first
---     write. The stream's type is checked up front (its XADD comes last); a wrong-typed tomb,
+--     write. The stream's type is checked up front (its XADD is the first write); a wrong-typed tomb,
 --     meta or children key fails its read (GET, HMGET, SCARD) before any write (EXISTS, which
 --     takes keys of any type, only spares these reads when none of the keys exists); the data
 --     key is only read where it is checked, and SET replaces whatever it held.
@@ -126,6 +126,13 @@ if stored[1] and stored_epoch == epoch then
   end
 end
 
+-- The stream entry first: a command refused by Redis's ACLs (the one most likely missing is
+-- XADD) aborts the script, and Redis undoes nothing written before, so the first write is the
+-- one that must fail, if any. Inside the script the order is invisible to readers.
+if stream then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*',
+    'op', 'put', 'path', ARGV[13], 'mzxid', mzxid, 'version', ARGV[6], 'czxid', czxid)
+end
 redis.call('SET', KEYS[1], ARGV[DATA])
 redis.call('HSET', KEYS[2],
   'czxid', czxid, 'mzxid', mzxid, 'pzxid', pzxid, 'ctime', ARGV[4], 'mtime', ARGV[5],
@@ -141,9 +148,5 @@ if not children_fresh then
     redis.call('SADD', KEYS[3], unpack(ARGV, i, last))
     i = last + 1
   end
-end
-if stream then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[14], '*',
-    'op', 'put', 'path', ARGV[13], 'mzxid', mzxid, 'version', ARGV[6], 'czxid', czxid)
 end
 return 1

@@ -78,6 +78,10 @@ end
 -- (DEL, then SADD), 'add' (SADD alone: the key is known absent).
 local function write(data_key, meta_key, children_key, s, path, data, first_child, last_child, children)
   local czxid, mzxid = ARGV[s], ARGV[s + 1]
+  -- The entry first: a refused XADD (Redis's ACLs) aborts before this znode's keys change (see
+  -- put.lua); the order inside the script is invisible to readers.
+  redis.call('XADD', changes, 'MAXLEN', '~', maxlen, '*',
+    'op', 'put', 'path', path, 'mzxid', mzxid, 'version', ARGV[s + 5], 'czxid', czxid)
   redis.call('SET', data_key, data)
   redis.call('HSET', meta_key,
     'czxid', czxid, 'mzxid', mzxid, 'pzxid', ARGV[s + 2], 'ctime', ARGV[s + 3], 'mtime', ARGV[s + 4],
@@ -93,8 +97,6 @@ local function write(data_key, meta_key, children_key, s, path, data, first_chil
       i = last + 1
     end
   end
-  redis.call('XADD', changes, 'MAXLEN', '~', maxlen, '*',
-    'op', 'put', 'path', path, 'mzxid', mzxid, 'version', ARGV[s + 5], 'czxid', czxid)
 end
 
 -- put.lua's body for one znode, after the fence, the stream and the deadline: keys from

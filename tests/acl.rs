@@ -453,10 +453,28 @@ async fn a_mirror_user_short_of_a_right_is_told_which_and_recovers_once_granted(
     // Redis answers but refuses the writes: the status says so (it needs no refused command).
     let reader = redis_conn(&url(&redis, READER)).await;
     wait_for_field(&reader, "zk:mirror", "state", "degraded").await;
+    // A refused XADD aborts the script before any write: no znode is in the keys without its
+    // change-stream entry (Redis undoes nothing a script wrote before a command failed).
+    let written: i64 = redis::cmd("EXISTS")
+        .arg(format!("zk:{{{root}}}"))
+        .arg(format!("zk:{{{root}/a}}"))
+        .query_async(&mut admin)
+        .await
+        .expect("EXISTS");
+    assert_eq!(written, 0, "znodes written without their stream entries");
 
     let _: () =
         redis::cmd("ACL").arg("SETUSER").arg(MIRROR.0).arg("+xadd").query_async(&mut admin).await.expect("ACL SETUSER");
     assert_converges(&zk, &url(&redis, READER), "zk", &root).await;
     wait_for_field(&reader, "zk:mirror", "state", "live").await;
+    // Every znode has its entry once the right is there.
+    type Entries = Vec<(String, std::collections::HashMap<String, String>)>;
+    let entries: Entries =
+        redis::cmd("XRANGE").arg("zk:changes").arg("-").arg("+").query_async(&mut admin).await.expect("XRANGE");
+    for path in [root.clone(), format!("{root}/a")] {
+        let put =
+            entries.iter().any(|(_, f)| f.get("path") == Some(&path) && f.get("op").map(String::as_str) == Some("put"));
+        assert!(put, "no put entry for {path}: {entries:?}");
+    }
     process.stop();
 }
