@@ -53,6 +53,11 @@ const FORM: &str = "a Cluster URL is redis+cluster://[USER:PASSWORD@]HOST:PORT[,
 /// The most primaries a scan cursor can address (the cursor is `node cursor * MAX_NODES + index`).
 pub const MAX_NODES: u64 = 1024;
 
+/// The pause before the `tries`-th `TRYAGAIN` round (0 first): doubling, capped.
+fn try_again_pause(tries: u32) -> Duration {
+    TRY_AGAIN_PAUSE.saturating_mul(1 << tries.min(8)).min(TRY_AGAIN_MAX_PAUSE)
+}
+
 /// How many times a command answered `MOVED`, `ASK` or `TRYAGAIN` is sent again before its
 /// answer is given to the caller as it is (the store then takes Redis for unavailable).
 const MAX_REDIRECTS: usize = 64;
@@ -62,8 +67,14 @@ const MAX_REDIRECTS: usize = 64;
 /// no error, only a new primary in the slot map; the heartbeat's status write finds it.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
-/// The pause before a command answered `TRYAGAIN` is sent again.
+/// The pause before a command answered `TRYAGAIN` is sent again, doubled each time up to
+/// [`TRY_AGAIN_MAX_PAUSE`]: a slot stays in migration as long as its keys take to move (seconds
+/// for a large slot, or a slow `redis-cli --cluster reshard`), and giving up sooner makes the
+/// engine take a resharding for an outage and walk the whole subtree again.
 const TRY_AGAIN_PAUSE: Duration = Duration::from_millis(20);
+/// The longest pause between two `TRYAGAIN` rounds: with [`MAX_REDIRECTS`] rounds, a command
+/// waits about 12 s for its slot's migration before its answer is given up.
+const TRY_AGAIN_MAX_PAUSE: Duration = Duration::from_millis(200);
 
 /// A parsed `redis+cluster://` URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -398,6 +409,7 @@ impl ClusterLink {
         let mut answers: Vec<Option<Value>> = vec![None; cmds.len()];
         let mut pending: Vec<(usize, Target)> =
             cmds.iter().enumerate().map(|(i, cmd)| (i, Target::Slot(slot_of_cmd(cmd)))).collect();
+        let mut tries = 0;
         for round in 0..=MAX_REDIRECTS {
             if pending.is_empty() {
                 break;
@@ -489,7 +501,8 @@ impl ClusterLink {
                 }
             }
             if pause {
-                tokio::time::sleep(TRY_AGAIN_PAUSE).await;
+                tokio::time::sleep(try_again_pause(tries)).await;
+                tries += 1;
             }
         }
         (answers, None)
@@ -535,7 +548,7 @@ impl ClusterLink {
     pub async fn transaction(&self, pipeline: &Pipeline, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         let slot = pipeline.cmd_iter().find_map(slot_of_cmd);
         let mut last = None;
-        for _ in 0..MAX_REDIRECTS {
+        for tries in 0..MAX_REDIRECTS as u32 {
             let topology = self.topology().await?;
             let index = slot.and_then(|s| topology.slots[s]).unwrap_or(0);
             let addr = topology.primaries.get(index).cloned().unwrap_or_default();
@@ -554,7 +567,7 @@ impl ClusterLink {
                 Ok(values) => return Ok(values),
             }
             self.refresh().await?;
-            tokio::time::sleep(TRY_AGAIN_PAUSE).await;
+            tokio::time::sleep(try_again_pause(tries)).await;
         }
         Err(last.unwrap_or_else(|| RedisError::from(std::io::Error::other("a transaction kept being redirected"))))
     }
@@ -692,6 +705,15 @@ fn slot_of_cmd(cmd: &Cmd) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tryagain_waits_longer_each_round_up_to_a_cap() {
+        let pauses: Vec<u128> = (0..7).map(|n| try_again_pause(n).as_millis()).collect();
+        assert_eq!(pauses, [20, 40, 80, 160, 200, 200, 200]);
+        let budget: Duration = (0..MAX_REDIRECTS as u32).map(try_again_pause).sum();
+        assert!(budget > Duration::from_secs(10), "a migration of a few seconds must fit: {budget:?}");
+        assert_eq!(try_again_pause(u32::MAX), TRY_AGAIN_MAX_PAUSE);
+    }
 
     fn parse(url: &str) -> Result<ClusterUrl, String> {
         ClusterUrl::parse(url).expect("a cluster URL")
