@@ -998,7 +998,13 @@ impl Store {
     }
 
     async fn write_status_at(&self, key: &str, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
-        let mut conn = self.conn().await?;
+        // Behind a cluster the status goes through during a change of primaries too (which
+        // fails every other command until the reconcile): it claims no `zxid`, and it is how
+        // readers learn that the mirror is not `live` (the status's node may well be up).
+        let mut conn = match &self.link {
+            Link::Cluster(link) => Conn::Cluster(ClusterConn(link.clone())),
+            _ => self.conn().await?,
+        };
         if fields.is_empty() {
             // HSET needs a field; there is nothing to write, only the question to answer.
             let existed: bool =

@@ -1198,6 +1198,12 @@ impl Core {
         self.confirming = None;
         self.published_phase = None;
         self.watermark.block();
+        // Say so, best effort: readers trust `zxid` while `state` is `live`, and a Redis that
+        // fails in part (one node of a cluster, a new primary the old claim may not hold) may
+        // still take the status hash. One write; its failure changes nothing.
+        if !self.status_in_flight {
+            self.write_status(Phase::Degraded);
+        }
         // When Redis returns, the scripts are loaded and a reconcile walk runs (`on_scripts`).
     }
 
