@@ -998,17 +998,37 @@ impl Store {
     }
 
     async fn write_status_at(&self, key: &str, fields: &[(&str, String)]) -> Result<StatusWrite, StoreError> {
-        // Behind a cluster the status goes through during a change of primaries too (which
-        // fails every other command until the reconcile): it claims no `zxid`, and it is how
-        // readers learn that the mirror is not `live` (the status's node may well be up).
-        let mut conn = match &self.link {
-            Link::Cluster(link) => Conn::Cluster(ClusterConn(link.clone())),
-            _ => self.conn().await?,
-        };
+        // Behind a cluster, during a change of primaries (which fails every command until the
+        // reconcile, this one too: that is how the engine learns of it), the status still says
+        // `degraded`, whatever the caller wanted written: readers trust `zxid` while `state` is
+        // `live`, and the status's node may well be up while the promoted one lacks what `zxid`
+        // claims. Best effort; it claims nothing.
+        if let Link::Cluster(link) = &self.link {
+            if let Some(switch) = link.pending_switch() {
+                let mut conn = Conn::Cluster(ClusterConn(link.clone()));
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                let degraded = [
+                    (status_field::STATE, crate::status::Phase::Degraded.as_str().to_owned()),
+                    (status_field::HEARTBEAT, now.to_string()),
+                ];
+                let _ = self.write_status_on(&mut conn, key, &degraded).await;
+                return Err(StoreError::Redis { server: self.server.clone(), source: switch.error() });
+            }
+        }
+        let mut conn = self.conn().await?;
+        self.write_status_on(&mut conn, key, fields).await
+    }
+
+    async fn write_status_on(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        fields: &[(&str, String)],
+    ) -> Result<StatusWrite, StoreError> {
         if fields.is_empty() {
             // HSET needs a field; there is nothing to write, only the question to answer.
-            let existed: bool =
-                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await.map_err(|e| self.error(e))?;
+            let existed: bool = redis::cmd("EXISTS").arg(key).query_async(conn).await.map_err(|e| self.error(e))?;
             return Ok(StatusWrite { existed });
         }
         let mut invocation = self.scripts.status.key(key);
@@ -1016,7 +1036,7 @@ impl Store {
         for (field, value) in fields {
             invocation.arg(*field).arg(value);
         }
-        let existed: i64 = invocation.invoke_async(&mut conn).await.map_err(|e| match (self.fence, e.code()) {
+        let existed: i64 = invocation.invoke_async(conn).await.map_err(|e| match (self.fence, e.code()) {
             (Some(token), Some(code)) => match fenced_by(code, e.detail()) {
                 Some((seen, key)) => StoreError::Fenced { server: self.server.clone(), key, fence: token, seen },
                 None => self.error(e),
