@@ -272,14 +272,14 @@ async fn read_all(client: &Client, path: &str, warned: &mut Warned) -> Result<Ve
             Err(e) if is_session_error(&e) => return Err(e),
             // This znode's trouble (NoAuth: the mirror may not read it): left out alone.
             Err(e) => {
-                warned.warn_once(&child, stat_key(-1), || format!("registration {child}: cannot read it: {e}"));
+                warned.warn_once(&child, -1, || format!("registration {child}: cannot read it: {e}"));
                 continue;
             }
         };
         match parse(&child, &name, &data, stat.version) {
             Ok(_) if found.len() == MAX_REGISTRATIONS => unused += 1,
             Ok(registration) => found.push((registration, stat.czxid)),
-            Err(e) => warned.warn_once(&child, stat_key(stat.version), || e.to_string()),
+            Err(e) => warned.warn_once(&child, i64::from(stat.version), || e.to_string()),
         }
     }
     if unused > 0 {
@@ -290,10 +290,6 @@ async fn read_all(client: &Client, path: &str, warned: &mut Warned) -> Result<Ve
     // there first is kept (see `Settings::registered`).
     found.sort_by_key(|(_, czxid)| *czxid);
     Ok(found.into_iter().map(|(registration, _)| registration).collect())
-}
-
-fn stat_key(version: i32) -> i64 {
-    i64::from(version)
 }
 
 /// Errors that concern the session, not one znode: the read is retried on a new session.
@@ -317,6 +313,8 @@ struct Warned {
 }
 
 impl Warned {
+    /// Logs `why` unless `child` was logged at this `version` (its data version; -1 for a
+    /// znode that could not be read at all, whose version is unknown).
     fn warn_once(&mut self, child: &str, version: i64, why: impl FnOnce() -> String) {
         self.seen.insert(child.to_owned());
         if self.logged.get(child) != Some(&version) {

@@ -595,14 +595,6 @@ async fn bad_cluster_urls_exit_2_with_a_clear_message() {
         ("redis+cluster://u:hunter2@127.0.0.1", "is not HOST:PORT"),
         ("redis+cluster://u:hunter2@127.0.0.1:7000/2", "database 0 only"),
     ] {
-        for args in [
-            vec!["status", "--redis", url],
-            vec!["verify", "--zk", &zk, "--redis", url, "--root", "/x"],
-            vec!["run", "--zk", &zk, "--redis", url, "--root", "/x"],
-        ] {
-            let out = binary::run(binary_path(), &args).await;
-            let message = out.refused(&[needle]);
-            assert!(!message.contains("hunter2"), "{message}");
-        }
+        binary::assert_url_refused_everywhere(binary_path(), &zk, url, needle, "hunter2").await;
     }
 }

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::world::{assert_converges, hget, redis_conn, test_config, wait_for_field, RunningMirror};
+use common::world::{assert_converges, hget, redis_conn, test_config, wait_for_field, znode, RunningMirror};
 use common::{create_all, unique_root, wait_until, zk_client, RedisServer, TcpProxy, ZkServer};
-use zkmirror::testing::{Refusal, Store, Write, WriteOutcome, Znode, ZnodeStat};
+use zkmirror::testing::{Refusal, Store, Write, WriteOutcome, ZnodeStat};
 use zkmirror::{Leadership, MirrorConfig, MirrorError, Phase, StoreError};
 
 fn leader(fence: i64) -> Option<Leadership> {
@@ -19,15 +19,6 @@ fn store(redis: &RedisServer, fence: Option<i64>) -> Store {
     let mut config = MirrorConfig::new("127.0.0.1:1", redis.url(), "/app");
     config.leadership = fence.and_then(leader);
     Store::new(&config).expect("store")
-}
-
-fn znode(path: &str, data: &str, czxid: i64, mzxid: i64) -> Znode {
-    Znode {
-        path: path.to_owned(),
-        data: data.as_bytes().to_vec(),
-        stat: ZnodeStat { czxid, mzxid, pzxid: czxid, data_length: data.len() as i32, ..ZnodeStat::default() },
-        children: Vec::new(),
-    }
 }
 
 async fn get(store: &Store, key: &str) -> Option<String> {

@@ -7,8 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::world::znode;
 use common::RedisServer;
-use zkmirror::testing::{Refusal, Store, Write, WriteOutcome, Znode, ZnodeStat};
+use zkmirror::testing::{Refusal, Store, Write, WriteOutcome, Znode};
 use zkmirror::{Leadership, MirrorConfig};
 
 /// Both paths on servers of their own: `batched` sends puts through `put_batch.lua`, `single`
@@ -119,15 +120,6 @@ async fn dump(store: &Store) -> BTreeMap<String, String> {
         held.insert(key, format!("{kind} {value}"));
     }
     held
-}
-
-fn znode(path: &str, data: &str, czxid: i64, mzxid: i64) -> Znode {
-    Znode {
-        path: path.to_owned(),
-        data: data.as_bytes().to_vec(),
-        stat: ZnodeStat { czxid, mzxid, pzxid: czxid, data_length: data.len() as i32, ..ZnodeStat::default() },
-        children: Vec::new(),
-    }
 }
 
 fn with_children(mut znode: Znode, children: &[&str]) -> Znode {

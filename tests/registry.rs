@@ -7,7 +7,7 @@
 mod common;
 
 use common::binary::Daemon;
-use common::world::{assert_converges, create_tree, redis_conn, CONVERGE};
+use common::world::{assert_converges, create_tree, redis_conn, stored_data, wait_for_data, CONVERGE};
 use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -18,22 +18,6 @@ fn binary_path() -> &'static str {
 async fn register(sidecar: &Client, path: &str, data: &str) {
     let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
     sidecar.create(path, data.as_bytes(), &ephemeral).await.unwrap_or_else(|e| panic!("registering {path}: {e}"));
-}
-
-/// `path`'s data in the copy at `url`, if any.
-async fn stored(url: &str, path: &str) -> Option<Vec<u8>> {
-    let mut conn = redis_conn(url).await;
-    redis::cmd("GET").arg(format!("zk:{{{path}}}")).query_async(&mut conn).await.ok().flatten()
-}
-
-async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
-    wait_until(CONVERGE, &format!("{path} = {:?} in {url}", String::from_utf8_lossy(want)), || async {
-        match stored(url, path).await {
-            Some(got) if got == want => Ok(()),
-            got => Err(format!("holds {:?}", got.map(|g| String::from_utf8_lossy(&g).into_owned()))),
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +74,7 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     let refused = daemon.wait_for_lines(&["registration left out", &format!("{registry}/bad")], 1).await;
     assert!(refused.contains("carries a password"), "{refused}");
     assert!(!daemon.log_text().contains("leaked-pw"), "the registration's password was logged");
-    assert_eq!(stored(&east2.url(), &root).await, None, "the refused registration was mirrored");
+    assert_eq!(stored_data(&east2.url(), &root).await, None, "the refused registration was mirrored");
 
     // A changed registration: east moves to another Redis, cold-synced there.
     sidecar
@@ -106,8 +90,8 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     assert!(stopped.contains("target east"), "east did not stop with west: {stopped}");
     zk.set_data(&root, b"after the sidecars left", None).await.expect("set");
     wait_for_data(&a.url(), &root, b"after the sidecars left").await;
-    assert_eq!(stored(&west.url_with_credentials(), &root).await.as_deref(), Some(&b"root"[..]));
-    assert_eq!(stored(&east2.url(), &root).await.as_deref(), Some(&b"root"[..]));
+    assert_eq!(stored_data(&west.url_with_credentials(), &root).await.as_deref(), Some(&b"root"[..]));
+    assert_eq!(stored_data(&east2.url(), &root).await.as_deref(), Some(&b"root"[..]));
     assert_converges(&zk, &a.url(), "zk", &root).await;
     let mut east2_conn = redis_conn(&east2.url()).await;
     let znodes: Vec<String> =
@@ -162,7 +146,7 @@ async fn an_unreadable_registry_keeps_the_targets_running_and_is_read_again_late
     daemon.wait_for_log("cannot read the target registry").await;
     zk.set_data(&root, b"while the registry is closed", None).await.expect("set");
     wait_for_data(&east.url(), &root, b"while the registry is closed").await;
-    assert_eq!(stored(&west.url(), &root).await, None, "west was read through a closed registry");
+    assert_eq!(stored_data(&west.url(), &root).await, None, "west was read through a closed registry");
 
     owner.set_acl(&registry, &Acls::anyone_all(), None).await.expect("opening the registry");
     // No watch fires for an ACL change: the retry after the failure reads it.

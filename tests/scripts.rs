@@ -3,21 +3,13 @@
 
 mod common;
 
+use common::world::znode;
 use common::RedisServer;
 use zkmirror::testing::{BatchOutcome, Refusal, Store, Write, WriteOutcome, Znode, ZnodeStat};
 use zkmirror::MirrorConfig;
 
 fn store(redis: &RedisServer) -> Store {
     Store::new(&MirrorConfig::new("127.0.0.1:1", redis.url(), "/app")).expect("store")
-}
-
-fn znode(path: &str, data: &str, czxid: i64, mzxid: i64) -> Znode {
-    Znode {
-        path: path.to_owned(),
-        data: data.as_bytes().to_vec(),
-        stat: ZnodeStat { czxid, mzxid, pzxid: czxid, data_length: data.len() as i32, ..ZnodeStat::default() },
-        children: Vec::new(),
-    }
 }
 
 /// The Stat of the same znode after a `setACL` (which bumps `aversion` and nothing else).

@@ -345,14 +345,6 @@ async fn bad_sentinel_urls_exit_2_with_a_clear_message() {
         ("redis+sentinel://u:hunter2@/svc", "no sentinel"),
         ("redis+sentinel://u:hunter2@127.0.0.1/svc", "is not HOST:PORT"),
     ] {
-        for args in [
-            vec!["status", "--redis", url],
-            vec!["verify", "--zk", &zk, "--redis", url, "--root", "/x"],
-            vec!["run", "--zk", &zk, "--redis", url, "--root", "/x"],
-        ] {
-            let out = binary::run(binary_path(), &args).await;
-            let message = out.refused(&[needle]);
-            assert!(!message.contains("hunter2"), "{message}");
-        }
+        binary::assert_url_refused_everywhere(binary_path(), &zk, url, needle, "hunter2").await;
     }
 }

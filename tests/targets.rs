@@ -10,8 +10,8 @@ use std::path::Path;
 
 use common::binary::{self, Daemon};
 use common::chaos::{finish, Load, Reader};
-use common::world::{assert_converges, create_tree, redis_conn, CONVERGE};
-use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
+use common::world::{assert_converges, create_tree, redis_conn, wait_for_data};
+use common::{create_all, unique_root, zk_client, RedisServer, ZkServer};
 use zookeeper_client::Client;
 
 fn binary_path() -> &'static str {
@@ -50,28 +50,6 @@ fn pause(server: &RedisServer, paused: bool) {
     // SAFETY: a plain syscall on a child this process spawned and has not reaped.
     let rc = unsafe { libc::kill(pid as i32, signal) };
     assert_eq!(rc, 0, "signalling redis-server pid {pid}: {}", std::io::Error::last_os_error());
-}
-
-/// Waits until `path`'s data in the Redis at `url` is `want`.
-async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
-    let conn = redis_conn(url).await;
-    let what = format!("{path} = {:?} in {url}", String::from_utf8_lossy(want));
-    wait_until(CONVERGE, &what, || {
-        let mut conn = conn.clone();
-        async move {
-            let got: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(format!("zk:{{{path}}}"))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if got.as_deref() == Some(want) {
-                Ok(())
-            } else {
-                Err(format!("holds {:?}", got.map(|g| String::from_utf8_lossy(&g).into_owned())))
-            }
-        }
-    })
-    .await;
 }
 
 async fn delete_tree(zk: &Client, path: &str) {

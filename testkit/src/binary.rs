@@ -136,3 +136,17 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Each of `status`, `verify` and `run` with `--redis url` is refused before it connects: exit
+/// 2 and a message holding `needle`, never `secret` (the URL's password).
+pub async fn assert_url_refused_everywhere(binary: &str, zk: &str, url: &str, needle: &str, secret: &str) {
+    for args in [
+        vec!["status", "--redis", url],
+        vec!["verify", "--zk", zk, "--redis", url, "--root", "/x"],
+        vec!["run", "--zk", zk, "--redis", url, "--root", "/x"],
+    ] {
+        let out = run(binary, &args).await;
+        let message = out.refused(&[needle]);
+        assert!(!message.contains(secret), "{args:?} showed the secret: {message}");
+    }
+}

@@ -283,3 +283,37 @@ pub async fn wait_for_field(conn: &MultiplexedConnection, key: &str, field: &str
     })
     .await
 }
+
+/// A znode as a read would return it, with no children: what the script tests write.
+pub fn znode(path: &str, data: &str, czxid: i64, mzxid: i64) -> zkmirror::testing::Znode {
+    zkmirror::testing::Znode {
+        path: path.to_owned(),
+        data: data.as_bytes().to_vec(),
+        stat: zkmirror::testing::ZnodeStat {
+            czxid,
+            mzxid,
+            pzxid: czxid,
+            data_length: data.len() as i32,
+            ..zkmirror::testing::ZnodeStat::default()
+        },
+        children: Vec::new(),
+    }
+}
+
+/// `path`'s data in the copy (prefix `zk`) at `url`, if any (`None` also when Redis cannot be
+/// read).
+pub async fn stored_data(url: &str, path: &str) -> Option<Vec<u8>> {
+    let mut conn = redis_conn(url).await;
+    redis::cmd("GET").arg(format!("zk:{{{path}}}")).query_async(&mut conn).await.ok().flatten()
+}
+
+/// Waits until `path`'s data in the copy (prefix `zk`) at `url` is `want`.
+pub async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
+    super::wait_until(CONVERGE, &format!("{path} = {:?} in {url}", String::from_utf8_lossy(want)), || async {
+        match stored_data(url, path).await {
+            Some(got) if got == want => Ok(()),
+            got => Err(format!("holds {:?}", got.map(|g| String::from_utf8_lossy(&g).into_owned()))),
+        }
+    })
+    .await;
+}
