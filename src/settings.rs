@@ -916,7 +916,15 @@ fn targets<'a>(
     o: &Overrides,
     registry: bool,
 ) -> Result<Vec<TargetSpec<'a>>, SettingsError> {
-    let mut found: Vec<(String, Origin<'a>, String, Origin<'a>, &'a RedisSection, String)> = Vec::new();
+    // Each target as given, with where its name and URL came from, its table in the file
+    // (for its file keys) and the table's name (`redis`, `targets[1]`) for error messages.
+    struct Given<'a> {
+        name: (String, Origin<'a>),
+        url: (String, Origin<'a>),
+        section: &'a RedisSection,
+        table: String,
+    }
+    let mut found: Vec<Given<'a>> = Vec::new();
     let file_name = |section: &'a RedisSection, key: &str| layer(None, "", section.name.as_ref(), source, key);
     if !o.redis.is_empty() {
         let several = o.redis.len() > 1;
@@ -935,7 +943,13 @@ fn targets<'a>(
                 None => file_name(&file.redis, "redis.name")
                     .map_or_else(|| crate::config::DEFAULT_TARGET.to_owned(), |(name, _)| name),
             };
-            found.push((name, Origin::Flag("--redis"), url.to_owned(), origin, &file.redis, "redis".to_owned()));
+            let url = (url.to_owned(), origin);
+            found.push(Given {
+                name: (name, Origin::Flag("--redis")),
+                url,
+                section: &file.redis,
+                table: "redis".into(),
+            });
         }
     } else if !file.targets.is_empty() {
         if let (Some(url), Some(source)) = (&file.redis.url, source) {
@@ -959,7 +973,7 @@ fn targets<'a>(
             let Some((name, name_origin)) = file_name(section, &format!("{table}.name")) else {
                 return Err(url_origin.error(format!("{table} has no name: every [[targets]] entry needs one")));
             };
-            found.push((name, name_origin, url.get_ref().clone(), url_origin, section, table));
+            found.push(Given { name: (name, name_origin), url: (url.get_ref().clone(), url_origin), section, table });
         }
     } else if registry && file.redis.url.is_none() {
         // With a registry, the targets may all be registered ones: no default Redis is
@@ -969,10 +983,15 @@ fn targets<'a>(
             .unwrap_or_else(|| (DEFAULT_REDIS_URL.to_owned(), Origin::Default));
         let (name, name_origin) = file_name(&file.redis, "redis.name")
             .unwrap_or_else(|| (crate::config::DEFAULT_TARGET.to_owned(), Origin::Default));
-        found.push((name, name_origin, url, origin, &file.redis, "redis".to_owned()));
+        found.push(Given {
+            name: (name, name_origin),
+            url: (url, origin),
+            section: &file.redis,
+            table: "redis".into(),
+        });
     }
     let mut specs: Vec<TargetSpec<'a>> = Vec::with_capacity(found.len());
-    for (name, name_origin, url, url_origin, section, table) in found {
+    for Given { name: (name, name_origin), url: (url, url_origin), section, table } in found {
         if let (Some(hosts), Some(source)) = (&section.hosts, source) {
             return Err(source.error(
                 hosts.span().start,
