@@ -90,6 +90,7 @@ pub mod tls;
 mod transfer;
 pub mod verify;
 mod zk;
+mod zkhub;
 mod zkwalk;
 mod znode;
 

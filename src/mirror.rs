@@ -29,6 +29,9 @@ pub struct Mirror {
     counters: Arc<Counters>,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
+    /// The ZooKeeper hub this mirror shares with the root's other targets, if any; without,
+    /// it opens its own session.
+    feed: Option<crate::zkhub::ZkFeed>,
 }
 
 /// Observes and stops a [`Mirror`] from anywhere; cheap to clone.
@@ -66,7 +69,13 @@ impl Mirror {
         let (trigger, shutdown) = shutdown::channel();
         let counters = Arc::new(Counters::default());
         counters.set_phase(Phase::Syncing);
-        Ok(Mirror { config, counters, trigger, shutdown })
+        Ok(Mirror { config, counters, trigger, shutdown, feed: None })
+    }
+
+    /// Reads ZooKeeper through `feed`'s hub instead of a session of its own.
+    pub(crate) fn with_feed(mut self, feed: crate::zkhub::ZkFeed) -> Mirror {
+        self.feed = Some(feed);
+        self
     }
 
     pub fn handle(&self) -> MirrorHandle {
@@ -93,6 +102,6 @@ impl Mirror {
         } else {
             tracing::info_span!("target", name = %self.config.target)
         };
-        tracing::Instrument::instrument(driver::drive(self.config, store, core, self.shutdown), span).await
+        tracing::Instrument::instrument(driver::drive(self.config, store, core, self.shutdown, self.feed), span).await
     }
 }

@@ -199,6 +199,8 @@ pub struct Service {
     /// here, reaped as they end, aborted by [`Service::stop`].
     chores: JoinSet<()>,
     stop_grace: Duration,
+    /// One ZooKeeper session, watch and read per root, shared by that root's targets.
+    hubs: crate::zkhub::ZkHubs,
 }
 
 impl Service {
@@ -208,6 +210,7 @@ impl Service {
             observers: Observers::default(),
             chores: JoinSet::new(),
             stop_grace: STOP_GRACE,
+            hubs: crate::zkhub::ZkHubs::default(),
         }
     }
 
@@ -238,6 +241,8 @@ impl Service {
         let stopping: Vec<MirrorKey> =
             plan.stop.iter().map(|s| s.key.clone()).chain(plan.restart.iter().cloned()).collect();
         let stopped = self.stop_many(&stopping, &mut applied).await;
+        // A root none of whose targets runs any more closes its session now.
+        self.hubs.reap().await;
         for stop in plan.stop {
             if let Some(config) = stopped.get(&stop.key) {
                 if stop.purge {
@@ -269,7 +274,7 @@ impl Service {
     }
 
     fn start_one(&mut self, config: MirrorConfig) -> Result<(), MirrorError> {
-        let mirror = Mirror::new(config.clone())?;
+        let mirror = Mirror::new(config.clone())?.with_feed(self.hubs.subscribe(&config)?);
         if !config.shared_prefix {
             self.chores.spawn(forget_shared_status(config.clone()));
         }
@@ -347,6 +352,7 @@ impl Service {
             report_end(&key, end, grace);
         });
         futures::future::join_all(ends).await;
+        self.hubs.stop().await;
         // The chores write to Redis (clearing a shared prefix's leftovers): not once stopped.
         self.chores.abort_all();
         while self.chores.join_next().await.is_some() {}

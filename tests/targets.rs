@@ -20,7 +20,12 @@ fn binary_path() -> &'static str {
 
 /// A settings file mirroring `root` into each `(name, url)` target.
 fn write_settings(file: &Path, zk: &str, root: &str, targets: &[(&str, String)]) {
-    let mut text = format!("[zookeeper]\nservers = {zk:?}\n\n[mirror]\nanti_entropy_interval = \"1h\"\n\n");
+    write_settings_with(file, zk, root, targets, "");
+}
+
+/// The same, with more lines in `[mirror]`.
+fn write_settings_with(file: &Path, zk: &str, root: &str, targets: &[(&str, String)], mirror: &str) {
+    let mut text = format!("[zookeeper]\nservers = {zk:?}\n\n[mirror]\nanti_entropy_interval = \"1h\"\n{mirror}\n");
     for (name, url) in targets {
         text.push_str(&format!("[[targets]]\nname = {name:?}\nurl = {url:?}\n\n"));
     }
@@ -34,9 +39,18 @@ fn write_settings(file: &Path, zk: &str, root: &str, targets: &[(&str, String)])
 /// `zkmirror run --config FILE` with a settings file mirroring `root` into `targets`; the
 /// folder holds the file and the log.
 fn run_into(zk: &str, root: &str, targets: &[(&str, String)]) -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
+    run_into_with(zk, root, targets, "")
+}
+
+fn run_into_with(
+    zk: &str,
+    root: &str,
+    targets: &[(&str, String)],
+    mirror: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
     let dir = tempfile::tempdir().expect("temp dir");
     let settings = dir.path().join("zkmirror.toml");
-    write_settings(&settings, zk, root, targets);
+    write_settings_with(&settings, zk, root, targets, mirror);
     let arg = settings.display().to_string();
     let daemon = Daemon::start(binary_path(), &["--config", &arg], "zkmirror=info", &dir.path().join("run.log"));
     (dir, settings, daemon)
@@ -148,5 +162,91 @@ async fn a_dropped_target_keeps_its_copy_and_an_added_one_is_synced() {
     let znodes: Vec<String> =
         redis::cmd("KEYS").arg(format!("zk:{{{root}*}}:meta")).query_async(&mut b_conn).await.expect("KEYS on b");
     assert_eq!(znodes.len(), 1 + 3 + 9, "b's copy lost znodes: {znodes:?}");
+    daemon.stop();
+}
+
+/// ZooKeeper's own count of the packets it received (`mntr`): reads, syncs, pings, the lot.
+fn packets_received(server: &ZkServer) -> u64 {
+    let mntr = server.four_letter_word("mntr").expect("mntr");
+    mntr.lines()
+        .find_map(|line| line.strip_prefix("zk_packets_received").map(|v| v.trim().parse::<u64>()))
+        .unwrap_or_else(|| panic!("no zk_packets_received in mntr: {mntr}"))
+        .expect("zk_packets_received is a number")
+}
+
+/// Runs the daemon into `targets` until every one has finished its cold sync, stops it, and
+/// answers how many packets ZooKeeper received meanwhile (nothing else uses this server then).
+async fn packets_of_cold_sync(server: &ZkServer, root: &str, targets: &[(&str, String)]) -> u64 {
+    let before = packets_received(server);
+    let (_dir, _settings, mut daemon) = run_into(&server.connect_string(), root, targets);
+    for (name, _) in targets {
+        daemon.wait_for_lines(&[&format!("name={name}"), "cold sync done"], 1).await;
+    }
+    daemon.stop();
+    packets_received(server) - before
+}
+
+/// One ZooKeeper read feeds every target: three targets' cold syncs of a 1,555-znode tree cost
+/// ZooKeeper well under twice what one target's costs (each target reading for itself costs
+/// three times as much), and every copy is exact. The server is this test's own, so that its
+/// packet count is the mirror's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_zookeeper_read_feeds_every_target() {
+    let server = ZkServer::start();
+    let zk = zk_client(&server.connect_string()).await;
+    let root = unique_root("targets-shared");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 6, 4, 16).await;
+    let redis: Vec<RedisServer> = (0..4).map(|_| RedisServer::start()).collect();
+
+    let one = packets_of_cold_sync(&server, &root, &[("a", redis[0].url())]).await;
+    let three =
+        packets_of_cold_sync(&server, &root, &[("b", redis[1].url()), ("c", redis[2].url()), ("d", redis[3].url())])
+            .await;
+    for r in &redis {
+        assert_converges(&zk, &r.url(), "zk", &root).await;
+    }
+    eprintln!("ZooKeeper packets per cold sync: one target {one}, three targets {three}");
+    assert!(
+        three * 2 < one * 3,
+        "three targets cost ZooKeeper {three} packets, one target {one}: they did not share their reads"
+    );
+}
+
+/// A target whose queue from the shared ZooKeeper hub overflows (a queue of 64 deliveries, from
+/// a 256 KiB memory budget, against bursts of a thousand creates in one multi each) loses its
+/// events, starts over once it drains, and ends exact, the burst's deletes included; a reader
+/// polling it meanwhile never sees a version go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_shared_queue_overflows_starts_over_and_ends_exact() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("targets-overflow");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 3, 2, 16).await;
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let small = "memory_budget = \"256KiB\"\nmax_znode_size = \"4KiB\"\n";
+    let (_dir, _settings, mut daemon) = run_into_with(&zk_connect, &root, &[("a", a.url()), ("b", b.url())], small);
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+
+    let load = Load::start(&zk_connect, &root, 23);
+    let reader = Reader::start(&a.url(), "zk", &root);
+    let options = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    for burst in 0..3 {
+        let parent = format!("{root}/burst{burst}");
+        zk.create(&parent, b"burst", &options).await.expect("creating a burst's parent");
+        let mut multi = zk.new_multi_writer();
+        for i in 0..1000 {
+            multi.add_create(&format!("{parent}/n{i}"), b"x", &options).expect("adding a create");
+        }
+        multi.commit().await.expect("a burst of creates");
+    }
+    // One burst goes away again, whole: what a target that lost its events must still remove.
+    delete_tree(&zk, &format!("{root}/burst1")).await;
+    daemon.wait_for_log("fell behind this root's ZooKeeper").await;
+    daemon.wait_for_log("caught up: it starts over with a reconcile").await;
+    finish(load, reader, &zk, &a.url(), &root, 20).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
     daemon.stop();
 }

@@ -753,6 +753,15 @@ pub fn zookeeper_version(zk: &ZkServer) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The packets ZooKeeper has received so far (`mntr`'s `zk_packets_received`): every request
+/// of every client, pings included. 0 if the server does not say.
+pub fn zookeeper_packets_received(zk: &ZkServer) -> u64 {
+    zk.four_letter_word("mntr")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("zk_packets_received")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Redis's version from `INFO server`.
 pub async fn redis_version(conn: &mut redis::aio::MultiplexedConnection) -> String {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.unwrap_or_default();

@@ -3,8 +3,9 @@
 //! ZooKeeper and tree, alternately. Cold sync: from emptied servers until every target says
 //! `live` and is exact. Propagation: the measurement of section 2, the reader polling the
 //! first target. Reported as medians and 3-target / 1-target ratios, beside the cores the
-//! machine has: each target is a mirror of its own (its own ZooKeeper session and reads), so
-//! three targets read ZooKeeper three times.
+//! machine has, and the packets ZooKeeper received per cold sync: each target is a mirror of
+//! its own, but the targets of a root share one ZooKeeper session and, where safe, its reads
+//! (`src/zkhub.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ pub struct Targets {
     pub cold_sync_ratio: f64,
     pub one_mirror_cpu_s: Vec<f64>,
     pub three_mirror_cpu_s: Vec<f64>,
+    /// Packets ZooKeeper received from start to every target `live` (before the checks read it).
+    pub one_zk_packets: Vec<u64>,
+    pub three_zk_packets: Vec<u64>,
     pub one_propagation_p50_ms: f64,
     pub one_propagation_p99_ms: f64,
     pub three_propagation_p50_ms: f64,
@@ -62,15 +66,18 @@ pub async fn run(nodes: usize, runs: usize, rate: f64, seconds: f64) -> Targets 
         conns.push(support::redis_conn(&r.url()).await);
     }
     let (mut one_s, mut three_s, mut one_cpu, mut three_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut one_packets, mut three_packets) = (Vec::new(), Vec::new());
     let mut verified_exact = true;
     for run in 1..=runs {
-        for (links, count, times, cpu) in
-            [(&one, 1, &mut one_s, &mut one_cpu), (&three, 3, &mut three_s, &mut three_cpu)]
-        {
+        for (links, count, times, cpu, packets) in [
+            (&one, 1, &mut one_s, &mut one_cpu, &mut one_packets),
+            (&three, 3, &mut three_s, &mut three_cpu, &mut three_packets),
+        ] {
             for conn in &mut conns {
                 let _: () = redis::cmd("FLUSHALL").query_async(conn).await.expect("FLUSHALL");
             }
             let extra: Vec<&str> = links.extra.iter().map(String::as_str).collect();
+            let packets_before = support::zookeeper_packets_received(&zk);
             let started = Instant::now();
             let mut mirror = support::spawn_mirror_with(&links.zk, &links.redis, links.log_name, &extra);
             for conn in conns.iter_mut().take(count) {
@@ -79,6 +86,7 @@ pub async fn run(nodes: usize, runs: usize, rate: f64, seconds: f64) -> Targets 
                 });
             }
             let cold = started.elapsed();
+            packets.push(support::zookeeper_packets_received(&zk).saturating_sub(packets_before));
             let usage = support::process_usage(mirror.pid());
             for conn in conns.iter_mut().take(count) {
                 let (report, _) = support::verify(&client, conn).await;
@@ -89,10 +97,11 @@ pub async fn run(nodes: usize, runs: usize, rate: f64, seconds: f64) -> Targets 
             }
             mirror.stop();
             eprintln!(
-                "[targets] run {run}/{runs} {}: cold sync {:.3} s, mirror CPU {:.2} s",
+                "[targets] run {run}/{runs} {}: cold sync {:.3} s, mirror CPU {:.2} s, ZooKeeper packets {}",
                 links.log_name,
                 cold.as_secs_f64(),
-                usage.cpu.as_secs_f64()
+                usage.cpu.as_secs_f64(),
+                packets.last().copied().unwrap_or(0)
             );
             times.push(cold.as_secs_f64());
             cpu.push(usage.cpu.as_secs_f64());
@@ -121,6 +130,8 @@ pub async fn run(nodes: usize, runs: usize, rate: f64, seconds: f64) -> Targets 
         three_cold_sync_s: three_s,
         one_mirror_cpu_s: one_cpu,
         three_mirror_cpu_s: three_cpu,
+        one_zk_packets: one_packets,
+        three_zk_packets: three_packets,
         one_propagation_p50_ms: med(&one_passes, p50),
         one_propagation_p99_ms: med(&one_passes, p99),
         three_propagation_p50_ms: med(&three_passes, p50),
@@ -165,6 +176,15 @@ pub fn print(t: &Targets, verdicts: &[Verdict]) {
         median(&t.one_mirror_cpu_s),
         median(&t.three_mirror_cpu_s),
         median(&t.three_mirror_cpu_s) / median(&t.one_mirror_cpu_s)
+    );
+    let as_f64 = |v: &[u64]| v.iter().map(|&p| p as f64).collect::<Vec<f64>>();
+    let (one_packets, three_packets) = (median(&as_f64(&t.one_zk_packets)), median(&as_f64(&t.three_zk_packets)));
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>9.2}×",
+        "ZooKeeper packets per cold sync",
+        one_packets,
+        three_packets,
+        three_packets / one_packets
     );
     println!(
         "{:<34} {:>9.2} ms {:>9.2} ms {:>9.2}×",

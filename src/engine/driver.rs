@@ -20,6 +20,7 @@ use crate::error::{MirrorError, StoreError, ZkError};
 use crate::shutdown::Shutdown;
 use crate::store::{Applied, Store};
 use crate::zk::ZkSession;
+use crate::zkhub::{Delivered, ZkFeed};
 use crate::znode::Fetched;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -50,11 +51,14 @@ struct InFlight {
 }
 
 /// Runs the mirror until `shutdown` fires (Ok) or ZooKeeper rejects the credentials (Err).
+/// With a `feed`, the ZooKeeper side is a hub's session shared with the root's other
+/// targets ([`crate::zkhub`]); without, the mirror opens its own.
 pub(crate) async fn drive(
     config: MirrorConfig,
     store: Store,
     mut core: Core,
     mut shutdown: Shutdown,
+    mut feed: Option<ZkFeed>,
 ) -> Result<(), MirrorError> {
     info!(root = %config.root, zk = %config.zk_servers, redis = %store.server(), prefix = %config.prefix,
           "zkmirror starting");
@@ -63,7 +67,10 @@ pub(crate) async fn drive(
     let mut f = InFlight::default();
     let result = loop {
         while let Some(effect) = core.poll_effect() {
-            start(effect, &config, &store, &mut session, &mut watcher, &mut f);
+            match feed.as_mut() {
+                Some(feed) => start_shared(effect, &config, &store, &mut session, feed, &mut f),
+                None => start(effect, &config, &store, &mut session, &mut watcher, &mut f),
+            }
         }
         if let Some(error) = core.take_fatal() {
             break Err(error);
@@ -77,6 +84,27 @@ pub(crate) async fn drive(
             event = next_event(&mut watcher), if watcher.is_some() => match event {
                 Some(input) => input,
                 None => continue,
+            },
+            // The hub delivers events and read answers in session order, in one queue.
+            delivered = next_delivery(&mut feed), if feed.is_some() => match delivered {
+                Some(Delivered::Connected(s)) => {
+                    session = Some(s);
+                    Input::Connected
+                }
+                Some(Delivered::ConnectFailed(error)) => Input::ConnectFailed(error),
+                Some(Delivered::WatchAdded) => Input::WatchAdded,
+                Some(Delivered::WatchFailed(error)) => Input::WatchFailed(error),
+                Some(Delivered::Disconnected) => Input::Disconnected,
+                Some(Delivered::Reconnected) => Input::Reconnected,
+                Some(Delivered::SessionEnded) => Input::SessionEnded,
+                Some(Delivered::AuthFailed) => Input::AuthFailed,
+                Some(Delivered::Changed { path, kind, .. }) => Input::Changed { path, kind },
+                Some(Delivered::ReadDone { results, read_at_ms }) => Input::ReadDone { results, read_at_ms: Some(read_at_ms) },
+                None => {
+                    // The hub is gone (the service is stopping): nothing more comes from it.
+                    feed = None;
+                    continue;
+                }
             },
             result = settled(&mut f.connect), if f.connect.is_some() => {
                 match result {
@@ -97,7 +125,7 @@ pub(crate) async fn drive(
                     Err(error) => Input::WatchFailed(error),
                 }
             }
-            Some(results) = f.reads.next(), if !f.reads.is_empty() => Input::ReadDone(results),
+            Some(results) = f.reads.next(), if !f.reads.is_empty() => Input::ReadDone { results, read_at_ms: None },
             result = settled(&mut f.batch), if f.batch.is_some() => Input::WriteDone(result),
             result = settled(&mut f.scripts), if f.scripts.is_some() => Input::ScriptsLoaded(result),
             (generation, result) = settled(&mut f.sync), if f.sync.is_some() => Input::Synced { generation, result },
@@ -158,6 +186,13 @@ async fn stop(store: &Store, mut f: InFlight) {
     info!("zkmirror stopped");
 }
 
+async fn next_delivery(feed: &mut Option<ZkFeed>) -> Option<Delivered> {
+    match feed.as_mut() {
+        Some(feed) => feed.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next watch event as an input; `None` for events the mirror ignores.
 async fn next_event(watcher: &mut Option<PersistentWatcher>) -> Option<Input> {
     let event: WatchedEvent = match watcher.as_mut() {
@@ -182,6 +217,49 @@ async fn next_event(watcher: &mut Option<PersistentWatcher>) -> Option<Input> {
         EventType::NodeDataChanged | EventType::NodeChildrenChanged => Change::Data,
     };
     Some(Input::Changed { path: event.path, kind })
+}
+
+/// Starts what an effect asks for, with the ZooKeeper side a hub's: the session's lifecycle,
+/// the watch and the reads go to the hub; the rest is as with a session of its own.
+fn start_shared(
+    effect: Effect,
+    config: &MirrorConfig,
+    store: &Store,
+    session: &mut Option<ZkSession>,
+    feed: &mut ZkFeed,
+    f: &mut InFlight,
+) {
+    match effect {
+        Effect::Connect => feed.connect(),
+        Effect::DropSession => {
+            *session = None;
+            f.sync = None;
+            f.confirm = None;
+            feed.drop_session();
+        }
+        Effect::AddWatch => feed.add_watch(),
+        // The hub sets it on its own session's sockets.
+        Effect::DisableNagle => {}
+        Effect::Read(paths) => feed.read(paths),
+        Effect::SyncRoot { generation } => {
+            // As with a session of its own: the claim first, then the sync (the hub's, which
+            // also keeps reads sent before it from being shared with this mirror).
+            let store = store.clone();
+            let sync = feed.sync();
+            f.sync = Some(Box::pin(async move {
+                let result = async {
+                    let stored = store.stored_mark().await.map_err(|e| e.to_string())?;
+                    let above_root = sync.await.map_err(|e| e.to_string())?;
+                    Ok(SyncPoint { stored, above_root })
+                };
+                (generation, result.await)
+            }));
+        }
+        other => {
+            let mut no_watcher = None;
+            start(other, config, store, session, &mut no_watcher, f)
+        }
+    }
 }
 
 /// Starts the future (or the change of handles) an effect asks for.

@@ -102,7 +102,12 @@ pub(crate) enum Input {
         kind: Change,
     },
     /// The oldest read request in flight was answered (requests are answered in order).
-    ReadDone(Vec<(String, Result<Fetched, ZkError>)>),
+    /// `read_at_ms`: when the oldest read behind the answer was sent, if before this request
+    /// (a hub may answer from another target's read, see `zkhub`); else the request's own.
+    ReadDone {
+        results: Vec<(String, Result<Fetched, ZkError>)>,
+        read_at_ms: Option<u64>,
+    },
     /// The pipeline in flight was answered: one outcome per write.
     WriteDone(Result<Applied, StoreError>),
     /// The scripts are loaded; `Ok` carries the history (`epoch`) `P:mirror` names (0: none).
@@ -129,6 +134,14 @@ pub(crate) enum Input {
     },
     /// The status hash was written; `Ok(false)`: it did not exist before this write.
     StatusWritten(Result<bool, StoreError>),
+}
+
+#[cfg(test)]
+impl Input {
+    /// A read answered from this request's own read (no older read shared into it).
+    pub fn read_done(results: Vec<(String, Result<Fetched, ZkError>)>) -> Input {
+        Input::ReadDone { results, read_at_ms: None }
+    }
 }
 
 /// A watch event's kind, as far as the mirror cares.
@@ -581,7 +594,7 @@ impl Core {
             }
             Input::SessionEnded => self.on_session_ended(),
             Input::Changed { path, kind } => self.on_change(&path, kind, now),
-            Input::ReadDone(results) => self.on_reads(results, now),
+            Input::ReadDone { results, read_at_ms } => self.on_reads(results, read_at_ms, now),
             Input::WriteDone(result) => self.on_batch(result, now),
             Input::ScriptsLoaded(result) => self.on_scripts(result, now),
             Input::Synced { generation, result } => self.on_synced(generation, result),
@@ -806,8 +819,10 @@ impl Core {
         }
     }
 
-    fn on_reads(&mut self, results: Vec<(String, Result<Fetched, ZkError>)>, now: Instant) {
-        let Some(request) = self.reads.pop_front() else { return };
+    fn on_reads(&mut self, results: Vec<(String, Result<Fetched, ZkError>)>, read_at_ms: Option<u64>, now: Instant) {
+        let Some(mut request) = self.reads.pop_front() else { return };
+        // The deadline on old reads counts from the oldest read behind the answer.
+        request.sent_ms = read_at_ms.map_or(request.sent_ms, |t| t.min(request.sent_ms));
         self.paths_in_flight = self.paths_in_flight.saturating_sub(request.items.len());
         self.record.reads(results.len() as u64, now.duration_since(request.sent));
         let mut failed: Option<(usize, String, ZkError)> = None;

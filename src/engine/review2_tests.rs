@@ -105,7 +105,7 @@ fn a_claim_hidden_below_an_unreadable_znode_is_not_taken_for_a_restore() {
     let x = reads_of(&seen);
     assert_eq!(x, vec![vec!["/r/x".to_owned()]]);
     let stat = ZnodeStat { czxid: 20, mzxid: 20, pzxid: 25, ..ZnodeStat::default() };
-    s.feed(Input::ReadDone(vec![("/r/x".to_owned(), Ok(Fetched::Unreadable { path: "/r/x".into(), stat }))]));
+    s.feed(Input::read_done(vec![("/r/x".to_owned(), Ok(Fetched::Unreadable { path: "/r/x".into(), stat }))]));
     seen.extend(s.take());
     let seen = settle(&mut s, seen);
     assert_eq!(syncs(&seen), Vec::<u64>::new(), "a second walk was started: {:?}", claims(&seen));

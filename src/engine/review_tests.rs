@@ -37,7 +37,7 @@ fn claims(effects: &[Effect]) -> Vec<i64> {
 }
 
 pub(super) fn answer_all(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
-    Input::ReadDone(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
+    Input::read_done(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
 }
 
 /// Cold sync of `/r` (czxid 2) with one child `/r/a` (czxid 2, mzxid 200) into an empty Redis:
@@ -239,7 +239,7 @@ fn reads_resume_once_the_watch_is_back_after_a_disconnect() {
     s.feed(Input::Disconnected);
     for request in &requests {
         let lost = ZkError::Read { path: request[0].clone(), source: zookeeper_client::Error::ConnectionLoss };
-        s.feed(Input::ReadDone(request.iter().map(|p| (p.clone(), Err(lost.clone()))).collect()));
+        s.feed(Input::read_done(request.iter().map(|p| (p.clone(), Err(lost.clone()))).collect()));
     }
     s.feed(Input::Reconnected);
     s.feed(Input::WatchAdded);
@@ -289,7 +289,7 @@ fn the_sweeps_candidates_stay_within_the_memory_budget() {
             }
             let reads = reads_of(&effects);
             for read in &reads {
-                s.feed(Input::ReadDone(
+                s.feed(Input::read_done(
                     read.iter()
                         .map(|p| (p.clone(), Ok(Fetched::Absent { path: p.clone(), tomb_zxid: Some(9) })))
                         .collect(),

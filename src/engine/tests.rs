@@ -148,7 +148,7 @@ fn znode(path: &str, mzxid: i64, children: &[&str]) -> Fetched {
 }
 
 fn answer(paths: &[String], fetched: impl Fn(&str) -> Fetched) -> Input {
-    Input::ReadDone(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
+    Input::read_done(paths.iter().map(|p| (p.clone(), Ok(fetched(p)))).collect())
 }
 
 fn writes_of(effects: &[Effect]) -> Vec<WriteSummary> {
@@ -344,7 +344,7 @@ fn a_failed_multi_read_is_logged_once_and_retried_after_a_pause() {
     s.feed(Input::Changed { path: "/r/a".into(), kind: Change::Data });
     let sent = s.reads();
     let error = ZkError::Read { path: "/r/a".into(), source: zookeeper_client::Error::UnexpectedError("boom".into()) };
-    s.feed(Input::ReadDone(sent[0].iter().map(|p| (p.clone(), Err(error.clone()))).collect()));
+    s.feed(Input::read_done(sent[0].iter().map(|p| (p.clone(), Err(error.clone()))).collect()));
     assert!(s.reads().is_empty(), "not re-read at once");
     s.wait(Duration::from_millis(301)); // the first backoff is 100–300 ms
     assert_eq!(s.reads().concat(), ["/r/a"], "re-read after the backoff");
@@ -359,7 +359,7 @@ fn session_expiry_drops_reads_held_and_writes_waiting() {
     let first = writes_of(&s.take());
     assert_eq!(first.len(), 1, "the root's write is in flight");
     // /r/a is read while the pipeline is in flight: its write waits.
-    s.feed(Input::ReadDone(vec![("/r/a".into(), Ok(znode("/r/a", 6, &[])))]));
+    s.feed(Input::read_done(vec![("/r/a".into(), Ok(znode("/r/a", 6, &[])))]));
     s.feed(Input::SessionEnded);
     assert!(s.take().iter().any(|e| matches!(e, Effect::DropSession)));
     s.ack();
@@ -407,7 +407,7 @@ fn a_deleted_subtree_found_by_the_sweep_is_confirmed_and_the_walk_ends() {
     s.feed(Input::SweepDone { generation: 1, result: Ok((0, vec!["/r/gone".into(), "/r/gone/deep".into()])) });
     let confirm = s.reads();
     assert_eq!(confirm.concat().len(), 2);
-    s.feed(Input::ReadDone(
+    s.feed(Input::read_done(
         confirm[0].iter().map(|p| (p.clone(), Ok(Fetched::Absent { path: p.clone(), tomb_zxid: Some(9) }))).collect(),
     ));
     assert_eq!(writes_of(&s.take())[0].0.len(), 2);
@@ -423,7 +423,7 @@ fn nothing_below_an_unreadable_znode_is_mirrored_even_if_readable() {
     s.feed(answer(&root[0], |p| znode(p, 5, &["x"])));
     let x = s.ack_writes();
     assert_eq!(x.concat(), ["/r/x"]);
-    s.feed(Input::ReadDone(vec![(
+    s.feed(Input::read_done(vec![(
         "/r/x".into(),
         Ok(Fetched::Unreadable { path: "/r/x".into(), stat: ZnodeStat::default() }),
     )]));
@@ -549,7 +549,7 @@ fn walk_root(
     s.feed(Input::Synced { generation, result: sync });
     let reads = s.reads();
     assert_eq!(reads, vec![vec!["/r".to_owned()]]);
-    s.feed(Input::ReadDone(vec![("/r".to_owned(), Ok(root))]));
+    s.feed(Input::read_done(vec![("/r".to_owned(), Ok(root))]));
     let (_, claims) = syncs_and_claims(&s.take());
     s.answer_batch(|_| outcome.clone());
     let mut after = s.take();
