@@ -664,32 +664,34 @@ impl Hub {
         let Some(info) = self.read_info.remove(&read_id) else { return };
         let now = Instant::now();
         let expired = results.iter().any(|(_, r)| r.as_ref().is_err_and(ZkError::is_session_expired));
+        // An answer is kept for sharing only where another target could ask for it; a lone
+        // target's answers go to it alone, moved, never copied.
+        let keep = self.subscribers.len() > 1;
         for (path, result) in &results {
             let Some(latest) = self.latest.get_mut(path).filter(|l| l.read_id == read_id) else { continue };
             match result {
-                Ok(fetched) => {
+                Ok(fetched) if keep => {
                     latest.bytes = fetched_bytes(fetched);
                     latest.answer = Some(fetched.clone());
                     latest.done_at = Some(now);
                     self.kept_bytes += latest.bytes;
                     self.kept.push_back((path.clone(), read_id));
                 }
-                Err(_) => {
+                _ => {
                     self.latest.remove(path);
                 }
             }
         }
         self.trim_kept(now);
-        let answers: HashMap<&str, &Result<Fetched, ZkError>> = results.iter().map(|(p, r)| (p.as_str(), r)).collect();
-        for id in info.waiters {
+        let mut answers: HashMap<String, Result<Fetched, ZkError>> = results.into_iter().collect();
+        let waiters = info.waiters.len();
+        for (i, id) in info.waiters.into_iter().enumerate() {
+            let last = i + 1 == waiters;
             let Some(s) = self.subscribers.get_mut(&id) else { continue };
             for request in s.requests.iter_mut() {
                 for part in request.parts.iter_mut().filter(|p| p.read_id == read_id && p.answer.is_none()) {
-                    let answer = match answers.get(part.path.as_str()) {
-                        Some(answer) => (*answer).clone(),
-                        None => Err(connection_loss(&part.path)),
-                    };
-                    part.answer = Some(answer);
+                    let answer = if last { answers.remove(&part.path) } else { answers.get(&part.path).cloned() };
+                    part.answer = Some(answer.unwrap_or_else(|| Err(connection_loss(&part.path))));
                     request.read_at_ms = request.read_at_ms.min(info.sent_ms);
                 }
             }
