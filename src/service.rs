@@ -274,7 +274,7 @@ impl Service {
     }
 
     fn start_one(&mut self, config: MirrorConfig) -> Result<(), MirrorError> {
-        let mirror = Mirror::new(config.clone())?.with_feed(self.hubs.subscribe(&config)?);
+        let mirror = Mirror::new(config.clone())?.with_feed(self.hubs.subscribe(&config));
         if !config.shared_prefix {
             self.chores.spawn(forget_shared_status(config.clone()));
         }
@@ -318,6 +318,10 @@ impl Service {
         while self.chores.try_join_next().is_some() {}
         let finished: Vec<MirrorKey> =
             self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(k, _)| k.clone()).collect();
+        if !finished.is_empty() {
+            // A root whose last target ended closes its session too.
+            self.hubs.reap().await;
+        }
         for key in finished {
             if let Some(running) = self.running.remove(&key) {
                 self.publish();

@@ -252,8 +252,10 @@ struct HubEntry {
 impl ZkHubs {
     /// A subscription to the hub of `config`'s ZooKeeper settings and root, started if none
     /// runs.
-    pub fn subscribe(&mut self, config: &MirrorConfig) -> Result<ZkFeed, ZkError> {
+    pub fn subscribe(&mut self, config: &MirrorConfig) -> ZkFeed {
         let connect = config.zk_connect();
+        // A hub whose task has ended (it cannot, short of a bug) is replaced, not reused.
+        self.hubs.retain(|h| !h.commands.is_closed());
         let entry = match self.hubs.iter().position(|h| h.connect == connect && h.root == config.root) {
             Some(i) => &self.hubs[i],
             None => {
@@ -273,14 +275,8 @@ impl ZkHubs {
         self.next_id += 1;
         let id = self.next_id;
         let (sender, deliveries) = mpsc::channel((config.memory_budget / DELIVERY_BYTES).clamp(MIN_FEED, MAX_FEED));
-        entry.commands.try_send(Command::Subscribe { id, target: config.target.clone(), deliveries: sender }).map_err(
-            |_| ZkError::Read {
-                path: config.root.clone(),
-                source: zookeeper_client::Error::UnexpectedError("the ZooKeeper hub of this root is overloaded".into()),
-            },
-        )?;
         entry.members.fetch_add(1, Ordering::SeqCst);
-        Ok(ZkFeed {
+        let mut feed = ZkFeed {
             id,
             commands: entry.commands.clone(),
             deliveries,
@@ -288,7 +284,10 @@ impl ZkHubs {
             epoch: 0,
             seen: 0,
             _member: Member(entry.members.clone()),
-        })
+        };
+        // First in the feed's own order: a full hub queue only delays it, with what follows.
+        feed.send(Command::Subscribe { id, target: config.target.clone(), deliveries: sender });
+        feed
     }
 
     /// Ends the hubs no mirror subscribes to any more (their session closes with them).
@@ -362,6 +361,7 @@ struct Latest {
 
 struct ReadInfo {
     sent_ms: u64,
+    session_gen: u64,
     waiters: Vec<u64>,
 }
 
@@ -438,7 +438,13 @@ impl Hub {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         info!(root = %self.config.root, zk = %self.config.zk_servers, "ZooKeeper hub starting: one session for every target of this root");
         loop {
-            let overflowed = self.subscribers.values().any(|s| s.overflowed);
+            // Checked on every pass, not only when the hub idles: the other targets' traffic
+            // may never leave it idle for long.
+            let mut overflowed = self.subscribers.values().any(|s| s.overflowed);
+            if overflowed {
+                self.recover_overflowed();
+                overflowed = self.subscribers.values().any(|s| s.overflowed);
+            }
             tokio::select! {
                 biased;
                 // Events before replies: ZooKeeper sends a change's event before the reply to
@@ -493,6 +499,8 @@ impl Hub {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Subscribe { id, target, deliveries } => {
+                // A subscriber whose Unsubscribe was lost (the queue was full) is gone now.
+                self.subscribers.retain(|_, s| !s.deliveries.is_closed());
                 self.subscribers.insert(
                     id,
                     Subscriber {
@@ -655,20 +663,24 @@ impl Hub {
                 self.kept_bytes -= old.bytes;
             }
         }
-        self.read_info.insert(read_id, ReadInfo { sent_ms: now, waiters: vec![id] });
+        self.read_info.insert(read_id, ReadInfo { sent_ms: now, session_gen: self.session_gen, waiters: vec![id] });
         let read = session.fetch_many(paths);
         self.reads.push_back(Box::pin(async move { (read_id, read.await) }));
     }
 
     fn on_read(&mut self, read_id: u64, results: ReadResults) {
         let Some(info) = self.read_info.remove(&read_id) else { return };
+        let info_session_gen = info.session_gen;
         let now = Instant::now();
         let expired = results.iter().any(|(_, r)| r.as_ref().is_err_and(ZkError::is_session_expired));
         // An answer is kept for sharing only where another target could ask for it; a lone
         // target's answers go to it alone, moved, never copied.
         let keep = self.subscribers.len() > 1;
         for (path, result) in &results {
-            let Some(latest) = self.latest.get_mut(path).filter(|l| l.read_id == read_id) else { continue };
+            // A path asked twice in one read (a walk's and an event's) is kept once.
+            let Some(latest) = self.latest.get_mut(path).filter(|l| l.read_id == read_id && l.answer.is_none()) else {
+                continue;
+            };
             match result {
                 Ok(fetched) if keep => {
                     latest.bytes = fetched_bytes(fetched);
@@ -697,7 +709,7 @@ impl Hub {
             }
             self.flush(id);
         }
-        if expired && self.session.is_some() {
+        if expired && self.session.is_some() && info_session_gen == self.session_gen {
             // The engines that got this answer end their session; so does the hub, for all,
             // rather than hand out the dead session again before its watcher says so.
             let gen = Some(self.session_gen);

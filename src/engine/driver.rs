@@ -101,9 +101,10 @@ pub(crate) async fn drive(
                 Some(Delivered::Changed { path, kind, .. }) => Input::Changed { path, kind },
                 Some(Delivered::ReadDone { results, read_at_ms }) => Input::ReadDone { results, read_at_ms: Some(read_at_ms) },
                 None => {
-                    // The hub is gone (the service is stopping): nothing more comes from it.
-                    feed = None;
-                    continue;
+                    // The hub ended under a running mirror: its reads will never be answered,
+                    // so this mirror cannot go on; the service reports it.
+                    let source = zookeeper_client::Error::UnexpectedError("the ZooKeeper hub of this root stopped".into());
+                    break Err(MirrorError::Zk(ZkError::Read { path: config.root.clone(), source }));
                 }
             },
             result = settled(&mut f.connect), if f.connect.is_some() => {
