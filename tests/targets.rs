@@ -250,3 +250,66 @@ async fn a_target_whose_shared_queue_overflows_starts_over_and_ends_exact() {
     assert_converges(&zk, &b.url(), "zk", &root).await;
     daemon.stop();
 }
+
+/// Two targets sharing one ZooKeeper session through the hub, behind a proxy that is cut:
+/// first briefly (the session survives: the hub re-adds the one watch, and a change made after
+/// the reconnect, which only a re-added watch can deliver, reaches both), then past the session
+/// timeout (the session expires: both targets reconcile in the new one, a deleted subtree and
+/// a changed and a created znode included). A reader polls target `a` throughout and never
+/// sees a version go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_sharing_a_session_come_through_a_reconnect_and_an_expiry() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let proxy = common::TcpProxy::start(ZkServer::shared().addr());
+    let root = unique_root("targets-session");
+    create_all(&zk, &root, b"root").await;
+    create_all(&zk, &format!("{root}/gone"), b"gone").await;
+    create_tree(&zk, &format!("{root}/gone"), 3, 2, 16).await;
+    create_tree(&zk, &root, 3, 2, 16).await;
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = dir.path().join("zkmirror.toml");
+    let text = format!(
+        "[zookeeper]\nservers = {:?}\nsession_timeout = \"800ms\"\n\n[mirror]\nanti_entropy_interval = \"1h\"\n\n\
+         [[targets]]\nname = \"a\"\nurl = {:?}\n\n[[targets]]\nname = \"b\"\nurl = {:?}\n\n[[roots]]\npath = {root:?}\n",
+        proxy.connect_string(),
+        a.url(),
+        b.url()
+    );
+    std::fs::write(&settings, text).expect("writing the settings file");
+    let arg = settings.display().to_string();
+    let mut daemon = Daemon::start(binary_path(), &["--config", &arg], "zkmirror=info", &dir.path().join("run.log"));
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+    let reader = Reader::start(&a.url(), "zk", &root);
+
+    proxy.cut();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    proxy.restore();
+    // After each target's reconcile walk: from then on only the watch brings changes.
+    daemon.wait_for_lines(&["name=a", "reconcile after reconnect done"], 1).await;
+    daemon.wait_for_lines(&["name=b", "reconcile after reconnect done"], 1).await;
+    zk.set_data(&root, b"after the reconnect", None).await.expect("set");
+    wait_for_data(&a.url(), &root, b"after the reconnect").await;
+    wait_for_data(&b.url(), &root, b"after the reconnect").await;
+
+    proxy.cut();
+    zk.set_data(&format!("{root}/n0"), b"changed while expired", None).await.expect("set");
+    delete_tree(&zk, &format!("{root}/gone")).await;
+    create_all(&zk, &format!("{root}/new"), b"created while expired").await;
+    // Several session timeouts: the server expires the shared session.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    proxy.restore();
+    daemon.wait_for_lines(&["name=a", "session expired"], 1).await;
+    daemon.wait_for_lines(&["name=b", "session expired"], 1).await;
+    assert_converges(&zk, &a.url(), "zk", &root).await;
+    assert_converges(&zk, &b.url(), "zk", &root).await;
+    zk.set_data(&format!("{root}/new"), b"live again", None).await.expect("set");
+    wait_for_data(&a.url(), &format!("{root}/new"), b"live again").await;
+    wait_for_data(&b.url(), &format!("{root}/new"), b"live again").await;
+    let seen = reader.stop().await;
+    assert!(seen.backwards.is_empty(), "a version went backwards on a: {:?}", seen.backwards);
+    assert!(seen.torn.is_empty(), "a torn pair on a: {:?}", seen.torn);
+    daemon.stop();
+}
