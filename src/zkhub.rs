@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent};
 
 use crate::config::MirrorConfig;
-use crate::engine::Change;
+use crate::engine::{Change, Input};
 use crate::error::ZkError;
 use crate::zk::{ZkConnect, ZkSession};
 use crate::znode::Fetched;
@@ -102,25 +102,16 @@ pub(crate) struct Delivery {
 }
 
 pub(crate) enum Delivered {
+    /// The hub's session, for what the driver still does on its own (a history confirmation's
+    /// reads); the engine is told [`Input::Connected`].
     Connected(ZkSession),
-    ConnectFailed(ZkError),
-    WatchAdded,
-    WatchFailed(ZkError),
-    Disconnected,
-    Reconnected,
-    SessionEnded,
-    AuthFailed,
-    Changed {
-        seq: u64,
-        path: String,
-        kind: Change,
-    },
-    /// The answer to the subscriber's oldest unanswered read; `read_at_ms`: when the oldest
-    /// read behind it was sent (wall clock, ms).
-    ReadDone {
-        results: ReadResults,
-        read_at_ms: u64,
-    },
+    /// An input for the engine as it is (a read's answer carries the send time of the oldest
+    /// read behind it); `seq` is set for a change event: its number in the hub's count.
+    Input { seq: Option<u64>, input: Input },
+}
+
+fn input(input: Input) -> Delivered {
+    Delivered::Input { seq: None, input }
 }
 
 /// One subscription: what a target's driver holds. Dropping it unsubscribes.
@@ -219,7 +210,7 @@ impl ZkFeed {
             if delivery.epoch < self.epoch {
                 continue;
             }
-            if let Delivered::Changed { seq, .. } = &delivery.what {
+            if let Delivered::Input { seq: Some(seq), .. } = &delivery.what {
                 self.seen = *seq;
             }
             return Some(delivery.what);
@@ -540,12 +531,12 @@ impl Hub {
                         path: self.config.root.clone(),
                         source: zookeeper_client::Error::ConnectionLoss,
                     };
-                    self.deliver(id, Delivered::WatchFailed(error));
+                    self.deliver(id, input(Input::WatchFailed(error)));
                 } else if self.watch_active {
                     if let Some(s) = self.subscribers.get_mut(&id) {
                         s.watching = !s.overflowed;
                     }
-                    self.deliver(id, Delivered::WatchAdded);
+                    self.deliver(id, input(Input::WatchAdded));
                 } else if let Some(s) = self.subscribers.get_mut(&id) {
                     s.wants_watch = true;
                     if self.adding.is_none() {
@@ -772,7 +763,10 @@ impl Hub {
                     (p.path, answer)
                 })
                 .collect();
-            permit.send(Delivery { epoch: s.epoch, what: Delivered::ReadDone { results, read_at_ms } });
+            permit.send(Delivery {
+                epoch: s.epoch,
+                what: input(Input::ReadDone { results, read_at_ms: Some(read_at_ms) }),
+            });
         }
     }
 
@@ -783,7 +777,7 @@ impl Hub {
     fn recover_overflowed(&mut self) {
         for id in self.ids(|s| s.overflowed) {
             let Some(s) = self.subscribers.get_mut(&id) else { continue };
-            match s.deliveries.try_send(Delivery { epoch: s.epoch, what: Delivered::SessionEnded }) {
+            match s.deliveries.try_send(Delivery { epoch: s.epoch, what: input(Input::SessionEnded) }) {
                 Ok(()) => {
                     s.overflowed = false;
                     s.session_gen = None;
@@ -822,7 +816,7 @@ impl Hub {
             }
             Err(error) => {
                 for id in waiting {
-                    self.deliver(id, Delivered::ConnectFailed(error.clone()));
+                    self.deliver(id, input(Input::ConnectFailed(error.clone())));
                 }
             }
         }
@@ -843,13 +837,13 @@ impl Hub {
                     if let Some(s) = self.subscribers.get_mut(&id) {
                         s.watching = !s.overflowed;
                     }
-                    self.deliver(id, Delivered::WatchAdded);
+                    self.deliver(id, input(Input::WatchAdded));
                 }
             }
             Err(error) => {
                 let expired = error.is_session_expired();
                 for id in &waiting {
-                    self.deliver(*id, Delivered::WatchFailed(error.clone()));
+                    self.deliver(*id, input(Input::WatchFailed(error.clone())));
                 }
                 if expired {
                     // The waiting engines learn it from their watch's answer; tell the rest.
@@ -871,7 +865,7 @@ impl Hub {
         self.kept.clear();
         self.kept_bytes = 0;
         for id in tell {
-            self.deliver(id, Delivered::SessionEnded);
+            self.deliver(id, input(Input::SessionEnded));
         }
         for s in self.subscribers.values_mut() {
             s.session_gen = None;
@@ -886,7 +880,7 @@ impl Hub {
                 match event.session_state {
                     SessionState::Disconnected => {
                         for id in in_session {
-                            self.deliver(id, Delivered::Disconnected);
+                            self.deliver(id, input(Input::Disconnected));
                         }
                     }
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
@@ -900,13 +894,13 @@ impl Hub {
                             self.nagle = Some(tokio::task::spawn_blocking(move || session.disable_nagle()));
                         }
                         for id in in_session {
-                            self.deliver(id, Delivered::Reconnected);
+                            self.deliver(id, input(Input::Reconnected));
                         }
                     }
                     SessionState::Expired | SessionState::Closed => self.end_session(in_session),
                     SessionState::AuthFailed => {
                         for id in in_session {
-                            self.deliver(id, Delivered::AuthFailed);
+                            self.deliver(id, input(Input::AuthFailed));
                         }
                     }
                 }
@@ -919,7 +913,10 @@ impl Hub {
         self.seq += 1;
         let seq = self.seq;
         for id in self.ids(|s| s.watching) {
-            self.deliver(id, Delivered::Changed { seq, path: event.path.clone(), kind });
+            self.deliver(
+                id,
+                Delivered::Input { seq: Some(seq), input: Input::Changed { path: event.path.clone(), kind } },
+            );
         }
     }
 }

@@ -91,15 +91,7 @@ pub(crate) async fn drive(
                     session = Some(s);
                     Input::Connected
                 }
-                Some(Delivered::ConnectFailed(error)) => Input::ConnectFailed(error),
-                Some(Delivered::WatchAdded) => Input::WatchAdded,
-                Some(Delivered::WatchFailed(error)) => Input::WatchFailed(error),
-                Some(Delivered::Disconnected) => Input::Disconnected,
-                Some(Delivered::Reconnected) => Input::Reconnected,
-                Some(Delivered::SessionEnded) => Input::SessionEnded,
-                Some(Delivered::AuthFailed) => Input::AuthFailed,
-                Some(Delivered::Changed { path, kind, .. }) => Input::Changed { path, kind },
-                Some(Delivered::ReadDone { results, read_at_ms }) => Input::ReadDone { results, read_at_ms: Some(read_at_ms) },
+                Some(Delivered::Input { input, .. }) => input,
                 None => {
                     // The hub ended under a running mirror: its reads will never be answered,
                     // so this mirror cannot go on; the service reports it.
