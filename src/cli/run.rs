@@ -178,19 +178,24 @@ async fn preflight(settings: &Settings) -> anyhow::Result<()> {
             if !crate::sentinel::is_sentinel_url(&m.redis_url) && !crate::cluster::is_cluster_url(&m.redis_url) {
                 m.redis_client().map_err(|e| anyhow::anyhow!("bad Redis URL {server}: {e}"))?;
             }
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(WITHIN))
-                .set_response_timeout(Some(WITHIN));
-            if let Err(e) = m.redis_connect(&config).await {
-                if crate::redis_conn::is_misconfiguration(&e, &m.redis_url) {
-                    anyhow::bail!(
-                        "cannot connect to Redis at {server}: {}",
-                        crate::redis_conn::describe_with_files(&e, &m.redis_url, &m.redis_tls)
-                    );
-                }
-            }
             redis_checked.push(m);
         }
+    }
+    // Every Redis at once: a hung target costs the start its timeout once, not once per target.
+    let checks = redis_checked.iter().map(|m| async move {
+        let config =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(Some(WITHIN)).set_response_timeout(Some(WITHIN));
+        match m.redis_connect(&config).await {
+            Err(e) if crate::redis_conn::is_misconfiguration(&e, &m.redis_url) => Err(anyhow::anyhow!(
+                "cannot connect to Redis at {}: {}",
+                crate::config::mask_url(&m.redis_url),
+                crate::redis_conn::describe_with_files(&e, &m.redis_url, &m.redis_tls)
+            )),
+            _ => Ok(()),
+        }
+    });
+    for result in futures::future::join_all(checks).await {
+        result?;
     }
     Ok(())
 }
