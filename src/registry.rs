@@ -250,6 +250,17 @@ where
     }
 }
 
+/// The usable registrations under `path` as the mirror would take them now (for `status
+/// --config`), and the unusable ones (each znode's path, and why), which the mirror leaves out.
+pub(crate) async fn read_registrations(
+    client: &Client,
+    path: &str,
+) -> Result<(Vec<Registration>, Vec<(String, String)>), ZkClientError> {
+    let mut warned = Warned { collect: Some(Vec::new()), ..Warned::default() };
+    let found = read_all(client, path, &mut warned).await?;
+    Ok((found, warned.collect.unwrap_or_default()))
+}
+
 /// Every usable registration under `path`, sorted by name. `path` absent: none. A child gone
 /// between the listing and its read is left out (its deletion was reported by the watch).
 async fn read_all(client: &Client, path: &str, warned: &mut Warned) -> Result<Vec<Registration>, ZkClientError> {
@@ -310,6 +321,8 @@ fn is_session_error(e: &ZkClientError) -> bool {
 struct Warned {
     logged: std::collections::HashMap<String, i64>,
     seen: std::collections::HashSet<String>,
+    /// `Some`: collect each problem (znode path, why) instead of logging it.
+    collect: Option<Vec<(String, String)>>,
 }
 
 impl Warned {
@@ -317,6 +330,10 @@ impl Warned {
     /// znode that could not be read at all, whose version is unknown).
     fn warn_once(&mut self, child: &str, version: i64, why: impl FnOnce() -> String) {
         self.seen.insert(child.to_owned());
+        if let Some(collected) = self.collect.as_mut() {
+            collected.push((child.to_owned(), why()));
+            return;
+        }
         if self.logged.get(child) != Some(&version) {
             warn!(error = %why(), "registration left out");
             self.logged.insert(child.to_owned(), version);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::binary::Daemon;
+use common::binary::{self, Daemon};
 use common::world::{assert_converges, create_tree, redis_conn, stored_data, wait_for_data, CONVERGE};
 use common::{create_all, unique_root, wait_until, zk_client, RedisServer, ZkServer};
 use zookeeper_client::{Acls, Client, CreateMode};
@@ -75,6 +75,21 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     assert!(refused.contains("carries a password"), "{refused}");
     assert!(!daemon.log_text().contains("leaked-pw"), "the registration's password was logged");
     assert_eq!(stored_data(&east2.url(), &root).await, None, "the refused registration was mirrored");
+    // `status --config` reports the registered targets beside the file's, and says which
+    // registration the mirror left out and why.
+    let settings_arg = settings.display().to_string();
+    let status = binary::run(binary_path(), &["status", "--config", &settings_arg, "--json"]).await.expect(0);
+    let value: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json");
+    let mut targets: Vec<&str> =
+        value["targets"].as_array().into_iter().flatten().filter_map(|t| t["target"].as_str()).collect();
+    targets.sort();
+    assert_eq!(targets, ["a", "east", "west"], "{value}");
+    let left_out = value["registry"]["left_out"].to_string();
+    assert!(left_out.contains("bad") && left_out.contains("carries a password"), "{value}");
+    assert!(
+        !status.stdout.contains("s3cret-west") && !status.stdout.contains("leaked-pw"),
+        "a secret in status: {value}"
+    );
 
     // A changed registration: east moves to another Redis, cold-synced there.
     sidecar

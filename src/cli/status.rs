@@ -141,16 +141,38 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     // Every target and prefix of the settings file, each judged on its own: one target down
     // does not hide how the others are.
     let settings = crate::settings::Settings::load(Some(file), &crate::settings::Overrides::default())?;
-    if settings.mirrors.is_empty() {
+    // The targets registered in ZooKeeper count as the file's own: the mirror writes them too.
+    let mut mirrors = settings.mirrors.clone();
+    let (mut ok, mut texts, mut values) = (true, String::new(), Vec::new());
+    let mut registry_json = serde_json::Value::Null;
+    if let Some(path) = settings.targets_from.as_deref() {
+        match registered(&settings, path).await {
+            Ok((registered, left_out)) => {
+                mirrors.extend(registered);
+                for (name, why) in &left_out {
+                    texts.push_str(&format!(
+                        "registration {name} (under {path}): left out, as the mirror leaves it out: {why}\n"
+                    ));
+                }
+                let left_out: Vec<_> = left_out.iter().map(|(name, why)| json!({ "name": name, "why": why })).collect();
+                registry_json = json!({ "path": path, "left_out": left_out });
+            }
+            Err(e) => {
+                ok = false;
+                texts.push_str(&format!("registered targets (under {path}): NOT OK: cannot read them: {e:#}\n"));
+                registry_json = json!({ "path": path, "problem": format!("cannot read them: {e:#}") });
+            }
+        }
+    }
+    if mirrors.is_empty() && ok {
         anyhow::bail!(
-            "{} names no Redis target, only the registry {}: ask each registered target with --redis URL",
+            "{} names no Redis target, and none is registered under {}",
             file.display(),
             settings.targets_from.as_deref().unwrap_or("")
         );
     }
     let mut seen: Vec<(&str, &str)> = Vec::new();
-    let (mut ok, mut texts, mut values) = (true, String::new(), Vec::new());
-    for m in &settings.mirrors {
+    for m in &mirrors {
         if seen.contains(&(m.target.as_str(), m.prefix.as_str())) {
             continue;
         }
@@ -172,7 +194,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             texts.push_str(&format!("target {} (Redis {server}):\n{}", m.target, report.text));
         }
     }
-    let text = if args.json { format!("{}\n", json!({ "ok": ok, "targets": values })) } else { texts };
+    let text = if args.json {
+        let mut value = json!({ "ok": ok, "targets": values });
+        if !registry_json.is_null() {
+            value["registry"] = registry_json;
+        }
+        format!("{value}\n")
+    } else {
+        texts
+    };
     write_stdout(text.as_bytes())?;
     Ok(if ok { ExitCode::SUCCESS } else { no() })
 }
@@ -514,4 +544,21 @@ async fn instances(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     };
     write_stdout(text.as_bytes())?;
     Ok(if line.is_empty() { no() } else { ExitCode::SUCCESS })
+}
+
+/// The mirrors of the targets registered under `path`, as the running mirror would make them
+/// (secrets from the settings), and the registrations it would leave out (by name, or by znode
+/// for one it cannot use at all), with why.
+async fn registered(
+    settings: &crate::settings::Settings,
+    path: &str,
+) -> anyhow::Result<(Vec<crate::MirrorConfig>, Vec<(String, String)>)> {
+    let zk = settings.zk_connect().ok_or_else(|| anyhow::anyhow!("the settings name no ZooKeeper"))?;
+    let client = connect_zk(&zk).await?;
+    let (registrations, unusable) = crate::registry::read_registrations(&client, path)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {path} in ZooKeeper at {}: {e}", zk.servers))?;
+    let (mirrors, mut left_out) = settings.registered(&registrations);
+    left_out.extend(unusable);
+    Ok((mirrors, left_out))
 }
