@@ -90,6 +90,14 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
         !status.stdout.contains("s3cret-west") && !status.stdout.contains("leaked-pw"),
         "a secret in status: {value}"
     );
+    // So does `verify --config`: every copy, the registered ones included, is exact.
+    let verify = binary::run(binary_path(), &["verify", "--config", &settings_arg, "--json"]).await.expect(0);
+    let report: serde_json::Value = serde_json::from_str(&verify.stdout).expect("verify --json");
+    let mut verified: Vec<&str> =
+        report["roots"].as_array().into_iter().flatten().filter_map(|r| r["target"].as_str()).collect();
+    verified.sort();
+    assert_eq!(verified, ["a", "east", "west"], "{report}");
+    assert_eq!(report["exact"], true, "{report}");
 
     // A changed registration: east moves to another Redis, cold-synced there.
     sidecar

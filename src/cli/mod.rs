@@ -249,3 +249,19 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// The mirrors of the targets registered under `path` (`targets_from`), as the running mirror
+/// would make them (their secrets from the settings), and the registrations it would leave out
+/// (by name, or by znode for one it cannot use at all), with why: for `status` and `verify`
+/// with `--config`.
+pub(crate) async fn registered_mirrors(
+    settings: &crate::settings::Settings,
+    zk: &zookeeper_client::Client,
+    path: &str,
+) -> anyhow::Result<(Vec<crate::MirrorConfig>, Vec<(String, String)>)> {
+    let (registrations, unusable) =
+        crate::registry::read_registrations(zk, path).await.map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+    let (mirrors, mut left_out) = settings.registered(&registrations);
+    left_out.extend(unusable);
+    Ok((mirrors, left_out))
+}

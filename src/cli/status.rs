@@ -146,7 +146,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (mut ok, mut texts, mut values) = (true, String::new(), Vec::new());
     let mut registry_json = serde_json::Value::Null;
     if let Some(path) = settings.targets_from.as_deref() {
-        match registered(&settings, path).await {
+        let registered = async {
+            let zk = settings.zk_connect().ok_or_else(|| anyhow::anyhow!("the settings name no ZooKeeper"))?;
+            super::registered_mirrors(&settings, &connect_zk(&zk).await?, path).await
+        };
+        match registered.await {
             Ok((registered, left_out)) => {
                 mirrors.extend(registered);
                 for (name, why) in &left_out {
@@ -544,21 +548,4 @@ async fn instances(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     };
     write_stdout(text.as_bytes())?;
     Ok(if line.is_empty() { no() } else { ExitCode::SUCCESS })
-}
-
-/// The mirrors of the targets registered under `path`, as the running mirror would make them
-/// (secrets from the settings), and the registrations it would leave out (by name, or by znode
-/// for one it cannot use at all), with why.
-async fn registered(
-    settings: &crate::settings::Settings,
-    path: &str,
-) -> anyhow::Result<(Vec<crate::MirrorConfig>, Vec<(String, String)>)> {
-    let zk = settings.zk_connect().ok_or_else(|| anyhow::anyhow!("the settings name no ZooKeeper"))?;
-    let client = connect_zk(&zk).await?;
-    let (registrations, unusable) = crate::registry::read_registrations(&client, path)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading {path} in ZooKeeper at {}: {e}", zk.servers))?;
-    let (mirrors, mut left_out) = settings.registered(&registrations);
-    left_out.extend(unusable);
-    Ok((mirrors, left_out))
 }

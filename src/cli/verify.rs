@@ -67,7 +67,7 @@ pub struct VerifyArgs {
 }
 
 /// The roots to verify, from the file or the flags.
-fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
+fn roots(args: &VerifyArgs) -> anyhow::Result<(Vec<MirrorConfig>, Settings)> {
     let overrides = Overrides {
         redis: args.redis.clone(),
         redis_tls_ca: args.redis_files.redis_tls_ca.clone(),
@@ -78,23 +78,30 @@ fn roots(args: &VerifyArgs) -> anyhow::Result<Vec<MirrorConfig>> {
         prefix: args.prefix.clone(),
         ..args.zk.overrides()
     };
-    let mut mirrors = Settings::load(args.config.as_deref(), &overrides)?.mirrors;
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    let mut mirrors = settings.mirrors.clone();
     if args.config.is_none() {
         let filter = Filter::new(&args.include, &args.exclude, args.max_depth)?;
         for m in &mut mirrors {
             m.filter = filter.clone();
         }
     }
-    Ok(mirrors)
+    Ok((mirrors, settings))
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mirrors = roots(&args)?;
-    let first = mirrors.first().context(
-        "no Redis target to verify: the settings name only registered targets (targets_from); give --redis URL",
-    )?;
+    let (mut mirrors, settings) = roots(&args)?;
     // One process's settings name one ZooKeeper for all roots, and one Redis per target.
-    let zk = connect_zk(&first.zk_connect()).await?;
+    let zk_connect = settings.zk_connect().context("no root to verify")?;
+    let zk = connect_zk(&zk_connect).await?;
+    // With --config, the targets registered in ZooKeeper are verified beside the file's.
+    if let (Some(_), Some(path)) = (&args.config, settings.targets_from.as_deref()) {
+        let (registered, _left_out) = super::registered_mirrors(&settings, &zk, path).await?;
+        mirrors.extend(registered);
+    }
+    if mirrors.is_empty() {
+        anyhow::bail!("no Redis target to verify: none in the settings, and none registered; give --redis URL");
+    }
     let mut connections: Vec<(&str, crate::redis_conn::RedisConn, String)> = Vec::new();
     let mut reports = Vec::new();
     for m in &mirrors {
