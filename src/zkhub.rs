@@ -689,11 +689,25 @@ impl Hub {
         let mut answers: HashMap<String, Result<Fetched, ZkError>> = results.into_iter().collect();
         let waiters = info.waiters.len();
         for (i, id) in info.waiters.into_iter().enumerate() {
-            let last = i + 1 == waiters;
             let Some(s) = self.subscribers.get_mut(&id) else { continue };
+            // The last waiter takes each answer instead of a copy, at the path's last use: a
+            // path may wait on this read more than once (a walk's and an event's in one
+            // request, or a later request joining its own read).
+            let mut uses: HashMap<String, usize> = HashMap::new();
+            if i + 1 == waiters {
+                for request in s.requests.iter() {
+                    for part in request.parts.iter().filter(|p| p.read_id == read_id && p.answer.is_none()) {
+                        *uses.entry(part.path.clone()).or_default() += 1;
+                    }
+                }
+            }
             for request in s.requests.iter_mut() {
                 for part in request.parts.iter_mut().filter(|p| p.read_id == read_id && p.answer.is_none()) {
-                    let answer = if last { answers.remove(&part.path) } else { answers.get(&part.path).cloned() };
+                    let last_use = uses.get_mut(&part.path).is_some_and(|n| {
+                        *n -= 1;
+                        *n == 0
+                    });
+                    let answer = if last_use { answers.remove(&part.path) } else { answers.get(&part.path).cloned() };
                     part.answer = Some(answer.unwrap_or_else(|| Err(connection_loss(&part.path))));
                     request.read_at_ms = request.read_at_ms.min(info.sent_ms);
                 }

@@ -313,3 +313,26 @@ async fn targets_sharing_a_session_come_through_a_reconnect_and_an_expiry() {
     assert!(seen.torn.is_empty(), "a torn pair on a: {:?}", seen.torn);
     daemon.stop();
 }
+
+/// A cold sync that starts while the tree is being written: events mark paths dirty that the
+/// walk is about to read, so one request may name a path twice, or a later request join the
+/// target's own read in flight; each use gets the answer (a lone target once saw a false
+/// connection loss for the second, retried for ever, and never finished its cold sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_sync_under_load_finishes_and_ends_exact() {
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("targets-busy");
+    create_all(&zk, &root, b"root").await;
+    create_tree(&zk, &root, 4, 2, 16).await;
+    let a = RedisServer::start();
+    let load = Load::start(&zk_connect, &root, 31);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_dir, _settings, mut daemon) = run_into(&zk_connect, &root, &[("a", a.url())]);
+    let reader = Reader::start(&a.url(), "zk", &root);
+    daemon.wait_for_lines(&["name=a", "cold sync done"], 1).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    finish(load, reader, &zk, &a.url(), &root, 20).await;
+    assert!(!daemon.log_text().contains("connection to server has lost"), "a false connection loss was answered");
+    daemon.stop();
+}
