@@ -170,6 +170,10 @@ async fn an_unreadable_registry_keeps_the_targets_running_and_is_read_again_late
     zk.set_data(&root, b"while the registry is closed", None).await.expect("set");
     wait_for_data(&east.url(), &root, b"while the registry is closed").await;
     assert_eq!(stored_data(&west.url(), &root).await, None, "west was read through a closed registry");
+    // `status --config` cannot list the registered targets now, and says so: NOT OK, exit 1.
+    let status = binary::run(binary_path(), &["status", "--config", &settings]).await;
+    assert_eq!(status.code, 1, "status with the registry closed: {status:?}");
+    assert!(status.stdout.contains(&format!("under {registry}): NOT OK: cannot read them")), "{status:?}");
 
     owner.set_acl(&registry, &Acls::anyone_all(), None).await.expect("opening the registry");
     // No watch fires for an ACL change: the retry after the failure reads it.

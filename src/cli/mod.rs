@@ -257,10 +257,12 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 pub(crate) async fn registered_mirrors(
     settings: &crate::settings::Settings,
     zk: &zookeeper_client::Client,
+    servers: &str,
     path: &str,
 ) -> anyhow::Result<(Vec<crate::MirrorConfig>, Vec<(String, String)>)> {
-    let (registrations, unusable) =
-        crate::registry::read_registrations(zk, path).await.map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+    let (registrations, unusable) = crate::registry::read_registrations(zk, path)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading {path} in ZooKeeper at {servers}: {e}"))?;
     let (mirrors, mut left_out) = settings.registered(&registrations);
     left_out.extend(unusable);
     Ok((mirrors, left_out))

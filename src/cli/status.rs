@@ -148,7 +148,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = settings.targets_from.as_deref() {
         let registered = async {
             let zk = settings.zk_connect().ok_or_else(|| anyhow::anyhow!("the settings name no ZooKeeper"))?;
-            super::registered_mirrors(&settings, &connect_zk(&zk).await?, path).await
+            super::registered_mirrors(&settings, &connect_zk(&zk).await?, &zk.servers, path).await
         };
         match registered.await {
             Ok((registered, left_out)) => {
@@ -168,13 +168,15 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if mirrors.is_empty() && ok {
+    if mirrors.is_empty() && ok && texts.is_empty() {
         anyhow::bail!(
             "{} names no Redis target, and none is registered under {}",
             file.display(),
             settings.targets_from.as_deref().unwrap_or("")
         );
     }
+    // Registrations there, every one left out: no target is mirrored, which is not fine.
+    ok &= !mirrors.is_empty();
     let mut seen: Vec<(&str, &str)> = Vec::new();
     for m in &mirrors {
         if seen.contains(&(m.target.as_str(), m.prefix.as_str())) {

@@ -95,12 +95,24 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let zk_connect = settings.zk_connect().context("no root to verify")?;
     let zk = connect_zk(&zk_connect).await?;
     // With --config, the targets registered in ZooKeeper are verified beside the file's.
+    let mut left_out = Vec::new();
     if let (Some(_), Some(path)) = (&args.config, settings.targets_from.as_deref()) {
-        let (registered, _left_out) = super::registered_mirrors(&settings, &zk, path).await?;
+        let (registered, refused) = super::registered_mirrors(&settings, &zk, &zk_connect.servers, path).await?;
         mirrors.extend(registered);
+        // On stderr: stdout stays the report (or its JSON).
+        for (name, why) in &refused {
+            eprintln!(
+                "registration {name} (under {path}): left out, as the mirror leaves it out, and not verified: {why}"
+            );
+        }
+        left_out = refused;
     }
     if mirrors.is_empty() {
-        anyhow::bail!("no Redis target to verify: none in the settings, and none registered; give --redis URL");
+        anyhow::bail!(
+            "no Redis target to verify: none in the settings, and {} registered (of which {} left out); give --redis URL",
+            if left_out.is_empty() { "none" } else { "only unusable ones" },
+            left_out.len()
+        );
     }
     let mut connections: Vec<(&str, crate::redis_conn::RedisConn, String)> = Vec::new();
     let mut reports = Vec::new();
