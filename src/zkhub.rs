@@ -353,6 +353,8 @@ struct Latest {
 struct ReadInfo {
     sent_ms: u64,
     session_gen: u64,
+    /// The paths sent, each once.
+    paths: Vec<String>,
     waiters: Vec<u64>,
 }
 
@@ -590,7 +592,9 @@ impl Hub {
             let mut shared = 0u64;
             for path in paths {
                 let usable = self.latest.get(&path).filter(|l| {
-                    l.session_gen == self.session_gen
+                    // An in-flight entry is joined only through its read's waiters list.
+                    (l.answer.is_some() || self.read_info.contains_key(&l.read_id))
+                        && l.session_gen == self.session_gen
                         && l.sent_seq >= seen
                         && l.read_id >= min_read_id
                         && l.done_at.is_none_or(|t| t.elapsed() <= SHARED_MAX_AGE)
@@ -654,7 +658,8 @@ impl Hub {
                 self.kept_bytes -= old.bytes;
             }
         }
-        self.read_info.insert(read_id, ReadInfo { sent_ms: now, session_gen: self.session_gen, waiters: vec![id] });
+        let info = ReadInfo { sent_ms: now, session_gen: self.session_gen, paths: paths.clone(), waiters: vec![id] };
+        self.read_info.insert(read_id, info);
         let read = session.fetch_many(paths);
         self.reads.push_back(Box::pin(async move { (read_id, read.await) }));
     }
@@ -683,6 +688,13 @@ impl Hub {
                 _ => {
                     self.latest.remove(path);
                 }
+            }
+        }
+        // A path the answer left out (fetch_many answers each, but a gap must not leave an
+        // in-flight entry behind that later asks would join and wait on for ever).
+        for path in &info.paths {
+            if self.latest.get(path).is_some_and(|l| l.read_id == read_id && l.answer.is_none()) {
+                self.latest.remove(path);
             }
         }
         self.trim_kept(now);

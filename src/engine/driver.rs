@@ -240,12 +240,16 @@ fn start_shared(
             let store = store.clone();
             let sync = feed.sync();
             f.sync = Some(Box::pin(async move {
-                let result = async {
-                    let stored = store.stored_mark().await.map_err(|e| e.to_string())?;
-                    let above_root = sync.await.map_err(|e| e.to_string())?;
-                    Ok(SyncPoint { stored, above_root })
+                // The hub's sync is sent even when the claim cannot be read: it is also what
+                // keeps reads sent before this walk from being shared with it.
+                let stored = store.stored_mark().await;
+                let above_root = sync.await;
+                let result = match (stored, above_root) {
+                    (Ok(stored), Ok(above_root)) => Ok(SyncPoint { stored, above_root }),
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
                 };
-                (generation, result.await)
+                (generation, result)
             }));
         }
         other => {
