@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,15 +28,15 @@ use metrics::{counter, Counter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use zookeeper_client::{EventType, PersistentWatcher, SessionState, WatchedEvent};
+use zookeeper_client::{PersistentWatcher, WatchedEvent};
 
 use crate::config::MirrorConfig;
-use crate::engine::{Change, Input};
+use crate::engine::driver::{input_of, settled, BoxFuture};
+use crate::engine::{now_ms, Input};
 use crate::error::ZkError;
 use crate::zk::{ZkConnect, ZkSession};
 use crate::znode::Fetched;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What one multi-read answers: each path with what was found.
 pub(crate) type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
 /// A finished sync: the subscriber that asked, where to answer, and the answer.
@@ -247,8 +246,8 @@ impl ZkHubs {
         let connect = config.zk_connect();
         // A hub whose task has ended (it cannot, short of a bug) is replaced, not reused.
         self.hubs.retain(|h| !h.commands.is_closed());
-        let entry = match self.hubs.iter().position(|h| h.connect == connect && h.root == config.root) {
-            Some(i) => &self.hubs[i],
+        let at = match self.hubs.iter().position(|h| h.connect == connect && h.root == config.root) {
+            Some(at) => at,
             None => {
                 let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
                 let hub = Hub::new(config.clone());
@@ -260,9 +259,10 @@ impl ZkHubs {
                     members: Arc::new(AtomicUsize::new(0)),
                     task,
                 });
-                self.hubs.last().expect("just pushed")
+                self.hubs.len() - 1
             }
         };
+        let entry = &self.hubs[at];
         self.next_id += 1;
         let id = self.next_id;
         let (sender, deliveries) = mpsc::channel((config.memory_budget / DELIVERY_BYTES).clamp(MIN_FEED, MAX_FEED));
@@ -383,10 +383,6 @@ struct Hub {
     paths_shared: Counter,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn connection_loss(path: &str) -> ZkError {
     ZkError::Read { path: path.to_owned(), source: zookeeper_client::Error::ConnectionLoss }
 }
@@ -456,7 +452,7 @@ impl Hub {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                Some(_) = OptionFuture(self.nagle.as_mut()), if self.nagle.is_some() => self.nagle = None,
+                Some(_) = futures::future::OptionFuture::from(self.nagle.as_mut()), if self.nagle.is_some() => self.nagle = None,
                 _ = tokio::time::sleep(OVERFLOW_CHECK), if overflowed => self.recover_overflowed(),
             }
         }
@@ -483,6 +479,11 @@ impl Hub {
                 self.subscribers.remove(&id);
             }
         }
+    }
+
+    /// The subscribers waiting on what `flag` marks (a connect, a watch), their marks cleared.
+    fn take_waiting(&mut self, flag: impl Fn(&mut Subscriber) -> &mut bool) -> Vec<u64> {
+        self.subscribers.iter_mut().filter_map(|(id, s)| std::mem::take(flag(s)).then_some(*id)).collect()
     }
 
     fn ids(&self, pick: impl Fn(&Subscriber) -> bool) -> Vec<u64> {
@@ -820,12 +821,7 @@ impl Hub {
     }
 
     fn on_connected(&mut self, result: Result<ZkSession, ZkError>) {
-        let waiting = self.ids(|s| s.wants_connect);
-        for id in &waiting {
-            if let Some(s) = self.subscribers.get_mut(id) {
-                s.wants_connect = false;
-            }
-        }
+        let waiting = self.take_waiting(|s| &mut s.wants_connect);
         match result {
             Ok(session) => {
                 info!(root = %self.config.root, session = %session.session_id(), servers = %session.servers(),
@@ -849,12 +845,7 @@ impl Hub {
     }
 
     fn on_watch(&mut self, result: Result<PersistentWatcher, ZkError>) {
-        let waiting = self.ids(|s| s.wants_watch);
-        for id in &waiting {
-            if let Some(s) = self.subscribers.get_mut(id) {
-                s.wants_watch = false;
-            }
-        }
+        let waiting = self.take_waiting(|s| &mut s.wants_watch);
         match result {
             Ok(watcher) => {
                 self.watcher = Some(watcher);
@@ -901,48 +892,40 @@ impl Hub {
 
     fn on_event(&mut self, event: WatchedEvent) {
         let in_session = self.ids(|s| s.session_gen == Some(self.session_gen));
-        let kind = match event.event_type {
-            EventType::Session => {
-                match event.session_state {
-                    SessionState::Disconnected => {
-                        for id in in_session {
-                            self.deliver(id, input(Input::Disconnected));
-                        }
+        match input_of(event) {
+            Input::Changed { path, kind } => {
+                self.seq += 1;
+                let seq = self.seq;
+                for id in self.ids(|s| s.watching) {
+                    let input = Input::Changed { path: path.clone(), kind };
+                    self.deliver(id, Delivered::Input { seq: Some(seq), input });
+                }
+            }
+            Input::SessionEnded => self.end_session(in_session),
+            change @ (Input::Disconnected | Input::Reconnected | Input::AuthFailed) => {
+                if matches!(change, Input::Reconnected) {
+                    // zookeeper-client does not restore persistent watches on reconnect: each
+                    // engine asks for the watch again, and the first ask re-adds it.
+                    self.watch_active = false;
+                    for s in self.subscribers.values_mut() {
+                        s.watching = false;
                     }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        // zookeeper-client does not restore persistent watches on reconnect:
-                        // each engine asks for the watch again, and the first ask re-adds it.
-                        self.watch_active = false;
-                        for s in self.subscribers.values_mut() {
-                            s.watching = false;
-                        }
-                        if let (Some(session), None) = (self.session.clone(), self.nagle.as_ref()) {
-                            self.nagle = Some(tokio::task::spawn_blocking(move || session.disable_nagle()));
-                        }
-                        for id in in_session {
-                            self.deliver(id, input(Input::Reconnected));
-                        }
-                    }
-                    SessionState::Expired | SessionState::Closed => self.end_session(in_session),
-                    SessionState::AuthFailed => {
-                        for id in in_session {
-                            self.deliver(id, input(Input::AuthFailed));
-                        }
+                    if let (Some(session), None) = (self.session.clone(), self.nagle.as_ref()) {
+                        self.nagle = Some(tokio::task::spawn_blocking(move || session.disable_nagle()));
                     }
                 }
-                return;
+                // Every engine in the session hears it (each its own copy of the unit variant).
+                for id in in_session {
+                    let copy = match change {
+                        Input::Disconnected => Input::Disconnected,
+                        Input::Reconnected => Input::Reconnected,
+                        _ => Input::AuthFailed,
+                    };
+                    self.deliver(id, input(copy));
+                }
             }
-            EventType::NodeCreated => Change::Created,
-            EventType::NodeDeleted => Change::Deleted,
-            EventType::NodeDataChanged | EventType::NodeChildrenChanged => Change::Data,
-        };
-        self.seq += 1;
-        let seq = self.seq;
-        for id in self.ids(|s| s.watching) {
-            self.deliver(
-                id,
-                Delivered::Input { seq: Some(seq), input: Input::Changed { path: event.path.clone(), kind } },
-            );
+            // A watch event is nothing else.
+            _ => {}
         }
     }
 }
@@ -951,28 +934,5 @@ async fn next_event(watcher: &mut Option<PersistentWatcher>) -> WatchedEvent {
     match watcher.as_mut() {
         Some(w) => w.changed().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Awaits the future in `slot`, then empties the slot.
-async fn settled<T>(slot: &mut Option<BoxFuture<T>>) -> T {
-    let output = match slot.as_mut() {
-        Some(future) => future.await,
-        None => std::future::pending().await,
-    };
-    *slot = None;
-    output
-}
-
-/// A `JoinHandle` polled through `&mut`, as an `Option`'s content.
-struct OptionFuture<'a>(Option<&'a mut JoinHandle<()>>);
-
-impl Future for OptionFuture<'_> {
-    type Output = Option<()>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<()>> {
-        match self.0.as_mut() {
-            Some(handle) => Pin::new(&mut **handle).poll(cx).map(|_| Some(())),
-            None => std::task::Poll::Ready(None),
-        }
     }
 }

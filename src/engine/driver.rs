@@ -23,7 +23,7 @@ use crate::zk::ZkSession;
 use crate::zkhub::{Delivered, ZkFeed};
 use crate::znode::Fetched;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What one multi-read answers: each path with what was found.
 type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
 /// A sweep's answer, tagged with the walk generation that asked.
@@ -152,7 +152,7 @@ pub(crate) async fn drive(
 
 /// Awaits the future in `slot`, then empties the slot. Polled through `&mut`, so a `select!`
 /// branch that loses the race leaves the future in its slot for the next turn.
-async fn settled<T>(slot: &mut Option<BoxFuture<T>>) -> T {
+pub(crate) async fn settled<T>(slot: &mut Option<BoxFuture<T>>) -> T {
     let output = match slot.as_mut() {
         Some(future) => future.await,
         None => std::future::pending().await,
@@ -192,24 +192,31 @@ async fn next_event(watcher: &mut Option<PersistentWatcher>) -> Option<Input> {
         Some(w) => w.changed().await,
         None => std::future::pending().await,
     };
+    let input = input_of(event);
+    if matches!(input, Input::SessionEnded) {
+        // The watcher is done; the core asks for a new session.
+        *watcher = None;
+    }
+    Some(input)
+}
+
+/// What a watch event tells the engine: a change of the session's state, or of a znode. One
+/// translation for a mirror's own session and for the hub's.
+pub(crate) fn input_of(event: WatchedEvent) -> Input {
     let kind = match event.event_type {
         EventType::Session => {
-            return Some(match event.session_state {
+            return match event.session_state {
                 SessionState::Disconnected => Input::Disconnected,
                 SessionState::SyncConnected | SessionState::ConnectedReadOnly => Input::Reconnected,
-                SessionState::Expired | SessionState::Closed => {
-                    // The watcher is done; the core asks for a new session.
-                    *watcher = None;
-                    Input::SessionEnded
-                }
+                SessionState::Expired | SessionState::Closed => Input::SessionEnded,
                 SessionState::AuthFailed => Input::AuthFailed,
-            });
+            };
         }
         EventType::NodeCreated => Change::Created,
         EventType::NodeDeleted => Change::Deleted,
         EventType::NodeDataChanged | EventType::NodeChildrenChanged => Change::Data,
     };
-    Some(Input::Changed { path: event.path, kind })
+    Input::Changed { path: event.path, kind }
 }
 
 /// Starts what an effect asks for, with the ZooKeeper side a hub's: the session's lifecycle,
