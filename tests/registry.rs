@@ -80,10 +80,7 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     let settings_arg = settings.display().to_string();
     let status = binary::run(binary_path(), &["status", "--config", &settings_arg, "--json"]).await.expect(0);
     let value: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json");
-    let mut targets: Vec<&str> =
-        value["targets"].as_array().into_iter().flatten().filter_map(|t| t["target"].as_str()).collect();
-    targets.sort();
-    assert_eq!(targets, ["a", "east", "west"], "{value}");
+    assert_eq!(sorted_targets(&value["targets"]), ["a", "east", "west"], "{value}");
     let left_out = value["registry"]["left_out"].to_string();
     assert!(left_out.contains("bad") && left_out.contains("carries a password"), "{value}");
     assert!(
@@ -93,10 +90,7 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     // So does `verify --config`: every copy, the registered ones included, is exact.
     let verify = binary::run(binary_path(), &["verify", "--config", &settings_arg, "--json"]).await.expect(0);
     let report: serde_json::Value = serde_json::from_str(&verify.stdout).expect("verify --json");
-    let mut verified: Vec<&str> =
-        report["roots"].as_array().into_iter().flatten().filter_map(|r| r["target"].as_str()).collect();
-    verified.sort();
-    assert_eq!(verified, ["a", "east", "west"], "{report}");
+    assert_eq!(sorted_targets(&report["roots"]), ["a", "east", "west"], "{report}");
     assert_eq!(report["exact"], true, "{report}");
 
     // A changed registration: east moves to another Redis, cold-synced there.
@@ -129,6 +123,14 @@ async fn registered_targets_come_change_and_go_with_their_znodes() {
     drop(private);
     daemon.process.assert_running();
     daemon.stop();
+}
+
+/// The `target` of each entry of a JSON list (`status --json` targets, `verify --json` roots),
+/// sorted.
+fn sorted_targets(list: &serde_json::Value) -> Vec<&str> {
+    let mut targets: Vec<&str> = list.as_array().into_iter().flatten().filter_map(|t| t["target"].as_str()).collect();
+    targets.sort();
+    targets
 }
 
 /// Settings with only registered targets under `registry`, mirroring `root`.
