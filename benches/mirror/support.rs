@@ -238,14 +238,19 @@ fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::testing::Znode {
     }
 }
 
+/// The stream length the mirror keeps by default (`changes_maxlen`), for the raw write's `XADD`.
+const CHANGES_MAXLEN: u64 = 10_000;
+
 /// The unix ms the synthetic writes stamp as `mirrored_at`.
 const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
 
 /// Context for the cold sync (not its reference): the least a copy must *write*. Every znode's
 /// data (`SET`), a meta hash of the mirror's twelve fields (`HSET`) and, for inner znodes, the
-/// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. Leaves the
+/// children set (`SADD`), pipelined 1000 znodes at a time, plain commands, no scripts. With
+/// `with_stream`, also the one `P:changes` entry per znode the contract asks of every applied
+/// write (`XADD` with `put.lua`'s fields and trim): every key the cold sync writes. Leaves the
 /// keys in place; the caller flushes.
-pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize) -> Duration {
+pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize, with_stream: bool) -> Duration {
     let keys = zkmirror::testing::Keys::new(PREFIX);
     let paths = tree_paths(nodes);
     let started = Instant::now();
@@ -261,6 +266,25 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
             pipe.arg("mirrored_at").arg(SYNTHETIC_NOW_MS).ignore();
             if !znode.children.is_empty() {
                 pipe.sadd(keys.children(&znode.path), &znode.children).ignore();
+            }
+            if with_stream {
+                pipe.cmd("XADD")
+                    .arg(keys.changes())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(CHANGES_MAXLEN)
+                    .arg("*")
+                    .arg("op")
+                    .arg("put")
+                    .arg("path")
+                    .arg(&znode.path)
+                    .arg("mzxid")
+                    .arg(znode.stat.mzxid)
+                    .arg("version")
+                    .arg(znode.stat.version)
+                    .arg("czxid")
+                    .arg(znode.stat.czxid)
+                    .ignore();
             }
         }
         let _: () = pipe.query_async(conn).await.expect("raw write");
