@@ -60,7 +60,7 @@ pub struct MirrorConfig {
     pub memory_budget: usize,
     /// The largest znode ZooKeeper can return (its `jute.maxbuffer`, 1 MiB by default): each
     /// read in flight is charged this much against the budget, since its size is unknown
-    /// until it arrives.
+    /// until it arrives. A larger znode, once read, raises the charge of later reads (logged).
     pub max_znode_bytes: usize,
     /// Which znodes below the root are copied (default: all).
     pub filter: crate::filter::Filter,

@@ -45,8 +45,8 @@ async fn a_cold_sync_of_one_megabyte_values_stays_within_the_memory_budget() {
 
     let small = unique_root("memory-small");
     create_all(&client, &format!("{small}/tiny"), b"x").await;
-    let baseline = cold_sync_peak(&client, zk, &redis, &small).await;
-    let peak = cold_sync_peak(&client, zk, &redis, &root).await;
+    let baseline = cold_sync_peak(&client, zk, &redis, &small, &[]).await;
+    let peak = cold_sync_peak(&client, zk, &redis, &root, &[]).await;
     let budget: u64 = 16 << 20;
     let tree = (ZNODES * VALUE) as u64;
     // What the process holds for the tree, above its own baseline (runtime, clients, code,
@@ -64,12 +64,65 @@ async fn a_cold_sync_of_one_megabyte_values_stays_within_the_memory_budget() {
     );
 }
 
-/// Runs `zkmirror run --memory-budget 16MiB` on `root` until its cold sync is done and Redis
-/// is exact; returns its peak RSS, and stops it.
-async fn cold_sync_peak(client: &zookeeper_client::Client, zk: &ZkServer, redis: &RedisServer, root: &str) -> u64 {
+/// A `--max-znode-size` set far below what the tree holds (16 KiB for znodes of 150 KB) lets
+/// the walk send hundreds of reads at once. The first larger znode a read returns raises what
+/// every later read is charged, so the reads in flight below it stay within the budget: the
+/// parents are read first, and their 300 children are then read at the raised charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_znode_above_max_znode_size_raises_the_charge_and_memory_stays_within_the_budget() {
+    const PARENTS: usize = 10;
+    const CHILDREN: usize = 30;
+    const LARGE: usize = 150_000;
+    let zk = ZkServer::shared();
+    let redis = RedisServer::start();
+    let client = zk_client(&zk.connect_string()).await;
+    let root = unique_root("memory-charge");
+    create_all(&client, &root, b"").await;
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let value = vec![b'w'; LARGE];
+    for p in 0..PARENTS {
+        let parent = format!("{root}/p{p}");
+        client.create(&parent, &value, &options).await.expect("creating a parent");
+        let paths: Vec<String> = (0..CHILDREN).map(|c| format!("{parent}/c{c}")).collect();
+        let creates: Vec<_> = paths.iter().map(|path| client.create(path, &value, &options)).collect();
+        for result in futures::future::join_all(creates).await {
+            result.expect("creating a 150 KB znode");
+        }
+    }
+    let small = unique_root("memory-charge-small");
+    create_all(&client, &format!("{small}/tiny"), b"x").await;
+    let low_charge = ["--max-znode-size", "16KiB"];
+    let baseline = cold_sync_peak(&client, zk, &redis, &small, &low_charge).await;
+    let peak = cold_sync_peak(&client, zk, &redis, &root, &low_charge).await;
+    let budget: u64 = 16 << 20;
+    let tree = (PARENTS * (CHILDREN + 1) * LARGE) as u64;
+    // As above: the budget, plus the capacity the clients' socket buffers keep. Charged 16 KiB
+    // a read, the 300 children would all be in flight at once: 45 MB.
+    let retained_buffers: u64 = 8 << 20;
+    eprintln!("peak RSS {} KiB, baseline {} KiB", peak >> 10, baseline >> 10);
+    assert!(
+        peak.saturating_sub(baseline) <= budget + retained_buffers,
+        "peak RSS {} MiB (baseline {} MiB) for a {} MiB tree with a {} MiB budget and reads first charged 16 KiB",
+        peak >> 20,
+        baseline >> 20,
+        tree >> 20,
+        budget >> 20
+    );
+}
+
+/// Runs `zkmirror run --memory-budget 16MiB` (and `extra` arguments) on `root` until its cold
+/// sync is done and Redis is exact; returns its peak RSS, and stops it.
+async fn cold_sync_peak(
+    client: &zookeeper_client::Client,
+    zk: &ZkServer,
+    redis: &RedisServer,
+    root: &str,
+    extra: &[&str],
+) -> u64 {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zkmirror"))
         .args(["run", "--zk", &zk.connect_string(), "--redis", &redis.url(), "--root", root])
         .args(["--memory-budget", "16MiB"])
+        .args(extra)
         .env_remove("ZKMIRROR_CONFIG")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -260,6 +260,11 @@ pub(crate) struct Core {
     anti_entropy_interval: Duration,
     read_window: usize,
     memory_budget: usize,
+    /// What one read in flight may hold at most, as far as the mirror knows: the configured
+    /// `max_znode_bytes`, raised to the next power of two above any larger znode a read
+    /// returned (a server whose `jute.maxbuffer` is larger, or a setting below the ensemble's).
+    /// Kept, so that reads sent after the first such znode are charged what they may hold.
+    max_znode_bytes: usize,
     read_charge: usize,
     /// Most paths in one read request: its reply, at worst that many of the largest znode, is
     /// built whole in ZooKeeper's heap and held three times here while decoded.
@@ -375,7 +380,6 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Core {
     pub fn new(config: &MirrorConfig, record: Recorder, now: Instant) -> Core {
-        let max_request_paths = (config.memory_budget / (8 * config.max_znode_bytes.max(1))).max(1);
         let mut core = Core {
             root: config.root.clone(),
             filter: config.filter.clone(),
@@ -383,13 +387,11 @@ impl Core {
             anti_entropy_interval: config.anti_entropy_interval,
             read_window: config.read_window,
             memory_budget: config.memory_budget,
-            read_charge: config.max_znode_bytes + READ_OVERHEAD_BYTES,
-            max_request_paths,
-            // A reply is held three times while it is decoded (zookeeper-client 0.11): in the
-            // client's receive buffer, in the reply it copies out of that, and as decoded
-            // znodes. Each path in flight is charged once, as the largest znode; the two extra
-            // copies of the one reply being decoded are reserved once, for the largest request.
-            read_reserve: 2 * max_request_paths * config.max_znode_bytes,
+            // Set by `charge_reads_as` below.
+            max_znode_bytes: 0,
+            read_charge: 0,
+            max_request_paths: 1,
+            read_reserve: 0,
             max_read_age_ms: (config.tombstone_ttl.as_millis() as u64 / 2).max(1),
             started_at_ms: now_ms(),
             record,
@@ -438,6 +440,7 @@ impl Core {
             confirming: None,
             history_reset: None,
         };
+        core.charge_reads_as(config.max_znode_bytes);
         // The scripts first, before any pipeline; the session meanwhile.
         core.effects.push_back(Effect::LoadScripts);
         core.effects.push_back(Effect::Connect);
@@ -751,6 +754,39 @@ impl Core {
         }
     }
 
+    /// Charges every read from now on as a znode of `max_znode_bytes`, and sizes requests and
+    /// the decoding reserve for it.
+    fn charge_reads_as(&mut self, max_znode_bytes: usize) {
+        let max_znode_bytes = max_znode_bytes.max(1);
+        self.max_znode_bytes = max_znode_bytes;
+        self.read_charge = max_znode_bytes.saturating_add(READ_OVERHEAD_BYTES);
+        self.max_request_paths = (self.memory_budget / max_znode_bytes.saturating_mul(8)).max(1);
+        // A reply is held three times while it is decoded (zookeeper-client 0.11): in the
+        // client's receive buffer, in the reply it copies out of that, and as decoded znodes.
+        // Each path in flight is charged once, as the largest znode; the two extra copies of
+        // the one reply being decoded are reserved once, for the largest request.
+        self.read_reserve = 2usize.saturating_mul(self.max_request_paths).saturating_mul(max_znode_bytes);
+    }
+
+    /// A read returned more than a read is charged: the budget no longer bounds the reads in
+    /// flight. Reads sent from now on are charged the next power of two above it; those
+    /// already in flight cannot be called back.
+    fn note_reply_size(&mut self, path: &str, bytes: usize) {
+        if bytes <= self.max_znode_bytes {
+            return;
+        }
+        let raised = bytes.checked_next_power_of_two().unwrap_or(bytes);
+        warn!(
+            %path,
+            bytes,
+            charged = self.max_znode_bytes,
+            now_charged = raised,
+            "{path} holds {bytes} bytes, more than a read is charged against the memory budget ({} bytes, max_znode_size): reads are charged {raised} bytes from now on; set max_znode_size to the ensemble's jute.maxbuffer",
+            self.max_znode_bytes
+        );
+        self.charge_reads_as(raised);
+    }
+
     /// Bytes the mirror holds now, by the memory budget's account.
     fn held_bytes(&self) -> usize {
         self.writes.bytes() + self.dirty.bytes() + self.walk.as_ref().map_or(0, Walk::bytes) + self.unreadable_bytes
@@ -830,6 +866,10 @@ impl Core {
         for ((path, result), item) in results.into_iter().zip(request.items) {
             match result {
                 Ok(fetched) => {
+                    if let Fetched::Present(z) = &fetched {
+                        let bytes = z.data.len() + z.children.iter().map(|c| c.len() + 4).sum::<usize>();
+                        self.note_reply_size(&z.path, bytes);
+                    }
                     let zxid = match &fetched {
                         Fetched::Present(z) => Some(z.stat.czxid.max(z.stat.mzxid).max(z.stat.pzxid)),
                         Fetched::Absent { tomb_zxid, .. } => *tomb_zxid,

@@ -334,6 +334,51 @@ fn reads_in_flight_stay_within_the_memory_budget() {
 }
 
 #[test]
+fn a_znode_larger_than_reads_are_charged_raises_the_charge_of_later_reads() {
+    // A 16 MiB budget and reads charged as 16 KiB znodes (a setting below what the ensemble
+    // holds): the walk keeps hundreds of paths in flight.
+    let budget = 16 << 20;
+    let mut s = Script::live(|c| {
+        c.memory_budget = budget;
+        c.max_znode_bytes = 16 << 10;
+    });
+    s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
+    let root = s.reads();
+    let parents: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let names: Vec<&str> = parents.iter().map(String::as_str).collect();
+    s.feed(answer(&root[0], |p| znode(p, 5, &names)));
+    let parent_reads = s.reads();
+    assert_eq!(parent_reads.iter().map(Vec::len).sum::<usize>(), 10, "every parent in flight at once");
+    // Each parent holds 300 KB and has 40 children: the first answer tells the charge was wrong.
+    let children: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    let child_names: Vec<&str> = children.iter().map(String::as_str).collect();
+    let large = |p: &str| {
+        Fetched::Present(Znode {
+            path: p.to_owned(),
+            data: vec![b'v'; 300_000],
+            stat: ZnodeStat { czxid: 2, mzxid: 5, pzxid: 2, ..ZnodeStat::default() },
+            children: child_names.iter().map(|c| (*c).to_owned()).collect(),
+        })
+    };
+    for request in &parent_reads {
+        s.feed(answer(request, large));
+    }
+    s.ack();
+    let requests = s.reads();
+    let in_flight: usize = requests.iter().map(Vec::len).sum();
+    assert!(in_flight >= 1, "the 400 children are read");
+    // The children may be as large as their parents: as many in flight as the budget holds
+    // at 512 KiB each (the next power of two), not the 400 that 16 KiB each would allow.
+    assert!(
+        in_flight * (512 << 10) <= budget,
+        "{in_flight} paths in flight after a 300 KB znode, with reads charged {} bytes",
+        s.core.max_znode_bytes
+    );
+    assert_eq!(s.core.max_znode_bytes, 512 << 10);
+    assert!(s.core.max_request_paths * (512 << 10) <= budget / 8, "a request's reply stays an eighth of the budget");
+}
+
+#[test]
 fn a_failed_multi_read_is_logged_once_and_retried_after_a_pause() {
     let mut s = Script::live(|_| {});
     s.feed(Input::SubtreeChecked { generation: 1, result: Ok(false) });
