@@ -25,7 +25,7 @@
 //! The election session is the process's only other ZooKeeper session besides the mirrors': a
 //! standby holds it and nothing else (no watch below any root, no copy of the tree).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -800,9 +800,7 @@ async fn request<T>(future: impl std::future::Future<Output = Result<T, ZkClient
     tokio::time::timeout(REQUEST_TIMEOUT, future).await.unwrap_or(Err(ZkClientError::Timeout))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms as now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -64,6 +64,7 @@
 mod backoff;
 #[doc(hidden)]
 pub mod cli;
+mod clock;
 pub mod cluster;
 mod config;
 mod election;

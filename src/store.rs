@@ -1006,8 +1006,7 @@ impl Store {
         if let Link::Cluster(link) = &self.link {
             if let Some(switch) = link.pending_switch() {
                 let mut conn = Conn::Cluster(ClusterConn(link.clone()));
-                let now =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                let now = crate::clock::unix_ms();
                 let degraded = [
                     (status_field::STATE, crate::status::Phase::Degraded.as_str().to_owned()),
                     (status_field::HEARTBEAT, now.to_string()),

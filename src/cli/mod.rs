@@ -235,9 +235,7 @@ pub fn human_ms(ms: i64) -> String {
 
 /// Unix time in ms, by this machine's clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::clock::unix_ms()).unwrap_or(i64::MAX)
 }
 
 /// Writes `bytes` to stdout as they are. A closed pipe (`| head`) is not an error.

@@ -37,7 +37,7 @@ pub(crate) mod writes;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -374,9 +374,7 @@ struct HistoryReset {
     zookeeper_zxid: i64,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::unix_ms as now_ms;
 
 impl Core {
     pub fn new(config: &MirrorConfig, record: Recorder, now: Instant) -> Core {
