@@ -472,33 +472,43 @@ pub enum PolicyCheck {
     Unknown(String),
 }
 
-/// Asks Redis for its `maxmemory-policy`, from `INFO memory` (its `maxmemory_policy` line). Not
-/// `CONFIG GET`: the mirror's least-privilege ACL user (`schema/redis-acl.conf`) has no
+/// Asks Redis for its `maxmemory-policy`, from `INFO memory` (its `maxmemory_policy` line),
+/// on every primary (each node of a cluster has its own), each answer with the node's address.
+/// Not `CONFIG GET`: the mirror's least-privilege ACL user (`schema/redis-acl.conf`) has no
 /// `CONFIG`, which would also show it `requirepass` and `masterauth`, and managed Redis often
 /// renames or forbids it; `INFO` tells the policy and nothing secret. `Err` only when Redis
 /// could not be reached; a refusal is [`PolicyCheck::Unknown`].
-pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<PolicyCheck, StoreError> {
+pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<Vec<(String, PolicyCheck)>, StoreError> {
     let store = Store::new(config)?;
     let mut cmd = redis::cmd("INFO");
     cmd.arg("memory");
-    let answer = match store.query(&cmd).await {
-        Ok(answer) => answer,
-        Err(StoreError::Redis { source, .. })
-            if matches!(source.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
-        {
-            return Ok(PolicyCheck::Unknown(source.to_string()));
-        }
-        Err(e @ StoreError::Denied { .. }) => return Ok(PolicyCheck::Unknown(e.to_string())),
-        Err(e) => return Err(e),
-    };
-    let text: String = redis::from_redis_value(answer).unwrap_or_default();
-    Ok(match info_field(&text, "maxmemory_policy") {
-        None => PolicyCheck::Unknown("INFO memory shows no maxmemory_policy".to_owned()),
-        Some(policy) => match eviction_risk(policy) {
-            None => PolicyCheck::Safe,
-            Some(why) => PolicyCheck::Risky { policy: policy.to_owned(), why },
-        },
-    })
+    let mut checks = Vec::new();
+    for (node, answer) in store.query_each_primary(&cmd).await? {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(StoreError::Redis { source, .. })
+                if matches!(source.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
+            {
+                checks.push((node, PolicyCheck::Unknown(source.to_string())));
+                continue;
+            }
+            Err(e @ StoreError::Denied { .. }) => {
+                checks.push((node, PolicyCheck::Unknown(e.to_string())));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let text: String = redis::from_redis_value(answer).unwrap_or_default();
+        let check = match info_field(&text, "maxmemory_policy") {
+            None => PolicyCheck::Unknown("INFO memory shows no maxmemory_policy".to_owned()),
+            Some(policy) => match eviction_risk(policy) {
+                None => PolicyCheck::Safe,
+                Some(why) => PolicyCheck::Risky { policy: policy.to_owned(), why },
+            },
+        };
+        checks.push((node, check));
+    }
+    Ok(checks)
 }
 
 /// The value of `field` in an `INFO` answer (`field:value` lines).
@@ -513,18 +523,18 @@ async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         match check_eviction_policy(&config).await {
-            Ok(PolicyCheck::Safe) => {
-                info!(redis = %server, "Redis's maxmemory-policy is noeviction: it never evicts the mirror's keys");
-                return;
-            }
-            Ok(PolicyCheck::Risky { policy, why }) => {
-                warn!(redis = %server,
-                      "Redis's maxmemory-policy is {policy}, not noeviction: {why}; set `maxmemory-policy noeviction` \
-                       (see \"What Redis must promise\" in schema/layout.md)");
-                return;
-            }
-            Ok(PolicyCheck::Unknown(why)) => {
-                debug!(redis = %server, %why, "cannot read Redis's maxmemory-policy; not checked");
+            Ok(checks) => {
+                for (node, check) in checks {
+                    match check {
+                        PolicyCheck::Safe => info!(redis = %server, %node,
+                            "Redis's maxmemory-policy is noeviction on {node}: it never evicts the mirror's keys"),
+                        PolicyCheck::Risky { policy, why } => warn!(redis = %server, %node,
+                            "Redis's maxmemory-policy is {policy}, not noeviction, on {node}: {why}; set `maxmemory-policy noeviction` \
+                             (see \"What Redis must promise\" in schema/layout.md)"),
+                        PolicyCheck::Unknown(why) => debug!(redis = %server, %node, %why,
+                            "cannot read Redis's maxmemory-policy on {node}; not checked there"),
+                    }
+                }
                 return;
             }
             Err(e) => debug!(redis = %server, error = %e, "cannot check Redis's maxmemory-policy yet; retrying"),

@@ -1215,6 +1215,28 @@ impl Store {
         let mut conn = self.conn().await?;
         cmd.query_async(&mut conn).await.map_err(|e| self.error(e))
     }
+
+    /// Runs one raw command on every primary, for what each node holds on its own (`INFO`):
+    /// the one server, or each primary of a cluster, with the node's address and its answer.
+    /// Only a cluster whose primaries cannot be listed fails the whole call.
+    pub async fn query_each_primary(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<Vec<(String, Result<Value, StoreError>)>, StoreError> {
+        let Link::Cluster(link) = &self.link else {
+            return Ok(vec![(self.server.clone(), self.query(cmd).await)]);
+        };
+        let mut answers = Vec::new();
+        for (addr, mut conn) in link.primaries().await.map_err(|e| self.error(e))? {
+            let answer =
+                redis::aio::ConnectionLike::req_packed_command(&mut conn, cmd).await.map_err(|e| match self.error(e) {
+                    StoreError::Redis { source, .. } => StoreError::Redis { server: addr.clone(), source },
+                    other => other,
+                });
+            answers.push((addr, answer));
+        }
+        Ok(answers)
+    }
 }
 
 /// What Redis's ACLs refused, when a reply is such a refusal: the command (`the command SCAN`),

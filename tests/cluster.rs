@@ -598,3 +598,37 @@ async fn bad_cluster_urls_exit_2_with_a_clear_message() {
         binary::assert_url_refused_everywhere(binary_path(), &zk, url, needle, "hunter2").await;
     }
 }
+
+/// Each primary of a cluster has its own `maxmemory-policy`: the start-up check asks every one
+/// and warns about each evicting one by its address (before, only the first primary was asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_on_any_primary_is_warned_about_by_node() {
+    let cluster = ClusterSetup::start();
+    let zk_connect = ZkServer::shared().connect_string();
+    let zk = zk_client(&zk_connect).await;
+    let root = unique_root("cluster-policy");
+    create_all(&zk, &root, b"root").await;
+    let policies = ["allkeys-lru", "volatile-ttl", "allkeys-random"];
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), policies.len(), "a 3-primary cluster");
+    for ((port, _, _), policy) in primaries.iter().zip(policies) {
+        assert!(cluster.ask(*port, &["CONFIG", "SET", "maxmemory-policy", policy]).contains("OK"));
+    }
+    let logs = tempfile::tempdir().expect("a folder for the log");
+    let log = logs.path().join("run.log");
+    let url = cluster.url();
+    let mut daemon = binary::Daemon::start(
+        binary_path(),
+        &["--zk", zk_connect.as_str(), "--redis", url.as_str(), "--root", root.as_str()],
+        "info",
+        &log,
+    );
+    for ((port, _, _), policy) in primaries.iter().zip(policies) {
+        let line = daemon.wait_for_lines(&[&format!("maxmemory-policy is {policy}"), &format!(":{port}")], 1).await;
+        assert!(line.contains("WARN") && line.contains("noeviction"), "{line}");
+    }
+    daemon.wait_for_log("cold sync done").await;
+    let text = daemon.stop();
+    let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
+    assert_eq!(warnings, 3, "one warning per primary:\n{text}");
+}
