@@ -42,12 +42,20 @@ pub(crate) type ReadResults = Vec<(String, Result<Fetched, ZkError>)>;
 /// A finished sync: the subscriber that asked, where to answer, and the answer.
 type SyncDone = (u64, oneshot::Sender<Result<i64, ZkError>>, Result<i64, ZkError>);
 
-/// Bytes one delivery in a subscriber's queue is reckoned at (an event's path and its
-/// envelope); a queue holds a 4,096th of its mirror's memory budget in deliveries (16,384 at
-/// the default budget), within [`MIN_FEED`, `MAX_FEED`]; past that it overflows and reconciles.
+/// Bytes one delivery in a subscriber's queue is reckoned at for its count (an event's path
+/// and its envelope); a queue holds a 4,096th of its mirror's memory budget in deliveries
+/// (16,384 at the default budget), within [`MIN_FEED`, `MAX_FEED`], and its events' bytes are
+/// bounded too ([`FEED_BUDGET_SHARE`]); past either it overflows and reconciles.
 const DELIVERY_BYTES: usize = 4096;
 const MIN_FEED: usize = 64;
 const MAX_FEED: usize = 16_384;
+/// Bytes a subscriber's queue may hold besides its count, as a share of its mirror's memory
+/// budget: the count alone would let deliveries of long paths hold far more than
+/// [`DELIVERY_BYTES`] each. A read's answer is not counted here: its engine charges it as a
+/// read in flight until it is received.
+const FEED_BUDGET_SHARE: usize = 16;
+/// What a delivery is reckoned at beyond the path it carries (the envelope, the input).
+const DELIVERY_ENVELOPE_BYTES: usize = 128;
 /// Commands queued to the hub by all its subscribers together (each engine has at most a few
 /// dozen outstanding: its reads in flight, a connect, a watch, a sync).
 const COMMAND_CAPACITY: usize = 1024;
@@ -64,6 +72,7 @@ pub(crate) enum Command {
         id: u64,
         target: String,
         deliveries: mpsc::Sender<Delivery>,
+        queued: QueuedBytes,
     },
     Unsubscribe {
         id: u64,
@@ -98,6 +107,48 @@ pub(crate) enum Command {
 pub(crate) struct Delivery {
     pub epoch: u64,
     pub what: Delivered,
+    /// What it adds to its queue's [`QueuedBytes`] until received.
+    bytes: usize,
+}
+
+/// The bytes in one subscriber's queue: added by the hub as it queues, taken off by the feed
+/// as it receives, so that a queue is bounded in bytes as well as by count.
+#[derive(Clone)]
+pub(crate) struct QueuedBytes {
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl QueuedBytes {
+    /// Counts `bytes` in if they fit.
+    fn try_add(&self, bytes: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_add(bytes).filter(|n| *n <= self.max))
+            .is_ok()
+    }
+
+    fn take(&self, bytes: usize) {
+        let _ = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(bytes)));
+    }
+}
+
+/// One subscriber's queue, for a mirror with this memory budget: bounded by count (a 4,096th
+/// of the budget in deliveries, within [`MIN_FEED`, `MAX_FEED`]) and by bytes (a
+/// [`FEED_BUDGET_SHARE`]th of it, at least 64 KiB).
+fn feed_queue(memory_budget: usize) -> (mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>, QueuedBytes) {
+    let (sender, receiver) = mpsc::channel((memory_budget / DELIVERY_BYTES).clamp(MIN_FEED, MAX_FEED));
+    let queued =
+        QueuedBytes { queued: Arc::new(AtomicUsize::new(0)), max: (memory_budget / FEED_BUDGET_SHARE).max(64 << 10) };
+    (sender, receiver, queued)
+}
+
+/// What a delivery is reckoned at in its queue's bytes (see [`FEED_BUDGET_SHARE`]).
+fn delivery_bytes(what: &Delivered) -> usize {
+    match what {
+        Delivered::Input { input: Input::Changed { path, .. }, .. } => DELIVERY_ENVELOPE_BYTES + path.len(),
+        Delivered::Input { input: Input::ReadDone { .. }, .. } => 0,
+        _ => DELIVERY_ENVELOPE_BYTES,
+    }
 }
 
 pub(crate) enum Delivered {
@@ -118,6 +169,7 @@ pub(crate) struct ZkFeed {
     id: u64,
     commands: mpsc::Sender<Command>,
     deliveries: mpsc::Receiver<Delivery>,
+    queued: QueuedBytes,
     /// Commands the hub's queue had no room for yet, sent in order as it drains; bounded by
     /// what one engine has outstanding.
     backlog: VecDeque<Command>,
@@ -206,6 +258,7 @@ impl ZkFeed {
                     continue;
                 }
             };
+            self.queued.take(delivery.bytes);
             if delivery.epoch < self.epoch {
                 continue;
             }
@@ -265,19 +318,20 @@ impl ZkHubs {
         let entry = &self.hubs[at];
         self.next_id += 1;
         let id = self.next_id;
-        let (sender, deliveries) = mpsc::channel((config.memory_budget / DELIVERY_BYTES).clamp(MIN_FEED, MAX_FEED));
+        let (sender, deliveries, queued) = feed_queue(config.memory_budget);
         entry.members.fetch_add(1, Ordering::SeqCst);
         let mut feed = ZkFeed {
             id,
             commands: entry.commands.clone(),
             deliveries,
+            queued: queued.clone(),
             backlog: VecDeque::new(),
             epoch: 0,
             seen: 0,
             _member: Member(entry.members.clone()),
         };
         // First in the feed's own order: a full hub queue only delays it, with what follows.
-        feed.send(Command::Subscribe { id, target: config.target.clone(), deliveries: sender });
+        feed.send(Command::Subscribe { id, target: config.target.clone(), deliveries: sender, queued });
         feed
     }
 
@@ -324,6 +378,7 @@ struct Subscriber {
     /// The Redis target's name, for the log.
     target: String,
     deliveries: mpsc::Sender<Delivery>,
+    queued: QueuedBytes,
     epoch: u64,
     /// The hub session this subscriber was told it is connected to.
     session_gen: Option<u64>,
@@ -468,7 +523,13 @@ impl Hub {
         if s.overflowed {
             return;
         }
-        match s.deliveries.try_send(Delivery { epoch: s.epoch, what }) {
+        let bytes = delivery_bytes(&what);
+        let sent = if s.queued.try_add(bytes) {
+            s.deliveries.try_send(Delivery { epoch: s.epoch, what, bytes }).inspect_err(|_| s.queued.take(bytes))
+        } else {
+            Err(mpsc::error::TrySendError::Full(Delivery { epoch: s.epoch, what, bytes }))
+        };
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(root = %self.config.root, target = %s.target, "target fell behind this root's ZooKeeper events (its queue is full): it will reconcile once it catches up");
@@ -492,7 +553,7 @@ impl Hub {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Subscribe { id, target, deliveries } => {
+            Command::Subscribe { id, target, deliveries, queued } => {
                 // A subscriber whose Unsubscribe was lost (the queue was full) is gone now.
                 self.subscribers.retain(|_, s| !s.deliveries.is_closed());
                 self.subscribers.insert(
@@ -500,6 +561,7 @@ impl Hub {
                     Subscriber {
                         target,
                         deliveries,
+                        queued,
                         epoch: 0,
                         session_gen: None,
                         wants_connect: false,
@@ -793,6 +855,7 @@ impl Hub {
             permit.send(Delivery {
                 epoch: s.epoch,
                 what: input(Input::ReadDone { results, read_at_ms: Some(read_at_ms) }),
+                bytes: 0,
             });
         }
     }
@@ -804,7 +867,13 @@ impl Hub {
     fn recover_overflowed(&mut self) {
         for id in self.ids(|s| s.overflowed) {
             let Some(s) = self.subscribers.get_mut(&id) else { continue };
-            match s.deliveries.try_send(Delivery { epoch: s.epoch, what: input(Input::SessionEnded) }) {
+            let what = input(Input::SessionEnded);
+            let bytes = delivery_bytes(&what);
+            if !s.queued.try_add(bytes) {
+                continue;
+            }
+            match s.deliveries.try_send(Delivery { epoch: s.epoch, what, bytes }).inspect_err(|_| s.queued.take(bytes))
+            {
                 Ok(()) => {
                     s.overflowed = false;
                     s.session_gen = None;
@@ -934,5 +1003,65 @@ async fn next_event(watcher: &mut Option<PersistentWatcher>) -> WatchedEvent {
     match watcher.as_mut() {
         Some(w) => w.changed().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Change;
+
+    /// A hub with one subscriber whose engine does not drain its queue: the queue, its
+    /// receiving end and its byte count.
+    fn stalled_subscriber(memory_budget: usize) -> (Hub, mpsc::Receiver<Delivery>, QueuedBytes) {
+        let mut config = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1", "/r");
+        config.memory_budget = memory_budget;
+        let mut hub = Hub::new(config);
+        let (deliveries, receiver, queued) = feed_queue(memory_budget);
+        hub.on_command(Command::Subscribe { id: 1, target: "a".into(), deliveries, queued: queued.clone() });
+        (hub, receiver, queued)
+    }
+
+    fn event(seq: u64, path: String) -> Delivered {
+        Delivered::Input { seq: Some(seq), input: Input::Changed { path, kind: Change::Created } }
+    }
+
+    #[test]
+    fn a_queue_of_long_paths_overflows_by_bytes_before_its_count() {
+        let budget = 8 << 20; // 2,048 deliveries, 512 KiB
+        let (mut hub, mut receiver, queued) = stalled_subscriber(budget);
+        let long = "n".repeat(900);
+        let mut accepted = 0;
+        for i in 0..1000u64 {
+            hub.deliver(1, event(i, format!("/r/{i:04}{long}")));
+            if hub.subscribers[&1].overflowed {
+                break;
+            }
+            accepted += 1;
+        }
+        assert!(hub.subscribers[&1].overflowed, "1,000 events of 900-byte paths fit in the queue");
+        assert!(accepted < 2048 / 2, "the count would have held {accepted} and more");
+        assert!(queued.queued.load(Ordering::Acquire) <= budget / 16, "over the queue's bytes");
+        // Once the engine has drained it, the subscriber is told its session ended, once.
+        while let Ok(delivery) = receiver.try_recv() {
+            queued.take(delivery.bytes);
+        }
+        assert_eq!(queued.queued.load(Ordering::Acquire), 0);
+        hub.recover_overflowed();
+        assert!(!hub.subscribers[&1].overflowed);
+        let told = receiver.try_recv().expect("a delivery after the recovery");
+        assert!(matches!(told.what, Delivered::Input { input: Input::SessionEnded, .. }));
+    }
+
+    #[test]
+    fn short_paths_are_bounded_by_the_count() {
+        let (mut hub, _receiver, queued) = stalled_subscriber(8 << 20);
+        for i in 0..2048u64 {
+            hub.deliver(1, event(i, format!("/r/n{i}")));
+        }
+        assert!(!hub.subscribers[&1].overflowed, "2,048 short events fit: the count's bound");
+        assert!(queued.queued.load(Ordering::Acquire) < (8 << 20) / 16);
+        hub.deliver(1, event(2048, "/r/one-more".into()));
+        assert!(hub.subscribers[&1].overflowed, "the 2,049th does not");
     }
 }
