@@ -400,6 +400,25 @@ impl ClusterLink {
         Ok(conns)
     }
 
+    /// Sends `cmd` to every primary of the slot map, each on its own: an answer per node, a
+    /// node that cannot be reached answered by its error (the others are still asked). `Err`
+    /// only when no slot map can be had.
+    pub async fn each_primary(&self, cmd: &Cmd) -> RedisResult<Vec<(String, RedisResult<Value>)>> {
+        let topology = self.topology().await?;
+        let mut answers = Vec::new();
+        for addr in &topology.primaries {
+            let answer = match self.node(addr).await {
+                Ok(mut conn) => conn.req_packed_command(cmd).await,
+                Err(e) => Err(e),
+            };
+            if answer.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
+                self.forget(addr);
+            }
+            answers.push((addr.clone(), answer));
+        }
+        Ok(answers)
+    }
+
     /// Sends `cmds` (not a transaction) and answers one value per command, in order: each
     /// command to the primary of its slot, one pipeline per node, all nodes at once, redirects
     /// followed per command (see the module docs). When a node's connection fails, the error is

@@ -10,7 +10,7 @@
 //! Every task the service spawns is owned: mirrors by their `JoinHandle`, everything else in a
 //! `JoinSet`. On shutdown each is joined, or aborted and then joined; none is left detached.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -476,9 +476,12 @@ pub enum PolicyCheck {
 /// on every primary (each node of a cluster has its own), each answer with the node's address.
 /// Not `CONFIG GET`: the mirror's least-privilege ACL user (`schema/redis-acl.conf`) has no
 /// `CONFIG`, which would also show it `requirepass` and `masterauth`, and managed Redis often
-/// renames or forbids it; `INFO` tells the policy and nothing secret. `Err` only when Redis
-/// could not be reached; a refusal is [`PolicyCheck::Unknown`].
-pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<Vec<(String, PolicyCheck)>, StoreError> {
+/// renames or forbids it; `INFO` tells the policy and nothing secret. A node's `Err`: it could
+/// not be reached (ask it again later); a refusal is [`PolicyCheck::Unknown`]. `Err` for the
+/// whole call: not even a cluster's slot map could be read.
+pub async fn check_eviction_policy(
+    config: &MirrorConfig,
+) -> Result<Vec<(String, Result<PolicyCheck, StoreError>)>, StoreError> {
     let store = Store::new(config)?;
     let mut cmd = redis::cmd("INFO");
     cmd.arg("memory");
@@ -489,14 +492,17 @@ pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<Vec<(String,
             Err(StoreError::Redis { source, .. })
                 if matches!(source.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
             {
-                checks.push((node, PolicyCheck::Unknown(source.to_string())));
+                checks.push((node, Ok(PolicyCheck::Unknown(source.to_string()))));
                 continue;
             }
             Err(e @ StoreError::Denied { .. }) => {
-                checks.push((node, PolicyCheck::Unknown(e.to_string())));
+                checks.push((node, Ok(PolicyCheck::Unknown(e.to_string()))));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                checks.push((node, Err(e)));
+                continue;
+            }
         };
         let text: String = redis::from_redis_value(answer).unwrap_or_default();
         let check = match info_field(&text, "maxmemory_policy") {
@@ -506,7 +512,7 @@ pub async fn check_eviction_policy(config: &MirrorConfig) -> Result<Vec<(String,
                 Some(why) => PolicyCheck::Risky { policy: policy.to_owned(), why },
             },
         };
-        checks.push((node, check));
+        checks.push((node, Ok(check)));
     }
     Ok(checks)
 }
@@ -516,15 +522,30 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
 }
 
-/// Checks the policy of the Redis `config` names, retrying while it cannot be reached, and
-/// logs the verdict once: a warning for a policy that may evict the mirror's keys.
+/// Checks the policy of the Redis `config` names (each primary of a cluster), asking a node
+/// again while it cannot be reached, and logs each node's verdict once: a warning for a policy
+/// that may evict the mirror's keys.
 async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
     let server = crate::config::mask_url(&config.redis_url);
     let mut backoff = Backoff::between(Duration::from_secs(1), Duration::from_secs(60));
+    let mut judged: HashSet<String> = HashSet::new();
     loop {
         match check_eviction_policy(&config).await {
             Ok(checks) => {
+                let mut pending = false;
                 for (node, check) in checks {
+                    if judged.contains(&node) {
+                        continue;
+                    }
+                    let check = match check {
+                        Ok(check) => check,
+                        Err(e) => {
+                            debug!(redis = %server, %node, error = %e, "cannot check Redis's maxmemory-policy on {node} yet; retrying");
+                            pending = true;
+                            continue;
+                        }
+                    };
+                    judged.insert(node.clone());
                     match check {
                         PolicyCheck::Safe => info!(redis = %server, %node,
                             "Redis's maxmemory-policy is noeviction on {node}: it never evicts the mirror's keys"),
@@ -535,7 +556,9 @@ async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
                             "cannot read Redis's maxmemory-policy on {node}; not checked there"),
                     }
                 }
-                return;
+                if !pending {
+                    return;
+                }
             }
             Err(e) => debug!(redis = %server, error = %e, "cannot check Redis's maxmemory-policy yet; retrying"),
         }

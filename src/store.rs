@@ -1217,8 +1217,9 @@ impl Store {
     }
 
     /// Runs one raw command on every primary, for what each node holds on its own (`INFO`):
-    /// the one server, or each primary of a cluster, with the node's address and its answer.
-    /// Only a cluster whose primaries cannot be listed fails the whole call.
+    /// the one server, or each primary of a cluster, with the node's address and its answer (a
+    /// node that cannot be reached answered by its error; the others are still asked). Only a
+    /// cluster whose slot map cannot be read fails the whole call.
     pub async fn query_each_primary(
         &self,
         cmd: &redis::Cmd,
@@ -1226,16 +1227,17 @@ impl Store {
         let Link::Cluster(link) = &self.link else {
             return Ok(vec![(self.server.clone(), self.query(cmd).await)]);
         };
-        let mut answers = Vec::new();
-        for (addr, mut conn) in link.primaries().await.map_err(|e| self.error(e))? {
-            let answer =
-                redis::aio::ConnectionLike::req_packed_command(&mut conn, cmd).await.map_err(|e| match self.error(e) {
+        let answers = link.each_primary(cmd).await.map_err(|e| self.error(e))?;
+        Ok(answers
+            .into_iter()
+            .map(|(addr, answer)| {
+                let answer = answer.map_err(|e| match self.error(e) {
                     StoreError::Redis { source, .. } => StoreError::Redis { server: addr.clone(), source },
                     other => other,
                 });
-            answers.push((addr, answer));
-        }
-        Ok(answers)
+                (addr, answer)
+            })
+            .collect())
     }
 }
 

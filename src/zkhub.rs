@@ -120,10 +120,13 @@ pub(crate) struct QueuedBytes {
 }
 
 impl QueuedBytes {
-    /// Counts `bytes` in if they fit.
+    /// Counts `bytes` in if they fit, or if the queue is empty (a delivery larger than the
+    /// bound alone, a path of more than 64 KiB, must still get through).
     fn try_add(&self, bytes: usize) -> bool {
         self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_add(bytes).filter(|n| *n <= self.max))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(bytes).filter(|n| q == 0 || *n <= self.max)
+            })
             .is_ok()
     }
 
@@ -1011,25 +1014,41 @@ mod tests {
     use super::*;
     use crate::engine::Change;
 
-    /// A hub with one subscriber whose engine does not drain its queue: the queue, its
-    /// receiving end and its byte count.
-    fn stalled_subscriber(memory_budget: usize) -> (Hub, mpsc::Receiver<Delivery>, QueuedBytes) {
+    /// A hub with one subscriber whose engine has not drained its queue yet: the hub, the
+    /// subscriber's feed (as its driver holds it), the hub's end of the feed's commands, and
+    /// the queue's byte count.
+    fn stalled_subscriber(memory_budget: usize) -> (Hub, ZkFeed, mpsc::Receiver<Command>, QueuedBytes) {
         let mut config = MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1", "/r");
         config.memory_budget = memory_budget;
         let mut hub = Hub::new(config);
         let (deliveries, receiver, queued) = feed_queue(memory_budget);
+        let (commands, hub_commands) = mpsc::channel(COMMAND_CAPACITY);
+        let feed = ZkFeed {
+            id: 1,
+            commands,
+            deliveries: receiver,
+            queued: queued.clone(),
+            backlog: VecDeque::new(),
+            epoch: 0,
+            seen: 0,
+            _member: Member(Arc::new(AtomicUsize::new(1))),
+        };
         hub.on_command(Command::Subscribe { id: 1, target: "a".into(), deliveries, queued: queued.clone() });
-        (hub, receiver, queued)
+        (hub, feed, hub_commands, queued)
     }
 
     fn event(seq: u64, path: String) -> Delivered {
         Delivered::Input { seq: Some(seq), input: Input::Changed { path, kind: Change::Created } }
     }
 
-    #[test]
-    fn a_queue_of_long_paths_overflows_by_bytes_before_its_count() {
+    fn queued_bytes(queued: &QueuedBytes) -> usize {
+        queued.queued.load(Ordering::Acquire)
+    }
+
+    #[tokio::test]
+    async fn a_queue_of_long_paths_overflows_by_bytes_before_its_count_and_recovers() {
         let budget = 8 << 20; // 2,048 deliveries, 512 KiB
-        let (mut hub, mut receiver, queued) = stalled_subscriber(budget);
+        let (mut hub, mut feed, _commands, queued) = stalled_subscriber(budget);
         let long = "n".repeat(900);
         let mut accepted = 0;
         for i in 0..1000u64 {
@@ -1041,26 +1060,55 @@ mod tests {
         }
         assert!(hub.subscribers[&1].overflowed, "1,000 events of 900-byte paths fit in the queue");
         assert!(accepted < 2048 / 2, "the count would have held {accepted} and more");
-        assert!(queued.queued.load(Ordering::Acquire) <= budget / 16, "over the queue's bytes");
-        // Once the engine has drained it, the subscriber is told its session ended, once.
-        while let Ok(delivery) = receiver.try_recv() {
-            queued.take(delivery.bytes);
+        assert!(queued_bytes(&queued) <= budget / 16, "over the queue's bytes");
+        // The engine drains its queue through its feed, which takes each delivery's bytes off.
+        for _ in 0..accepted {
+            assert!(matches!(feed.next().await, Some(Delivered::Input { input: Input::Changed { .. }, .. })));
         }
-        assert_eq!(queued.queued.load(Ordering::Acquire), 0);
+        assert_eq!(queued_bytes(&queued), 0, "the feed gave back every byte it received");
+        // Then the hub tells it its session ended, once: it starts over with a reconcile.
         hub.recover_overflowed();
         assert!(!hub.subscribers[&1].overflowed);
-        let told = receiver.try_recv().expect("a delivery after the recovery");
-        assert!(matches!(told.what, Delivered::Input { input: Input::SessionEnded, .. }));
+        assert!(matches!(feed.next().await, Some(Delivered::Input { input: Input::SessionEnded, .. })));
+        assert_eq!(queued_bytes(&queued), 0);
+    }
+
+    #[tokio::test]
+    async fn stale_deliveries_give_their_bytes_back_too() {
+        let (mut hub, mut feed, mut commands, queued) = stalled_subscriber(8 << 20);
+        for i in 0..3u64 {
+            hub.deliver(1, event(i, format!("/r/old{i}")));
+        }
+        // The engine drops its session: what was queued before is stale, and skipped.
+        feed.drop_session();
+        let drop = commands.try_recv().expect("the feed's DropSession");
+        hub.on_command(drop);
+        hub.deliver(1, event(3, "/r/new".to_owned()));
+        match feed.next().await {
+            Some(Delivered::Input { input: Input::Changed { path, .. }, .. }) => assert_eq!(path, "/r/new"),
+            _ => panic!("the current delivery, after the stale ones"),
+        }
+        assert_eq!(queued_bytes(&queued), 0, "the skipped deliveries' bytes were given back");
+    }
+
+    #[test]
+    fn a_delivery_larger_than_the_bound_gets_through_an_empty_queue() {
+        let (mut hub, _feed, _commands, queued) = stalled_subscriber(1 << 20); // 64 KiB
+        hub.deliver(1, event(0, format!("/r/{}", "n".repeat(100 << 10))));
+        assert!(!hub.subscribers[&1].overflowed, "a 100 KiB path alone must not overflow an empty queue");
+        hub.deliver(1, event(1, "/r/next".to_owned()));
+        assert!(hub.subscribers[&1].overflowed, "but nothing more fits behind it");
+        assert!(queued_bytes(&queued) > 64 << 10);
     }
 
     #[test]
     fn short_paths_are_bounded_by_the_count() {
-        let (mut hub, _receiver, queued) = stalled_subscriber(8 << 20);
+        let (mut hub, _feed, _commands, queued) = stalled_subscriber(8 << 20);
         for i in 0..2048u64 {
             hub.deliver(1, event(i, format!("/r/n{i}")));
         }
         assert!(!hub.subscribers[&1].overflowed, "2,048 short events fit: the count's bound");
-        assert!(queued.queued.load(Ordering::Acquire) < (8 << 20) / 16);
+        assert!(queued_bytes(&queued) < (8 << 20) / 16);
         hub.deliver(1, event(2048, "/r/one-more".into()));
         assert!(hub.subscribers[&1].overflowed, "the 2,049th does not");
     }

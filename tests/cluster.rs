@@ -624,11 +624,47 @@ async fn an_evicting_policy_on_any_primary_is_warned_about_by_node() {
         &log,
     );
     for ((port, _, _), policy) in primaries.iter().zip(policies) {
-        let line = daemon.wait_for_lines(&[&format!("maxmemory-policy is {policy}"), &format!(":{port}")], 1).await;
+        // The node in the message, not the seed URL every line carries in its `redis` field.
+        let named = format!("maxmemory-policy is {policy}, not noeviction, on 127.0.0.1:{port}:");
+        let line = daemon.wait_for_log(&named).await;
         assert!(line.contains("WARN") && line.contains("noeviction"), "{line}");
     }
     daemon.wait_for_log("cold sync done").await;
     let text = daemon.stop();
     let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
     assert_eq!(warnings, 3, "one warning per primary:\n{text}");
+}
+
+/// A primary that cannot be reached does not keep the others from being checked: it is asked
+/// again later, and the evicting policies of the two that answer are warned about at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_check_goes_on_past_a_primary_that_is_down() {
+    let mut cluster = ClusterSetup::start();
+    let zk_connect = ZkServer::shared().connect_string();
+    let root = unique_root("cluster-policy-down");
+    let primaries = cluster.primaries();
+    let (down, up) = (primaries[0].0, [primaries[1].0, primaries[2].0]);
+    for port in up {
+        assert!(cluster.ask(port, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).contains("OK"));
+    }
+    cluster.kill_node(down);
+    let logs = tempfile::tempdir().expect("a folder for the log");
+    let log = logs.path().join("run.log");
+    let url = cluster.url();
+    let mut daemon = binary::Daemon::start(
+        binary_path(),
+        &["--zk", zk_connect.as_str(), "--redis", url.as_str(), "--root", root.as_str()],
+        "info,zkmirror::service=debug",
+        &log,
+    );
+    for port in up {
+        let named = format!("maxmemory-policy is allkeys-lru, not noeviction, on 127.0.0.1:{port}:");
+        let line = daemon.wait_for_log(&named).await;
+        assert!(line.contains("WARN"), "{line}");
+    }
+    // Asked again at least once before the end, so that "each once" below means something.
+    daemon.wait_for_lines(&[&format!("cannot check Redis's maxmemory-policy on 127.0.0.1:{down} yet")], 2).await;
+    let text = daemon.stop();
+    let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
+    assert_eq!(warnings, 2, "one warning per evicting primary, each once, though the check is retried:\n{text}");
 }

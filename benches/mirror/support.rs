@@ -238,9 +238,6 @@ fn synthetic_znode(paths: &[String], i: usize) -> zkmirror::testing::Znode {
     }
 }
 
-/// The stream length the mirror keeps by default (`changes_maxlen`), for the raw write's `XADD`.
-const CHANGES_MAXLEN: u64 = 10_000;
-
 /// The unix ms the synthetic writes stamp as `mirrored_at`.
 const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
 
@@ -252,6 +249,8 @@ const SYNTHETIC_NOW_MS: u64 = 1_764_000_000_000;
 /// keys in place; the caller flushes.
 pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usize, with_stream: bool) -> Duration {
     let keys = zkmirror::testing::Keys::new(PREFIX);
+    // The stream length the mirror keeps by default, as its scripts trim it.
+    let changes_maxlen = zkmirror::MirrorConfig::new("127.0.0.1:1", "redis://127.0.0.1:1", ROOT).changes_maxlen;
     let paths = tree_paths(nodes);
     let started = Instant::now();
     for (chunk_index, chunk) in paths.chunks(1000).enumerate() {
@@ -272,7 +271,7 @@ pub async fn raw_write(conn: &mut redis::aio::MultiplexedConnection, nodes: usiz
                     .arg(keys.changes())
                     .arg("MAXLEN")
                     .arg("~")
-                    .arg(CHANGES_MAXLEN)
+                    .arg(changes_maxlen)
                     .arg("*")
                     .arg("op")
                     .arg("put")

@@ -766,21 +766,34 @@ impl Core {
         self.read_reserve = 2usize.saturating_mul(self.max_request_paths).saturating_mul(max_znode_bytes);
     }
 
-    /// A read returned more than a read is charged: the budget no longer bounds the reads in
-    /// flight. Reads sent from now on are charged the next power of two above it; those
-    /// already in flight cannot be called back.
-    fn note_reply_size(&mut self, path: &str, bytes: usize) {
-        if bytes <= self.max_znode_bytes {
+    /// A read returned more than a read is charged (its data and its children's names
+    /// together): the budget no longer bounds the reads in flight. Reads sent from now on are
+    /// charged the next power of two above it; those already in flight cannot be called back.
+    /// Logged once per raise, so at most once per power of two.
+    fn note_reply_size(&mut self, path: &str, data_bytes: usize, children_bytes: usize) {
+        let bytes = data_bytes.saturating_add(children_bytes);
+        if bytes <= self.read_charge {
             return;
         }
+        let charged = self.max_znode_bytes;
         let raised = bytes.checked_next_power_of_two().unwrap_or(bytes);
+        let advice = if data_bytes > charged {
+            "max_znode_size is below this ensemble's largest znode: set it to the ensemble's jute.maxbuffer"
+        } else {
+            "its children's names, read with its data, are what goes over"
+        };
+        let slow = if self.memory_budget < raised.saturating_mul(6) {
+            "; memory_budget is now under six times that, so reads go a few at a time: raise memory_budget"
+        } else {
+            ""
+        };
         warn!(
             %path,
-            bytes,
-            charged = self.max_znode_bytes,
+            data_bytes,
+            children_bytes,
+            charged,
             now_charged = raised,
-            "{path} holds {bytes} bytes, more than a read is charged against the memory budget ({} bytes, max_znode_size): reads are charged {raised} bytes from now on; set max_znode_size to the ensemble's jute.maxbuffer",
-            self.max_znode_bytes
+            "{path} read {data_bytes} bytes of data and {children_bytes} of children's names, more than a read is charged against the memory budget ({charged} bytes): reads are charged {raised} bytes from now on ({advice}){slow}"
         );
         self.charge_reads_as(raised);
     }
@@ -865,8 +878,8 @@ impl Core {
             match result {
                 Ok(fetched) => {
                     if let Fetched::Present(z) = &fetched {
-                        let bytes = z.data.len() + z.children.iter().map(|c| c.len() + 4).sum::<usize>();
-                        self.note_reply_size(&z.path, bytes);
+                        let children_bytes = z.children.iter().map(|c| c.len() + 4).sum::<usize>();
+                        self.note_reply_size(&z.path, z.data.len(), children_bytes);
                     }
                     let zxid = match &fetched {
                         Fetched::Present(z) => Some(z.stat.czxid.max(z.stat.mzxid).max(z.stat.pzxid)),
