@@ -10,9 +10,8 @@ use std::path::Path;
 
 use common::binary::{self, Daemon};
 use common::chaos::{finish, Load, Reader};
-use common::world::{assert_converges, create_tree, redis_conn, wait_for_data};
+use common::world::{assert_converges, create_tree, delete_tree, redis_conn, wait_for_data};
 use common::{create_all, unique_root, zk_client, RedisServer, ZkServer};
-use zookeeper_client::Client;
 
 fn binary_path() -> &'static str {
     env!("CARGO_BIN_EXE_zkmirror")
@@ -64,14 +63,6 @@ fn pause(server: &RedisServer, paused: bool) {
     // SAFETY: a plain syscall on a child this process spawned and has not reaped.
     let rc = unsafe { libc::kill(pid as i32, signal) };
     assert_eq!(rc, 0, "signalling redis-server pid {pid}: {}", std::io::Error::last_os_error());
-}
-
-async fn delete_tree(zk: &Client, path: &str) {
-    let (children, _) = zk.get_children(path).await.expect("listing a subtree to delete");
-    for child in children {
-        Box::pin(delete_tree(zk, &format!("{path}/{child}"))).await;
-    }
-    zk.delete(path, None).await.expect("deleting a znode");
 }
 
 /// The hardest case for independence: target `b` hangs (SIGSTOP: its connections stay open

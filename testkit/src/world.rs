@@ -317,3 +317,12 @@ pub async fn wait_for_data(url: &str, path: &str, want: &[u8]) {
     })
     .await;
 }
+
+/// Deletes `path` and everything below it, deepest first; panics on any failure.
+pub async fn delete_tree(zk: &zookeeper_client::Client, path: &str) {
+    let (children, _) = zk.get_children(path).await.expect("listing a subtree to delete");
+    for child in children {
+        Box::pin(delete_tree(zk, &format!("{path}/{child}"))).await;
+    }
+    zk.delete(path, None).await.expect("deleting a znode");
+}
