@@ -522,6 +522,21 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.trim_end().strip_prefix(field)?.strip_prefix(':'))
 }
 
+/// Logs one node's verdict: a warning for a policy that may evict the mirror's keys.
+fn log_policy(server: &str, node: &str, check: PolicyCheck) {
+    match check {
+        PolicyCheck::Safe => {
+            info!(redis = %server, %node, "Redis's maxmemory-policy is noeviction on {node}: it never evicts the mirror's keys")
+        }
+        PolicyCheck::Risky { policy, why } => warn!(redis = %server, %node,
+            "Redis's maxmemory-policy is {policy}, not noeviction, on {node}: {why}; set `maxmemory-policy noeviction` \
+             (see \"What Redis must promise\" in schema/layout.md)"),
+        PolicyCheck::Unknown(why) => {
+            debug!(redis = %server, %node, %why, "cannot read Redis's maxmemory-policy on {node}; not checked there")
+        }
+    }
+}
+
 /// Checks the policy of the Redis `config` names (each primary of a cluster), asking a node
 /// again while it cannot be reached, and logs each node's verdict once: a warning for a policy
 /// that may evict the mirror's keys.
@@ -537,23 +552,15 @@ async fn warn_about_eviction(config: MirrorConfig, mut shutdown: Shutdown) {
                     if judged.contains(&node) {
                         continue;
                     }
-                    let check = match check {
-                        Ok(check) => check,
+                    match check {
+                        Ok(check) => {
+                            log_policy(&server, &node, check);
+                            judged.insert(node);
+                        }
                         Err(e) => {
                             debug!(redis = %server, %node, error = %e, "cannot check Redis's maxmemory-policy on {node} yet; retrying");
                             pending = true;
-                            continue;
                         }
-                    };
-                    judged.insert(node.clone());
-                    match check {
-                        PolicyCheck::Safe => info!(redis = %server, %node,
-                            "Redis's maxmemory-policy is noeviction on {node}: it never evicts the mirror's keys"),
-                        PolicyCheck::Risky { policy, why } => warn!(redis = %server, %node,
-                            "Redis's maxmemory-policy is {policy}, not noeviction, on {node}: {why}; set `maxmemory-policy noeviction` \
-                             (see \"What Redis must promise\" in schema/layout.md)"),
-                        PolicyCheck::Unknown(why) => debug!(redis = %server, %node, %why,
-                            "cannot read Redis's maxmemory-policy on {node}; not checked there"),
                     }
                 }
                 if !pending {

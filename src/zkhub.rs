@@ -397,6 +397,26 @@ struct Subscriber {
     overflowed: bool,
 }
 
+impl Subscriber {
+    /// Queues `what` for this subscriber if its queue has room by count and by bytes (a queue
+    /// over its bytes answers `Full`, as one over its count does); a refused delivery is
+    /// dropped.
+    fn try_queue(&self, what: Delivered) -> Result<(), mpsc::error::TrySendError<()>> {
+        use mpsc::error::TrySendError::{Closed, Full};
+        let bytes = delivery_bytes(&what);
+        if !self.queued.try_add(bytes) {
+            return Err(Full(()));
+        }
+        self.deliveries.try_send(Delivery { epoch: self.epoch, what, bytes }).map_err(|e| {
+            self.queued.take(bytes);
+            match e {
+                Full(_) => Full(()),
+                Closed(_) => Closed(()),
+            }
+        })
+    }
+}
+
 /// The newest read of a path: in flight (`answer` None) or answered at `done_at`.
 struct Latest {
     read_id: u64,
@@ -526,13 +546,7 @@ impl Hub {
         if s.overflowed {
             return;
         }
-        let bytes = delivery_bytes(&what);
-        let sent = if s.queued.try_add(bytes) {
-            s.deliveries.try_send(Delivery { epoch: s.epoch, what, bytes }).inspect_err(|_| s.queued.take(bytes))
-        } else {
-            Err(mpsc::error::TrySendError::Full(Delivery { epoch: s.epoch, what, bytes }))
-        };
-        match sent {
+        match s.try_queue(what) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(root = %self.config.root, target = %s.target, "target fell behind this root's ZooKeeper events (its queue is full): it will reconcile once it catches up");
@@ -870,13 +884,7 @@ impl Hub {
     fn recover_overflowed(&mut self) {
         for id in self.ids(|s| s.overflowed) {
             let Some(s) = self.subscribers.get_mut(&id) else { continue };
-            let what = input(Input::SessionEnded);
-            let bytes = delivery_bytes(&what);
-            if !s.queued.try_add(bytes) {
-                continue;
-            }
-            match s.deliveries.try_send(Delivery { epoch: s.epoch, what, bytes }).inspect_err(|_| s.queued.take(bytes))
-            {
+            match s.try_queue(input(Input::SessionEnded)) {
                 Ok(()) => {
                     s.overflowed = false;
                     s.session_gen = None;

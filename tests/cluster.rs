@@ -599,6 +599,21 @@ async fn bad_cluster_urls_exit_2_with_a_clear_message() {
     }
 }
 
+/// `zkmirror run` of `root` on the cluster at `url`, logging at `rust_log` into a folder of
+/// its own (returned with it: the log lives as long as the folder).
+fn run_on_cluster(zk_connect: &str, url: &str, root: &str, rust_log: &str) -> (tempfile::TempDir, binary::Daemon) {
+    let logs = tempfile::tempdir().expect("a folder for the log");
+    let log = logs.path().join("run.log");
+    let daemon =
+        binary::Daemon::start(binary_path(), &["--zk", zk_connect, "--redis", url, "--root", root], rust_log, &log);
+    (logs, daemon)
+}
+
+/// The log's warnings about a `maxmemory-policy`.
+fn policy_warnings(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count()
+}
+
 /// Each primary of a cluster has its own `maxmemory-policy`: the start-up check asks every one
 /// and warns about each evicting one by its address (before, only the first primary was asked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,15 +629,7 @@ async fn an_evicting_policy_on_any_primary_is_warned_about_by_node() {
     for ((port, _, _), policy) in primaries.iter().zip(policies) {
         assert!(cluster.ask(*port, &["CONFIG", "SET", "maxmemory-policy", policy]).contains("OK"));
     }
-    let logs = tempfile::tempdir().expect("a folder for the log");
-    let log = logs.path().join("run.log");
-    let url = cluster.url();
-    let mut daemon = binary::Daemon::start(
-        binary_path(),
-        &["--zk", zk_connect.as_str(), "--redis", url.as_str(), "--root", root.as_str()],
-        "info",
-        &log,
-    );
+    let (_logs, mut daemon) = run_on_cluster(&zk_connect, &cluster.url(), &root, "info");
     for ((port, _, _), policy) in primaries.iter().zip(policies) {
         // The node in the message, not the seed URL every line carries in its `redis` field.
         let named = format!("maxmemory-policy is {policy}, not noeviction, on 127.0.0.1:{port}:");
@@ -631,8 +638,7 @@ async fn an_evicting_policy_on_any_primary_is_warned_about_by_node() {
     }
     daemon.wait_for_log("cold sync done").await;
     let text = daemon.stop();
-    let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
-    assert_eq!(warnings, 3, "one warning per primary:\n{text}");
+    assert_eq!(policy_warnings(&text), 3, "one warning per primary:\n{text}");
 }
 
 /// A primary that cannot be reached does not keep the others from being checked: it is asked
@@ -648,15 +654,7 @@ async fn the_policy_check_goes_on_past_a_primary_that_is_down() {
         assert!(cluster.ask(port, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).contains("OK"));
     }
     cluster.kill_node(down);
-    let logs = tempfile::tempdir().expect("a folder for the log");
-    let log = logs.path().join("run.log");
-    let url = cluster.url();
-    let mut daemon = binary::Daemon::start(
-        binary_path(),
-        &["--zk", zk_connect.as_str(), "--redis", url.as_str(), "--root", root.as_str()],
-        "info,zkmirror::service=debug",
-        &log,
-    );
+    let (_logs, mut daemon) = run_on_cluster(&zk_connect, &cluster.url(), &root, "info,zkmirror::service=debug");
     for port in up {
         let named = format!("maxmemory-policy is allkeys-lru, not noeviction, on 127.0.0.1:{port}:");
         let line = daemon.wait_for_log(&named).await;
@@ -665,6 +663,9 @@ async fn the_policy_check_goes_on_past_a_primary_that_is_down() {
     // Asked again at least once before the end, so that "each once" below means something.
     daemon.wait_for_lines(&[&format!("cannot check Redis's maxmemory-policy on 127.0.0.1:{down} yet")], 2).await;
     let text = daemon.stop();
-    let warnings = text.lines().filter(|l| l.contains("WARN") && l.contains("maxmemory-policy")).count();
-    assert_eq!(warnings, 2, "one warning per evicting primary, each once, though the check is retried:\n{text}");
+    assert_eq!(
+        policy_warnings(&text),
+        2,
+        "one warning per evicting primary, each once, though the check is retried:\n{text}"
+    );
 }
